@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Runs every test chatroom has, on a fresh Debian machine: installs what the
+# tests need when it is missing, then runs each suite and prints one summary.
+#
+#   scripts/test.sh            # everything (CI runs exactly this via .ci/run)
+#
+# Suites, in order (each must pass):
+#   unit + integration   cargo test (real sockets on 127.0.0.1:0)
+#   benches (test mode)  cargo test --benches: every bench runs once, untimed
+#   lint                 cargo fmt --check, cargo clippy -D warnings
+#   conformance          scripts/autobahn.sh (Autobahn fuzzingclient vs /ws/echo)
+#   browser              tests/browser (headless Chromium via playwright-core)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+passed=0
+failed=0
+failures=()
+step() {
+    local name=$1
+    shift
+    echo
+    echo "=== $name: $*"
+    if "$@"; then
+        passed=$((passed + 1))
+    else
+        failed=$((failed + 1))
+        failures+=("$name")
+    fi
+}
+
+bash scripts/install-deps.sh
+
+export CARGO_TERM_COLOR=never
+step build cargo build --release --locked
+step tests cargo test --locked
+step benches cargo test --locked --benches
+step fmt cargo fmt --check
+step clippy cargo clippy --locked --all-targets -- -D warnings
+step autobahn env CHATROOM_BIN=target/release/chatroom bash scripts/autobahn.sh
+if [ -f tests/browser/run.sh ]; then
+    step browser env CHATROOM_BIN=target/release/chatroom bash tests/browser/run.sh
+fi
+
+echo
+if [ "$failed" -gt 0 ]; then
+    echo "failed suites: ${failures[*]}"
+fi
+echo "suites: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]

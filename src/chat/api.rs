@@ -1,0 +1,105 @@
+//! The HTTP API over rooms: `/api/rooms`, `/api/rooms/<room>`,
+//! `/api/rooms/<room>/messages?before=<id>&limit=<n>`.
+//!
+//! The first two are answered from memory (the room directory and the live
+//! rooms). Scroll-back reads older messages, which lives on disk, so the
+//! request goes to the storage thread and the connection is parked until
+//! the answer comes back; pipelined requests behind it wait their turn.
+
+use serde_json::{Value, json};
+
+use crate::chat::ONLINE_LIST_MAX;
+use crate::response::Response;
+use crate::route::{query_value, valid_room_name};
+use crate::server::Server;
+use crate::storage::RoomRecord;
+
+/// Rooms per page by default, and at most.
+const PAGE_DEFAULT: usize = 50;
+const PAGE_MAX: usize = 200;
+
+/// Messages per scroll-back page by default, and at most (the rooms issue: 200).
+const SCROLLBACK_DEFAULT: usize = 50;
+const SCROLLBACK_MAX: usize = 200;
+
+fn not_found() -> Response {
+    Response::json(404, br#"{"error":"not_found"}"#.to_vec())
+}
+
+fn bad_request(what: &str) -> Response {
+    Response::json(400, json!({"error": "bad_request", "message": what}).to_string().into_bytes())
+}
+
+/// A number from the query, or the default; `Err` if present but not a number.
+fn number(query: &str, key: &str, default: u64) -> Result<u64, Response> {
+    match query_value(query, key) {
+        None => Ok(default),
+        Some(v) => v.parse().map_err(|_| bad_request(&format!("`{key}` must be a whole number"))),
+    }
+}
+
+fn room_json(record: &RoomRecord, online: usize) -> Value {
+    json!({
+        "name": record.name,
+        "created": record.created,
+        "last_post": record.last_post,
+        "messages": record.messages,
+        "online": online,
+        "status": if online > 0 { "active" } else { "idle" },
+    })
+}
+
+impl Server {
+    /// Answers `/api/<path>`; `None` when the answer waits for storage.
+    pub(crate) fn on_api(&mut self, key: usize, path: &str, query: &str) -> Option<Response> {
+        let parts: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+        let result = match parts.as_slice() {
+            ["rooms"] => self.api_rooms(query),
+            ["rooms", room] => self.api_room(room),
+            ["rooms", room, "messages"] => return self.api_messages(key, room, query),
+            _ => Err(not_found()),
+        };
+        Some(result.unwrap_or_else(|e| e))
+    }
+
+    fn api_rooms(&self, query: &str) -> Result<Response, Response> {
+        let offset = number(query, "offset", 0)? as usize;
+        let limit = (number(query, "limit", PAGE_DEFAULT as u64)? as usize).clamp(1, PAGE_MAX);
+        let mut rooms: Vec<(&RoomRecord, usize)> =
+            self.chat.directory.values().map(|r| (r, self.chat.online(&r.name, 0).0)).collect();
+        // Busy rooms first, then the most recently active, then by name (stable pages).
+        rooms.sort_by(|(a, ao), (b, bo)| {
+            bo.cmp(ao).then(b.last_post.cmp(&a.last_post)).then_with(|| a.name.cmp(&b.name))
+        });
+        let page: Vec<Value> = rooms.iter().skip(offset).take(limit).map(|(r, online)| room_json(r, *online)).collect();
+        let body = json!({"rooms": page, "total": rooms.len(), "offset": offset, "limit": limit});
+        Ok(Response::json(200, body.to_string().into_bytes()))
+    }
+
+    fn api_room(&self, room: &str) -> Result<Response, Response> {
+        let record = self.chat.directory.get(room).ok_or_else(not_found)?;
+        let (online, names) = self.chat.online(room, ONLINE_LIST_MAX);
+        let mut body = room_json(record, online);
+        if let Some(obj) = body.as_object_mut() {
+            obj.insert("online_names".into(), json!(names));
+        }
+        Ok(Response::json(200, body.to_string().into_bytes()))
+    }
+
+    fn api_messages(&mut self, key: usize, room: &str, query: &str) -> Option<Response> {
+        if !valid_room_name(room) || !self.chat.directory.contains_key(room) {
+            return Some(not_found());
+        }
+        let before = match number(query, "before", u64::MAX) {
+            Ok(b) => b,
+            Err(r) => return Some(r),
+        };
+        let limit = match number(query, "limit", SCROLLBACK_DEFAULT as u64) {
+            Ok(l) => (l as usize).clamp(1, SCROLLBACK_MAX),
+            Err(r) => return Some(r),
+        };
+        let serial = self.conns.get(key)?.serial;
+        self.chat.read_for_http(key, serial, room, before, limit);
+        None
+    }
+}

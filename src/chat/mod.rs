@@ -1,0 +1,597 @@
+//! Chat rooms: joining, posting, presence, history and resume.
+//!
+//! This is the application on top of the WebSocket plumbing, and it follows
+//! one rule: **a message is broadcast only after it is durable.** A post is
+//! given the room's next id, handed to the storage thread, and parked in
+//! [`Chat::pending`]; when storage reports the batch committed
+//! ([`Chat::on_committed`]) the message goes into the room's recent history
+//! and out to every member, in id order. A `kill -9` therefore can never
+//! leave a client holding a message the history lost.
+//!
+//! `Chat` knows rooms, members (by connection key) and storage requests,
+//! but nothing about sockets: what it decides to send is pushed onto
+//! [`Chat::out`] as [`Outgoing`] instructions, and the reactor carries them
+//! out (framing once, sharing the bytes between members).
+
+pub mod api;
+pub mod protocol;
+pub mod room;
+
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::time::{Duration, Instant, SystemTime};
+
+use slab::Slab;
+
+use crate::config::Config;
+use crate::handshake::Refusal;
+use crate::storage::{Request, RoomRecord, StoredMessage};
+use protocol::{PostError, clean_name};
+use room::Room;
+
+/// The room that exists from the first start, as in the original site.
+pub const DEFAULT_ROOM: &str = "welcome";
+
+/// Messages a resume (`?since=`) may replay at most; a client further
+/// behind gets a `gap` frame and the newest this many.
+pub const RESUME_MAX: u64 = 1000;
+
+/// Names listed in a welcome frame or the room API at most.
+pub const ONLINE_LIST_MAX: usize = 1000;
+
+/// Recent messages cached per live room, at least (more if `--history` asks).
+const RECENT_MIN: usize = 200;
+
+/// What the reactor must send on the chat's behalf.
+#[derive(Debug)]
+pub enum Outgoing {
+    /// A JSON text for one connection.
+    To {
+        /// Connection key.
+        key: usize,
+        /// The JSON text to frame.
+        json: String,
+    },
+    /// A JSON text for every welcomed member of a live room (framed once).
+    Room {
+        /// Live room slot.
+        room: usize,
+        /// The JSON text.
+        json: Rc<str>,
+        /// Counts as message deliveries in the metrics.
+        is_message: bool,
+    },
+    /// Close one connection with a close code.
+    Close {
+        /// Connection key.
+        key: usize,
+        /// Close code.
+        code: u16,
+        /// Close reason.
+        reason: &'static str,
+    },
+    /// An HTTP answer that waited for storage.
+    Http {
+        /// Connection key.
+        key: usize,
+        /// Its serial (the key may have been reused).
+        serial: u64,
+        /// Status code.
+        status: u16,
+        /// JSON body.
+        body: Vec<u8>,
+    },
+}
+
+/// A connection's place in a room.
+#[derive(Debug)]
+pub struct Membership {
+    /// The live room's slot.
+    room: usize,
+    /// The member's slot in the room.
+    slot: usize,
+    /// The name was assigned by the server (`guest-N`): the first post may rename it.
+    named_by_server: bool,
+    /// Has posted (later names in posts are ignored).
+    posted: bool,
+    /// Token bucket for `--rate-limit`.
+    tokens: f64,
+    /// When the bucket was last refilled.
+    refilled: Instant,
+}
+
+/// A post waiting for its commit.
+#[derive(Debug)]
+struct PendingPost {
+    seq: u64,
+    room: Rc<str>,
+    id: u64,
+    ts: u64,
+    json: Rc<str>,
+    sender: usize,
+}
+
+/// Why a storage read was made.
+#[derive(Debug)]
+enum PendingRead {
+    /// Filling a newly live room's recent history.
+    RoomCache { room: Rc<str> },
+    /// A member resuming with `?since=` from further back than the cache.
+    Resume { room: Rc<str>, key: usize, slot: usize, since: u64 },
+    /// `GET /api/rooms/<room>/messages`.
+    Http { key: usize, serial: u64, room: String },
+}
+
+/// Limits and sizes the chat applies.
+#[derive(Debug, Clone)]
+struct Settings {
+    history: usize,
+    max_rooms: usize,
+    max_room_members: usize,
+    presence_limit: usize,
+    max_text: usize,
+    rate_limit: f64,
+    rate_burst: f64,
+}
+
+/// All rooms: the live ones in memory, and the directory of every room ever.
+#[derive(Debug)]
+pub struct Chat {
+    settings: Settings,
+    /// Every room ever created (from storage at startup, then kept current).
+    pub(crate) directory: HashMap<String, RoomRecord>,
+    /// Rooms with members.
+    pub(crate) live: Slab<Room>,
+    /// Live rooms by name.
+    index: HashMap<Rc<str>, usize>,
+    /// Posts handed to storage, in commit order.
+    pending: VecDeque<PendingPost>,
+    /// Storage reads in flight, by ticket.
+    reads: HashMap<u64, PendingRead>,
+    next_ticket: u64,
+    guests: u64,
+    /// Rooms with presence changes this turn.
+    presence_dirty: Vec<usize>,
+    /// Instructions for the reactor.
+    pub out: Vec<Outgoing>,
+    /// Storage requests to send (the reactor owns the storage handle).
+    pub requests: Vec<Request>,
+    /// Sequence numbers storage gave our appends so far.
+    appended: u64,
+}
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl Chat {
+    /// The chat state, with the directory storage loaded.
+    pub fn new(cfg: &Config, rooms: Vec<RoomRecord>) -> Chat {
+        let directory: HashMap<String, RoomRecord> = rooms.into_iter().map(|r| (r.name.clone(), r)).collect();
+        let mut chat = Chat {
+            settings: Settings {
+                history: cfg.history,
+                max_rooms: cfg.max_rooms,
+                max_room_members: cfg.max_room_members,
+                presence_limit: cfg.presence_limit,
+                max_text: cfg.max_text,
+                rate_limit: f64::from(cfg.rate_limit),
+                rate_burst: f64::from(cfg.rate_burst.max(1)),
+            },
+            directory,
+            live: Slab::new(),
+            index: HashMap::new(),
+            pending: VecDeque::new(),
+            reads: HashMap::new(),
+            next_ticket: 0,
+            guests: 0,
+            presence_dirty: Vec::new(),
+            out: Vec::new(),
+            requests: Vec::new(),
+            appended: 0,
+        };
+        chat.ensure_directory(DEFAULT_ROOM);
+        chat
+    }
+
+    /// Whether a new member may go to `room` (checked before the 101).
+    pub fn admit(&self, room: &str) -> Result<(), Refusal> {
+        if !self.index.contains_key(room) && self.live.len() >= self.settings.max_rooms {
+            return Err(Refusal { status: 503, reason: "too many live rooms; try again later", label: "max_rooms" });
+        }
+        Ok(())
+    }
+
+    /// Makes sure `room` is in the directory (and in storage).
+    fn ensure_directory(&mut self, room: &str) {
+        if !self.directory.contains_key(room) {
+            let created = now_ms();
+            self.directory.insert(
+                room.to_string(),
+                RoomRecord { name: room.to_string(), created, last_post: None, messages: 0, last_id: 0 },
+            );
+            self.requests.push(Request::CreateRoom { room: room.to_string(), created });
+        }
+    }
+
+    fn ticket(&mut self, read: PendingRead) -> u64 {
+        self.next_ticket += 1;
+        self.reads.insert(self.next_ticket, read);
+        self.next_ticket
+    }
+
+    /// The live slot of `room`, making it live (and loading its history) if needed.
+    fn live_room(&mut self, name: &str) -> usize {
+        if let Some(&slot) = self.index.get(name) {
+            return slot;
+        }
+        self.ensure_directory(name);
+        let (messages, last_id) = self.directory.get(name).map(|r| (r.messages, r.last_id)).unwrap_or((0, 0));
+        let has_history = messages > 0;
+        let cap = self.settings.history.max(RECENT_MIN);
+        let room = Room::new(name, last_id, cap, !has_history);
+        let rc = room.name.clone();
+        let slot = self.live.insert(room);
+        self.index.insert(rc.clone(), slot);
+        if has_history {
+            let ticket = self.ticket(PendingRead::RoomCache { room: rc });
+            self.requests.push(Request::Read {
+                ticket,
+                room: name.to_string(),
+                after: 0,
+                before: u64::MAX,
+                limit: cap,
+                newest: true,
+            });
+        }
+        slot
+    }
+
+    /// A connection joins `room`. `name` is `?username=`, `since` is `?since=`.
+    /// Returns the membership, or `None` if the room is full (the
+    /// connection is closed with 1013).
+    pub fn join(
+        &mut self,
+        key: usize,
+        room: &str,
+        name: Option<&str>,
+        since: Option<u64>,
+        now: Instant,
+    ) -> Option<Membership> {
+        let slot_room = self.live_room(room);
+        let full = self.live.get(slot_room).is_none_or(|r| r.members.len() >= self.settings.max_room_members);
+        if full {
+            self.out.push(Outgoing::Close { key, code: 1013, reason: "room full" });
+            self.drop_if_empty(slot_room);
+            return None;
+        }
+        let (wanted, named_by_server, bad_name) = match name.map(clean_name) {
+            Some(Some(clean)) => (clean, false, false),
+            Some(None) => (self.guest_name(), true, true),
+            None => (self.guest_name(), true, false),
+        };
+        let r = self.live.get_mut(slot_room)?;
+        let (slot, got) = r.add(key, &wanted, since);
+        r.joined.push(got);
+        self.queue_presence(slot_room);
+        self.try_welcome(slot_room, slot);
+        if bad_name {
+            self.out.push(Outgoing::To {
+                key,
+                json: protocol::error_json(
+                    "bad_name",
+                    "names are 1-32 characters without control characters; you got a guest name",
+                ),
+            });
+        }
+        Some(Membership {
+            room: slot_room,
+            slot,
+            named_by_server,
+            posted: false,
+            tokens: self.settings.rate_burst,
+            refilled: now,
+        })
+    }
+
+    fn guest_name(&mut self) -> String {
+        self.guests += 1;
+        format!("guest-{}", self.guests)
+    }
+
+    /// Sends a member its welcome if the room's history is at hand; else
+    /// asks storage and sends it when the answer comes.
+    fn try_welcome(&mut self, room_slot: usize, slot: usize) {
+        let Some(room) = self.live.get(room_slot) else { return };
+        if !room.loaded {
+            return; // sent from on_messages when the room's history arrives
+        }
+        let Some(member) = room.members.get(slot) else { return };
+        if member.welcomed || member.awaiting_read {
+            return;
+        }
+        let key = member.key;
+        match member.since {
+            Some(since) if !room.cache_covers(since) => {
+                // Further back than the cache: read from storage, at most RESUME_MAX.
+                let mut from = since;
+                if room.committed_id.saturating_sub(since) > RESUME_MAX {
+                    from = room.committed_id - RESUME_MAX;
+                    self.out.push(Outgoing::To { key, json: protocol::gap_json(&room.name, from + 1) });
+                }
+                let name = room.name.clone();
+                let ticket = self.ticket(PendingRead::Resume { room: name.clone(), key, slot, since: from });
+                self.requests.push(Request::Read {
+                    ticket,
+                    room: name.to_string(),
+                    after: from,
+                    before: u64::MAX,
+                    limit: RESUME_MAX as usize,
+                    newest: false,
+                });
+                if let Some(m) = self.live.get_mut(room_slot).and_then(|r| r.members.get_mut(slot)) {
+                    m.awaiting_read = true;
+                }
+            }
+            Some(since) => {
+                let history: Vec<Rc<str>> =
+                    room.recent.iter().filter(|(id, _)| *id > since).map(|(_, j)| j.clone()).collect();
+                self.send_welcome(room_slot, slot, history);
+            }
+            None => {
+                let skip = room.recent.len().saturating_sub(self.settings.history);
+                let history: Vec<Rc<str>> = room.recent.iter().skip(skip).map(|(_, j)| j.clone()).collect();
+                self.send_welcome(room_slot, slot, history);
+            }
+        }
+    }
+
+    fn send_welcome(&mut self, room_slot: usize, slot: usize, history: Vec<Rc<str>>) {
+        let Some(room) = self.live.get_mut(room_slot) else { return };
+        let Some(member) = room.members.get(slot) else { return };
+        let key = member.key;
+        let online = room.online_names(ONLINE_LIST_MAX);
+        let history: Vec<&str> = history.iter().map(|h| &**h).collect();
+        let json =
+            protocol::welcome_json(&room.name, &member.name, &online, room.members.len(), &history, room.committed_id);
+        if let Some(m) = room.members.get_mut(slot) {
+            m.welcomed = true;
+            m.since = None;
+            m.awaiting_read = false;
+        }
+        self.out.push(Outgoing::To { key, json });
+    }
+
+    /// A member's text frame: post it, or answer with an error event.
+    pub fn on_text(&mut self, key: usize, m: &mut Membership, text: &str, now: Instant) {
+        let post = match protocol::parse_post(text, self.settings.max_text) {
+            Ok(post) => post,
+            Err(PostError::BadJson) => {
+                let json = protocol::error_json("bad_json", r#"send {"message": "text"} as a JSON object"#);
+                return self.out.push(Outgoing::To { key, json });
+            }
+            Err(PostError::TooLong) => {
+                let json = protocol::error_json(
+                    "too_long",
+                    &format!("messages are at most {} characters", self.settings.max_text),
+                );
+                return self.out.push(Outgoing::To { key, json });
+            }
+        };
+        if !self.take_token(m, now) {
+            let json = protocol::error_json("rate_limited", "you are sending too fast; this message was not posted");
+            return self.out.push(Outgoing::To { key, json });
+        }
+        // The original client sends its name inside every message: the first
+        // one may rename a server-named member; later names are ignored.
+        if !m.posted
+            && m.named_by_server
+            && let Some(wanted) = post.username.as_deref()
+        {
+            match clean_name(wanted) {
+                Some(clean) => {
+                    let Some(room) = self.live.get_mut(m.room) else { return };
+                    if let Some((from, to)) = room.rename(m.slot, &clean) {
+                        let json: Rc<str> = protocol::rename_json(&room.name, &from, &to).into();
+                        self.out.push(Outgoing::Room { room: m.room, json, is_message: false });
+                    }
+                }
+                None => self.out.push(Outgoing::To {
+                    key,
+                    json: protocol::error_json("bad_name", "names are 1-32 characters without control characters"),
+                }),
+            }
+        }
+        m.posted = true;
+        let Some(room) = self.live.get_mut(m.room) else { return };
+        let Some(member) = room.members.get(m.slot) else { return };
+        room.last_id += 1;
+        let (id, ts) = (room.last_id, now_ms());
+        // The directory learns the id now, not at commit: if the room empties
+        // and comes back before the commit, it must not hand out `id` again.
+        if let Some(record) = self.directory.get_mut(&*room.name) {
+            record.last_id = record.last_id.max(id);
+        }
+        let json: Rc<str> = protocol::message_json(&room.name, id, &member.name, &post.message, ts).into();
+        let msg = StoredMessage { id, ts, username: member.name.clone(), text: post.message };
+        self.requests.push(Request::Append { room: room.name.to_string(), msg });
+        self.appended += 1;
+        self.pending.push_back(PendingPost { seq: self.appended, room: room.name.clone(), id, ts, json, sender: key });
+    }
+
+    /// The token bucket: `--rate-burst` deep, refilled at `--rate-limit` per second.
+    fn take_token(&mut self, m: &mut Membership, now: Instant) -> bool {
+        if self.settings.rate_limit <= 0.0 {
+            return true;
+        }
+        let elapsed = now.saturating_duration_since(m.refilled).as_secs_f64();
+        m.refilled = now;
+        m.tokens = (m.tokens + elapsed * self.settings.rate_limit).min(self.settings.rate_burst);
+        if m.tokens >= 1.0 {
+            m.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Storage committed (or failed) every append up to `upto`.
+    pub fn on_committed(&mut self, upto: u64, result: &Result<(), String>) -> usize {
+        let mut committed = 0;
+        while self.pending.front().is_some_and(|p| p.seq <= upto) {
+            let Some(post) = self.pending.pop_front() else { break };
+            match result {
+                Ok(()) => {
+                    committed += 1;
+                    if let Some(record) = self.directory.get_mut(&*post.room) {
+                        record.messages += 1;
+                        record.last_id = record.last_id.max(post.id);
+                        record.last_post = Some(post.ts);
+                    }
+                    if let Some(&slot) = self.index.get(&post.room)
+                        && let Some(room) = self.live.get_mut(slot)
+                    {
+                        room.remember(post.id, post.json.clone());
+                        self.out.push(Outgoing::Room { room: slot, json: post.json, is_message: true });
+                    }
+                }
+                Err(reason) => {
+                    log::error!("history commit failed: {reason}");
+                    let json = protocol::error_json("unavailable", "the message could not be stored and was not sent");
+                    self.out.push(Outgoing::To { key: post.sender, json });
+                }
+            }
+        }
+        committed
+    }
+
+    /// A storage read came back.
+    pub fn on_messages(&mut self, ticket: u64, messages: Vec<StoredMessage>, oldest_id: Option<u64>) {
+        let Some(read) = self.reads.remove(&ticket) else { return };
+        match read {
+            PendingRead::RoomCache { room } => {
+                let Some(&slot) = self.index.get(&room) else { return };
+                let loaded = messages.iter().map(|m| (m.id, event_json(&room, m))).collect();
+                let Some(r) = self.live.get_mut(slot) else { return };
+                r.prepend_loaded(loaded);
+                r.committed_id = r.committed_id.max(r.recent.back().map(|(id, _)| *id).unwrap_or(0));
+                let waiting: Vec<usize> = r.members.iter().filter(|(_, m)| !m.welcomed).map(|(s, _)| s).collect();
+                for member in waiting {
+                    self.try_welcome(slot, member);
+                }
+            }
+            PendingRead::Resume { room, key, slot, since } => {
+                let Some(&room_slot) = self.index.get(&room) else { return };
+                let Some(r) = self.live.get(room_slot) else { return };
+                if r.members.get(slot).is_none_or(|m| m.key != key || m.welcomed) {
+                    return;
+                }
+                // Storage may have lost what was asked for (memory mode keeps
+                // the last 1,000 per room): say so before replaying.
+                if oldest_id.is_some_and(|oldest| oldest > since + 1) {
+                    let oldest = oldest_id.unwrap_or(0);
+                    self.out.push(Outgoing::To { key, json: protocol::gap_json(&room, oldest) });
+                }
+                let mut history: Vec<Rc<str>> = messages.iter().map(|m| event_json(&room, m)).collect();
+                // Messages committed while the read was in flight are in the
+                // cache, newer than anything storage returned.
+                let newest = messages.last().map(|m| m.id).unwrap_or(since);
+                history.extend(r.recent.iter().filter(|(id, _)| *id > newest).map(|(_, j)| j.clone()));
+                self.send_welcome(room_slot, slot, history);
+            }
+            PendingRead::Http { key, serial, room } => {
+                let events: Vec<serde_json::Value> = messages
+                    .iter()
+                    .map(|m| serde_json::from_str(&event_json(&room, m)).unwrap_or(serde_json::Value::Null))
+                    .collect();
+                let body = serde_json::json!({"room": room, "messages": events, "oldest_id": oldest_id});
+                self.out.push(Outgoing::Http { key, serial, status: 200, body: body.to_string().into_bytes() });
+            }
+        }
+    }
+
+    /// A member's connection closed.
+    pub fn leave(&mut self, m: Membership) {
+        let Some(room) = self.live.get_mut(m.room) else { return };
+        if let Some(name) = room.remove(m.slot) {
+            room.left.push(name);
+            self.queue_presence(m.room);
+        }
+        self.drop_if_empty(m.room);
+    }
+
+    fn drop_if_empty(&mut self, slot: usize) {
+        if self.live.get(slot).is_some_and(|r| r.members.is_empty()) {
+            let room = self.live.remove(slot);
+            self.index.remove(&room.name);
+            self.presence_dirty.retain(|&s| s != slot);
+        }
+    }
+
+    fn queue_presence(&mut self, slot: usize) {
+        let Some(room) = self.live.get_mut(slot) else { return };
+        if !room.presence_queued {
+            room.presence_queued = true;
+            self.presence_dirty.push(slot);
+        }
+    }
+
+    /// Once per loop turn: one presence frame per room that changed, so a
+    /// thousand joins in one turn cost each member one frame, not a thousand.
+    pub fn flush_presence(&mut self) {
+        for slot in std::mem::take(&mut self.presence_dirty) {
+            let Some(room) = self.live.get_mut(slot) else { continue };
+            room.presence_queued = false;
+            let joined = std::mem::take(&mut room.joined);
+            let left = std::mem::take(&mut room.left);
+            let count = room.members.len();
+            let json = if count > self.settings.presence_limit {
+                protocol::presence_many_json(&room.name, None, None, count)
+            } else {
+                match (joined.as_slice(), left.as_slice()) {
+                    ([], []) => continue,
+                    ([one], []) => protocol::presence_one_json("join", &room.name, one, count),
+                    ([], [one]) => protocol::presence_one_json("leave", &room.name, one, count),
+                    _ => protocol::presence_many_json(&room.name, Some(&joined), Some(&left), count),
+                }
+            };
+            self.out.push(Outgoing::Room { room: slot, json: json.into(), is_message: false });
+        }
+    }
+
+    /// Starts a scroll-back read for the HTTP API.
+    pub fn read_for_http(&mut self, key: usize, serial: u64, room: &str, before: u64, limit: usize) {
+        let ticket = self.ticket(PendingRead::Http { key, serial, room: room.to_string() });
+        self.requests.push(Request::Read { ticket, room: room.to_string(), after: 0, before, limit, newest: true });
+    }
+
+    /// Members of live room `slot` that receive broadcasts: (key) of each welcomed member.
+    pub fn recipients(&self, slot: usize) -> impl Iterator<Item = usize> + '_ {
+        self.live.get(slot).into_iter().flat_map(|r| r.members.iter().filter(|(_, m)| m.welcomed).map(|(_, m)| m.key))
+    }
+
+    /// When the chat needs the loop to wake without I/O (none yet: Redis
+    /// presence refresh will use it).
+    pub fn next_wakeup(&self, _now: Instant) -> Option<Duration> {
+        None
+    }
+
+    /// Live rooms and their members, for the gauges.
+    pub fn counts(&self) -> (usize, usize) {
+        (self.live.len(), self.live.iter().map(|(_, r)| r.members.len()).sum())
+    }
+
+    /// The online count and names of `room` (0 and none when not live).
+    pub fn online(&self, room: &str, limit: usize) -> (usize, Vec<String>) {
+        match self.index.get(room).and_then(|&s| self.live.get(s)) {
+            Some(r) => (r.members.len(), r.online_names(limit).into_iter().map(str::to_string).collect()),
+            None => (0, Vec::new()),
+        }
+    }
+}
+
+/// The JSON event of a stored message.
+fn event_json(room: &str, m: &StoredMessage) -> Rc<str> {
+    protocol::message_json(room, m.id, &m.username, &m.text, m.ts).into()
+}

@@ -1,0 +1,212 @@
+//! The chat wire format: what clients send, and the JSON events they receive.
+//!
+//! Clients speak the original site's format: a text frame
+//! `{"message": "...", "username": "..."}` posts a message. Everything the
+//! server sends is a JSON object with a `"type"` (see the README's "Wire
+//! format" for every frame). Serialising happens once per event, never per
+//! recipient: the caller frames the bytes once and shares them.
+//!
+//! Pure functions over bytes and strings; fuzzed by `fuzz_targets/chat_frame.rs`.
+
+use serde::{Deserialize, Serialize};
+
+/// A client's post, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Post {
+    /// The text to broadcast.
+    pub message: String,
+    /// The name the client put in the frame, if any.
+    pub username: Option<String>,
+}
+
+/// Why a client frame was not a post. Each is answered with an error event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PostError {
+    /// Not JSON, not an object, or no string `message`.
+    BadJson,
+    /// Longer than `--max-text` characters.
+    TooLong,
+}
+
+#[derive(Deserialize)]
+struct RawPost {
+    message: serde_json::Value,
+    #[serde(default)]
+    username: Option<serde_json::Value>,
+}
+
+/// Decodes a client text frame into a [`Post`].
+///
+/// `message` must be a string (the original client always sends one); a
+/// non-string `username` is ignored rather than refused, since the server
+/// names members itself.
+pub fn parse_post(text: &str, max_chars: usize) -> Result<Post, PostError> {
+    let raw: RawPost = serde_json::from_str(text).map_err(|_| PostError::BadJson)?;
+    let serde_json::Value::String(message) = raw.message else { return Err(PostError::BadJson) };
+    // Count characters only when the byte length could exceed the limit.
+    if message.len() > max_chars && message.chars().count() > max_chars {
+        return Err(PostError::TooLong);
+    }
+    let username = match raw.username {
+        Some(serde_json::Value::String(u)) => Some(u),
+        _ => None,
+    };
+    Ok(Post { message, username })
+}
+
+/// Cleans a requested display name: trimmed, 1–32 characters, no control
+/// characters. `None` if nothing acceptable remains.
+pub fn clean_name(name: &str) -> Option<String> {
+    let name = name.trim();
+    let count = name.chars().count();
+    if count == 0 || count > 32 || name.chars().any(char::is_control) {
+        return None;
+    }
+    Some(name.to_string())
+}
+
+/// A chat message event, as stored and as sent.
+#[derive(Serialize, Debug, Clone, PartialEq, Eq)]
+pub struct MessageEvent<'a> {
+    /// Always "message".
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// The room.
+    pub room: &'a str,
+    /// The room's sequence number.
+    pub id: u64,
+    /// The sender's name, stamped by the server.
+    pub username: &'a str,
+    /// The text.
+    pub message: &'a str,
+    /// Milliseconds since the epoch.
+    pub ts: u64,
+}
+
+/// Serialises a message event to JSON.
+pub fn message_json(room: &str, id: u64, username: &str, message: &str, ts: u64) -> String {
+    let event = MessageEvent { kind: "message", room, id, username, message, ts };
+    serde_json::to_string(&event).unwrap_or_default()
+}
+
+/// The welcome frame: name, who is online, and history (already JSON).
+pub fn welcome_json(
+    room: &str,
+    username: &str,
+    online: &[&str],
+    online_count: usize,
+    history: &[&str],
+    last_id: u64,
+) -> String {
+    let mut out = String::with_capacity(128 + history.iter().map(|h| h.len() + 1).sum::<usize>());
+    out.push_str(r#"{"type":"welcome","room":"#);
+    push_json_str(&mut out, room);
+    out.push_str(r#","username":"#);
+    push_json_str(&mut out, username);
+    out.push_str(r#","online":["#);
+    for (i, name) in online.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        push_json_str(&mut out, name);
+    }
+    out.push_str(&format!(r#"],"online_count":{online_count},"history":["#));
+    for (i, event) in history.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(event);
+    }
+    out.push_str(&format!(r#"],"last_id":{last_id}}}"#));
+    out
+}
+
+/// A join or leave event for one member.
+pub fn presence_one_json(kind: &str, room: &str, username: &str, online_count: usize) -> String {
+    serde_json::json!({"type": kind, "room": room, "username": username, "online_count": online_count}).to_string()
+}
+
+/// Several joins and leaves of one loop turn in one frame; `None` lists mean
+/// "counts only" (rooms above `--presence-limit`).
+pub fn presence_many_json(
+    room: &str,
+    joined: Option<&[String]>,
+    left: Option<&[String]>,
+    online_count: usize,
+) -> String {
+    let mut v = serde_json::json!({"type": "presence", "room": room, "online_count": online_count});
+    if let (Some(joined), Some(left), Some(obj)) = (joined, left, v.as_object_mut()) {
+        obj.insert("joined".into(), serde_json::json!(joined));
+        obj.insert("left".into(), serde_json::json!(left));
+    }
+    v.to_string()
+}
+
+/// A rename event.
+pub fn rename_json(room: &str, from: &str, to: &str) -> String {
+    serde_json::json!({"type": "rename", "room": room, "from": from, "to": to, "username": to}).to_string()
+}
+
+/// An error event; the connection stays open.
+pub fn error_json(code: &str, message: &str) -> String {
+    serde_json::json!({"type": "error", "code": code, "message": message}).to_string()
+}
+
+/// A gap event: history no longer reaches back past `oldest_id`.
+pub fn gap_json(room: &str, oldest_id: u64) -> String {
+    serde_json::json!({"type": "gap", "room": room, "oldest_id": oldest_id}).to_string()
+}
+
+/// Appends `s` as a JSON string literal.
+fn push_json_str(out: &mut String, s: &str) {
+    out.push_str(&serde_json::Value::from(s).to_string());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn posts() {
+        let p = parse_post(r#"{"message": "hi", "username": "alice"}"#, 10).unwrap();
+        assert_eq!(p, Post { message: "hi".into(), username: Some("alice".into()) });
+        assert_eq!(parse_post(r#"{"message": "hi"}"#, 10).unwrap().username, None);
+        assert_eq!(parse_post(r#"{"message": "hi", "username": 5}"#, 10).unwrap().username, None);
+        assert_eq!(parse_post("not json", 10), Err(PostError::BadJson));
+        assert_eq!(parse_post("[1,2]", 10), Err(PostError::BadJson));
+        assert_eq!(parse_post(r#"{"text": "hi"}"#, 10), Err(PostError::BadJson));
+        assert_eq!(parse_post(r#"{"message": 5}"#, 10), Err(PostError::BadJson));
+        assert_eq!(parse_post(r#"{"message": "ééééé"}"#, 5).unwrap().message, "ééééé");
+        assert_eq!(parse_post(r#"{"message": "éééééé"}"#, 5), Err(PostError::TooLong));
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(clean_name("  alice "), Some("alice".into()));
+        assert_eq!(clean_name(""), None);
+        assert_eq!(clean_name("   "), None);
+        assert_eq!(clean_name("a\u{7}b"), None);
+        assert_eq!(clean_name(&"x".repeat(33)), None);
+        assert_eq!(clean_name(&"é".repeat(32)), Some("é".repeat(32)));
+    }
+
+    #[test]
+    fn events_are_json_with_a_type() {
+        let m = message_json("r", 3, "a\"b", "<img src=x>", 17);
+        let v: serde_json::Value = serde_json::from_str(&m).unwrap();
+        assert_eq!(v["type"], "message");
+        assert_eq!(v["username"], "a\"b");
+        assert_eq!(v["id"], 3);
+        let w = welcome_json("r", "me", &["me", "you"], 2, &[&m], 3);
+        let v: serde_json::Value = serde_json::from_str(&w).unwrap();
+        assert_eq!(v["history"][0]["id"], 3);
+        assert_eq!(v["online"][1], "you");
+        assert_eq!(v["last_id"], 3);
+        let p: serde_json::Value =
+            serde_json::from_str(&presence_many_json("r", Some(&["a".into()]), Some(&[]), 1)).unwrap();
+        assert_eq!(p["joined"][0], "a");
+        let p: serde_json::Value = serde_json::from_str(&presence_many_json("r", None, None, 5000)).unwrap();
+        assert!(p.get("joined").is_none());
+        assert_eq!(p["online_count"], 5000);
+    }
+}

@@ -1,0 +1,179 @@
+//! One live room: its members, their names, and its recent history.
+//!
+//! A room knows nothing about sockets: a member is a connection key and a
+//! name. The reactor delivers what the room decides (see `chat/mod.rs`).
+//! Recent history is kept as ready-made JSON, so a welcome frame is built by
+//! concatenation, never by re-serialising old messages.
+
+use std::collections::{HashSet, VecDeque};
+use std::rc::Rc;
+
+use slab::Slab;
+
+/// A member of a room.
+#[derive(Debug)]
+pub struct Member {
+    /// The connection's slab key.
+    pub key: usize,
+    /// The display name, unique in the room.
+    pub name: String,
+    /// Has received its welcome frame (and so receives broadcasts).
+    pub welcomed: bool,
+    /// `?since=` asked at the handshake, until the welcome is sent.
+    pub since: Option<u64>,
+    /// Waiting for a storage read before its welcome.
+    pub awaiting_read: bool,
+}
+
+/// A room with at least one member (or one loading).
+#[derive(Debug)]
+pub struct Room {
+    /// The room's name.
+    pub name: Rc<str>,
+    /// Members by slot.
+    pub members: Slab<Member>,
+    /// Names in use, for uniqueness.
+    names: HashSet<String>,
+    /// The newest committed messages: (id, event JSON), oldest first.
+    pub recent: VecDeque<(u64, Rc<str>)>,
+    /// How many messages `recent` keeps.
+    recent_cap: usize,
+    /// The highest id handed out (messages may still be committing).
+    pub last_id: u64,
+    /// The highest id committed and broadcast.
+    pub committed_id: u64,
+    /// `recent` has been filled from storage.
+    pub loaded: bool,
+    /// Presence changes of this loop turn, to coalesce into one frame.
+    pub joined: Vec<String>,
+    /// Names that left this loop turn.
+    pub left: Vec<String>,
+    /// Already queued for the presence pass of this turn.
+    pub presence_queued: bool,
+}
+
+impl Room {
+    /// A new live room whose ids continue after `last_id`.
+    pub fn new(name: &str, last_id: u64, recent_cap: usize, loaded: bool) -> Room {
+        Room {
+            name: Rc::from(name),
+            members: Slab::new(),
+            names: HashSet::new(),
+            recent: VecDeque::with_capacity(recent_cap.min(64)),
+            recent_cap,
+            last_id,
+            committed_id: last_id,
+            loaded,
+            joined: Vec::new(),
+            left: Vec::new(),
+            presence_queued: false,
+        }
+    }
+
+    /// Adds a member under a unique version of `name` (`alice`, `alice-2`,
+    /// ...). Returns its slot and the name it got.
+    pub fn add(&mut self, key: usize, name: &str, since: Option<u64>) -> (usize, String) {
+        let name = self.unique_name(name);
+        self.names.insert(name.clone());
+        let slot =
+            self.members.insert(Member { key, name: name.clone(), welcomed: false, since, awaiting_read: false });
+        (slot, name)
+    }
+
+    /// Removes a member; returns its name.
+    pub fn remove(&mut self, slot: usize) -> Option<String> {
+        let member = self.members.try_remove(slot)?;
+        self.names.remove(&member.name);
+        Some(member.name)
+    }
+
+    /// Renames a member to a unique version of `wanted`; returns (old, new).
+    pub fn rename(&mut self, slot: usize, wanted: &str) -> Option<(String, String)> {
+        let old = self.members.get(slot)?.name.clone();
+        if old == wanted {
+            return None;
+        }
+        self.names.remove(&old);
+        let new = self.unique_name(wanted);
+        self.names.insert(new.clone());
+        if let Some(m) = self.members.get_mut(slot) {
+            m.name = new.clone();
+        }
+        Some((old, new))
+    }
+
+    fn unique_name(&self, name: &str) -> String {
+        if !self.names.contains(name) {
+            return name.to_string();
+        }
+        (2..).map(|n| format!("{name}-{n}")).find(|candidate| !self.names.contains(candidate)).unwrap_or_default()
+    }
+
+    /// Records a committed message in the recent history.
+    pub fn remember(&mut self, id: u64, json: Rc<str>) {
+        if self.recent_cap == 0 {
+            return;
+        }
+        if self.recent.len() == self.recent_cap {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((id, json));
+        self.committed_id = self.committed_id.max(id);
+    }
+
+    /// Puts messages loaded from storage (all older than what `recent` has) in front.
+    pub fn prepend_loaded(&mut self, older: Vec<(u64, Rc<str>)>) {
+        let first = self.recent.front().map(|(id, _)| *id).unwrap_or(u64::MAX);
+        for (id, json) in older.into_iter().rev() {
+            if id < first && self.recent.len() < self.recent_cap {
+                self.recent.push_front((id, json));
+            }
+        }
+        self.loaded = true;
+    }
+
+    /// The oldest id `recent` holds, if any.
+    pub fn oldest_cached(&self) -> Option<u64> {
+        self.recent.front().map(|(id, _)| *id)
+    }
+
+    /// Whether `recent` alone can answer "everything after `since`".
+    pub fn cache_covers(&self, since: u64) -> bool {
+        since >= self.committed_id || self.oldest_cached().is_some_and(|oldest| oldest <= since + 1)
+    }
+
+    /// Names of up to `limit` members, for welcome frames and the API.
+    pub fn online_names(&self, limit: usize) -> Vec<&str> {
+        self.members.iter().take(limit).map(|(_, m)| m.name.as_str()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_get_suffixes() {
+        let mut room = Room::new("r", 0, 10, true);
+        assert_eq!(room.add(1, "alice", None).1, "alice");
+        assert_eq!(room.add(2, "alice", None).1, "alice-2");
+        assert_eq!(room.add(3, "alice", None).1, "alice-3");
+        let (slot, _) = room.add(4, "bob", None);
+        assert_eq!(room.rename(slot, "alice"), Some(("bob".into(), "alice-4".into())));
+        assert_eq!(room.remove(slot), Some("alice-4".into()));
+        assert_eq!(room.add(5, "alice", None).1, "alice-4");
+    }
+
+    #[test]
+    fn recent_history_is_bounded_and_ordered() {
+        let mut room = Room::new("r", 0, 3, false);
+        room.remember(5, "5".into());
+        room.remember(6, "6".into());
+        room.prepend_loaded(vec![(2, "2".into()), (3, "3".into()), (4, "4".into())]);
+        let ids: Vec<u64> = room.recent.iter().map(|(id, _)| *id).collect();
+        assert_eq!(ids, vec![4, 5, 6]);
+        assert!(room.cache_covers(3));
+        assert!(!room.cache_covers(2));
+        assert!(room.cache_covers(6));
+    }
+}

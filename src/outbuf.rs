@@ -1,0 +1,279 @@
+//! A connection's output: one queue of byte chunks, sent with one `writev`.
+//!
+//! Everything a connection sends goes through here, in order: HTTP response
+//! heads and bodies, the 101 of the handshake, tungstenite's pongs and close
+//! frames, and broadcast frames. Three kinds of chunk let each of those avoid
+//! a copy:
+//!
+//! - [`Chunk::Static`]: bytes that live as long as the program, such as the
+//!   embedded `www/` files: a file body is sent straight from the binary.
+//! - [`Chunk::Shared`]: one encoded broadcast frame, shared by every member of
+//!   a room. Server frames are unmasked (RFC 6455 §5.1), so the bytes are the
+//!   same for everyone: a delivery costs a reference count, not a copy.
+//! - [`Chunk::Owned`]: bytes for this connection only.
+//!
+//! The reactor calls [`OutQueue::write_to`] once per loop turn for each
+//! connection that has output ("before sleep", as redis's `ae.c` does), so
+//! whatever one turn queued leaves in a single `writev` syscall
+//! (uWebSockets calls this corking). [`OutQueue::len`] is the backlog that
+//! `--max-pending` caps: a client that stops reading shows itself by
+//! passing it.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Write};
+use std::rc::Rc;
+
+/// One piece of pending output.
+#[derive(Clone, Debug)]
+pub enum Chunk {
+    /// Bytes embedded in the binary.
+    Static(&'static [u8]),
+    /// A frame shared with other connections.
+    Shared(Rc<[u8]>),
+    /// Bytes for this connection alone.
+    Owned(Vec<u8>),
+}
+
+impl Chunk {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Chunk::Static(b) => b,
+            Chunk::Shared(b) => b,
+            Chunk::Owned(b) => b,
+        }
+    }
+}
+
+/// Slices handed to one `writev`: Linux takes up to 1024 (IOV_MAX); 64 is
+/// plenty per turn and keeps the array on the stack small.
+const MAX_IOV: usize = 64;
+
+/// Small owned writes (pongs, small frames) are appended to the last owned
+/// chunk instead of becoming chunks of their own, up to this size in bytes.
+/// This keeps the iovec count low when tungstenite writes a frame in pieces.
+const COALESCE_LIMIT: usize = 4096;
+
+/// What [`OutQueue::write_to`] achieved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flushed {
+    /// Everything queued was written.
+    All,
+    /// The socket took part of it and would block: wait for writable.
+    Partial,
+}
+
+/// A connection's pending output, in order.
+#[derive(Debug, Default)]
+pub struct OutQueue {
+    chunks: VecDeque<Chunk>,
+    /// Bytes of the front chunk already written.
+    offset: usize,
+    /// Bytes queued and not yet written.
+    len: usize,
+}
+
+impl OutQueue {
+    /// An empty queue (allocates nothing until used).
+    pub fn new() -> OutQueue {
+        OutQueue::default()
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Queues `chunk` after everything already queued.
+    pub fn push(&mut self, chunk: Chunk) {
+        let n = chunk.bytes().len();
+        if n == 0 {
+            return;
+        }
+        self.len += n;
+        self.chunks.push_back(chunk);
+    }
+
+    /// Queues a copy of `bytes`, appending to the last owned chunk when small.
+    pub fn push_copy(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        // Append to the tail only if it is owned, not yet partly written
+        // (the offset refers to the front chunk), and stays small.
+        let tail_is_front = self.chunks.len() == 1 && self.offset > 0;
+        if let Some(Chunk::Owned(tail)) = self.chunks.back_mut()
+            && !tail_is_front
+            && tail.len() + bytes.len() <= COALESCE_LIMIT
+        {
+            tail.extend_from_slice(bytes);
+            self.len += bytes.len();
+            return;
+        }
+        self.push(Chunk::Owned(bytes.to_vec()));
+    }
+
+    /// Drops everything queued (a connection being torn down).
+    pub fn clear(&mut self) {
+        *self = OutQueue::default();
+    }
+
+    /// Writes as much as `w` takes, in `writev` calls of up to [`MAX_IOV`]
+    /// chunks, until the queue is empty or `w` would block.
+    ///
+    /// Errors other than WouldBlock and Interrupted are returned: the peer is
+    /// gone, and the caller closes this connection only.
+    pub fn write_to<W: Write>(&mut self, w: &mut W) -> io::Result<Flushed> {
+        while !self.chunks.is_empty() {
+            let mut slices: [IoSlice<'_>; MAX_IOV] = [IoSlice::new(&[]); MAX_IOV];
+            let mut count = 0;
+            for (slot, (i, chunk)) in slices.iter_mut().zip(self.chunks.iter().enumerate()) {
+                let bytes = chunk.bytes();
+                // `offset` is always within the front chunk (see `consume`).
+                *slot = IoSlice::new(if i == 0 { bytes.get(self.offset..).unwrap_or(&[]) } else { bytes });
+                count += 1;
+            }
+            match w.write_vectored(slices.get(..count).unwrap_or_default()) {
+                // A zero-length write with data pending means the peer can
+                // take no more: treat it as a broken connection.
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.consume(n),
+                // The kernel's send buffer is full: come back when writable.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flushed::Partial),
+                // A signal arrived mid-call: nothing was written, try again.
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        // Give back the deque's memory: an idle connection should hold nothing.
+        if self.chunks.capacity() > 8 {
+            self.chunks = VecDeque::new();
+        }
+        Ok(Flushed::All)
+    }
+
+    /// Forgets the first `n` written bytes.
+    fn consume(&mut self, mut n: usize) {
+        self.len -= n.min(self.len);
+        while n > 0 {
+            let Some(front) = self.chunks.front() else { break };
+            let remaining = front.bytes().len() - self.offset;
+            if n >= remaining {
+                n -= remaining;
+                self.offset = 0;
+                self.chunks.pop_front();
+            } else {
+                self.offset += n;
+                n = 0;
+            }
+        }
+    }
+
+    /// All queued bytes, copied out (for tests and the in-memory benches).
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.len);
+        for (i, chunk) in self.chunks.iter().enumerate() {
+            let bytes = chunk.bytes();
+            out.extend_from_slice(if i == 0 { bytes.get(self.offset..).unwrap_or(&[]) } else { bytes });
+        }
+        out
+    }
+}
+
+/// tungstenite writes its pongs and close frames through `Write`; this
+/// appends them to the queue and never blocks, so they stay in order with
+/// everything else the connection sends. The real socket write happens once
+/// per loop turn in [`OutQueue::write_to`].
+impl Write for OutQueue {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.push_copy(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A socket that takes at most `budget` bytes, then says WouldBlock.
+    struct Trickle {
+        taken: Vec<u8>,
+        budget: usize,
+        calls: usize,
+    }
+
+    impl Write for Trickle {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.write_vectored(&[IoSlice::new(buf)])
+        }
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            self.calls += 1;
+            if self.budget == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let mut n = 0;
+            for b in bufs {
+                let take = b.len().min(self.budget);
+                self.taken.extend_from_slice(&b[..take]);
+                self.budget -= take;
+                n += take;
+                if self.budget == 0 {
+                    break;
+                }
+            }
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn order_is_kept_across_partial_writes() {
+        let shared: Rc<[u8]> = Rc::from(&b"shared"[..]);
+        let mut q = OutQueue::new();
+        q.push(Chunk::Static(b"static-"));
+        q.push(Chunk::Shared(shared.clone()));
+        q.push_copy(b"-owned");
+        q.push_copy(b"+more");
+        assert_eq!(q.len(), 24);
+        let mut sock = Trickle { taken: vec![], budget: 10, calls: 0 };
+        assert_eq!(q.write_to(&mut sock).unwrap(), Flushed::Partial);
+        assert_eq!(q.len(), 14);
+        sock.budget = 100;
+        assert_eq!(q.write_to(&mut sock).unwrap(), Flushed::All);
+        assert_eq!(sock.taken, b"static-shared-owned+more");
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn one_writev_for_a_whole_turn() {
+        let frame: Rc<[u8]> = Rc::from(vec![7u8; 100]);
+        let mut q = OutQueue::new();
+        for _ in 0..50 {
+            q.push(Chunk::Shared(frame.clone()));
+        }
+        let mut sock = Trickle { taken: vec![], budget: usize::MAX, calls: 0 };
+        q.write_to(&mut sock).unwrap();
+        assert_eq!(sock.calls, 1);
+        assert_eq!(sock.taken.len(), 5000);
+    }
+
+    #[test]
+    fn small_copies_coalesce() {
+        let mut q = OutQueue::new();
+        for _ in 0..10 {
+            q.push_copy(b"abc");
+        }
+        assert_eq!(q.chunks.len(), 1);
+        assert_eq!(q.to_vec(), b"abc".repeat(10));
+    }
+}

@@ -1,0 +1,155 @@
+//! What each HTTP request gets: a page, a file, an API answer, or an upgrade.
+//!
+//! [`Server::on_request`] runs for every complete request head, in the order
+//! the requests arrived on the connection. It decides the answer from the
+//! path alone; bodies never matter (we serve only GET and HEAD). Answers are
+//! queued with [`Server::respond`], which keeps pipelined answers in order.
+
+use log::debug;
+
+use crate::conn::{Parked, Phase, Role, WsState};
+use crate::handshake::{self, wants_upgrade};
+use crate::http::{Head, Method};
+use crate::response::Response;
+use crate::route::Endpoint;
+use crate::server::Server;
+use crate::site::{self, Missing};
+use crate::ws::Session;
+
+impl Server {
+    /// Answers one request head on connection `key`.
+    pub(crate) fn on_request(&mut self, key: usize, head: Head) {
+        let path = head.path().to_string();
+        if path.starts_with("/ws/") || wants_upgrade(&head) {
+            return self.on_upgrade(key, head);
+        }
+        let keep_alive = head.keep_alive();
+        let head_only = head.method == Some(Method::Head);
+        let response = match head.method {
+            Some(Method::Get | Method::Head) => self.answer(key, &head, &path),
+            _ => Some(Response::text(405, "only GET and HEAD are served here").header("Allow", "GET, HEAD")),
+        };
+        match response {
+            Some(response) => self.respond(key, response.head_only(head_only).close(!keep_alive)),
+            // The answer comes later (the storage thread is reading): park the
+            // connection so pipelined requests behind this one wait.
+            None => {
+                if let Some(conn) = self.conns.get_mut(key)
+                    && let Phase::Http(http) = &mut conn.phase
+                {
+                    http.parked = Some(Parked { head_only, keep_alive });
+                }
+            }
+        }
+    }
+
+    /// The response to a GET/HEAD of `path`, or `None` if it will be sent
+    /// later (the connection is parked until then).
+    fn answer(&mut self, key: usize, head: &Head, path: &str) -> Option<Response> {
+        match path {
+            "/healthz" => return Some(Response::json(200, br#"{"status":"alive"}"#.to_vec())),
+            "/readyz" => return Some(self.readiness()),
+            "/metrics" => {
+                let body = self.metrics.render(&self.gauges());
+                return Some(
+                    Response::new(200)
+                        .header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+                        .header("Cache-Control", "no-store")
+                        .with_body(body.into_bytes()),
+                );
+            }
+            _ => {}
+        }
+        if let Some(api) = path.strip_prefix("/api/") {
+            return self.on_api(key, api, head.query());
+        }
+        let rel = match site::page_for(path) {
+            Some(page) => Ok(page),
+            None => site::safe_relative_path(path),
+        };
+        let file = rel.and_then(|rel| self.site.file(rel));
+        Some(match file {
+            Ok(file) => site::file_response(file, head.header_str("if-none-match")),
+            Err(Missing::BadPath) => Response::text(400, "bad path"),
+            Err(Missing::NotFound) => self.not_found(),
+        })
+    }
+
+    /// The 404 page (or plain text if the site has none).
+    fn not_found(&self) -> Response {
+        match self.site.file("404.html") {
+            Ok(file) => {
+                let mut r =
+                    Response::new(404).header("Content-Type", file.content_type).header("Cache-Control", "no-cache");
+                r = r.page_headers();
+                r.set_body(file.body);
+                r
+            }
+            Err(_) => Response::text(404, "not found"),
+        }
+    }
+
+    /// `/readyz`: 200 while serving, 503 while shutting down or without storage.
+    fn readiness(&self) -> Response {
+        let ready = self.is_ready();
+        let redis = match self.gauges().redis_up {
+            None => "disabled",
+            Some(true) => "up",
+            Some(false) => "down",
+        };
+        let body = serde_json::json!({
+            "ready": ready,
+            "storage": if self.storage.is_some() { "open" } else { "closed" },
+            "redis": redis,
+        });
+        Response::json(if ready { 200 } else { 503 }, body.to_string().into_bytes())
+    }
+
+    /// A request for `/ws/...` or with `Upgrade: websocket`.
+    fn on_upgrade(&mut self, key: usize, head: Head) {
+        let upgrade = match handshake::validate(&head, &self.cfg.allow_origin) {
+            Ok(upgrade) => upgrade,
+            Err(refusal) => {
+                self.metrics.reject(refusal.label);
+                debug!("handshake refused ({}): {}", refusal.status, refusal.reason);
+                let mut r = Response::text(refusal.status, refusal.reason).close(true);
+                if refusal.status == 426 {
+                    r = r.header("Sec-WebSocket-Version", "13");
+                }
+                return self.respond(key, r);
+            }
+        };
+        // Room admission is decided before the 101, so a refused join is an
+        // HTTP answer the client can read, not a socket that opens and shuts.
+        if let Endpoint::Room(room) = &upgrade.endpoint
+            && let Err(refusal) = self.chat.admit(room)
+        {
+            self.metrics.reject(refusal.label);
+            return self.respond(key, Response::text(refusal.status, refusal.reason).close(true));
+        }
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        conn.out.push_copy(&handshake::response_101(&upgrade.accept));
+        let state = WsState {
+            session: Session::new(self.cfg.max_message),
+            endpoint: upgrade.endpoint.clone(),
+            ping_sent: None,
+            role: Role::None,
+        };
+        let leftover = self.upgrade(key, state);
+        self.on_ws_open(key, &head, &upgrade);
+        // Bytes that came glued to the head are the first frames: they are
+        // handled after the greeting, as if they had arrived a moment later.
+        if !leftover.is_empty() {
+            self.feed_ws(key, &leftover, false);
+        }
+        self.mark_dirty(key);
+    }
+}
+
+impl Response {
+    /// Sets an owned body (builder style).
+    pub fn with_body(mut self, body: Vec<u8>) -> Response {
+        self.set_body(crate::outbuf::Chunk::Owned(body));
+        self
+    }
+}

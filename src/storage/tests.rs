@@ -1,0 +1,459 @@
+//! Storage through its public API, the way the reactor uses it: a real
+//! `mio::Poll` and `Waker`, requests in, replies out after the wake-up.
+//! Every wait is bounded, so a bug fails a test instead of hanging it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use mio::{Events, Poll, Token, Waker};
+
+use super::*;
+
+/// How long any single reply may take before the test fails.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+const WAKER: Token = Token(0);
+
+/// A folder under the system temp dir, unique to this process and test,
+/// removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> TempDir {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("chatroom-storage-test-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        TempDir(dir)
+    }
+
+    /// A data file in a sub-folder that does not exist yet, so `open`
+    /// has to create it.
+    fn db(&self) -> PathBuf {
+        self.0.join("data").join("chatroom.db")
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The reactor's side in miniature: a Poll, its Waker, and the Storage.
+struct Reactor {
+    poll: Poll,
+    events: Events,
+    waker: Arc<Waker>,
+}
+
+impl Reactor {
+    fn new() -> Reactor {
+        let poll = Poll::new().unwrap();
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER).unwrap());
+        Reactor { poll, events: Events::with_capacity(8), waker }
+    }
+
+    fn open(&self, backend: Backend) -> Result<(Storage, Vec<RoomRecord>), StorageError> {
+        Storage::open(backend, Arc::clone(&self.waker))
+    }
+
+    /// The next reply, sleeping in `poll` until the storage thread wakes us.
+    fn next_reply(&mut self, storage: &mut Storage) -> Reply {
+        let deadline = Instant::now() + REPLY_TIMEOUT;
+        loop {
+            if let Some(reply) = storage.try_recv() {
+                return reply;
+            }
+            let left =
+                deadline.checked_duration_since(Instant::now()).expect("no reply from the storage thread in time");
+            self.poll.poll(&mut self.events, Some(left)).unwrap();
+        }
+    }
+
+    /// Wait until every Append up to `seq` is reported, returning each
+    /// Committed seen (other replies are not expected meanwhile).
+    fn wait_committed(&mut self, storage: &mut Storage, seq: u64) -> Vec<(u64, Result<(), String>)> {
+        let mut seen = Vec::new();
+        loop {
+            match self.next_reply(storage) {
+                Reply::Committed { upto, result } => {
+                    seen.push((upto, result));
+                    if upto >= seq {
+                        return seen;
+                    }
+                }
+                other => panic!("expected Committed, got {other:?}"),
+            }
+        }
+    }
+
+    /// Send a Read and wait for its answer.
+    fn read(
+        &mut self,
+        storage: &mut Storage,
+        room: &str,
+        after: u64,
+        before: u64,
+        limit: usize,
+        newest: bool,
+    ) -> (Vec<u64>, Option<u64>) {
+        static TICKETS: AtomicUsize = AtomicUsize::new(1);
+        let ticket = TICKETS.fetch_add(1, Ordering::Relaxed) as u64;
+        storage.send(Request::Read { ticket, room: room.to_string(), after, before, limit, newest });
+        loop {
+            match self.next_reply(storage) {
+                Reply::Messages { ticket: got, messages, oldest_id } => {
+                    assert_eq!(got, ticket);
+                    return (messages.iter().map(|m| m.id).collect(), oldest_id);
+                }
+                // A Committed from an earlier batch may still be queued.
+                Reply::Committed { .. } => {}
+            }
+        }
+    }
+}
+
+fn message(id: u64, username: &str) -> StoredMessage {
+    StoredMessage {
+        id,
+        ts: 1_764_000_000_000 + id,
+        username: username.to_string(),
+        text: format!("message {id} from {username}"),
+    }
+}
+
+fn append(room: &str, id: u64) -> Request {
+    Request::Append { room: room.to_string(), msg: message(id, "alice") }
+}
+
+/// The same checks on both backends: the reactor must not be able to tell.
+fn appends_then_reads(backend: Backend) {
+    let mut reactor = Reactor::new();
+    let (mut storage, _) = reactor.open(backend).unwrap();
+
+    storage.send(Request::CreateRoom { room: "r".to_string(), created: 1 });
+    let mut last = 0;
+    for id in 1..=10 {
+        last = storage.send(append("r", id));
+    }
+    assert_eq!(last, 10);
+    reactor.wait_committed(&mut storage, last);
+
+    let all: Vec<u64> = (1..=10).collect();
+    // Last-N history: the newest 3, ascending.
+    assert_eq!(reactor.read(&mut storage, "r", 0, u64::MAX, 3, true), (vec![8, 9, 10], Some(1)));
+    // Resume with ?since=4: the oldest 3 after 4.
+    assert_eq!(reactor.read(&mut storage, "r", 4, u64::MAX, 3, false), (vec![5, 6, 7], Some(1)));
+    // Scroll-back: the 4 before id 6.
+    assert_eq!(reactor.read(&mut storage, "r", 0, 6, 4, true), (vec![2, 3, 4, 5], Some(1)));
+    // Both bounds are exclusive.
+    assert_eq!(reactor.read(&mut storage, "r", 3, 5, 10, false), (vec![4], Some(1)));
+    // A limit larger than the range returns the range.
+    assert_eq!(reactor.read(&mut storage, "r", 0, u64::MAX, 100, true), (all.clone(), Some(1)));
+    assert_eq!(reactor.read(&mut storage, "r", 0, u64::MAX, 100, false), (all, Some(1)));
+    // Nothing left after the newest; an empty range; an unknown room.
+    assert_eq!(reactor.read(&mut storage, "r", 10, u64::MAX, 5, false), (vec![], Some(1)));
+    assert_eq!(reactor.read(&mut storage, "r", 5, 5, 5, true), (vec![], Some(1)));
+    assert_eq!(reactor.read(&mut storage, "nowhere", 0, u64::MAX, 5, true), (vec![], None));
+
+    storage.shutdown().unwrap();
+}
+
+#[test]
+fn sqlite_appends_then_reads() {
+    let dir = TempDir::new();
+    appends_then_reads(Backend::Sqlite(dir.db()));
+}
+
+#[test]
+fn memory_appends_then_reads() {
+    appends_then_reads(Backend::Memory { keep_per_room: 1_000 });
+}
+
+/// A read sent right after appends, without waiting, still sees them: reads
+/// run after their batch commits, and Committed is queued before Messages.
+fn read_sees_earlier_appends(backend: Backend) {
+    let mut reactor = Reactor::new();
+    let (mut storage, _) = reactor.open(backend).unwrap();
+    for id in 1..=5 {
+        storage.send(append("r", id));
+    }
+    storage.send(Request::Read {
+        ticket: 77,
+        room: "r".to_string(),
+        after: 0,
+        before: u64::MAX,
+        limit: 50,
+        newest: true,
+    });
+    let mut committed = 0;
+    loop {
+        match reactor.next_reply(&mut storage) {
+            Reply::Committed { upto, result } => {
+                assert_eq!(result, Ok(()));
+                assert!(upto > committed, "upto must grow");
+                committed = upto;
+            }
+            Reply::Messages { ticket, messages, .. } => {
+                assert_eq!(ticket, 77);
+                assert_eq!(committed, 5, "Committed{{upto: 5}} comes before the read's answer");
+                assert_eq!(messages, (1..=5).map(|id| message(id, "alice")).collect::<Vec<_>>());
+                break;
+            }
+        }
+    }
+    storage.shutdown().unwrap();
+}
+
+#[test]
+fn sqlite_read_sees_earlier_appends() {
+    let dir = TempDir::new();
+    read_sees_earlier_appends(Backend::Sqlite(dir.db()));
+}
+
+#[test]
+fn memory_read_sees_earlier_appends() {
+    read_sees_earlier_appends(Backend::Memory { keep_per_room: 10 });
+}
+
+#[test]
+fn committed_upto_counts_every_append_once_in_order() {
+    let dir = TempDir::new();
+    let mut reactor = Reactor::new();
+    let (mut storage, _) = reactor.open(Backend::Sqlite(dir.db())).unwrap();
+
+    // Non-appends do not take a sequence number.
+    assert_eq!(storage.send(Request::CreateRoom { room: "a".to_string(), created: 1 }), 0);
+    let mut seqs = Vec::new();
+    for id in 1..=300 {
+        seqs.push(storage.send(append("a", id)));
+        seqs.push(storage.send(append("b", id)));
+    }
+    assert_eq!(seqs, (1..=600).collect::<Vec<u64>>());
+
+    // However the thread split them into batches, the uptos rise strictly,
+    // all succeed, and the last one is 600.
+    let seen = reactor.wait_committed(&mut storage, 600);
+    assert!(seen.windows(2).all(|w| w[0].0 < w[1].0), "{seen:?}");
+    assert!(seen.iter().all(|(_, result)| result.is_ok()));
+    assert_eq!(seen.last().map(|s| s.0), Some(600));
+
+    // The numbering continues across batches.
+    assert_eq!(storage.send(append("a", 301)), 601);
+    assert_eq!(reactor.wait_committed(&mut storage, 601), vec![(601, Ok(()))]);
+    storage.shutdown().unwrap();
+}
+
+#[test]
+fn a_failed_batch_reports_err_and_the_next_one_commits() {
+    let dir = TempDir::new();
+    let mut reactor = Reactor::new();
+    let (mut storage, _) = reactor.open(Backend::Sqlite(dir.db())).unwrap();
+    let seq = storage.send(append("r", 1));
+    reactor.wait_committed(&mut storage, seq);
+
+    // Id 1 again: the primary key refuses it, the batch rolls back.
+    let seq = storage.send(append("r", 1));
+    let seen = reactor.wait_committed(&mut storage, seq);
+    let (upto, result) = seen.last().cloned().unwrap();
+    assert_eq!(upto, 2);
+    assert!(result.unwrap_err().contains("UNIQUE"), "a constraint error");
+
+    // The connection is usable afterwards and history is intact.
+    let seq = storage.send(append("r", 2));
+    assert_eq!(reactor.wait_committed(&mut storage, seq), vec![(3, Ok(()))]);
+    assert_eq!(reactor.read(&mut storage, "r", 0, u64::MAX, 10, false), (vec![1, 2], Some(1)));
+    storage.shutdown().unwrap();
+}
+
+#[test]
+fn directory_survives_a_restart() {
+    let dir = TempDir::new();
+    let mut reactor = Reactor::new();
+
+    let (mut storage, directory) = reactor.open(Backend::Sqlite(dir.db())).unwrap();
+    assert_eq!(directory, vec![]);
+    storage.send(Request::CreateRoom { room: "quiet".to_string(), created: 5 });
+    storage.send(Request::CreateRoom { room: "busy".to_string(), created: 7 });
+    // CreateRoom is idempotent: the first `created` stays.
+    storage.send(Request::CreateRoom { room: "busy".to_string(), created: 9 });
+    let mut seq = 0;
+    for id in 1..=4 {
+        seq = storage.send(Request::Append {
+            room: "busy".to_string(),
+            msg: message(id, if id % 2 == 0 { "bob" } else { "alice" }),
+        });
+    }
+    // A room first seen through a message gets a row too.
+    seq = seq.max(storage.send(append("implicit", 1)));
+    reactor.wait_committed(&mut storage, seq);
+    storage.shutdown().unwrap();
+
+    let (mut storage, directory) = reactor.open(Backend::Sqlite(dir.db())).unwrap();
+    assert_eq!(
+        directory,
+        vec![
+            RoomRecord {
+                name: "busy".to_string(),
+                created: 7,
+                last_post: Some(message(4, "bob").ts),
+                messages: 4,
+                last_id: 4,
+            },
+            RoomRecord {
+                name: "implicit".to_string(),
+                created: message(1, "alice").ts,
+                last_post: Some(message(1, "alice").ts),
+                messages: 1,
+                last_id: 1,
+            },
+            RoomRecord { name: "quiet".to_string(), created: 5, last_post: None, messages: 0, last_id: 0 },
+        ]
+    );
+    assert_eq!(reactor.read(&mut storage, "busy", 0, u64::MAX, 10, true), (vec![1, 2, 3, 4], Some(1)));
+    storage.shutdown().unwrap();
+
+    // And the users table followed the posters.
+    let conn = rusqlite::Connection::open(dir.db()).unwrap();
+    let users: Vec<(String, i64, i64)> = conn
+        .prepare("SELECT name, first_seen, last_seen FROM users ORDER BY name")
+        .unwrap()
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let ts = |id| message(id, "").ts as i64;
+    assert_eq!(users, vec![("alice".to_string(), ts(1), ts(3)), ("bob".to_string(), ts(2), ts(4))]);
+}
+
+#[test]
+fn shutdown_commits_what_is_pending() {
+    let dir = TempDir::new();
+    let reactor = Reactor::new();
+    let (mut storage, _) = reactor.open(Backend::Sqlite(dir.db())).unwrap();
+    // Queue and leave at once, without waiting for any reply.
+    for id in 1..=1_000 {
+        storage.send(append("r", id));
+    }
+    storage.shutdown().unwrap();
+
+    let (storage, directory) = reactor.open(Backend::Sqlite(dir.db())).unwrap();
+    assert_eq!(directory.len(), 1);
+    assert_eq!(directory[0].messages, 1_000);
+    assert_eq!(directory[0].last_id, 1_000);
+    storage.shutdown().unwrap();
+}
+
+#[test]
+fn dropping_the_handle_also_commits() {
+    let dir = TempDir::new();
+    let reactor = Reactor::new();
+    let (mut storage, _) = reactor.open(Backend::Sqlite(dir.db())).unwrap();
+    for id in 1..=100 {
+        storage.send(append("r", id));
+    }
+    drop(storage);
+
+    let (storage, directory) = reactor.open(Backend::Sqlite(dir.db())).unwrap();
+    assert_eq!(directory[0].last_id, 100);
+    storage.shutdown().unwrap();
+}
+
+#[test]
+fn a_second_open_of_the_same_file_is_refused() {
+    let dir = TempDir::new();
+    let reactor = Reactor::new();
+    let (first, _) = reactor.open(Backend::Sqlite(dir.db())).unwrap();
+
+    let Err(err) = reactor.open(Backend::Sqlite(dir.db())) else {
+        panic!("a second open of a locked file must fail");
+    };
+    assert!(matches!(err, StorageError::InUse { .. }), "{err:?}");
+    let text = err.to_string();
+    let db = dir.db().display().to_string();
+    assert!(text.contains(&format!("data file {db} is in use")), "{text}");
+    assert!(text.contains(&format!("lock {db}.lock is held")), "{text}");
+    assert!(text.contains("give each process its own --data"), "{text}");
+
+    // Once the first lets go, the file opens again.
+    first.shutdown().unwrap();
+    let (again, _) = reactor.open(Backend::Sqlite(dir.db())).unwrap();
+    again.shutdown().unwrap();
+}
+
+#[test]
+fn memory_keeps_the_newest_per_room_and_says_where_history_starts() {
+    let mut reactor = Reactor::new();
+    let (mut storage, directory) = reactor.open(Backend::Memory { keep_per_room: 4 }).unwrap();
+    assert_eq!(directory, vec![]);
+    let mut seq = 0;
+    for id in 1..=10 {
+        seq = storage.send(append("r", id));
+    }
+    storage.send(append("other", 1));
+    seq += 1;
+    reactor.wait_committed(&mut storage, seq);
+
+    assert_eq!(reactor.read(&mut storage, "r", 0, u64::MAX, 100, true), (vec![7, 8, 9, 10], Some(7)));
+    // Asking for what was trimmed: nothing older than 7 comes back, and
+    // oldest_id tells the reactor to send a gap frame.
+    assert_eq!(reactor.read(&mut storage, "r", 2, u64::MAX, 3, false), (vec![7, 8, 9], Some(7)));
+    assert_eq!(reactor.read(&mut storage, "r", 0, 7, 10, true), (vec![], Some(7)));
+    // Rooms are trimmed separately.
+    assert_eq!(reactor.read(&mut storage, "other", 0, u64::MAX, 10, true), (vec![1], Some(1)));
+    storage.shutdown().unwrap();
+}
+
+#[test]
+fn a_newer_schema_is_refused_with_a_way_out() {
+    let dir = TempDir::new();
+    std::fs::create_dir_all(dir.db().parent().unwrap()).unwrap();
+    let conn = rusqlite::Connection::open(dir.db()).unwrap();
+    conn.pragma_update(None, "user_version", 99).unwrap();
+    drop(conn);
+
+    let reactor = Reactor::new();
+    let Err(err) = reactor.open(Backend::Sqlite(dir.db())) else {
+        panic!("a newer schema must be refused");
+    };
+    let text = err.to_string();
+    assert!(text.contains("schema version 99"), "{text}");
+    assert!(text.contains("--data"), "{text}");
+}
+
+#[test]
+fn a_file_that_is_not_a_database_is_refused_with_its_name() {
+    let dir = TempDir::new();
+    std::fs::create_dir_all(dir.db().parent().unwrap()).unwrap();
+    std::fs::write(dir.db(), vec![b'x'; 4096]).unwrap();
+
+    let reactor = Reactor::new();
+    let Err(err) = reactor.open(Backend::Sqlite(dir.db())) else {
+        panic!("garbage must be refused");
+    };
+    let text = err.to_string();
+    assert!(text.contains(&dir.db().display().to_string()), "{text}");
+    assert!(text.contains("choose another --data"), "{text}");
+}
+
+#[test]
+fn an_unwritable_folder_is_refused_with_its_name() {
+    let dir = TempDir::new();
+    // A file where the data folder should be: create_dir_all must fail,
+    // even when the tests run as root.
+    std::fs::create_dir_all(&dir.0).unwrap();
+    std::fs::write(dir.0.join("data"), b"not a folder").unwrap();
+
+    let reactor = Reactor::new();
+    let Err(err) = reactor.open(Backend::Sqlite(dir.db())) else {
+        panic!("an impossible folder must be refused");
+    };
+    let text = err.to_string();
+    assert!(text.contains("cannot create folder"), "{text}");
+    assert!(text.contains("--data none"), "{text}");
+}

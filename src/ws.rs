@@ -1,0 +1,317 @@
+//! One WebSocket session: tungstenite's protocol state over our own buffers.
+//!
+//! tungstenite's [`WebSocketContext`] holds the protocol state (partial
+//! frames, fragmented messages, the close handshake) but not the socket: each
+//! call borrows a `Read + Write` stream. We hand it a [`Pipe`]: its `read`
+//! side returns the bytes the reactor just read from the socket and then
+//! `WouldBlock`; its `write` side appends to the connection's
+//! [`OutQueue`] and never blocks. So tungstenite decodes, unmasks,
+//! reassembles, validates UTF-8 and answers pings and closes, while the
+//! reactor alone touches the socket, once per turn.
+//!
+//! Data frames we send (echo replies, room broadcasts) do not go through
+//! tungstenite's `write`, which would copy each frame into its own buffer:
+//! they are encoded by [`crate::frame`] and pushed onto the same queue, so
+//! control frames and data frames stay in one order.
+
+use std::io::{self, Read, Write};
+
+use tungstenite::error::{CapacityError, Error, ProtocolError};
+use tungstenite::protocol::frame::coding::{CloseCode, Control, OpCode};
+use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig, WebSocketContext};
+use tungstenite::{Bytes, Message};
+
+use crate::frame;
+use crate::outbuf::OutQueue;
+
+/// tungstenite's read buffer per connection, in bytes. It is allocated
+/// eagerly and lives as long as the session, so it is most of an idle
+/// WebSocket's memory: 512 bytes holds any chat message whole, while larger
+/// messages grow it on demand (tungstenite reserves the frame's length).
+const READ_BUFFER: usize = 512;
+
+/// The state of the closing handshake, as far as we are concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Closing {
+    /// Open: messages flow both ways.
+    No,
+    /// We sent a close frame and wait for the client's (§5.5.1).
+    Sent,
+    /// The handshake is complete, or the peer is gone: drop the socket
+    /// once the output has been flushed.
+    Done,
+    /// The client broke the protocol; we sent a close frame with the reason
+    /// and ignore everything it sends from now on.
+    Failed,
+}
+
+/// A stream for tungstenite: reads come from a slice, writes go to the queue.
+struct Pipe<'a> {
+    input: &'a [u8],
+    eof: bool,
+    out: &'a mut OutQueue,
+}
+
+impl Read for Pipe<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.input.is_empty() {
+            // Ok(0) tells tungstenite the peer closed the TCP stream; otherwise
+            // WouldBlock says "that is all for now", as a non-blocking socket would.
+            return if self.eof { Ok(0) } else { Err(io::ErrorKind::WouldBlock.into()) };
+        }
+        let n = buf.len().min(self.input.len());
+        let (now, later) = self.input.split_at(n);
+        if let Some(dest) = buf.get_mut(..n) {
+            dest.copy_from_slice(now);
+        }
+        self.input = later;
+        Ok(n)
+    }
+}
+
+impl Write for Pipe<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.out.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A WebSocket session.
+pub struct Session {
+    ctx: WebSocketContext,
+    closing: Closing,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session").field("closing", &self.closing).finish()
+    }
+}
+
+impl Session {
+    /// A server-side session that accepts messages up to `max_message` bytes.
+    pub fn new(max_message: usize) -> Session {
+        let mut config = WebSocketConfig::default();
+        config.read_buffer_size = READ_BUFFER;
+        // We never let tungstenite buffer output: every frame it writes goes
+        // straight into our queue (which never blocks), so 0 is right here,
+        // and the cap only has to exceed it.
+        config.write_buffer_size = 0;
+        config.max_write_buffer_size = 64 * 1024;
+        config.max_message_size = Some(max_message);
+        config.max_frame_size = Some(max_message);
+        Session { ctx: WebSocketContext::new(Role::Server, Some(config)), closing: Closing::No }
+    }
+
+    /// Where the closing handshake stands.
+    pub fn closing(&self) -> Closing {
+        self.closing
+    }
+
+    /// Feeds bytes read from the socket (or the end of the stream, `eof`)
+    /// through the protocol. Complete data messages are pushed onto
+    /// `messages`; pongs and close replies are queued on `out` by tungstenite.
+    pub fn feed(&mut self, input: &[u8], eof: bool, out: &mut OutQueue, messages: &mut Vec<Message>) {
+        if matches!(self.closing, Closing::Done | Closing::Failed) {
+            // After a protocol error the stream is out of step: nothing more
+            // can be trusted as a frame. Discard until the peer closes.
+            if eof {
+                self.closing = Closing::Done;
+            }
+            return;
+        }
+        let mut pipe = Pipe { input, eof, out };
+        loop {
+            match self.ctx.read(&mut pipe) {
+                Ok(Message::Close(_)) => {
+                    // tungstenite queued the reply close frame (§5.5.1); push it out.
+                    let _ = self.ctx.flush(&mut pipe);
+                    if self.closing == Closing::Sent {
+                        self.closing = Closing::Done;
+                    } else {
+                        // The client started the close: our reply completes it.
+                        self.closing = Closing::Done;
+                    }
+                    return;
+                }
+                Ok(message) => messages.push(message),
+                // All input consumed; a partial frame, if any, waits in
+                // tungstenite's buffer for the next read.
+                Err(Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
+                // Both close frames have crossed: the session is over.
+                Err(Error::ConnectionClosed | Error::AlreadyClosed) => {
+                    self.closing = Closing::Done;
+                    return;
+                }
+                // The TCP stream ended without a close frame: nothing to answer.
+                Err(Error::Protocol(ProtocolError::ResetWithoutClosingHandshake)) | Err(Error::Io(_)) => {
+                    self.closing = Closing::Done;
+                    return;
+                }
+                Err(e) => {
+                    let (code, reason) = close_code_for(&e);
+                    self.fail(code, reason, pipe.out);
+                    return;
+                }
+            }
+        }
+        // Pongs for pings read above leave with this turn's output.
+        let _ = self.ctx.flush(&mut pipe);
+    }
+
+    /// Starts the closing handshake with `code` (e.g. 1001 when shutting
+    /// down, 1008 for a slow consumer). Later data frames are dropped.
+    pub fn close(&mut self, code: u16, reason: &str, out: &mut OutQueue) {
+        if self.closing != Closing::No {
+            return;
+        }
+        let frame = CloseFrame { code: CloseCode::from(code), reason: reason.to_string().into() };
+        let mut pipe = Pipe { input: &[], eof: false, out };
+        match self.ctx.close(&mut pipe, Some(frame)) {
+            Ok(()) => self.closing = Closing::Sent,
+            // tungstenite considers the session over already: nothing to wait for.
+            Err(_) => self.closing = Closing::Done,
+        }
+    }
+
+    /// Fails the connection (§7.1.7): a close frame with the reason, then
+    /// no more reading from this client.
+    pub fn fail(&mut self, code: u16, reason: &str, out: &mut OutQueue) {
+        if matches!(self.closing, Closing::No | Closing::Sent) {
+            out.push_copy(&close_frame(code, reason));
+        }
+        self.closing = Closing::Failed;
+    }
+
+    /// Sends a ping (the heartbeat); the client must answer with a pong.
+    pub fn ping(&mut self, payload: &[u8], out: &mut OutQueue) {
+        if self.closing == Closing::No {
+            out.push_copy(&frame::encode(OpCode::Control(Control::Ping), payload));
+        }
+    }
+
+    /// Whether data frames may still be sent.
+    pub fn is_open(&self) -> bool {
+        self.closing == Closing::No
+    }
+}
+
+/// A close frame with `code` and `reason` (reason cut to fit the 125-byte
+/// control-frame limit of §5.5, at a character boundary).
+pub fn close_frame(code: u16, reason: &str) -> Vec<u8> {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut payload = code.to_be_bytes().to_vec();
+    payload.extend_from_slice(reason.as_bytes().get(..end).unwrap_or_default());
+    frame::encode(OpCode::Control(Control::Close), &payload)
+}
+
+/// The close code RFC 6455 §7.4.1 assigns to each way a client can fail.
+fn close_code_for(e: &Error) -> (u16, &'static str) {
+    match e {
+        Error::Capacity(CapacityError::MessageTooLong { .. }) => (1009, "message too big"),
+        Error::Capacity(_) => (1009, "message too big"),
+        Error::Utf8(_) => (1007, "invalid UTF-8"),
+        Error::Protocol(ProtocolError::InvalidCloseSequence) => (1002, "invalid close frame"),
+        Error::Protocol(_) => (1002, "protocol error"),
+        _ => (1011, "internal error"),
+    }
+}
+
+/// The payload of a binary or text message as bytes.
+pub fn payload(message: &Message) -> Option<&Bytes> {
+    match message {
+        Message::Binary(b) => Some(b),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A masked client frame, as a browser would send it.
+    fn client_frame(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
+        let mask = [1u8, 2, 3, 4];
+        let mut f = vec![if fin { 0x80 } else { 0 } | opcode];
+        match payload.len() {
+            n if n < 126 => f.push(0x80 | n as u8),
+            n if n < 65536 => {
+                f.push(0x80 | 126);
+                f.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                f.push(0x80 | 127);
+                f.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        f.extend_from_slice(&mask);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        f
+    }
+
+    #[test]
+    fn messages_split_anywhere_reassemble() {
+        let mut bytes = client_frame(0x1, true, b"hello");
+        bytes.extend(client_frame(0x2, false, b"bin"));
+        bytes.extend(client_frame(0x0, true, b"ary"));
+        let mut s = Session::new(1024);
+        let mut out = OutQueue::new();
+        let mut got = vec![];
+        for chunk in bytes.chunks(3) {
+            s.feed(chunk, false, &mut out, &mut got);
+        }
+        assert_eq!(got, vec![Message::text("hello"), Message::binary(&b"binary"[..])]);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn ping_gets_pong_and_close_gets_close() {
+        let mut s = Session::new(1024);
+        let mut out = OutQueue::new();
+        let mut got = vec![];
+        s.feed(&client_frame(0x9, true, b"hi"), false, &mut out, &mut got);
+        assert_eq!(out.to_vec(), b"\x8a\x02hi");
+        out.clear();
+        s.feed(&client_frame(0x8, true, &[0x03, 0xe8]), false, &mut out, &mut got);
+        assert_eq!(out.to_vec(), b"\x88\x02\x03\xe8");
+        assert_eq!(s.closing(), Closing::Done);
+    }
+
+    #[test]
+    fn too_big_is_1009_and_bad_utf8_is_1007() {
+        let mut s = Session::new(10);
+        let mut out = OutQueue::new();
+        s.feed(&client_frame(0x1, true, b"way too long for ten"), false, &mut out, &mut vec![]);
+        assert_eq!(&out.to_vec()[..4], b"\x88\x11\x03\xf1");
+        assert_eq!(s.closing(), Closing::Failed);
+
+        let mut s = Session::new(100);
+        let mut out = OutQueue::new();
+        s.feed(&client_frame(0x1, true, b"\xff\xfe"), false, &mut out, &mut vec![]);
+        assert_eq!(&out.to_vec()[..4], b"\x88\x0f\x03\xef");
+    }
+
+    #[test]
+    fn unmasked_frame_is_a_protocol_error() {
+        let mut s = Session::new(100);
+        let mut out = OutQueue::new();
+        s.feed(b"\x81\x02hi", false, &mut out, &mut vec![]);
+        assert_eq!(&out.to_vec()[..4], b"\x88\x10\x03\xea");
+    }
+
+    #[test]
+    fn server_close_waits_for_the_reply() {
+        let mut s = Session::new(100);
+        let mut out = OutQueue::new();
+        s.close(1001, "going away", &mut out);
+        assert_eq!(s.closing(), Closing::Sent);
+        assert_eq!(&out.to_vec()[..4], b"\x88\x0c\x03\xe9");
+        s.feed(&client_frame(0x8, true, &[0x03, 0xe9]), false, &mut out, &mut vec![]);
+        assert_eq!(s.closing(), Closing::Done);
+    }
+}

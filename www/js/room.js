@@ -1,0 +1,396 @@
+// room.js: one chat room, /room/<name>.
+//
+// The flow, in the order a reader meets it below:
+//   1. the room name comes from the address, the user name from the form;
+//   2. connect() opens ws://host/ws/chatroom/<room>?username=<name>[&since=<lastId>];
+//   3. onFrame() handles each JSON frame the server sends (docs/wire.md);
+//   4. onClosed() decides whether to come back: yes, with growing pauses,
+//      unless the user pressed Close. Coming back asks for `since=lastId`,
+//      so the server resends only what we missed while away;
+//   5. loadOlder() fetches history above the oldest message on screen.
+//
+// Every message carries the room's sequence number (`id`: 1, 2, 3... without
+// gaps). Remembering the highest one we showed (`lastId`) is all it takes to
+// never show a message twice and to resume exactly where we left off.
+
+'use strict';
+
+(() => {
+  const NAME_KEY = 'chatroom.username';  // localStorage key for the last name used
+  const OLDER_PAGE = 50;                 // messages per "Load older messages" click
+  const MAX_CHARS = 4096;                // the server refuses longer messages
+  const NEAR_BOTTOM_PX = 48;             // "at the bottom" means within this distance
+
+  // What the close codes we expect from the server mean, for people.
+  const CLOSE_REASONS = {
+    1003: 'binary frames are not accepted in a chat room',
+    1008: 'this connection fell too far behind (slow consumer)',
+    1009: 'a message was too big',
+    1013: 'the room is full, try again later',
+  };
+
+  const $ = (id) => document.getElementById(id);
+  const ui = {
+    title: $('room-title'), status: $('status'), join: $('join'), username: $('username'),
+    connect: $('connect'), close: $('close'), log: $('log'), older: $('older'),
+    messages: $('messages'), composer: $('composer'), input: $('input'),
+    online: $('online'), onlineCount: $('online-count'),
+  };
+
+  // ---- 1. names ----------------------------------------------------------
+
+  // "/room/welcome" and "/room/welcome/" both mean "welcome".
+  function roomFromPath(path) {
+    const raw = path.replace(/^\/room\/?/, '').replace(/\/+$/, '');
+    try {
+      return decodeURIComponent(raw);
+    } catch {
+      return raw; // a broken %-escape; ROOM_RE will reject it below
+    }
+  }
+
+  function loadName() {
+    try { return localStorage.getItem(NAME_KEY) || ''; } catch { return ''; }
+  }
+
+  function saveName(name) {
+    // Names the server made up for us (guest-7) are not worth keeping.
+    if (!name || /^guest-\d+$/.test(name)) return;
+    try { localStorage.setItem(NAME_KEY, name); } catch { /* storage disabled: fine */ }
+  }
+
+  const room = roomFromPath(location.pathname);
+
+  // ---- state -------------------------------------------------------------
+
+  let socket = null;        // the current WebSocket, or null while offline
+  let wanted = false;       // true from Connect until Close: come back after drops
+  let attempt = 0;          // reconnects tried since the last welcome
+  let retryTimer = null;    // the pending reconnect, if any
+  let me = '';              // our name, as the server knows it
+  let lastId = 0;           // highest message id shown
+  let oldestId = null;      // lowest message id shown (null: none yet)
+  let floorId = 1;          // nothing older than this exists any more
+  let loadingOlder = false;
+  const shown = new Set();  // ids of the messages on screen
+  const online = new Map(); // name -> number of connections using it
+  let onlineCount = 0;      // the server's latest online_count
+
+  // ---- rendering ---------------------------------------------------------
+
+  // Runs `change` and, if the reader was at the bottom of the log before,
+  // keeps them there; someone scrolled up to read is left alone.
+  function stickToBottom(change) {
+    const log = ui.log;
+    const atBottom = log.scrollHeight - log.scrollTop - log.clientHeight < NEAR_BOTTOM_PX;
+    change();
+    if (atBottom) log.scrollTop = log.scrollHeight;
+  }
+
+  // The same name always gets the same of eight colours.
+  function hueClass(name) {
+    let hash = 0;
+    for (const ch of name) hash = (hash * 31 + ch.codePointAt(0)) >>> 0;
+    return 'hue-' + (hash % 8);
+  }
+
+  function messageEl(m) {
+    const mine = m.username === me;
+    return el('li', { class: mine ? 'msg mine' : 'msg', 'data-id': m.id },
+      el('div', { class: 'meta' },
+        el('span', { class: 'who ' + hueClass(m.username) }, m.username),
+        timeEl(m.ts)),
+      el('p', { class: 'text' }, m.message));
+  }
+
+  // A grey line about the room rather than from a person.
+  function systemLine(text, kind) {
+    stickToBottom(() => ui.messages.append(el('li', { class: kind ? 'sys ' + kind : 'sys' }, text)));
+  }
+
+  // Appends a message that arrived live or in the welcome history. Anything
+  // at or below lastId is already on screen (a resend after a reconnect).
+  function addMessage(m) {
+    if (!Number.isInteger(m.id) || m.id <= lastId) return;
+    stickToBottom(() => ui.messages.append(messageEl(m)));
+    shown.add(m.id);
+    lastId = m.id;
+    if (oldestId === null) oldestId = m.id;
+  }
+
+  // Redraws the online list. `count` is the server's online_count when the
+  // frame has one; it can exceed the names we know (in big rooms the server
+  // stops naming who comes and goes), so it is shown as given.
+  function renderOnline(count) {
+    if (Number.isInteger(count)) onlineCount = count;
+    const names = [...online.keys()].sort((a, b) => a.localeCompare(b));
+    ui.online.replaceChildren(...names.map((name) =>
+      el('li', { class: name === me ? 'me ' + hueClass(name) : hueClass(name) }, name)));
+    ui.onlineCount.textContent = String(onlineCount);
+  }
+
+  function addOnline(name) {
+    online.set(name, (online.get(name) || 0) + 1);
+  }
+
+  function removeOnline(name) {
+    const n = online.get(name) || 0;
+    if (n > 1) online.set(name, n - 1); else online.delete(name);
+  }
+
+  function updateOlder() {
+    const before = oldestId ?? lastId + 1;
+    ui.older.disabled = loadingOlder || before <= floorId;
+  }
+
+  // ---- 2. connecting -----------------------------------------------------
+
+  function connect() {
+    clearTimeout(retryTimer);
+    retryTimer = null;
+    if (socket) {
+      // Connect while connected (perhaps with a new name): start over.
+      const old = socket;
+      socket = null;
+      old.close(1000);
+    }
+    wanted = true;
+    ui.close.disabled = false;
+
+    const name = ui.username.value.trim();
+    saveName(name);
+    const params = new URLSearchParams();
+    if (name) params.set('username', name);
+    if (lastId > 0) params.set('since', String(lastId));
+    const query = params.toString();
+    const ws = new WebSocket(wsUrl('/ws/chatroom/' + encodeURIComponent(room) + (query ? '?' + query : '')));
+    socket = ws;
+    setStatus(ui.status, 'connecting');
+
+    // A socket we replaced may still report in; only the current one counts.
+    ws.addEventListener('message', (event) => { if (socket === ws) onFrame(event.data); });
+    ws.addEventListener('close', (event) => {
+      if (socket !== ws) return;
+      socket = null;
+      onClosed(event);
+    });
+    // No 'error' handler: a 'close' event always follows it, and that is
+    // where we decide what to do.
+  }
+
+  function disconnect() {
+    wanted = false;
+    clearTimeout(retryTimer);
+    retryTimer = null;
+    ui.close.disabled = true;
+    if (socket) {
+      const old = socket;
+      socket = null;
+      old.close(1000, 'bye');
+    }
+    goOffline('offline');
+    systemLine('disconnected');
+  }
+
+  function goOffline(detail) {
+    setStatus(ui.status, 'offline', detail);
+    online.clear();
+    renderOnline(0);
+  }
+
+  // ---- 3. frames from the server ------------------------------------------
+
+  function onFrame(data) {
+    if (typeof data !== 'string') return; // the chat protocol is text only
+    let f;
+    try {
+      f = JSON.parse(data);
+    } catch {
+      systemLine('the server sent something that is not JSON', 'error');
+      return;
+    }
+    switch (f.type) {
+      case 'welcome': return onWelcome(f);
+      case 'message': return addMessage(f);
+      case 'join':
+        addOnline(f.username);
+        renderOnline(f.online_count);
+        return systemLine(f.username + ' joined');
+      case 'leave':
+        removeOnline(f.username);
+        renderOnline(f.online_count);
+        return systemLine(f.username + ' left');
+      case 'presence': return onPresence(f);
+      case 'rename': return onRename(f);
+      case 'error': return systemLine(f.message || f.code || 'error', 'error');
+      case 'gap':
+        if (Number.isInteger(f.oldest_id)) floorId = Math.max(floorId, f.oldest_id);
+        updateOlder();
+        return systemLine('older messages are no longer available');
+      default: // a frame type newer than this page: ignore it
+    }
+  }
+
+  function onWelcome(f) {
+    attempt = 0;
+    me = f.username || me;
+    ui.username.value = me;
+    if (Number.isInteger(f.last_id) && f.last_id < lastId) {
+      // The room now ends before what we have seen: its history was wiped
+      // (a server restarted without its data). Start the list afresh.
+      ui.messages.replaceChildren();
+      shown.clear();
+      lastId = 0;
+      oldestId = null;
+      floorId = 1;
+      systemLine('the room’s history was reset on the server');
+    }
+    online.clear();
+    for (const name of f.online || []) addOnline(name);
+    renderOnline(f.online_count);
+    for (const m of f.history || []) addMessage(m);
+    // With an empty history, still remember where the room is, so that a
+    // reconnect asks only for newer messages and scroll-back knows its start.
+    if (Number.isInteger(f.last_id) && shown.size === 0) lastId = Math.max(lastId, f.last_id);
+    updateOlder();
+    setStatus(ui.status, 'online', 'connected as ' + me);
+    systemLine('connected as ' + me);
+    // Someone who just pressed Connect wants the latest messages and to type next.
+    if (ui.join.contains(document.activeElement)) {
+      ui.log.scrollTop = ui.log.scrollHeight;
+      ui.input.focus();
+    }
+  }
+
+  function onPresence(f) {
+    const joined = Array.isArray(f.joined) ? f.joined : [];
+    const left = Array.isArray(f.left) ? f.left : [];
+    joined.forEach(addOnline);
+    left.forEach(removeOnline);
+    renderOnline(f.online_count);
+    const parts = [];
+    if (joined.length) parts.push(joined.join(', ') + ' joined');
+    if (left.length) parts.push(left.join(', ') + ' left');
+    if (parts.length) systemLine(parts.join('; '));
+  }
+
+  function onRename(f) {
+    removeOnline(f.from);
+    addOnline(f.to);
+    if (f.from === me) {
+      me = f.to;
+      ui.username.value = me;
+      saveName(me);
+    }
+    renderOnline(f.online_count);
+    systemLine(f.from + ' is now ' + f.to);
+  }
+
+  // ---- 4. closes and reconnects --------------------------------------------
+
+  function onClosed(event) {
+    const reason = CLOSE_REASONS[event.code];
+    if (reason) systemLine(`closed by the server (${event.code}): ${event.reason || reason}`, 'error');
+    if (!wanted) {
+      goOffline('offline');
+      return;
+    }
+    // Unexpected: try again after a pause that doubles each time (with
+    // jitter, see backoffDelay). Say so once, not on every failed try.
+    const delay = backoffDelay(attempt);
+    if (attempt === 0) systemLine('connection lost, reconnecting…');
+    attempt += 1;
+    goOffline(`reconnecting in ${(delay / 1000).toFixed(1)} s`);
+    retryTimer = setTimeout(connect, delay);
+  }
+
+  // When the network comes back, don't wait out the rest of a long pause.
+  window.addEventListener('online', () => {
+    if (wanted && !socket) {
+      attempt = 0;
+      connect();
+    }
+  });
+
+  // ---- sending -------------------------------------------------------------
+
+  function send(event) {
+    event.preventDefault();
+    const text = ui.input.value;
+    if (text.trim() === '') return;
+    if (Array.from(text).length > MAX_CHARS) {
+      systemLine(`a message can be at most ${MAX_CHARS} characters`, 'error');
+      return;
+    }
+    if (!socket || socket.readyState !== WebSocket.OPEN) {
+      systemLine('not connected: press Connect first', 'error');
+      return;
+    }
+    socket.send(JSON.stringify({ message: text }));
+    ui.input.value = '';
+    ui.input.focus();
+  }
+
+  // ---- 5. scroll-back ------------------------------------------------------
+
+  async function loadOlder() {
+    const before = oldestId ?? lastId + 1;
+    loadingOlder = true;
+    updateOlder();
+    try {
+      const url = `/api/rooms/${encodeURIComponent(room)}/messages?before=${before}&limit=${OLDER_PAGE}`;
+      const response = await fetch(url, { cache: 'no-store' });
+      if (response.status === 404) {
+        floorId = before; // the room has no stored history at all
+        return;
+      }
+      if (!response.ok) throw new Error('HTTP ' + response.status);
+      const data = await response.json();
+      const all = Array.isArray(data.messages) ? data.messages : [];
+      const fresh = all.filter((m) => Number.isInteger(m.id) && m.id < before && !shown.has(m.id));
+      if (fresh.length) prepend(fresh);
+      // A short page means we reached the start of what the server keeps.
+      if (all.length < OLDER_PAGE) floorId = Math.max(floorId, oldestId ?? before);
+    } catch (err) {
+      systemLine('could not load older messages: ' + err.message, 'error');
+    } finally {
+      loadingOlder = false;
+      updateOlder();
+    }
+  }
+
+  // Puts older messages above the list without moving what the reader sees.
+  function prepend(messages) {
+    const log = ui.log;
+    const fromBottom = log.scrollHeight - log.scrollTop;
+    const batch = document.createDocumentFragment();
+    for (const m of messages) {
+      batch.append(messageEl(m));
+      shown.add(m.id);
+    }
+    ui.messages.prepend(batch);
+    oldestId = Math.min(oldestId ?? Infinity, messages[0].id);
+    lastId = Math.max(lastId, messages[messages.length - 1].id);
+    log.scrollTop = log.scrollHeight - fromBottom;
+  }
+
+  // ---- start ---------------------------------------------------------------
+
+  setStatus(ui.status, 'offline');
+  ui.username.value = loadName();
+
+  if (!ROOM_RE.test(room)) {
+    ui.title.textContent = 'No such room';
+    systemLine('"' + room + '" is not a room name: use 1 to 64 letters, digits, "-" or "_".', 'error');
+    ui.connect.disabled = true;
+    ui.input.disabled = true;
+    return;
+  }
+
+  ui.title.textContent = '#' + room;
+  document.title = '#' + room + ' – chatroom';
+  ui.join.addEventListener('submit', (event) => { event.preventDefault(); connect(); });
+  ui.close.addEventListener('click', disconnect);
+  ui.composer.addEventListener('submit', send);
+  ui.older.addEventListener('click', loadOlder);
+})();
