@@ -4,7 +4,8 @@
 #   scripts/autobahn.sh [--url ws://127.0.0.1:PORT/ws/echo] [--full]
 #
 # Without --url it starts the chatroom server itself
-#   ${CHATROOM_BIN:-target/release/chatroom} --bind 127.0.0.1:0 --max-message 16MiB --data none
+#   ${CHATROOM_BIN:-target/release/chatroom} --bind 127.0.0.1:0 --max-message 16MiB \
+#       --max-pending 32MiB --data none
 # (build it first: cargo build --release), reads the bound port from its
 # "listening on http://127.0.0.1:PORT" log line, tests ws://127.0.0.1:PORT/ws/echo
 # and stops the server at the end.
@@ -89,13 +90,17 @@ if [ -z "$URL" ]; then
     SERVER_LOG="$OUTDIR/server.log"
     # Port 0: the OS picks a free port, so parallel runs never collide; the
     # server logs the address it got. 16MiB max message: the 9.* cases send
-    # messages of up to 16 MiB. --data none: nothing persisted.
+    # messages of up to 16 MiB. --max-pending 32MiB: the server insists on
+    # max-pending >= 2 x max-message (its default is 1MiB), and the echo of a
+    # 16 MiB message must fit in the output queue. --data none: nothing
+    # persisted.
     : >"$SERVER_LOG"  # exists before we poll it (the child opens it after fork)
-    "$BIN" --bind 127.0.0.1:0 --max-message 16MiB --data none >"$SERVER_LOG" 2>&1 &
+    "$BIN" --bind 127.0.0.1:0 --max-message 16MiB --max-pending 32MiB --data none \
+        >"$SERVER_LOG" 2>&1 &
     SERVER_PID=$!
     log "started $BIN (pid $SERVER_PID), log $SERVER_LOG"
     addr=""
-    deadline=$((SECONDS + SERVER_WAIT))
+    tries=$((SERVER_WAIT * 10))  # polls, 0.1 s apart
     while [ -z "$addr" ]; do
         # Strip ANSI colour codes in case the logger adds them, then take
         # HOST:PORT from "listening on http://HOST:PORT".
@@ -111,7 +116,8 @@ if [ -z "$URL" ]; then
             SERVER_PID=""
             die "server exited (status $rc) before logging 'listening on http://...'"
         fi
-        [ "$SECONDS" -lt "$deadline" ] || { tail -n 20 "$SERVER_LOG" >&2; die "no 'listening on http://HOST:PORT' line in the server log within ${SERVER_WAIT}s"; }
+        tries=$((tries - 1))
+        [ "$tries" -gt 0 ] || { tail -n 20 "$SERVER_LOG" >&2; die "no 'listening on http://HOST:PORT' line in the server log within ${SERVER_WAIT}s"; }
         sleep 0.1
     done
     URL="ws://$addr/ws/echo"

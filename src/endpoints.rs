@@ -147,11 +147,14 @@ impl Server {
         for item in out.drain(..) {
             match item {
                 Outgoing::To { key, json } => self.send_text(key, json.as_bytes()),
-                Outgoing::Room { room, json, is_message } => {
+                Outgoing::Room { room, json, is_message, except } => {
                     let shared: Rc<[u8]> = frame::shared_text(json.as_bytes());
                     let max_pending = self.cfg.max_pending;
                     let mut delivered = 0;
                     for key in self.chat.recipients(room) {
+                        if Some(key) == except {
+                            continue;
+                        }
                         let Some(conn) = self.conns.get_mut(key) else { continue };
                         if conn.dead || conn.close_after_flush {
                             continue;

@@ -331,7 +331,7 @@ impl Server {
 
     /// How long `poll` may sleep: until the next timer, at most.
     fn poll_timeout(&self) -> Option<Duration> {
-        if !self.more_to_read.is_empty() {
+        if !self.more_to_read.is_empty() || self.chat.has_work() || !self.dirty.is_empty() {
             return Some(Duration::ZERO);
         }
         let mut timeout = self.timers.next_in(Instant::now());
@@ -693,6 +693,8 @@ impl Server {
 
     /// The end of every turn: flush, adjust interest, reap (ae.c's beforeSleep).
     fn before_sleep(&mut self) {
+        // Reap first: a member who left this turn is announced this turn.
+        let mut closed_any = self.reap_dead();
         self.chat_before_flush();
         let dirty = std::mem::take(&mut self.dirty);
         for &key in &dirty {
@@ -703,11 +705,9 @@ impl Server {
         if self.dirty.is_empty() {
             self.dirty = dirty;
         }
-        let dead = std::mem::take(&mut self.dead);
-        let closed_any = !dead.is_empty();
-        for key in dead {
-            self.reap(key);
-        }
+        // Writes that failed just now are reaped too; anything they cause
+        // (a leave event) goes out next turn, which `poll_timeout` makes immediate.
+        closed_any |= self.reap_dead();
         if closed_any && self.accept_paused {
             // A descriptor came free: the clients queued behind EMFILE can come in.
             self.accept_paused = false;
@@ -788,6 +788,16 @@ impl Server {
         self.timers.arm(Timer { at, key, serial, kind: TimerKind::Linger });
         // Input may already be waiting (edge-triggered: no new event for it).
         self.read_and_discard(key);
+    }
+
+    /// Reaps every connection marked dead; whether there were any.
+    fn reap_dead(&mut self) -> bool {
+        let dead = std::mem::take(&mut self.dead);
+        let any = !dead.is_empty();
+        for key in dead {
+            self.reap(key);
+        }
+        any
     }
 
     /// Removes a dead connection for good.

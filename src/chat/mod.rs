@@ -60,6 +60,8 @@ pub enum Outgoing {
         json: Rc<str>,
         /// Counts as message deliveries in the metrics.
         is_message: bool,
+        /// A connection that must not get it (a joiner, about its own join).
+        except: Option<usize>,
     },
     /// Close one connection with a close code.
     Close {
@@ -273,7 +275,7 @@ impl Chat {
         };
         let r = self.live.get_mut(slot_room)?;
         let (slot, got) = r.add(key, &wanted, since);
-        r.joined.push(got);
+        r.joined.push((got, key));
         self.queue_presence(slot_room);
         self.try_welcome(slot_room, slot);
         if bad_name {
@@ -394,7 +396,7 @@ impl Chat {
                     let Some(room) = self.live.get_mut(m.room) else { return };
                     if let Some((from, to)) = room.rename(m.slot, &clean) {
                         let json: Rc<str> = protocol::rename_json(&room.name, &from, &to).into();
-                        self.out.push(Outgoing::Room { room: m.room, json, is_message: false });
+                        self.out.push(Outgoing::Room { room: m.room, json, is_message: false, except: None });
                     }
                 }
                 None => self.out.push(Outgoing::To {
@@ -453,7 +455,7 @@ impl Chat {
                         && let Some(room) = self.live.get_mut(slot)
                     {
                         room.remember(post.id, post.json.clone());
-                        self.out.push(Outgoing::Room { room: slot, json: post.json, is_message: true });
+                        self.out.push(Outgoing::Room { room: slot, json: post.json, is_message: true, except: None });
                     }
                 }
                 Err(reason) => {
@@ -546,17 +548,25 @@ impl Chat {
             let joined = std::mem::take(&mut room.joined);
             let left = std::mem::take(&mut room.left);
             let count = room.members.len();
+            // A lone joiner already learnt everything from its welcome frame.
+            let mut except = None;
             let json = if count > self.settings.presence_limit {
                 protocol::presence_many_json(&room.name, None, None, count)
             } else {
                 match (joined.as_slice(), left.as_slice()) {
                     ([], []) => continue,
-                    ([one], []) => protocol::presence_one_json("join", &room.name, one, count),
+                    ([(one, key)], []) => {
+                        except = Some(*key);
+                        protocol::presence_one_json("join", &room.name, one, count)
+                    }
                     ([], [one]) => protocol::presence_one_json("leave", &room.name, one, count),
-                    _ => protocol::presence_many_json(&room.name, Some(&joined), Some(&left), count),
+                    _ => {
+                        let joined: Vec<String> = joined.into_iter().map(|(name, _)| name).collect();
+                        protocol::presence_many_json(&room.name, Some(&joined), Some(&left), count)
+                    }
                 }
             };
-            self.out.push(Outgoing::Room { room: slot, json: json.into(), is_message: false });
+            self.out.push(Outgoing::Room { room: slot, json: json.into(), is_message: false, except });
         }
     }
 
@@ -575,6 +585,12 @@ impl Chat {
     /// presence refresh will use it).
     pub fn next_wakeup(&self, _now: Instant) -> Option<Duration> {
         None
+    }
+
+    /// Whether something is waiting for the end of a turn (presence frames,
+    /// storage requests, deliveries): the loop must not sleep on it.
+    pub fn has_work(&self) -> bool {
+        !self.presence_dirty.is_empty() || !self.requests.is_empty() || !self.out.is_empty()
     }
 
     /// Live rooms and their members, for the gauges.

@@ -44,8 +44,8 @@ pub struct Room {
     pub committed_id: u64,
     /// `recent` has been filled from storage.
     pub loaded: bool,
-    /// Presence changes of this loop turn, to coalesce into one frame.
-    pub joined: Vec<String>,
+    /// Joins of this loop turn (name, connection key), to coalesce into one frame.
+    pub joined: Vec<(String, usize)>,
     /// Names that left this loop turn.
     pub left: Vec<String>,
     /// Already queued for the presence pass of this turn.

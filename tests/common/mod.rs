@@ -60,6 +60,8 @@ impl TestServer {
 
     /// Starts a server with `cfg` (bind should be port 0).
     pub fn with(cfg: Config) -> TestServer {
+        // RUST_LOG=debug cargo test -- --nocapture shows the server's log.
+        let _ = env_logger::builder().is_test(true).try_init();
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::spawn(move || {
             let server = match Server::bind(cfg) {
@@ -280,4 +282,174 @@ pub fn metric(addr: SocketAddr, name: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')).map(|v| v.trim().parse().unwrap()))
         .unwrap_or_else(|| panic!("metric {name} not found"))
+}
+
+// ---------------------------------------------------------------------------
+// Raw WebSocket helpers: frames built and read by hand over a plain
+// `TcpStream`, for what a well-behaved client library will not send
+// (fragments, unmasked frames, bad UTF-8, a frame glued to the head).
+// ---------------------------------------------------------------------------
+
+/// The sample key of RFC 6455 §1.3 (16 bytes once decoded).
+pub const WS_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+/// Opcodes (RFC 6455 §5.2).
+pub const OP_CONT: u8 = 0x0;
+/// Text frame.
+pub const OP_TEXT: u8 = 0x1;
+/// Binary frame.
+pub const OP_BINARY: u8 = 0x2;
+/// Close frame.
+pub const OP_CLOSE: u8 = 0x8;
+/// Ping frame.
+pub const OP_PING: u8 = 0x9;
+/// Pong frame.
+pub const OP_PONG: u8 = 0xA;
+
+/// An upgrade request for `path` with the standard headers, `Host` set to
+/// `addr`, the key [`WS_KEY`], then `extra` header lines (each ending in CRLF).
+pub fn upgrade_request(addr: SocketAddr, path: &str, extra: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {WS_KEY}\r\n{extra}\r\n"
+    )
+}
+
+/// A client frame. `masked` as RFC 6455 §5.3 requires of clients (a fixed,
+/// non-zero key); `false` builds the unmasked frame a server must refuse.
+pub fn client_frame(opcode: u8, fin: bool, payload: &[u8], masked: bool) -> Vec<u8> {
+    let mask = [0x37u8, 0xfa, 0x21, 0x3d];
+    let mask_bit = if masked { 0x80 } else { 0 };
+    let mut f = vec![if fin { 0x80 } else { 0 } | opcode];
+    match payload.len() {
+        n if n < 126 => f.push(mask_bit | n as u8),
+        n if n < 65536 => {
+            f.push(mask_bit | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            f.push(mask_bit | 127);
+            f.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    if masked {
+        f.extend_from_slice(&mask);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    } else {
+        f.extend_from_slice(payload);
+    }
+    f
+}
+
+/// A close frame payload: the code, big-endian, then the reason.
+pub fn close_payload(code: u16, reason: &str) -> Vec<u8> {
+    let mut p = code.to_be_bytes().to_vec();
+    p.extend_from_slice(reason.as_bytes());
+    p
+}
+
+/// One frame from the server, as read off the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawFrame {
+    /// FIN bit.
+    pub fin: bool,
+    /// Opcode (low 4 bits of the first byte).
+    pub opcode: u8,
+    /// Payload (server frames are never masked).
+    pub payload: Vec<u8>,
+}
+
+impl RawFrame {
+    /// The status code of a close frame.
+    pub fn close_code(&self) -> Option<u16> {
+        assert_eq!(self.opcode, OP_CLOSE, "not a close frame: {self:?}");
+        (self.payload.len() >= 2).then(|| u16::from_be_bytes([self.payload[0], self.payload[1]]))
+    }
+}
+
+/// Reads one server frame from `s` (leftover bytes stay in `buf`). Asserts
+/// the frame is unmasked and has no reserved bits, as RFC 6455 §5.1 requires.
+pub fn read_frame(s: &mut TcpStream, buf: &mut Vec<u8>) -> RawFrame {
+    let deadline = Instant::now() + IO_TIMEOUT;
+    loop {
+        if let Some((frame, used)) = parse_server_frame(buf) {
+            buf.drain(..used);
+            return frame;
+        }
+        read_more(s, buf, deadline);
+    }
+}
+
+/// A complete server frame at the start of `buf`, and its length in bytes.
+fn parse_server_frame(buf: &[u8]) -> Option<(RawFrame, usize)> {
+    if buf.len() < 2 {
+        return None;
+    }
+    assert_eq!(buf[0] & 0x70, 0, "reserved bits set in a server frame");
+    assert_eq!(buf[1] & 0x80, 0, "server frames must not be masked");
+    let (len, header) = match buf[1] & 0x7f {
+        126 if buf.len() >= 4 => (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4),
+        127 if buf.len() >= 10 => (u64::from_be_bytes(buf[2..10].try_into().unwrap()) as usize, 10),
+        126 | 127 => return None,
+        n => (n as usize, 2),
+    };
+    if buf.len() < header + len {
+        return None;
+    }
+    let frame =
+        RawFrame { fin: buf[0] & 0x80 != 0, opcode: buf[0] & 0x0f, payload: buf[header..header + len].to_vec() };
+    Some((frame, header + len))
+}
+
+/// Opens a WebSocket to `path` by hand: sends [`upgrade_request`], checks the
+/// 101 and its accept key, and returns the stream with any bytes already read
+/// past the head.
+pub fn raw_ws(addr: SocketAddr, path: &str) -> (TcpStream, Vec<u8>) {
+    let mut s = tcp(addr);
+    s.write_all(upgrade_request(addr, path, "").as_bytes()).unwrap();
+    let mut buf = Vec::new();
+    let resp = read_response(&mut s, &mut buf, false);
+    assert_eq!(resp.status, 101, "upgrade to {path} refused: {}", resp.text());
+    let accept = tungstenite::handshake::derive_accept_key(WS_KEY.as_bytes());
+    assert_eq!(resp.header("sec-websocket-accept"), Some(accept.as_str()));
+    (s, buf)
+}
+
+/// Everything the peer still sends until it closes the connection (EOF or
+/// reset), after the bytes already in `buf`. Panics if it stays open past
+/// the read timeout.
+pub fn rest_until_close(s: &mut TcpStream, buf: &mut Vec<u8>) -> Vec<u8> {
+    let deadline = Instant::now() + IO_TIMEOUT;
+    let mut chunk = [0u8; 16384];
+    loop {
+        assert!(Instant::now() < deadline, "the server did not close the connection");
+        match s.read(&mut chunk) {
+            Ok(0) => return std::mem::take(buf),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return std::mem::take(buf),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => panic!("the server did not close the connection: {e}"),
+        }
+    }
+}
+
+/// Raises this process's soft RLIMIT_NOFILE to at least `want` (up to the
+/// hard limit); returns the soft limit in force afterwards.
+pub fn raise_fd_limit(want: u64) -> u64 {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into the struct we pass, nothing else.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+    if lim.rlim_cur < want {
+        let raised = libc::rlimit { rlim_cur: want.min(lim.rlim_max), rlim_max: lim.rlim_max };
+        // SAFETY: setrlimit reads the struct we pass.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) }, 0);
+        lim.rlim_cur = raised.rlim_cur;
+    }
+    lim.rlim_cur
+}
+
+/// The bytes of `www/<rel>` in the source tree (what the embedded site serves).
+pub fn www_file(rel: &str) -> Vec<u8> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("www").join(rel);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }

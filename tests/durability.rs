@@ -1,0 +1,110 @@
+//! History survives `kill -9`: a message is broadcast only after its batch
+//! has committed, so whatever a client received is in the history after a
+//! crash. Runs the real binary as a child process.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Starts the `chatroom` binary on port 0 with `args`; returns it and its address.
+fn spawn(args: &[&str]) -> (Child, SocketAddr) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chatroom"))
+        .args(["--bind", "127.0.0.1:0", "--rate-limit", "0"])
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                let _ = tx.send(rest.trim().parse::<SocketAddr>().unwrap());
+            }
+        }
+    });
+    let addr = rx.recv_timeout(IO_TIMEOUT).expect("the server did not report its address");
+    (child, addr)
+}
+
+#[test]
+fn kill_9_keeps_every_message_a_client_received() {
+    let dir = temp_dir("kill9");
+    let db = dir.join("chatroom.db");
+    let (mut child, addr) = spawn(&["--data", db.to_str().unwrap()]);
+    let mut c = ws(addr, "/ws/chatroom/crash?username=a");
+    recv_type(&mut c, "welcome");
+    // Post a burst, then kill the server the moment message 50 arrives.
+    for i in 1..=200 {
+        send_text(&mut c, &format!(r#"{{"message": "m{i}"}}"#));
+    }
+    let mut received = 0;
+    while received < 50 {
+        received = recv_type(&mut c, "message")["id"].as_u64().unwrap();
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+
+    let (mut child, addr) = spawn(&["--data", db.to_str().unwrap()]);
+    let page = get(addr, "/api/rooms/crash/messages?limit=200").json();
+    let ids: Vec<u64> = page["messages"].as_array().unwrap().iter().map(|m| m["id"].as_u64().unwrap()).collect();
+    assert!(ids.len() as u64 >= received, "got {} stored, client had seen {received}", ids.len());
+    assert_eq!(ids, (1..=ids.len() as u64).collect::<Vec<_>>(), "stored ids are 1..=n without gaps");
+    // New messages continue after the stored ones.
+    let mut c = ws(addr, "/ws/chatroom/crash?username=b");
+    let w = recv_type(&mut c, "welcome");
+    assert_eq!(w["last_id"].as_u64().unwrap(), ids.len() as u64);
+    send_text(&mut c, r#"{"message": "after"}"#);
+    assert_eq!(recv_type(&mut c, "message")["id"].as_u64().unwrap(), ids.len() as u64 + 1);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_second_process_refuses_a_data_file_in_use() {
+    let dir = temp_dir("lock");
+    let db = dir.join("chatroom.db");
+    let (mut first, _) = spawn(&["--data", db.to_str().unwrap()]);
+    let started = Instant::now();
+    let second = Command::new(env!("CARGO_BIN_EXE_chatroom"))
+        .args(["--bind", "127.0.0.1:0", "--data", db.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(second.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(err.contains("in use by another chatroom process"), "{err}");
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_port_in_use_is_a_one_line_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_chatroom")).args(["--bind", &addr, "--data", "none"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().filter(|l| !l.contains(" INFO ")).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(lines[0].contains("already in use"), "{err}");
+}
+
+#[test]
+fn bad_settings_are_refused_with_the_setting_named() {
+    let out = Command::new(env!("CARGO_BIN_EXE_chatroom")).args(["--max-message", "lots"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--max-message: `lots` is not valid"), "{err}");
+    let help = Command::new(env!("CARGO_BIN_EXE_chatroom")).arg("--help").output().unwrap();
+    assert!(help.status.success());
+    assert!(String::from_utf8_lossy(&help.stdout).contains("--bind ADDR"));
+}
