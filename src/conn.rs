@@ -113,6 +113,8 @@ pub struct Connection {
     pub lingering: bool,
     /// Marked for reaping; nothing more is done with it.
     pub dead: bool,
+    /// `ip` is counted in the per-address limit (released at reap).
+    pub counted_ip: bool,
 }
 
 impl Connection {
@@ -130,6 +132,7 @@ impl Connection {
             close_after_flush: false,
             lingering: false,
             dead: false,
+            counted_ip: false,
         }
     }
 

@@ -51,7 +51,7 @@ impl Server {
                 if let Some(ws) = self.conns.get_mut(key).and_then(|c| c.ws()) {
                     ws.role = Role::Inspected(Box::new(inspector));
                 }
-                self.send_text(key, intro.as_bytes());
+                self.inspector_send(key, intro.as_bytes());
             }
             Endpoint::Stats => {
                 if let Some(ws) = self.conns.get_mut(key).and_then(|c| c.ws()) {
@@ -99,12 +99,17 @@ impl Server {
                 }
             }
             (Endpoint::Inspect, Message::Text(text)) => {
-                let reply = match &mut ws.role {
+                let command = match &mut ws.role {
                     Role::Inspected(inspector) => inspector.on_command(text.as_str()),
-                    _ => None,
+                    _ => Ok(None),
                 };
-                if let Some(reply) = reply {
-                    self.inspector_reply(key, reply);
+                match command {
+                    Ok(Some(command)) => self.inspector_command(key, command),
+                    Ok(None) => {}
+                    Err(why) => {
+                        let json = serde_json::json!({"type": "error", "code": "bad_command", "message": why});
+                        self.inspector_send(key, json.to_string().as_bytes());
+                    }
                 }
             }
             (Endpoint::Inspect | Endpoint::Stats, _) => {}

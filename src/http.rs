@@ -49,6 +49,9 @@ pub struct Head {
     pub headers: Vec<(String, Vec<u8>)>,
     /// Bytes the head took in the buffer (the body or next request starts here).
     pub len: usize,
+    /// The head's raw bytes, kept only where someone wants to see them (the
+    /// frame inspector shows a learner the request exactly as received).
+    pub raw: Vec<u8>,
 }
 
 /// Why a head was refused before routing. Each maps to one status code.
@@ -155,6 +158,7 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, HeadError> {
         minor_version: req.version.unwrap_or(1),
         headers: req.headers.iter().map(|h| (h.name.to_ascii_lowercase(), h.value.to_vec())).collect(),
         len,
+        raw: Vec::new(),
     };
     Ok(Some(head))
 }

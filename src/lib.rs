@@ -47,6 +47,7 @@ pub mod frame;
 pub mod handshake;
 pub mod http;
 pub mod inspect;
+pub mod inspect_server;
 pub mod limits;
 pub mod metrics;
 pub mod outbuf;

@@ -71,3 +71,86 @@ pub fn listen(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
     socket.listen(BACKLOG)?;
     Ok(TcpListener::from_std(socket.into()))
 }
+
+/// Open connections per client address, for `--max-per-ip` (0 = off).
+#[derive(Debug, Default)]
+pub struct PerIp {
+    max: usize,
+    open: std::collections::HashMap<std::net::IpAddr, usize>,
+}
+
+impl PerIp {
+    /// A counter admitting at most `max` connections per address (0 = any).
+    pub fn new(max: usize) -> PerIp {
+        PerIp { max, open: std::collections::HashMap::new() }
+    }
+
+    /// Counts a connection from `ip` if the limit allows; false if not.
+    pub fn admit(&mut self, ip: std::net::IpAddr) -> bool {
+        if self.max == 0 {
+            return true;
+        }
+        let n = self.open.entry(ip).or_insert(0);
+        if *n >= self.max {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    /// Forgets one connection from `ip`.
+    pub fn release(&mut self, ip: std::net::IpAddr) {
+        if self.max == 0 {
+            return;
+        }
+        if let Some(n) = self.open.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.open.remove(&ip);
+            }
+        }
+    }
+}
+
+/// The client address a trusted proxy reports: X-Forwarded-For read from
+/// the right, skipping our own proxies; the first address that is not one of
+/// them is the client (entries further left could be forged by the client).
+pub fn forwarded_client(head: &crate::http::Head, trusted: &[crate::config::Cidr]) -> Option<std::net::IpAddr> {
+    let xff = head.header_str("x-forwarded-for")?;
+    let mut last = None;
+    for entry in xff.rsplit(',') {
+        let ip: std::net::IpAddr = entry.trim().parse().ok()?;
+        last = Some(ip);
+        if !trusted.iter().any(|net| net.contains(ip)) {
+            return Some(ip);
+        }
+    }
+    last
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Cidr;
+
+    #[test]
+    fn per_ip_counts() {
+        let ip: std::net::IpAddr = "10.0.0.1".parse().unwrap();
+        let mut p = PerIp::new(2);
+        assert!(p.admit(ip) && p.admit(ip));
+        assert!(!p.admit(ip));
+        p.release(ip);
+        assert!(p.admit(ip));
+        assert!(PerIp::new(0).admit(ip));
+    }
+
+    #[test]
+    fn forwarded_for_skips_trusted_proxies() {
+        let head =
+            crate::http::parse_head(b"GET / HTTP/1.1\r\nX-Forwarded-For: 1.2.3.4, 203.0.113.9, 10.0.0.2\r\n\r\n")
+                .unwrap()
+                .unwrap();
+        let trusted = [Cidr::parse("10.0.0.0/8").unwrap()];
+        assert_eq!(forwarded_client(&head, &trusted), Some("203.0.113.9".parse().unwrap()));
+    }
+}

@@ -87,6 +87,9 @@ const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// response flushed, the peer's FIN or close frame back) before it is dropped.
 const LINGER: Duration = Duration::from_secs(2);
 
+/// The period of the once-a-second work (the stats page's feed).
+const TICK: Duration = Duration::from_secs(1);
+
 /// How long the graceful shutdown waits for clients to finish closing.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
 
@@ -172,6 +175,12 @@ pub struct Server {
     incoming: Vec<tungstenite::Message>,
     /// Connections watching `/ws/stats`.
     pub(crate) stats_viewers: usize,
+    /// Open connections per client address (`--max-per-ip`).
+    pub(crate) per_ip: crate::limits::PerIp,
+    /// When the once-a-second work (stats feed) runs next.
+    next_tick: Instant,
+    /// Counters at the last tick, for per-second rates.
+    pub(crate) last_tick: crate::stats::Sample,
 }
 
 impl Server {
@@ -213,6 +222,7 @@ impl Server {
         };
         let (storage, rooms) = Storage::open(backend, waker.clone()).map_err(|e| StartError(e.to_string()))?;
         let chat = Chat::new(&cfg, rooms);
+        let cfg_max_per_ip = cfg.max_per_ip;
         let now = Instant::now();
         Ok(Server {
             poll,
@@ -241,6 +251,9 @@ impl Server {
             now,
             incoming: Vec::new(),
             stats_viewers: 0,
+            per_ip: crate::limits::PerIp::new(cfg_max_per_ip),
+            next_tick: now + TICK,
+            last_tick: crate::stats::Sample::default(),
         })
     }
 
@@ -276,6 +289,11 @@ impl Server {
     /// Whether the server is serving (not shutting down, storage open).
     pub fn is_ready(&self) -> bool {
         self.state == RunState::Serving && self.storage.is_some()
+    }
+
+    /// Whether a graceful shutdown is under way.
+    pub fn is_draining(&self) -> bool {
+        self.state != RunState::Serving
     }
 
     /// Runs the loop until a graceful shutdown completes.
@@ -314,6 +332,10 @@ impl Server {
             }
             self.resume_reads();
             self.run_timers();
+            if self.now >= self.next_tick {
+                self.next_tick = self.now + TICK;
+                self.on_tick();
+            }
             if self.accept_paused {
                 self.accept_paused = false;
                 self.accept_all(false);
@@ -340,6 +362,10 @@ impl Server {
         }
         if let RunState::Draining { deadline } = self.state {
             let left = deadline.saturating_duration_since(Instant::now());
+            timeout = Some(timeout.map_or(left, |t| t.min(left)));
+        }
+        if self.stats_viewers > 0 {
+            let left = self.next_tick.saturating_duration_since(Instant::now());
             timeout = Some(timeout.map_or(left, |t| t.min(left)));
         }
         if let Some(t) = self.chat.next_wakeup(self.now) {
@@ -376,14 +402,15 @@ impl Server {
 
     /// A new TCP connection: admit it or refuse it politely.
     fn on_accept(&mut self, mut socket: TcpStream, addr: SocketAddr) {
-        if self.state != RunState::Serving || self.conns.len() >= self.cfg.max_connections {
+        if self.conns.len() >= self.cfg.max_connections {
             self.metrics.refused += 1;
             refuse_at_accept(&mut socket, "the server is at its connection limit; try again shortly");
             return;
         }
-        if self.cfg.max_per_ip > 0
-            && self.conns.iter().filter(|(_, c)| c.ip == addr.ip()).count() >= self.cfg.max_per_ip
-        {
+        // Behind a trusted proxy the real client is only known from
+        // X-Forwarded-For, after the head: `on_client_address` checks then.
+        let behind_proxy = self.cfg.trusted_proxy.iter().any(|net| net.contains(addr.ip()));
+        if !behind_proxy && !self.per_ip.admit(addr.ip()) {
             self.metrics.refused += 1;
             refuse_at_accept(&mut socket, "too many connections from your address");
             return;
@@ -399,7 +426,9 @@ impl Server {
         }
         self.next_serial += 1;
         let serial = self.next_serial;
-        entry.insert(Connection::new(socket, serial, addr.ip(), self.now));
+        let mut conn = Connection::new(socket, serial, addr.ip(), self.now);
+        conn.counted_ip = !behind_proxy;
+        entry.insert(conn);
         self.metrics.accepted += 1;
         debug!("open #{serial} from {addr}");
         self.timers.arm(Timer { at: self.now + self.cfg.header_timeout, key, serial, kind: TimerKind::Http });
@@ -507,7 +536,10 @@ impl Server {
                     self.respond(key, Response::text(status, text).close(true));
                     return;
                 }
-                Ok(Some(head)) => {
+                Ok(Some(mut head)) => {
+                    if head.path() == "/ws/inspect" {
+                        head.raw = http.buf.get(..head.len).unwrap_or_default().to_vec();
+                    }
                     http.buf.drain(..head.len);
                     http.head_started = None;
                     http.served += 1;
@@ -616,6 +648,16 @@ impl Server {
     /// the messages that complete.
     pub(crate) fn feed_ws(&mut self, key: usize, bytes: &[u8], eof: bool) {
         let mut messages = std::mem::take(&mut self.incoming);
+        // The inspector sees the raw bytes first (tee), then the session.
+        let descriptions = match self.conns.get_mut(key).and_then(|c| c.ws()) {
+            Some(crate::conn::WsState { role: crate::conn::Role::Inspected(inspector), .. }) => {
+                inspector.observe(bytes)
+            }
+            _ => Vec::new(),
+        };
+        for description in descriptions {
+            self.inspector_send(key, description.as_bytes());
+        }
         {
             let Some(conn) = self.conns.get_mut(key) else { return };
             let Phase::WebSocket(ws) = &mut conn.phase else { return };
@@ -807,6 +849,9 @@ impl Server {
         }
         let mut conn = self.conns.remove(key);
         let _ = self.poll.registry().deregister(&mut conn.socket);
+        if conn.counted_ip {
+            self.per_ip.release(conn.ip);
+        }
         debug!("close #{}", conn.serial);
         if let Phase::WebSocket(ws) = conn.phase {
             let ws = *ws;
@@ -911,16 +956,17 @@ impl Server {
         }
     }
 
-    /// Graceful shutdown: stop accepting, say 1001 to every WebSocket, let
-    /// HTTP answers finish, and wait up to a few seconds for everyone to go.
+    /// Graceful shutdown: stop accepting WebSockets, say 1001 to every open
+    /// one, let HTTP answers finish, and wait up to a few seconds for
+    /// everyone to go. The listener stays open so that a load balancer can
+    /// still read `/readyz` (503 from now on) and take us out of rotation;
+    /// new connections get HTTP answers with `Connection: close`, and
+    /// upgrades a 503.
     fn begin_shutdown(&mut self) {
         if self.state != RunState::Serving {
             return;
         }
         self.state = RunState::Draining { deadline: self.now + SHUTDOWN_GRACE };
-        if let Some(mut l) = self.listener.take() {
-            let _ = self.poll.registry().deregister(&mut l);
-        }
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for key in keys {
             let Some(conn) = self.conns.get_mut(key) else { continue };

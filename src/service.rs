@@ -19,11 +19,16 @@ use crate::ws::Session;
 impl Server {
     /// Answers one request head on connection `key`.
     pub(crate) fn on_request(&mut self, key: usize, head: Head) {
+        if !self.on_client_address(key, &head) {
+            let r = Response::text(503, "too many connections from your address").header("Retry-After", "1");
+            return self.respond(key, r.close(true));
+        }
         let path = head.path().to_string();
         if path.starts_with("/ws/") || wants_upgrade(&head) {
             return self.on_upgrade(key, head);
         }
-        let keep_alive = head.keep_alive();
+        // While shutting down, every answer is the connection's last.
+        let keep_alive = head.keep_alive() && !self.is_draining();
         let head_only = head.method == Some(Method::Head);
         let response = match head.method {
             Some(Method::Get | Method::Head) => self.answer(key, &head, &path),
@@ -40,6 +45,27 @@ impl Server {
                     http.parked = Some(Parked { head_only, keep_alive });
                 }
             }
+        }
+    }
+
+    /// Behind a trusted proxy, learns the client's address from
+    /// X-Forwarded-For on the first request and applies `--max-per-ip` to it.
+    /// Returns false if that address has too many connections.
+    fn on_client_address(&mut self, key: usize, head: &Head) -> bool {
+        let Some(conn) = self.conns.get_mut(key) else { return false };
+        if conn.counted_ip || self.cfg.trusted_proxy.is_empty() {
+            return true;
+        }
+        if let Some(client) = crate::limits::forwarded_client(head, &self.cfg.trusted_proxy) {
+            conn.ip = client;
+        }
+        conn.counted_ip = true;
+        let ip = conn.ip;
+        if self.per_ip.admit(ip) {
+            true
+        } else {
+            conn.counted_ip = false;
+            false
         }
     }
 
@@ -107,6 +133,10 @@ impl Server {
 
     /// A request for `/ws/...` or with `Upgrade: websocket`.
     fn on_upgrade(&mut self, key: usize, head: Head) {
+        if self.is_draining() {
+            let r = Response::text(503, "shutting down").header("Retry-After", "1").close(true);
+            return self.respond(key, r);
+        }
         let upgrade = match handshake::validate(&head, &self.cfg.allow_origin) {
             Ok(upgrade) => upgrade,
             Err(refusal) => {

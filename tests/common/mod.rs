@@ -453,3 +453,204 @@ pub fn www_file(rel: &str) -> Vec<u8> {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("www").join(rel);
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
+
+// ---------------------------------------------------------------------------
+// The real binary as a child process, and what /proc says about it: for the
+// tests that send signals, lower descriptor limits with `prlimit`, or
+// measure memory and CPU time.
+// ---------------------------------------------------------------------------
+
+/// The `chatroom` binary running as a child process; killed when dropped.
+pub struct RealServer {
+    /// The child (`prlimit` execs the server, so this is the server itself).
+    pub child: std::process::Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its process id.
+    pub pid: i32,
+}
+
+impl RealServer {
+    /// Runs `prefix... <chatroom> --bind 127.0.0.1:0 args...` (`prefix` is
+    /// e.g. `["prlimit", "--nofile=40:40"]`, or empty) and waits for the
+    /// "listening on" line of its log.
+    pub fn spawn(prefix: &[&str], args: &[&str]) -> RealServer {
+        use std::io::BufRead;
+        let bin = env!("CARGO_BIN_EXE_chatroom");
+        let mut command = match prefix.split_first() {
+            Some((program, rest)) => {
+                let mut c = std::process::Command::new(program);
+                c.args(rest).arg(bin);
+                c
+            }
+            None => std::process::Command::new(bin),
+        };
+        let mut child = command
+            .args(["--bind", "127.0.0.1:0"])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        // Keep draining the log so the child never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let _ = tx.send(rest.trim().parse::<SocketAddr>().unwrap());
+                }
+                if std::env::var_os("CHATROOM_TEST_LOG").is_some() {
+                    eprintln!("[server] {line}");
+                }
+            }
+        });
+        let addr = rx.recv_timeout(IO_TIMEOUT).expect("the server did not report its address");
+        let pid = child.id() as i32;
+        RealServer { child, addr, pid }
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGTERM`) to the server.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        assert_eq!(unsafe { libc::kill(self.pid, signal) }, 0, "kill({}, {signal})", self.pid);
+    }
+
+    /// Waits up to `timeout` for the process to exit; its status, if it did.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Resident memory in KiB (`VmRSS` of /proc/PID/status).
+    pub fn rss_kib(&self) -> u64 {
+        proc_status_kib(self.pid, "VmRSS")
+    }
+
+    /// CPU time used so far (user + system), from /proc/PID/stat.
+    pub fn cpu_time(&self) -> Duration {
+        proc_cpu_time(self.pid)
+    }
+
+    /// Open file descriptors (entries of /proc/PID/fd).
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid)).unwrap().count()
+    }
+}
+
+impl Drop for RealServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A `kB` field of /proc/PID/status (`VmRSS`, `VmHWM`...).
+pub fn proc_status_kib(pid: i32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("{field} not in /proc/{pid}/status"))
+}
+
+/// utime + stime of /proc/PID/stat (fields 14 and 15, in clock ticks).
+pub fn proc_cpu_time(pid: i32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The command name (field 2) may hold spaces: count fields after its ')'.
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf only reads a constant.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_secs_f64(ticks as f64 / per_second as f64)
+}
+
+/// A TCP connection whose receive buffer is set small *before* connecting
+/// (so the window the server sees stays small and autotuning is off): a
+/// client that reads slowly fills up fast.
+pub fn tcp_small_rcvbuf(addr: SocketAddr, bytes: usize) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(bytes).unwrap();
+    socket.connect_timeout(&addr.into(), IO_TIMEOUT).unwrap();
+    let s: TcpStream = socket.into();
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.set_nodelay(true).unwrap();
+    s
+}
+
+/// A TCP connection from a chosen local address (any 127.x.y.z works on
+/// Linux loopback), to look like another client to `--max-per-ip`.
+pub fn tcp_from(local: std::net::IpAddr, addr: SocketAddr) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&SocketAddr::new(local, 0).into()).unwrap();
+    socket.connect_timeout(&addr.into(), IO_TIMEOUT).unwrap();
+    let s: TcpStream = socket.into();
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.set_nodelay(true).unwrap();
+    s
+}
+
+/// The WebSocket handshake over an already connected `s` (see [`raw_ws`]);
+/// returns the bytes read past the 101.
+pub fn raw_upgrade(s: &mut TcpStream, addr: SocketAddr, path: &str) -> Vec<u8> {
+    s.write_all(upgrade_request(addr, path, "").as_bytes()).unwrap();
+    let mut buf = Vec::new();
+    let resp = read_response(s, &mut buf, false);
+    assert_eq!(resp.status, 101, "upgrade to {path} refused: {}", resp.text());
+    buf
+}
+
+/// Reads server frames until a close frame; returns its code. Data frames
+/// before it (a welcome, presence) are skipped.
+pub fn read_until_close_frame(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<u16> {
+    loop {
+        let frame = read_frame(s, buf);
+        if frame.opcode == OP_CLOSE {
+            return frame.close_code();
+        }
+    }
+}
+
+/// Splits `bytes` into complete server frames; the bytes of an incomplete
+/// last frame are returned apart. Panics on a frame no server may send.
+pub fn split_frames(mut bytes: &[u8]) -> (Vec<RawFrame>, usize) {
+    let mut frames = Vec::new();
+    while let Some((frame, used)) = parse_server_frame(bytes) {
+        frames.push(frame);
+        bytes = &bytes[used..];
+    }
+    (frames, bytes.len())
+}
+
+/// Resets the connection on drop (SO_LINGER 0: an RST, no FIN), as a client
+/// that vanishes does.
+pub fn reset(s: TcpStream) {
+    socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO)).unwrap();
+    drop(s);
+}
+
+/// Percentiles (0..=100) of `samples`, sorted in place.
+pub fn percentile(samples: &mut [Duration], p: usize) -> Duration {
+    samples.sort();
+    if samples.is_empty() {
+        return Duration::ZERO;
+    }
+    samples[(samples.len() - 1) * p / 100]
+}

@@ -1,0 +1,66 @@
+//! The reactor's side of the inspector: sending what it describes, and
+//! carrying out the learn page's commands (ping, fragmented message, close).
+
+use tungstenite::protocol::frame::coding::{Control, OpCode};
+
+use crate::conn::{Phase, Role};
+use crate::frame;
+use crate::inspect::{Command, fragments, hex};
+use crate::outbuf::Chunk;
+use crate::server::Server;
+
+impl Server {
+    /// Queues one frame for an inspected connection and lets its inspector
+    /// remember the frame's header (shown with the next description).
+    fn inspector_push(&mut self, key: usize, bytes: Vec<u8>) {
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        let Phase::WebSocket(ws) = &mut conn.phase else { return };
+        if !ws.session.is_open() {
+            return;
+        }
+        if let Role::Inspected(inspector) = &mut ws.role {
+            inspector.sent(&bytes);
+        }
+        conn.out.push(Chunk::Owned(bytes));
+        self.mark_dirty(key);
+    }
+
+    /// Sends a JSON text to an inspected connection.
+    pub(crate) fn inspector_send(&mut self, key: usize, json: &[u8]) {
+        self.inspector_push(key, frame::text(json));
+    }
+
+    /// Does what the learn page asked.
+    pub(crate) fn inspector_command(&mut self, key: usize, command: Command) {
+        match command {
+            Command::Ping(payload) => {
+                let ping = frame::encode(OpCode::Control(Control::Ping), &payload);
+                let note = serde_json::json!({"type": "server_frame", "what": "ping", "frame_hex": hex(&ping)});
+                self.inspector_send(key, note.to_string().as_bytes());
+                self.inspector_push(key, ping);
+            }
+            Command::Fragmented { text, parts } => {
+                let frames = fragments(&text, parts);
+                let note = serde_json::json!({
+                    "type": "server_frame",
+                    "what": "fragmented",
+                    "frames_hex": frames.iter().map(|f| hex(f)).collect::<Vec<_>>(),
+                });
+                self.inspector_send(key, note.to_string().as_bytes());
+                for f in frames {
+                    self.inspector_push(key, f);
+                }
+            }
+            Command::Close { code, reason } => {
+                let close = crate::ws::close_frame(code, &reason);
+                let note = serde_json::json!({"type": "server_frame", "what": "close", "code": code, "frame_hex": hex(&close)});
+                self.inspector_send(key, note.to_string().as_bytes());
+                let Some(conn) = self.conns.get_mut(key) else { return };
+                let Phase::WebSocket(ws) = &mut conn.phase else { return };
+                ws.session.close(code, &reason, &mut conn.out);
+                conn.close_after_flush = true;
+                self.mark_dirty(key);
+            }
+        }
+    }
+}
