@@ -255,7 +255,10 @@ impl Inspector {
                 problems.push("text payload is not valid UTF-8 (§8.1): closed with 1007".into());
             }
             if header.opcode == OpCode::Control(Control::Close) {
-                let code = payload.get(..2).map(|c| u16::from_be_bytes([c[0], c[1]]));
+                let code = match payload.as_slice() {
+                    [hi, lo, ..] => Some(u16::from_be_bytes([*hi, *lo])),
+                    _ => None,
+                };
                 obj.insert("close_code".into(), json!(code));
                 obj.insert(
                     "close_reason".into(),
