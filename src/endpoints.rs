@@ -37,7 +37,8 @@ impl Server {
             Endpoint::Room(room) => {
                 let name = query_value(head.query(), "username");
                 let since = query_value(head.query(), "since").and_then(|s| s.parse::<u64>().ok());
-                let membership = self.chat.join(key, room, name.as_deref(), since, self.now);
+                let serial = self.conns.get(key).map_or(0, |c| c.serial);
+                let membership = self.chat.join((key, serial), room, name.as_deref(), since, self.now);
                 if let Some(m) = membership
                     && let Some(ws) = self.conns.get_mut(key).and_then(|c| c.ws())
                 {
@@ -95,6 +96,7 @@ impl Server {
                 if let Role::Member(m) = &mut ws.role {
                     self.metrics.messages_received += 1;
                     self.chat.on_text(key, m, text.as_str(), now);
+                    self.metrics.rate_limited = self.chat.rate_limited;
                     self.deliver_chat();
                 }
             }
@@ -152,6 +154,11 @@ impl Server {
         for item in out.drain(..) {
             match item {
                 Outgoing::To { key, json } => self.send_text(key, json.as_bytes()),
+                Outgoing::ToSerial { key, serial, json } => {
+                    if self.conns.get(key).is_some_and(|c| c.serial == serial) {
+                        self.send_text(key, json.as_bytes());
+                    }
+                }
                 Outgoing::Room { room, json, is_message, except } => {
                     let shared: Rc<[u8]> = frame::shared_text(json.as_bytes());
                     let max_pending = self.cfg.max_pending;
@@ -170,7 +177,10 @@ impl Server {
                             conn.dirty = true;
                             self.dirty.push(key);
                         }
-                        if conn.out.len() > max_pending {
+                        // Only a socket that already refused bytes is slow: a
+                        // reader keeping up gets this turn's flush first, even
+                        // when one commit batch alone is larger than the cap.
+                        if conn.writable_interest && conn.out.len() > max_pending {
                             over_cap.push(key);
                         }
                     }

@@ -39,6 +39,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing))]
 #![warn(missing_docs)]
 
+pub mod bus;
 pub mod chat;
 pub mod config;
 pub mod conn;
@@ -53,6 +54,7 @@ pub mod metrics;
 pub mod outbuf;
 pub mod response;
 pub mod route;
+pub mod scale;
 pub mod server;
 pub mod service;
 pub mod site;

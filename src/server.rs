@@ -177,6 +177,8 @@ pub struct Server {
     pub(crate) stats_viewers: usize,
     /// Open connections per client address (`--max-per-ip`).
     pub(crate) per_ip: crate::limits::PerIp,
+    /// The Redis bus, with `--redis`.
+    pub(crate) bus: Option<crate::bus::Bus>,
     /// When the once-a-second work (stats feed) runs next.
     next_tick: Instant,
     /// Counters at the last tick, for per-second rates.
@@ -222,6 +224,19 @@ impl Server {
         };
         let (storage, rooms) = Storage::open(backend, waker.clone()).map_err(|e| StartError(e.to_string()))?;
         let chat = Chat::new(&cfg, rooms);
+        // Redis: the address is resolved once, here; every (re)connect after
+        // that is non-blocking, inside the loop.
+        let bus = match &cfg.redis {
+            Some(url) => {
+                let url = crate::bus::RedisUrl::parse(url).map_err(|e| StartError(format!("--redis: {e}")))?;
+                let mut bus = crate::bus::Bus::new(url);
+                bus.subscribe(crate::chat::cluster::MESSAGES_CHANNEL);
+                bus.subscribe(crate::chat::cluster::PRESENCE_CHANNEL);
+                bus.start(poll.registry(), REDIS_CMD, REDIS_SUB, Instant::now());
+                Some(bus)
+            }
+            None => None,
+        };
         let cfg_max_per_ip = cfg.max_per_ip;
         let now = Instant::now();
         Ok(Server {
@@ -252,6 +267,7 @@ impl Server {
             incoming: Vec::new(),
             stats_viewers: 0,
             per_ip: crate::limits::PerIp::new(cfg_max_per_ip),
+            bus,
             next_tick: now + TICK,
             last_tick: crate::stats::Sample::default(),
         })
@@ -320,6 +336,12 @@ impl Server {
                     ADMIN_LISTENER => self.accept_all(true),
                     WAKER => self.on_wake(),
                     SIGNALS => self.on_signal(),
+                    REDIS_CMD | REDIS_SUB => {
+                        if let Some(bus) = &mut self.bus {
+                            bus.on_event(self.poll.registry(), event.token(), event, self.now);
+                        }
+                        self.on_bus_events();
+                    }
                     Token(key) => {
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
                             self.on_readable(key);
@@ -332,6 +354,10 @@ impl Server {
             }
             self.resume_reads();
             self.run_timers();
+            if let Some(bus) = &mut self.bus {
+                bus.on_timer(self.poll.registry(), self.now);
+                self.on_bus_events();
+            }
             if self.now >= self.next_tick {
                 self.next_tick = self.now + TICK;
                 self.on_tick();
@@ -367,6 +393,9 @@ impl Server {
         if self.stats_viewers > 0 {
             let left = self.next_tick.saturating_duration_since(Instant::now());
             timeout = Some(timeout.map_or(left, |t| t.min(left)));
+        }
+        if let Some(t) = self.bus.as_ref().and_then(|b| b.next_timeout(Instant::now())) {
+            timeout = Some(timeout.map_or(t, |cur| cur.min(t)));
         }
         if let Some(t) = self.chat.next_wakeup(self.now) {
             timeout = Some(timeout.map_or(t, |cur| cur.min(t)));
@@ -738,6 +767,7 @@ impl Server {
         // Reap first: a member who left this turn is announced this turn.
         let mut closed_any = self.reap_dead();
         self.chat_before_flush();
+        self.flush_bus();
         let dirty = std::mem::take(&mut self.dirty);
         for &key in &dirty {
             self.flush(key);
@@ -805,7 +835,7 @@ impl Server {
         }
         self.metrics.slow_consumers += 1;
         debug!("#{}: slow consumer ({} bytes pending)", conn.serial, conn.out.len());
-        conn.out.clear();
+        conn.out.drop_unsent();
         if let Phase::WebSocket(ws) = &mut conn.phase {
             ws.session.fail(1008, "slow consumer", &mut conn.out);
         }

@@ -37,8 +37,8 @@ impl Server {
             rooms,
             members,
             queued_bytes: self.conns.iter().map(|(_, c)| c.out.len()).sum(),
-            redis_up: None,
-            redis_pipeline: 0,
+            redis_up: self.bus.as_ref().map(|b| b.is_up()),
+            redis_pipeline: self.bus.as_ref().map_or(0, |b| b.pipeline_depth()),
             ready: self.is_ready(),
         }
     }
@@ -84,6 +84,8 @@ impl Server {
 
     /// Once a second: send the stats frame to every viewer (framed once).
     pub(crate) fn on_tick(&mut self) {
+        self.chat.on_tick(self.now);
+        self.deliver_chat();
         if self.stats_viewers > 0 {
             let shared: Rc<[u8]> = frame::shared_text(self.stats_json().as_bytes());
             let viewers: Vec<usize> = self

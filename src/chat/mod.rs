@@ -14,6 +14,7 @@
 //! out (framing once, sharing the bytes between members).
 
 pub mod api;
+pub mod cluster;
 pub mod protocol;
 pub mod room;
 
@@ -45,6 +46,15 @@ const RECENT_MIN: usize = 200;
 /// What the reactor must send on the chat's behalf.
 #[derive(Debug)]
 pub enum Outgoing {
+    /// A JSON text for one connection, if it is still the same connection.
+    ToSerial {
+        /// Connection key.
+        key: usize,
+        /// Its serial.
+        serial: u64,
+        /// The JSON text to frame.
+        json: String,
+    },
     /// A JSON text for one connection.
     To {
         /// Connection key.
@@ -96,6 +106,8 @@ pub struct Membership {
     named_by_server: bool,
     /// Has posted (later names in posts are ignored).
     posted: bool,
+    /// The connection's serial (errors that come back later check it).
+    serial: u64,
     /// Token bucket for `--rate-limit`.
     tokens: f64,
     /// When the bucket was last refilled.
@@ -110,7 +122,8 @@ struct PendingPost {
     id: u64,
     ts: u64,
     json: Rc<str>,
-    sender: usize,
+    /// The local poster, told if the commit fails (None: from another process).
+    sender: Option<usize>,
 }
 
 /// Why a storage read was made.
@@ -122,6 +135,8 @@ enum PendingRead {
     Resume { room: Rc<str>, key: usize, slot: usize, since: u64 },
     /// `GET /api/rooms/<room>/messages`.
     Http { key: usize, serial: u64, room: String },
+    /// Redis mode: messages this process missed (gap or resubscribe).
+    CatchUp { room: String },
 }
 
 /// Limits and sizes the chat applies.
@@ -160,6 +175,26 @@ pub struct Chat {
     pub requests: Vec<Request>,
     /// Sequence numbers storage gave our appends so far.
     appended: u64,
+    /// Posts refused by the rate limiter so far (the reactor copies it into
+    /// its metrics: the chat knows nothing of them).
+    pub rate_limited: u64,
+    /// Redis mode (`--redis`): ids and history come from Redis.
+    pub cluster: Option<cluster::Cluster>,
+    /// Redis mode: published messages held while a room catches up.
+    held: HashMap<String, Vec<cluster::Published>>,
+    /// Redis mode: the other processes' members, as they last told us.
+    remote: HashMap<String, RemoteProcess>,
+    /// Redis mode: when to publish our next full presence snapshot.
+    next_snapshot: Option<Instant>,
+    /// `--presence-ttl`: a process silent this long is presumed dead.
+    presence_ttl: Duration,
+}
+
+/// What another process last said about its members.
+#[derive(Debug, Default)]
+struct RemoteProcess {
+    seen: Option<Instant>,
+    rooms: HashMap<String, Vec<String>>,
 }
 
 /// Milliseconds since the epoch.
@@ -192,6 +227,12 @@ impl Chat {
             out: Vec::new(),
             requests: Vec::new(),
             appended: 0,
+            rate_limited: 0,
+            cluster: cfg.redis.as_ref().map(|_| cluster::Cluster::new(cfg.redis_buffer)),
+            held: HashMap::new(),
+            remote: HashMap::new(),
+            next_snapshot: None,
+            presence_ttl: cfg.presence_ttl,
         };
         chat.ensure_directory(DEFAULT_ROOM);
         chat
@@ -214,6 +255,18 @@ impl Chat {
                 RoomRecord { name: room.to_string(), created, last_post: None, messages: 0, last_id: 0 },
             );
             self.requests.push(Request::CreateRoom { room: room.to_string(), created });
+            if let Some(cluster) = &mut self.cluster {
+                cluster.create_room(room, created);
+            }
+        }
+    }
+
+    /// Reads history from where it lives: the room's Redis stream in Redis
+    /// mode (the same for every process), else the storage thread.
+    fn read_request(&mut self, ticket: u64, room: &str, after: u64, before: u64, limit: usize, newest: bool) {
+        match &mut self.cluster {
+            Some(cluster) => cluster.read(ticket, room, after, before, limit, newest),
+            None => self.requests.push(Request::Read { ticket, room: room.to_string(), after, before, limit, newest }),
         }
     }
 
@@ -230,7 +283,8 @@ impl Chat {
         }
         self.ensure_directory(name);
         let (messages, last_id) = self.directory.get(name).map(|r| (r.messages, r.last_id)).unwrap_or((0, 0));
-        let has_history = messages > 0;
+        // In Redis mode other processes may have posted: always read the stream.
+        let has_history = messages > 0 || self.cluster.is_some();
         let cap = self.settings.history.max(RECENT_MIN);
         let room = Room::new(name, last_id, cap, !has_history);
         let rc = room.name.clone();
@@ -238,14 +292,7 @@ impl Chat {
         self.index.insert(rc.clone(), slot);
         if has_history {
             let ticket = self.ticket(PendingRead::RoomCache { room: rc });
-            self.requests.push(Request::Read {
-                ticket,
-                room: name.to_string(),
-                after: 0,
-                before: u64::MAX,
-                limit: cap,
-                newest: true,
-            });
+            self.read_request(ticket, name, 0, u64::MAX, cap, true);
         }
         slot
     }
@@ -255,7 +302,7 @@ impl Chat {
     /// connection is closed with 1013).
     pub fn join(
         &mut self,
-        key: usize,
+        (key, serial): (usize, u64),
         room: &str,
         name: Option<&str>,
         since: Option<u64>,
@@ -292,6 +339,7 @@ impl Chat {
             slot,
             named_by_server,
             posted: false,
+            serial,
             tokens: self.settings.rate_burst,
             refilled: now,
         })
@@ -324,14 +372,7 @@ impl Chat {
                 }
                 let name = room.name.clone();
                 let ticket = self.ticket(PendingRead::Resume { room: name.clone(), key, slot, since: from });
-                self.requests.push(Request::Read {
-                    ticket,
-                    room: name.to_string(),
-                    after: from,
-                    before: u64::MAX,
-                    limit: RESUME_MAX as usize,
-                    newest: false,
-                });
+                self.read_request(ticket, &name, from, u64::MAX, RESUME_MAX as usize, false);
                 if let Some(m) = self.live.get_mut(room_slot).and_then(|r| r.members.get_mut(slot)) {
                     m.awaiting_read = true;
                 }
@@ -353,10 +394,12 @@ impl Chat {
         let Some(room) = self.live.get_mut(room_slot) else { return };
         let Some(member) = room.members.get(slot) else { return };
         let key = member.key;
-        let online = room.online_names(ONLINE_LIST_MAX);
+        let mut online = room.online_names(ONLINE_LIST_MAX);
+        let remote = remote_names(&self.remote, &room.name);
+        let count = room.members.len() + remote.len();
+        online.extend(remote.iter().take(ONLINE_LIST_MAX.saturating_sub(online.len())).map(|s| s.as_str()));
         let history: Vec<&str> = history.iter().map(|h| &**h).collect();
-        let json =
-            protocol::welcome_json(&room.name, &member.name, &online, room.members.len(), &history, room.committed_id);
+        let json = protocol::welcome_json(&room.name, &member.name, &online, count, &history, room.committed_id);
         if let Some(m) = room.members.get_mut(slot) {
             m.welcomed = true;
             m.since = None;
@@ -382,6 +425,7 @@ impl Chat {
             }
         };
         if !self.take_token(m, now) {
+            self.rate_limited += 1;
             let json = protocol::error_json("rate_limited", "you are sending too fast; this message was not posted");
             return self.out.push(Outgoing::To { key, json });
         }
@@ -408,6 +452,17 @@ impl Chat {
         m.posted = true;
         let Some(room) = self.live.get_mut(m.room) else { return };
         let Some(member) = room.members.get(m.slot) else { return };
+        if let Some(cluster) = &mut self.cluster {
+            // Redis hands out the id; the message comes back through the
+            // subscription like everyone else's.
+            let known = self.directory.get(&*room.name).map_or(0, |r| r.last_id);
+            if !cluster.post(&room.name, &member.name, &post.message, now_ms(), known, (key, m.serial)) {
+                let json =
+                    protocol::error_json("unavailable", "the chat backend is unreachable; this message was not sent");
+                self.out.push(Outgoing::To { key, json });
+            }
+            return;
+        }
         room.last_id += 1;
         let (id, ts) = (room.last_id, now_ms());
         // The directory learns the id now, not at commit: if the room empties
@@ -417,9 +472,98 @@ impl Chat {
         }
         let json: Rc<str> = protocol::message_json(&room.name, id, &member.name, &post.message, ts).into();
         let msg = StoredMessage { id, ts, username: member.name.clone(), text: post.message };
-        self.requests.push(Request::Append { room: room.name.to_string(), msg });
+        let name = room.name.clone();
+        self.enqueue_commit(name, msg, json, Some(key));
+    }
+
+    /// Hands a message to storage; it is broadcast when the commit is done.
+    fn enqueue_commit(&mut self, room: Rc<str>, msg: StoredMessage, json: Rc<str>, sender: Option<usize>) {
+        let (id, ts) = (msg.id, msg.ts);
+        self.requests.push(Request::Append { room: room.to_string(), msg });
         self.appended += 1;
-        self.pending.push_back(PendingPost { seq: self.appended, room: room.name.clone(), id, ts, json, sender: key });
+        self.pending.push_back(PendingPost { seq: self.appended, room, id, ts, json, sender });
+    }
+
+    /// Redis mode: a message published by any process (ours included).
+    /// Accepted in id order; a gap means we missed some, so read them from
+    /// the stream first and hold what arrives meanwhile.
+    pub fn on_published(&mut self, p: cluster::Published) {
+        if !crate::route::valid_room_name(&p.room) {
+            return;
+        }
+        if let Some(held) = self.held.get_mut(&p.room) {
+            held.push(p);
+            return;
+        }
+        self.ensure_directory(&p.room);
+        let last = self.directory.get(&p.room).map_or(0, |r| r.last_id);
+        if p.id <= last {
+            return; // already delivered (a catch-up overlapped the live feed)
+        }
+        if p.id > last + 1 {
+            let room = p.room.clone();
+            self.held.insert(room.clone(), vec![p]);
+            let ticket = self.ticket(PendingRead::CatchUp { room: room.clone() });
+            self.read_request(ticket, &room, last, u64::MAX, RESUME_MAX as usize, false);
+            return;
+        }
+        self.accept_published(p);
+    }
+
+    fn accept_published(&mut self, p: cluster::Published) {
+        if let Some(record) = self.directory.get_mut(&p.room) {
+            record.last_id = record.last_id.max(p.id);
+        }
+        if let Some(&slot) = self.index.get(p.room.as_str())
+            && let Some(room) = self.live.get_mut(slot)
+        {
+            room.last_id = room.last_id.max(p.id);
+        }
+        let json: Rc<str> = protocol::message_json(&p.room, p.id, &p.username, &p.message, p.ts).into();
+        let msg = StoredMessage { id: p.id, ts: p.ts, username: p.username, text: p.message };
+        self.enqueue_commit(Rc::from(p.room.as_str()), msg, json, None);
+    }
+
+    /// Redis mode: the subscription is (back) up. Anything published while it
+    /// was down was missed: every live room reads on from its last id.
+    pub fn on_subscribed(&mut self) {
+        let rooms: Vec<String> = self.live.iter().map(|(_, r)| r.name.to_string()).collect();
+        for room in rooms {
+            if self.held.contains_key(&room) {
+                continue;
+            }
+            let last = self.directory.get(&room).map_or(0, |r| r.last_id);
+            self.held.insert(room.clone(), Vec::new());
+            let ticket = self.ticket(PendingRead::CatchUp { room: room.clone() });
+            self.read_request(ticket, &room, last, u64::MAX, RESUME_MAX as usize, false);
+        }
+    }
+
+    /// Redis mode: a reply (or a failure) for one of our commands.
+    pub fn on_bus_reply(&mut self, reply: cluster::ReplyFor) {
+        match reply {
+            cluster::ReplyFor::Posted | cluster::ReplyFor::Nothing => {}
+            cluster::ReplyFor::PostFailed { sender: (key, serial), reason } => {
+                log::warn!("post refused: {reason}");
+                let json =
+                    protocol::error_json("unavailable", "the chat backend refused this message; it was not sent");
+                self.out.push(Outgoing::ToSerial { key, serial, json });
+            }
+            cluster::ReplyFor::Read(ticket, messages) => {
+                let oldest = messages.first().map(|m| m.id);
+                self.on_messages(ticket, messages, oldest);
+            }
+            cluster::ReplyFor::Rooms(rooms) => {
+                for (name, created) in rooms {
+                    if crate::route::valid_room_name(&name) && !self.directory.contains_key(&name) {
+                        self.directory.insert(
+                            name.clone(),
+                            RoomRecord { name, created, last_post: None, messages: 0, last_id: 0 },
+                        );
+                    }
+                }
+            }
+        }
     }
 
     /// The token bucket: `--rate-burst` deep, refilled at `--rate-limit` per second.
@@ -460,8 +604,11 @@ impl Chat {
                 }
                 Err(reason) => {
                     log::error!("history commit failed: {reason}");
-                    let json = protocol::error_json("unavailable", "the message could not be stored and was not sent");
-                    self.out.push(Outgoing::To { key: post.sender, json });
+                    if let Some(key) = post.sender {
+                        let json =
+                            protocol::error_json("unavailable", "the message could not be stored and was not sent");
+                        self.out.push(Outgoing::To { key, json });
+                    }
                 }
             }
         }
@@ -501,6 +648,33 @@ impl Chat {
                 let newest = messages.last().map(|m| m.id).unwrap_or(since);
                 history.extend(r.recent.iter().filter(|(id, _)| *id > newest).map(|(_, j)| j.clone()));
                 self.send_welcome(room_slot, slot, history);
+            }
+            PendingRead::CatchUp { room } => {
+                let held = self.held.remove(&room).unwrap_or_default();
+                let last = self.directory.get(&room).map_or(0, |r| r.last_id);
+                let mut next = last;
+                let stored = messages.into_iter().map(|m| cluster::Published {
+                    room: room.clone(),
+                    id: m.id,
+                    username: m.username,
+                    message: m.text,
+                    ts: m.ts,
+                });
+                let mut all: Vec<cluster::Published> = stored.chain(held).filter(|p| p.id > last).collect();
+                all.sort_by_key(|p| p.id);
+                all.dedup_by_key(|p| p.id);
+                for p in all {
+                    if p.id != next + 1 {
+                        // The stream no longer has what we missed (trimmed or
+                        // lost): members are told, then live delivery resumes.
+                        if let Some(&slot) = self.index.get(room.as_str()) {
+                            let json: Rc<str> = protocol::gap_json(&room, p.id).into();
+                            self.out.push(Outgoing::Room { room: slot, json, is_message: false, except: None });
+                        }
+                    }
+                    next = p.id;
+                    self.accept_published(p);
+                }
             }
             PendingRead::Http { key, serial, room } => {
                 let events: Vec<serde_json::Value> = messages
@@ -542,12 +716,16 @@ impl Chat {
     /// Once per loop turn: one presence frame per room that changed, so a
     /// thousand joins in one turn cost each member one frame, not a thousand.
     pub fn flush_presence(&mut self) {
+        let mut changed_rooms = Vec::new();
         for slot in std::mem::take(&mut self.presence_dirty) {
             let Some(room) = self.live.get_mut(slot) else { continue };
             room.presence_queued = false;
             let joined = std::mem::take(&mut room.joined);
             let left = std::mem::take(&mut room.left);
-            let count = room.members.len();
+            let count = room.members.len() + remote_names(&self.remote, &room.name).len();
+            if self.cluster.is_some() {
+                changed_rooms.push(room.name.to_string());
+            }
             // A lone joiner already learnt everything from its welcome frame.
             let mut except = None;
             let json = if count > self.settings.presence_limit {
@@ -568,12 +746,26 @@ impl Chat {
             };
             self.out.push(Outgoing::Room { room: slot, json: json.into(), is_message: false, except });
         }
+        if !changed_rooms.is_empty() {
+            let rooms = changed_rooms
+                .into_iter()
+                .map(|name| {
+                    let names = self
+                        .index
+                        .get(name.as_str())
+                        .and_then(|&s| self.live.get(s))
+                        .map_or(Vec::new(), |r| r.members.iter().map(|(_, m)| m.name.clone()).collect());
+                    (name, names)
+                })
+                .collect();
+            self.publish_presence(rooms, false);
+        }
     }
 
     /// Starts a scroll-back read for the HTTP API.
     pub fn read_for_http(&mut self, key: usize, serial: u64, room: &str, before: u64, limit: usize) {
         let ticket = self.ticket(PendingRead::Http { key, serial, room: room.to_string() });
-        self.requests.push(Request::Read { ticket, room: room.to_string(), after: 0, before, limit, newest: true });
+        self.read_request(ticket, room, 0, before, limit, true);
     }
 
     /// Members of live room `slot` that receive broadcasts: (key) of each welcomed member.
@@ -583,8 +775,8 @@ impl Chat {
 
     /// When the chat needs the loop to wake without I/O (none yet: Redis
     /// presence refresh will use it).
-    pub fn next_wakeup(&self, _now: Instant) -> Option<Duration> {
-        None
+    pub fn next_wakeup(&self, now: Instant) -> Option<Duration> {
+        self.next_snapshot.map(|t| t.saturating_duration_since(now).min(Duration::from_secs(1)))
     }
 
     /// Whether something is waiting for the end of a turn (presence frames,
@@ -600,11 +792,109 @@ impl Chat {
 
     /// The online count and names of `room` (0 and none when not live).
     pub fn online(&self, room: &str, limit: usize) -> (usize, Vec<String>) {
-        match self.index.get(room).and_then(|&s| self.live.get(s)) {
-            Some(r) => (r.members.len(), r.online_names(limit).into_iter().map(str::to_string).collect()),
-            None => (0, Vec::new()),
+        let mut names: Vec<String> = match self.index.get(room).and_then(|&s| self.live.get(s)) {
+            Some(r) => r.online_names(limit).into_iter().map(str::to_string).collect(),
+            None => Vec::new(),
+        };
+        let local = self.index.get(room).and_then(|&s| self.live.get(s)).map_or(0, |r| r.members.len());
+        let remote = remote_names(&self.remote, room);
+        names.extend(remote.iter().take(limit.saturating_sub(names.len())).cloned());
+        (local + remote.len(), names)
+    }
+
+    /// Redis mode: a presence note from any process (ours is ignored).
+    /// The difference from what that process said before becomes join and
+    /// leave events in our local copy of each room.
+    pub fn on_presence(&mut self, payload: &[u8], now: Instant) {
+        let Some(cluster) = &self.cluster else { return };
+        let Ok(note) = serde_json::from_slice::<cluster::PresenceNote>(payload) else { return };
+        if note.proc == cluster.proc_id {
+            return;
+        }
+        let process = self.remote.entry(note.proc.clone()).or_default();
+        process.seen = Some(now);
+        let mut changes: Vec<(String, Vec<String>, Vec<String>)> = Vec::new();
+        let mut rooms: Vec<String> = note.rooms.keys().cloned().collect();
+        if note.full {
+            rooms.extend(process.rooms.keys().filter(|r| !note.rooms.contains_key(*r)).cloned());
+        }
+        for room in rooms {
+            let new = note.rooms.get(&room).cloned().unwrap_or_default();
+            let old = process.rooms.remove(&room).unwrap_or_default();
+            let joined: Vec<String> = new.iter().filter(|n| !old.contains(n)).cloned().collect();
+            let left: Vec<String> = old.iter().filter(|n| !new.contains(n)).cloned().collect();
+            if !new.is_empty() {
+                process.rooms.insert(room.clone(), new);
+            }
+            if !joined.is_empty() || !left.is_empty() {
+                changes.push((room, joined, left));
+            }
+        }
+        for (room, joined, left) in changes {
+            self.remote_changed(&room, joined, left);
         }
     }
+
+    /// Queues presence events for remote joins and leaves in a live room.
+    fn remote_changed(&mut self, room: &str, joined: Vec<String>, left: Vec<String>) {
+        let Some(&slot) = self.index.get(room) else { return };
+        let Some(r) = self.live.get_mut(slot) else { return };
+        // usize::MAX: no local connection to spare from its own join event.
+        r.joined.extend(joined.into_iter().map(|n| (n, usize::MAX)));
+        r.left.extend(left);
+        self.queue_presence(slot);
+    }
+
+    /// Once a second (Redis mode): publish a full snapshot every third of
+    /// `--presence-ttl`, and forget processes silent for longer than it
+    /// (killed with `kill -9`: their members leave).
+    pub fn on_tick(&mut self, now: Instant) {
+        if self.cluster.is_none() {
+            return;
+        }
+        if self.next_snapshot.is_none_or(|t| now >= t) {
+            self.next_snapshot = Some(now + self.presence_ttl / 3);
+            let rooms: HashMap<String, Vec<String>> = self
+                .live
+                .iter()
+                .map(|(_, r)| {
+                    (r.name.to_string(), r.online_names(usize::MAX).into_iter().map(str::to_string).collect())
+                })
+                .collect();
+            self.publish_presence(rooms, true);
+        }
+        let ttl = self.presence_ttl;
+        let dead: Vec<String> = self
+            .remote
+            .iter()
+            .filter(|(_, p)| p.seen.is_none_or(|s| now >= s + ttl))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in dead {
+            if let Some(process) = self.remote.remove(&id) {
+                log::info!("presence: process {id} silent for {ttl:?}; its members leave");
+                for (room, names) in process.rooms {
+                    self.remote_changed(&room, Vec::new(), names);
+                }
+            }
+        }
+    }
+
+    fn publish_presence(&mut self, rooms: HashMap<String, Vec<String>>, full: bool) {
+        let Some(cluster) = &mut self.cluster else { return };
+        let note = cluster::PresenceNote { proc: cluster.proc_id.clone(), full, rooms };
+        let Ok(json) = serde_json::to_vec(&note) else { return };
+        let cmd = redis::cmd("PUBLISH").arg(PRESENCE_CHANNEL_NAME).arg(json).get_packed_command();
+        cluster.commands.push((cmd, cluster::TAG_INTERNAL));
+    }
+}
+
+/// The channel name presence notes go to.
+const PRESENCE_CHANNEL_NAME: &[u8] = cluster::PRESENCE_CHANNEL;
+
+/// Names other processes report in `room`.
+fn remote_names(remote: &HashMap<String, RemoteProcess>, room: &str) -> Vec<String> {
+    remote.values().filter_map(|p| p.rooms.get(room)).flatten().cloned().collect()
 }
 
 /// The JSON event of a stored message.

@@ -654,3 +654,69 @@ pub fn percentile(samples: &mut [Duration], p: usize) -> Duration {
     }
     samples[(samples.len() - 1) * p / 100]
 }
+
+/// A private redis-server on a free port, killed when dropped.
+pub struct RedisServer {
+    /// Its port.
+    pub port: u16,
+    child: Option<std::process::Child>,
+    dir: PathBuf,
+    appendonly: bool,
+}
+
+impl RedisServer {
+    /// Starts redis-server (from PATH) on a free port; `appendonly` persists.
+    pub fn start(appendonly: bool) -> RedisServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let dir = temp_dir("redis");
+        let mut r = RedisServer { port, child: None, dir, appendonly };
+        r.restart();
+        r
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (SIGKILL: as abrupt as a crash).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port (same data folder).
+    pub fn restart(&mut self) {
+        self.stop();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(["--appendonly", if self.appendonly { "yes" } else { "no" }])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server not found: run scripts/install-deps.sh");
+        self.child = Some(child);
+        let addr: SocketAddr = format!("127.0.0.1:{}", self.port).parse().unwrap();
+        assert!(
+            eventually(IO_TIMEOUT, || {
+                let Ok(mut s) = TcpStream::connect(addr) else { return false };
+                let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+                s.write_all(b"PING\r\n").is_ok() && {
+                    let mut b = [0u8; 7];
+                    s.read(&mut b).map(|n| &b[..n] == b"+PONG\r\n").unwrap_or(false)
+                }
+            }),
+            "redis-server did not start"
+        );
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,507 @@
+//! The Redis bus: publish and subscribe through Redis, inside the reactor.
+//!
+//! Several chatroom servers share their rooms through Redis pub/sub. The bus
+//! is the piece that talks to Redis, and it knows nothing about rooms or
+//! connections: it sends commands the caller packed, hands back replies by
+//! the caller's tags, and delivers pub/sub messages as channel and payload.
+//!
+//! ```text
+//!   caller ──command(packed, tag)──▶ cmd link ──▶ Redis      (PUBLISH, INCR…)
+//!   caller ◀──Reply{tag, value}───── cmd link ◀── Redis      (in order: FIFO of tags)
+//!   caller ──subscribe(channel)────▶ sub link ──▶ Redis      (remembered)
+//!   caller ◀──Message{channel, payload}── sub link ◀── Redis
+//! ```
+//!
+//! Two connections, because a connection that has subscribed may only
+//! (un)subscribe and ping: PUBLISH needs a connection of its own. Both are
+//! mio sources in the reactor's one poll, non-blocking from the first connect
+//! to every reconnect; nothing here ever waits. The reactor drives the bus
+//! with four calls:
+//!
+//! - [`Bus::on_event`] for every event on the two tokens: finishes connects,
+//!   reads until `WouldBlock`, notices failures.
+//! - [`Bus::flush`] once per turn, before sleeping: every command queued in
+//!   the turn leaves in one `write` (a pipeline; Redis answers in order).
+//! - [`Bus::on_timer`] every turn, and [`Bus::next_timeout`] for the poll
+//!   timeout: reconnects after backoff, connect timeouts.
+//! - [`Bus::drain_events`] to collect what happened, in order.
+//!
+//! When Redis goes away, commands sent and not answered come back as
+//! [`BusEvent::Failed`] (they may or may not have run), then
+//! [`BusEvent::Down`]; the bus reconnects with backoff and jitter, logs in
+//! again (AUTH, SELECT from the URL, pipelined first), resubscribes to every
+//! channel and pattern, and says [`BusEvent::CommandUp`] and
+//! [`BusEvent::SubscribedUp`] again.
+//!
+//! Files: [`resp`] decodes RESP, [`conn`] moves one connection's bytes,
+//! [`url`] parses the URL; this file gives replies their meaning.
+
+mod conn;
+pub mod resp;
+mod url;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use log::{debug, info, warn};
+use mio::{Registry, Token};
+
+use conn::Link;
+pub use resp::{RespError, Value, decode};
+pub use url::RedisUrl;
+
+/// Output waiting for a slow (or stuck) Redis beyond this many bytes makes
+/// [`Bus::command`] refuse new commands with [`BusEvent::Failed`] instead of
+/// buffering without end. 32 MiB is minutes of chat traffic.
+pub const MAX_PENDING_OUT: usize = 32 * 1024 * 1024;
+
+/// Channels (or patterns) per SUBSCRIBE command when resubscribing: one
+/// command per thousand keeps each well under Redis's argument limits.
+const SUBSCRIBE_BATCH: usize = 1000;
+
+/// Which of the bus's two connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Which {
+    /// The connection for commands (PUBLISH, INCR...).
+    Command,
+    /// The connection that is subscribed.
+    Subscription,
+}
+
+/// Something the caller should know, returned by [`Bus::drain_events`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BusEvent {
+    /// The command connection is up (after AUTH/SELECT succeeded): the caller
+    /// may (re)send commands; also emitted after every reconnect.
+    CommandUp,
+    /// The subscription connection is up and (re)subscribed to every
+    /// channel/pattern asked so far.
+    SubscribedUp,
+    /// A connection went down (which, and why); commands sent and not
+    /// answered are reported as Failed first. Emitted once per outage:
+    /// retries that fail while it is already down are only logged.
+    Down {
+        /// The connection that failed.
+        which: Which,
+        /// What happened, for the log.
+        reason: String,
+    },
+    /// Reply to the command with this tag (tags are caller-chosen u64).
+    /// Error replies (`-ERR ...`) arrive here too, as [`Value::Error`].
+    Reply {
+        /// The tag given to [`Bus::command`].
+        tag: u64,
+        /// What Redis answered.
+        value: Value,
+    },
+    /// A command sent but not answered when the connection dropped, or
+    /// refused because the bus is down: outcome unknown/not executed.
+    Failed {
+        /// The tag given to [`Bus::command`].
+        tag: u64,
+    },
+    /// A pub/sub message (from SUBSCRIBE or PSUBSCRIBE).
+    Message {
+        /// The channel it was published to.
+        channel: Vec<u8>,
+        /// What was published.
+        payload: Vec<u8>,
+    },
+}
+
+/// The Redis transport: two connections, their state, and the events for the
+/// caller. See the module documentation for how the reactor drives it.
+#[derive(Debug)]
+pub struct Bus {
+    url: RedisUrl,
+    /// The connection for commands.
+    cmd: Link,
+    /// The subscribed connection.
+    sub: Link,
+    /// Tags of the commands sent on `cmd` and not yet answered, oldest
+    /// first: Redis answers in order, so each reply belongs to the front.
+    tags: VecDeque<u64>,
+    /// Every channel and pattern asked for, re-sent after each reconnect.
+    channels: Vec<Vec<u8>>,
+    patterns: Vec<Vec<u8>>,
+    /// Subscription confirmations still expected on `sub`.
+    sub_pending: usize,
+    /// AUTH and SELECT from the URL, packed once, sent first on each link.
+    hello: Vec<u8>,
+    /// The names of the commands in `hello`, for error messages.
+    hello_names: Vec<&'static str>,
+    /// What happened since the last `drain_events`.
+    events: Vec<BusEvent>,
+    /// Reused buffer of values decoded in one read.
+    values: Vec<Value>,
+    started: bool,
+    reconnects: u64,
+}
+
+impl Bus {
+    /// A bus for the Redis at `url`. No I/O happens until [`Bus::start`].
+    pub fn new(url: RedisUrl) -> Bus {
+        let mut hello = Vec::new();
+        let mut hello_names = Vec::new();
+        if let Some(password) = &url.password {
+            let mut auth = redis::cmd("AUTH");
+            if let Some(user) = &url.username {
+                auth.arg(user);
+            }
+            hello.extend(auth.arg(password).get_packed_command());
+            hello_names.push("AUTH");
+        }
+        if url.db != 0 {
+            hello.extend(redis::cmd("SELECT").arg(url.db).get_packed_command());
+            hello_names.push("SELECT");
+        }
+        let now = Instant::now();
+        Bus {
+            cmd: Link::new(Which::Command, url.addr, now),
+            sub: Link::new(Which::Subscription, url.addr, now),
+            url,
+            tags: VecDeque::new(),
+            channels: Vec::new(),
+            patterns: Vec::new(),
+            sub_pending: 0,
+            hello,
+            hello_names,
+            events: Vec::new(),
+            values: Vec::new(),
+            started: false,
+            reconnects: 0,
+        }
+    }
+
+    /// Starts both connections (non-blocking connect) and registers them with
+    /// the reactor's poll under `cmd_token` and `sub_token` (the server's
+    /// fixed `REDIS_CMD` and `REDIS_SUB`). A connect that fails at once is
+    /// reported as `Down` and retried like any other failure.
+    pub fn start(&mut self, registry: &Registry, cmd_token: Token, sub_token: Token, now: Instant) {
+        if self.started {
+            return;
+        }
+        self.started = true;
+        self.cmd.set_token(cmd_token);
+        self.sub.set_token(sub_token);
+        info!("redis bus: connecting to {}", self.url);
+        self.connect(registry, Which::Command, now);
+        self.connect(registry, Which::Subscription, now);
+    }
+
+    /// Handles an event on either token (readable, writable, error, hang-up):
+    /// finishes a pending connect, reads and handles every reply until
+    /// `WouldBlock`, and takes the link down on an error or EOF.
+    pub fn on_event(&mut self, registry: &Registry, token: Token, event: &mio::event::Event, now: Instant) {
+        let which = if self.cmd.owns(token) {
+            Which::Command
+        } else if self.sub.owns(token) {
+            Which::Subscription
+        } else {
+            return;
+        };
+        let link = self.link_mut(which);
+        if link.is_connecting() {
+            match link.finish_connect() {
+                Ok(true) => self.on_connected(which),
+                // Not connected yet; the next event will tell.
+                Ok(false) => return,
+                Err(reason) => return self.fail(registry, which, reason, now),
+            }
+        }
+        if event.is_writable() {
+            self.link_mut(which).on_writable();
+        }
+        // Read on every other kind of event too: an error or hang-up shows
+        // itself as a failed read or EOF, after any replies still buffered.
+        self.read(registry, which, now);
+    }
+
+    /// Queues a command (already packed, e.g.
+    /// `redis::cmd("PUBLISH").arg(..).get_packed_command()`) on the command
+    /// connection; its reply comes back as `Reply { tag }`. If the command
+    /// connection is not up, or Redis has stopped reading (more than
+    /// [`MAX_PENDING_OUT`] bytes waiting), emits `Failed { tag }` at once:
+    /// the caller decides whether to buffer and retry after `CommandUp`.
+    pub fn command(&mut self, packed: Vec<u8>, tag: u64) {
+        if !self.cmd.is_up() || self.cmd.pending_out() > MAX_PENDING_OUT {
+            self.events.push(BusEvent::Failed { tag });
+            return;
+        }
+        self.cmd.queue(&packed);
+        self.tags.push_back(tag);
+    }
+
+    /// Subscribes to `channel`, now if connected and after every reconnect.
+    /// Asking twice for the same channel is a no-op.
+    pub fn subscribe(&mut self, channel: &[u8]) {
+        if self.channels.iter().any(|c| c == channel) {
+            return;
+        }
+        self.channels.push(channel.to_vec());
+        if self.sub.has_socket() {
+            self.sub.queue(&redis::cmd("SUBSCRIBE").arg(channel).get_packed_command());
+            self.sub_pending += 1;
+        }
+    }
+
+    /// Subscribes to the glob-style `pattern` (PSUBSCRIBE), now if connected
+    /// and after every reconnect.
+    pub fn psubscribe(&mut self, pattern: &[u8]) {
+        if self.patterns.iter().any(|p| p == pattern) {
+            return;
+        }
+        self.patterns.push(pattern.to_vec());
+        if self.sub.has_socket() {
+            self.sub.queue(&redis::cmd("PSUBSCRIBE").arg(pattern).get_packed_command());
+            self.sub_pending += 1;
+        }
+    }
+
+    /// Runs once per loop turn, before the reactor sleeps: writes everything
+    /// queued on both connections (one `write` each unless the kernel's
+    /// buffer fills) and keeps WRITABLE registered only while output remains.
+    /// A write error takes that link down (its events wait in the queue;
+    /// [`Bus::next_timeout`] is zero until they are drained).
+    pub fn flush(&mut self, registry: &Registry) {
+        for which in [Which::Command, Which::Subscription] {
+            if let Err(reason) = self.link_mut(which).flush(registry) {
+                self.fail(registry, which, reason, Instant::now());
+            }
+        }
+    }
+
+    /// Runs every loop turn: reconnects links whose backoff has passed, gives
+    /// up on connects (and handshakes) older than 2 s, and resumes reads that
+    /// stopped at the per-turn budget.
+    pub fn on_timer(&mut self, registry: &Registry, now: Instant) {
+        if !self.started {
+            return;
+        }
+        for which in [Which::Command, Which::Subscription] {
+            let link = self.link_mut(which);
+            if link.due_for_retry(now) {
+                self.reconnects += 1;
+                self.connect(registry, which, now);
+            } else if link.timed_out(now) {
+                let what = if link.is_connecting() { "connect" } else { "handshake" };
+                let reason = format!("{what} timed out after {} s", conn::CONNECT_TIMEOUT.as_secs());
+                self.fail(registry, which, reason, now);
+            } else if link.more_to_read {
+                self.read(registry, which, now);
+            }
+        }
+    }
+
+    /// How long the reactor may sleep before [`Bus::on_timer`] has work: zero
+    /// while events wait to be drained or reads to be resumed.
+    pub fn next_timeout(&self, now: Instant) -> Option<Duration> {
+        if !self.started {
+            return None;
+        }
+        if !self.events.is_empty() || self.cmd.more_to_read || self.sub.more_to_read {
+            return Some(Duration::ZERO);
+        }
+        [self.cmd.deadline(), self.sub.deadline()]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|at| at.saturating_duration_since(now))
+    }
+
+    /// Takes the events produced since the last call, in order.
+    pub fn drain_events(&mut self) -> std::vec::Drain<'_, BusEvent> {
+        self.events.drain(..)
+    }
+
+    /// Whether both connections are up (logged in, and subscribed).
+    pub fn is_up(&self) -> bool {
+        self.cmd.is_up() && self.sub.is_up()
+    }
+
+    /// Commands queued or sent and still awaiting their replies.
+    pub fn pipeline_depth(&self) -> usize {
+        self.tags.len()
+    }
+
+    /// Reconnect attempts made after a failure, on both connections, whether
+    /// they succeeded or not.
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects
+    }
+
+    fn link_mut(&mut self, which: Which) -> &mut Link {
+        match which {
+            Which::Command => &mut self.cmd,
+            Which::Subscription => &mut self.sub,
+        }
+    }
+
+    /// Opens `which` and queues its handshake: AUTH and SELECT from the URL,
+    /// then (on the subscription link) SUBSCRIBE and PSUBSCRIBE for
+    /// everything asked so far. All of it is pipelined: it waits in the
+    /// output buffer and leaves in one write as soon as the connect finishes.
+    fn connect(&mut self, registry: &Registry, which: Which, now: Instant) {
+        let hello_count = self.hello_names.len();
+        let link = self.link_mut(which);
+        if let Err(reason) = link.connect(registry, now) {
+            return self.fail(registry, which, reason, now);
+        }
+        debug!("redis {which:?} link: connecting");
+        let hello = std::mem::take(&mut self.hello);
+        let link = self.link_mut(which);
+        link.queue(&hello);
+        link.hello_left = hello_count;
+        self.hello = hello;
+        if which == Which::Subscription {
+            let mut packed = Vec::new();
+            for (name, keys) in [("SUBSCRIBE", &self.channels), ("PSUBSCRIBE", &self.patterns)] {
+                for batch in keys.chunks(SUBSCRIBE_BATCH) {
+                    let mut cmd = redis::cmd(name);
+                    for key in batch {
+                        cmd.arg(key.as_slice());
+                    }
+                    packed.extend(cmd.get_packed_command());
+                }
+            }
+            self.sub.queue(&packed);
+            self.sub_pending = self.channels.len() + self.patterns.len();
+        }
+    }
+
+    /// The TCP connect finished. With nothing to wait for (no AUTH, SELECT or
+    /// subscriptions), the link is up at once.
+    fn on_connected(&mut self, which: Which) {
+        debug!("redis {which:?} link: connected");
+        self.check_up(which);
+    }
+
+    /// Declares `which` up once its handshake replies have all come back.
+    fn check_up(&mut self, which: Which) {
+        let sub_pending = self.sub_pending;
+        let link = self.link_mut(which);
+        if !link.in_handshake() || link.hello_left > 0 {
+            return;
+        }
+        let event = match which {
+            Which::Command => BusEvent::CommandUp,
+            Which::Subscription if sub_pending == 0 => BusEvent::SubscribedUp,
+            Which::Subscription => return,
+        };
+        link.set_up();
+        info!("redis {which:?} link up ({})", self.url);
+        self.events.push(event);
+    }
+
+    /// Reads what `which` has and handles each value in order; a failure
+    /// (read error, EOF, protocol error, a reply that makes no sense) takes
+    /// the link down after the values that came before it are handled.
+    fn read(&mut self, registry: &Registry, which: Which, now: Instant) {
+        let mut values = std::mem::take(&mut self.values);
+        let outcome = self.link_mut(which).read(&mut values);
+        let mut failure = None;
+        for value in values.drain(..) {
+            if let Err(reason) = self.on_value(which, value) {
+                failure = Some(reason);
+                break;
+            }
+        }
+        values.clear();
+        self.values = values;
+        if let Some(reason) = failure.or(outcome.err()) {
+            self.fail(registry, which, reason, now);
+        }
+    }
+
+    /// Gives one value from Redis its meaning.
+    fn on_value(&mut self, which: Which, value: Value) -> Result<(), String> {
+        let hello_count = self.hello_names.len();
+        let link = self.link_mut(which);
+        if link.hello_left > 0 {
+            // AUTH and SELECT were sent first, so the first replies are theirs.
+            let index = hello_count.saturating_sub(link.hello_left);
+            link.hello_left -= 1;
+            let name = self.hello_names.get(index).copied().unwrap_or("handshake");
+            if let Value::Error(e) = value {
+                return Err(format!("redis refused {name}: {e}"));
+            }
+            self.check_up(which);
+            return Ok(());
+        }
+        match which {
+            Which::Command => {
+                let Some(tag) = self.tags.pop_front() else {
+                    return Err(format!("unexpected reply with no command waiting: {value:?}"));
+                };
+                self.events.push(BusEvent::Reply { tag, value });
+                Ok(())
+            }
+            Which::Subscription => self.on_push(value),
+        }
+    }
+
+    /// A value on the subscribed connection: a message, or the confirmation
+    /// of a subscription. In RESP2 both are arrays whose first element names
+    /// the kind: `[message, channel, payload]`, `[pmessage, pattern, channel,
+    /// payload]`, `[subscribe, channel, count]`.
+    fn on_push(&mut self, value: Value) -> Result<(), String> {
+        let items = match value {
+            Value::Array(items) => items,
+            // A refused SUBSCRIBE (an ACL without that channel, say): the
+            // link cannot deliver what was asked, so retrying is the honest
+            // course; the reason goes to the log through Down.
+            Value::Error(e) => return Err(format!("redis refused a subscription: {e}")),
+            other => return Err(format!("unexpected value on the subscription link: {other:?}")),
+        };
+        let mut items = items.into_iter();
+        let kind = items.next();
+        match kind.as_ref().and_then(Value::as_bytes) {
+            Some(b"message") => {
+                let (Some(Value::Bulk(channel)), Some(Value::Bulk(payload))) = (items.next(), items.next()) else {
+                    return Err("malformed message push".into());
+                };
+                self.events.push(BusEvent::Message { channel, payload });
+            }
+            Some(b"pmessage") => {
+                let (Some(_pattern), Some(Value::Bulk(channel)), Some(Value::Bulk(payload))) =
+                    (items.next(), items.next(), items.next())
+                else {
+                    return Err("malformed pmessage push".into());
+                };
+                self.events.push(BusEvent::Message { channel, payload });
+            }
+            Some(b"subscribe" | b"psubscribe") => {
+                self.sub_pending = self.sub_pending.saturating_sub(1);
+                self.check_up(Which::Subscription);
+            }
+            // Answers to things we never send, harmless if they come.
+            Some(b"unsubscribe" | b"punsubscribe" | b"pong") => {}
+            _ => return Err(format!("unexpected push on the subscription link: {kind:?}")),
+        }
+        Ok(())
+    }
+
+    /// Takes `which` down: every unanswered command fails (first, so the
+    /// caller sees the outcome of each before the outage), then `Down` once
+    /// per outage, and the retry is scheduled by the link's backoff.
+    fn fail(&mut self, registry: &Registry, which: Which, reason: String, now: Instant) {
+        let link = self.link_mut(which);
+        let delay = link.fail(registry, now);
+        let first = !link.down_reported;
+        link.down_reported = true;
+        if which == Which::Command {
+            self.events.extend(self.tags.drain(..).map(|tag| BusEvent::Failed { tag }));
+        } else {
+            self.sub_pending = 0;
+        }
+        if first {
+            warn!("redis {which:?} link down: {reason}; retrying in {} ms", delay.as_millis());
+            self.events.push(BusEvent::Down { which, reason });
+        } else {
+            debug!("redis {which:?} link still down: {reason}; retrying in {} ms", delay.as_millis());
+        }
+    }
+}

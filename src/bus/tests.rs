@@ -1,0 +1,471 @@
+//! The bus against a real `redis-server`, driven by a real mio poll loop
+//! shaped like the reactor's: poll, `on_event` for each event, `on_timer`,
+//! `flush`, `drain_events`.
+//!
+//! Each test starts its own redis-server on a free port (`--save ''
+//! --appendonly no`: nothing touches the disk) and kills it at the end.
+//! `scripts/install-deps.sh` installs redis-server; without it these tests
+//! fail and say so. A few tests use a fake Redis instead (a std listener in
+//! a thread) to send what a real one never would: replies dripped a byte at a
+//! time, replies too large, no reply at all.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener as StdListener, TcpStream as StdStream};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+
+use mio::{Events, Poll};
+
+use super::*;
+
+const CMD: Token = Token(1);
+const SUB: Token = Token(2);
+
+/// Longest any test waits for something to happen before failing.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+/// The loop's longest sleep, so a test notices its deadline.
+const MAX_SLEEP: Duration = Duration::from_millis(50);
+
+/// A private redis-server, killed when dropped.
+struct Redis {
+    child: Option<Child>,
+    port: u16,
+    args: Vec<String>,
+}
+
+impl Redis {
+    /// Starts redis-server on `port` with `extra` arguments and waits until
+    /// it accepts connections.
+    fn start(port: u16, extra: &[&str]) -> Redis {
+        let mut redis = Redis { child: None, port, args: extra.iter().map(|s| s.to_string()).collect() };
+        redis.restart();
+        redis
+    }
+
+    fn restart(&mut self) {
+        let port = self.port.to_string();
+        let child = Command::new("redis-server")
+            .args(["--port", &port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot run redis-server (scripts/install-deps.sh installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + PATIENCE;
+        while StdStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not listen on {port} in time");
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL, and wait until it is gone (its sockets closed).
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A port nobody listens on (bound, then released).
+fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn pack(args: &[&str]) -> Vec<u8> {
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    cmd.get_packed_command()
+}
+
+/// A bus in a poll loop, and every event it has produced.
+struct Harness {
+    poll: Poll,
+    events: Events,
+    bus: Bus,
+    seen: Vec<BusEvent>,
+}
+
+impl Harness {
+    fn new(url: &str) -> Harness {
+        let poll = Poll::new().unwrap();
+        let mut bus = Bus::new(RedisUrl::parse(url).unwrap());
+        bus.start(poll.registry(), CMD, SUB, Instant::now());
+        Harness { poll, events: Events::with_capacity(64), bus, seen: Vec::new() }
+    }
+
+    /// One turn of the reactor's loop.
+    fn turn(&mut self) {
+        let timeout = self.bus.next_timeout(Instant::now()).map_or(MAX_SLEEP, |t| t.min(MAX_SLEEP));
+        if let Err(e) = self.poll.poll(&mut self.events, Some(timeout)) {
+            assert_eq!(e.kind(), std::io::ErrorKind::Interrupted, "poll: {e}");
+        }
+        let now = Instant::now();
+        for event in self.events.iter() {
+            self.bus.on_event(self.poll.registry(), event.token(), event, now);
+        }
+        self.bus.on_timer(self.poll.registry(), now);
+        self.bus.flush(self.poll.registry());
+        self.seen.extend(self.bus.drain_events());
+    }
+
+    /// Turns until `done(seen)` holds; fails the test after [`PATIENCE`].
+    fn run_until(&mut self, what: &str, done: impl Fn(&[BusEvent]) -> bool) {
+        let deadline = Instant::now() + PATIENCE;
+        while !done(&self.seen) {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}; saw {:#?}", self.seen);
+            self.turn();
+        }
+    }
+
+    /// Turns for `time`, whatever happens.
+    fn run_for(&mut self, time: Duration) {
+        let until = Instant::now() + time;
+        while Instant::now() < until {
+            self.turn();
+        }
+    }
+
+    fn wait_up(&mut self) {
+        self.run_until("CommandUp and SubscribedUp", |seen| {
+            seen.contains(&BusEvent::CommandUp) && seen.contains(&BusEvent::SubscribedUp)
+        });
+        assert!(self.bus.is_up());
+        self.seen.clear();
+    }
+
+    /// Sends one command and waits for its reply.
+    fn ask(&mut self, args: &[&str], tag: u64) -> Value {
+        self.bus.command(pack(args), tag);
+        self.run_until("a reply", |seen| {
+            seen.iter().any(|e| matches!(e, BusEvent::Reply { tag: t, .. } | BusEvent::Failed { tag: t } if *t == tag))
+        });
+        let at = self.seen.iter().position(|e| matches!(e, BusEvent::Reply { tag: t, .. } if *t == tag));
+        match at.map(|i| self.seen.remove(i)) {
+            Some(BusEvent::Reply { value, .. }) => value,
+            _ => panic!("{args:?} failed; saw {:#?}", self.seen),
+        }
+    }
+
+    /// Publishes until Redis counts `receivers` subscribers for `channel`
+    /// (a SUBSCRIBE sent after the link is up takes effect a moment later).
+    fn publish_reaching(&mut self, channel: &str, payload: &str, receivers: i64) {
+        let deadline = Instant::now() + PATIENCE;
+        for tag in 1_000_000.. {
+            if self.ask(&["PUBLISH", channel, payload], tag) == Value::Int(receivers) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{channel}: never reached {receivers} subscribers");
+            self.run_for(Duration::from_millis(10));
+        }
+    }
+
+    fn messages(&self) -> Vec<(String, String)> {
+        self.seen
+            .iter()
+            .filter_map(|e| match e {
+                BusEvent::Message { channel, payload } => {
+                    Some((String::from_utf8_lossy(channel).into(), String::from_utf8_lossy(payload).into()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn count(seen: &[BusEvent], want: &BusEvent) -> usize {
+    seen.iter().filter(|e| *e == want).count()
+}
+
+fn is_down(which: Which) -> impl Fn(&BusEvent) -> bool {
+    move |e| matches!(e, BusEvent::Down { which: w, .. } if *w == which)
+}
+
+#[test]
+fn publish_through_one_link_and_receive_on_the_other() {
+    let redis = Redis::start(free_port(), &[]);
+    let mut h = Harness::new(&format!("redis://127.0.0.1:{}", redis.port));
+    h.bus.subscribe(b"room:lobby");
+    h.bus.psubscribe(b"room:pattern:*");
+    h.bus.subscribe(b"room:lobby"); // twice: still one subscription
+    h.wait_up();
+
+    assert_eq!(h.ask(&["PUBLISH", "room:lobby", "hello"], 1), Value::Int(1));
+    assert_eq!(h.ask(&["PUBLISH", "room:pattern:x", "world"], 2), Value::Int(1));
+    assert_eq!(h.ask(&["PUBLISH", "room:elsewhere", "nobody"], 3), Value::Int(0));
+    h.run_until("two messages", |seen| seen.iter().filter(|e| matches!(e, BusEvent::Message { .. })).count() == 2);
+    assert_eq!(h.messages(), vec![("room:lobby".into(), "hello".into()), ("room:pattern:x".into(), "world".into())]);
+
+    // A subscription asked for while up is sent at once.
+    h.seen.clear();
+    h.bus.subscribe(b"room:late");
+    h.publish_reaching("room:late", "binary\r\n\0ok", 1);
+    h.run_until("the late message", |seen| seen.iter().any(|e| matches!(e, BusEvent::Message { .. })));
+    assert_eq!(h.messages()[0], ("room:late".into(), "binary\r\n\0ok".into()));
+}
+
+#[test]
+fn replies_come_back_by_tag_in_order() {
+    let redis = Redis::start(free_port(), &[]);
+    let mut h = Harness::new(&format!("redis://127.0.0.1:{}", redis.port));
+    h.wait_up();
+    for tag in 10..20 {
+        h.bus.command(pack(&["INCR", "counter"]), tag);
+    }
+    // An error reply is a reply like any other: the link stays up.
+    h.bus.command(pack(&["NOSUCHCOMMAND"]), 20);
+    h.bus.command(pack(&["GET", "missing"]), 21);
+    h.bus.command(pack(&["SET", "k", "v"]), 22);
+    assert_eq!(h.bus.pipeline_depth(), 13);
+    h.run_until("13 replies", |seen| seen.len() >= 13);
+    let mut want: Vec<BusEvent> =
+        (10..20).map(|tag| BusEvent::Reply { tag, value: Value::Int(tag as i64 - 9) }).collect();
+    want.push(BusEvent::Reply { tag: 21, value: Value::Nil });
+    want.push(BusEvent::Reply { tag: 22, value: Value::Simple("OK".into()) });
+    let mut got = h.seen.clone();
+    let error = got.remove(10);
+    assert!(
+        matches!(error, BusEvent::Reply { tag: 20, value: Value::Error(ref e) } if e.starts_with("ERR unknown command")),
+        "{error:?}"
+    );
+    assert_eq!(got, want);
+    assert_eq!(h.bus.pipeline_depth(), 0);
+    assert!(h.bus.is_up());
+}
+
+#[test]
+fn a_pipeline_of_a_thousand_commands_leaves_in_one_write() {
+    let redis = Redis::start(free_port(), &[]);
+    let mut h = Harness::new(&format!("redis://127.0.0.1:{}", redis.port));
+    h.wait_up();
+    let before = h.bus.cmd.write_calls;
+    for tag in 0..1000 {
+        h.bus.command(pack(&["INCR", "n"]), tag);
+    }
+    assert_eq!(h.bus.pipeline_depth(), 1000);
+    assert_eq!(h.bus.cmd.write_calls, before, "command() only queues");
+    h.bus.flush(h.poll.registry());
+    assert_eq!(h.bus.cmd.write_calls, before + 1, "one write for the whole turn");
+    h.run_until("1000 replies", |seen| seen.len() >= 1000);
+    for (i, event) in h.seen.iter().enumerate() {
+        assert_eq!(*event, BusEvent::Reply { tag: i as u64, value: Value::Int(i as i64 + 1) });
+    }
+    assert_eq!(h.bus.pipeline_depth(), 0);
+}
+
+#[test]
+fn a_restarted_redis_fails_what_was_pending_then_comes_back_resubscribed() {
+    let mut redis = Redis::start(free_port(), &[]);
+    let mut h = Harness::new(&format!("redis://127.0.0.1:{}", redis.port));
+    h.bus.subscribe(b"room:a");
+    h.bus.psubscribe(b"room:p:*");
+    h.wait_up();
+    h.publish_reaching("room:a", "before", 1);
+
+    // Redis dies with commands in flight: the bus has not noticed yet, so
+    // these are queued and written; no answer will ever come.
+    redis.kill();
+    h.seen.clear();
+    for tag in 100..103 {
+        h.bus.command(pack(&["INCR", "x"]), tag);
+    }
+    h.bus.flush(h.poll.registry());
+    h.run_until("both links down", |seen| {
+        seen.iter().any(is_down(Which::Command)) && seen.iter().any(is_down(Which::Subscription))
+    });
+    let down_at = h.seen.iter().position(is_down(Which::Command)).unwrap();
+    let failed: Vec<&BusEvent> = h.seen[..down_at].iter().filter(|e| matches!(e, BusEvent::Failed { .. })).collect();
+    assert_eq!(
+        failed,
+        [&BusEvent::Failed { tag: 100 }, &BusEvent::Failed { tag: 101 }, &BusEvent::Failed { tag: 102 }]
+    );
+    assert!(!h.bus.is_up());
+    assert_eq!(h.bus.pipeline_depth(), 0);
+
+    // While down, commands are refused at once.
+    h.bus.command(pack(&["INCR", "x"]), 200);
+    assert_eq!(h.bus.drain_events().collect::<Vec<_>>(), [BusEvent::Failed { tag: 200 }]);
+
+    // Retries fail quietly: one Down per link for the whole outage.
+    h.run_for(Duration::from_millis(700));
+    assert!(h.bus.reconnects() >= 4, "retries after 100, 200, 400 ms: {}", h.bus.reconnects());
+    assert_eq!(h.seen.iter().filter(|e| is_down(Which::Command)(e)).count(), 1, "{:#?}", h.seen);
+    assert_eq!(h.seen.iter().filter(|e| is_down(Which::Subscription)(e)).count(), 1);
+    let wait = h.bus.next_timeout(Instant::now()).unwrap();
+    assert!(wait > Duration::ZERO && wait <= Duration::from_secs(5), "{wait:?}");
+
+    // Redis is back on the same port: both links return, resubscribed.
+    redis.restart();
+    h.seen.clear();
+    h.wait_up();
+    h.publish_reaching("room:a", "after", 1);
+    assert_eq!(h.ask(&["PUBLISH", "room:p:1", "pattern too"], 7), Value::Int(1));
+    h.run_until("two messages", |seen| seen.iter().filter(|e| matches!(e, BusEvent::Message { .. })).count() == 2);
+    assert_eq!(h.messages(), vec![("room:a".into(), "after".into()), ("room:p:1".into(), "pattern too".into())]);
+}
+
+#[test]
+fn auth_and_select_from_the_url() {
+    let redis = Redis::start(free_port(), &["--requirepass", "s3cret"]);
+    for url in [
+        format!("redis://:s3cret@127.0.0.1:{}/2", redis.port),
+        format!("redis://default:s3cret@127.0.0.1:{}/2", redis.port),
+    ] {
+        let mut h = Harness::new(&url);
+        h.bus.subscribe(b"room:auth");
+        h.wait_up();
+        let Value::Bulk(info) = h.ask(&["CLIENT", "INFO"], 1) else { panic!("CLIENT INFO") };
+        let info = String::from_utf8(info).unwrap();
+        assert!(info.contains(" db=2 "), "{info}");
+        h.publish_reaching("room:auth", "hi", 1);
+    }
+}
+
+#[test]
+fn a_wrong_password_is_reported_and_retried_with_backoff() {
+    let redis = Redis::start(free_port(), &["--requirepass", "s3cret"]);
+    let mut h = Harness::new(&format!("redis://:wrong@127.0.0.1:{}", redis.port));
+    h.run_until("both links down", |seen| {
+        seen.iter().any(is_down(Which::Command)) && seen.iter().any(is_down(Which::Subscription))
+    });
+    let Some(BusEvent::Down { reason, .. }) = h.seen.iter().find(|e| is_down(Which::Command)(e)) else {
+        unreachable!()
+    };
+    assert!(reason.contains("redis refused AUTH") && reason.contains("WRONGPASS"), "{reason}");
+    h.bus.command(pack(&["PING"]), 1);
+    h.run_for(Duration::from_millis(500));
+    assert!(h.seen.contains(&BusEvent::Failed { tag: 1 }));
+    assert!(!h.seen.contains(&BusEvent::CommandUp) && !h.bus.is_up());
+    // Backing off, not spinning: a handful of tries in half a second.
+    assert!((2..=10).contains(&h.bus.reconnects()), "{}", h.bus.reconnects());
+    assert_eq!(count(&h.seen, &BusEvent::Failed { tag: 1 }), 1);
+}
+
+#[test]
+fn redis_absent_at_startup_is_waited_for() {
+    let port = free_port();
+    let mut h = Harness::new(&format!("redis://127.0.0.1:{port}"));
+    h.bus.subscribe(b"room:early");
+    h.run_until("both links down", |seen| {
+        seen.iter().any(is_down(Which::Command)) && seen.iter().any(is_down(Which::Subscription))
+    });
+    let Some(BusEvent::Down { reason, .. }) = h.seen.first() else { unreachable!() };
+    assert!(reason.contains("refused"), "{reason}");
+    h.run_for(Duration::from_millis(300));
+    let redis = Redis::start(port, &[]);
+    h.wait_up();
+    h.publish_reaching("room:early", "made it", 1);
+    assert_eq!(redis.port, port);
+}
+
+/// A fake Redis: accepts the bus's two connections; on the first one to
+/// send commands, waits for `expect` commands, then plays `script`: each
+/// entry is written whole, or a byte at a time when `drip` is set.
+fn fake_redis(expect: usize, script: Vec<(Vec<u8>, bool)>) -> u16 {
+    let listener = StdListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    thread::spawn(move || {
+        let (a, _) = listener.accept().unwrap();
+        let (b, _) = listener.accept().unwrap();
+        // Whichever link speaks first is the command link (the other one,
+        // with no subscriptions and no AUTH, never says anything).
+        for s in [&a, &b] {
+            s.set_nonblocking(true).unwrap();
+            s.set_nodelay(true).unwrap();
+        }
+        let mut received = Vec::new();
+        let mut commands = 0;
+        let mut sock = loop {
+            let mut buf = [0u8; 4096];
+            let mut found = None;
+            for mut s in [&a, &b] {
+                if let Ok(n @ 1..) = s.read(&mut buf) {
+                    received.extend_from_slice(&buf[..n]);
+                    found = Some(s);
+                }
+            }
+            while let Ok(Some((_, used))) = decode(&received) {
+                received.drain(..used);
+                commands += 1;
+            }
+            if let (Some(s), true) = (found, commands >= expect) {
+                break s;
+            }
+            thread::sleep(Duration::from_millis(1));
+        };
+        for (bytes, drip) in script {
+            if drip {
+                for byte in bytes {
+                    let _ = sock.write_all(&[byte]);
+                    thread::sleep(Duration::from_millis(2));
+                }
+            } else {
+                let _ = sock.write_all(&bytes);
+            }
+        }
+        thread::sleep(Duration::from_secs(3));
+    });
+    port
+}
+
+#[test]
+fn replies_dripped_a_byte_at_a_time_or_packed_together_both_parse() {
+    let port =
+        fake_redis(3, vec![(b"*2\r\n$5\r\nhello\r\n:42\r\n".to_vec(), true), (b"+OK\r\n$-1\r\n".to_vec(), false)]);
+    let mut h = Harness::new(&format!("redis://127.0.0.1:{port}"));
+    h.wait_up();
+    for tag in 1..=3 {
+        h.bus.command(pack(&["PING"]), tag);
+    }
+    h.run_until("three replies", |seen| seen.len() >= 3);
+    assert_eq!(
+        h.seen,
+        [
+            BusEvent::Reply { tag: 1, value: Value::Array(vec![Value::Bulk(b"hello".to_vec()), Value::Int(42)]) },
+            BusEvent::Reply { tag: 2, value: Value::Simple("OK".into()) },
+            BusEvent::Reply { tag: 3, value: Value::Nil },
+        ]
+    );
+}
+
+#[test]
+fn an_oversized_reply_takes_the_link_down() {
+    let port = fake_redis(1, vec![(b"$999999999\r\n".to_vec(), false)]);
+    let mut h = Harness::new(&format!("redis://127.0.0.1:{port}"));
+    h.wait_up();
+    h.bus.command(pack(&["GET", "big"]), 9);
+    h.run_until("the command link down", |seen| seen.iter().any(is_down(Which::Command)));
+    assert_eq!(h.seen[0], BusEvent::Failed { tag: 9 });
+    let BusEvent::Down { reason, .. } = &h.seen[1] else { panic!("{:?}", h.seen) };
+    assert!(reason.contains("protocol error") && reason.contains("limits"), "{reason}");
+}
+
+#[test]
+fn a_redis_that_never_answers_the_handshake_times_out() {
+    // The kernel completes the TCP handshake from the listen backlog, but
+    // nobody ever reads our AUTH.
+    let silent = StdListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let mut h = Harness::new(&format!("redis://:pw@127.0.0.1:{port}"));
+    let started = Instant::now();
+    h.run_until("a timeout", |seen| seen.iter().any(is_down(Which::Command)));
+    let Some(BusEvent::Down { reason, .. }) = h.seen.iter().find(|e| is_down(Which::Command)(e)) else {
+        unreachable!()
+    };
+    assert!(reason.contains("handshake timed out"), "{reason}");
+    let took = started.elapsed();
+    assert!(took >= conn::CONNECT_TIMEOUT && took < conn::CONNECT_TIMEOUT * 2, "{took:?}");
+    drop(silent);
+}

@@ -1,0 +1,163 @@
+//! Several processes sharing rooms through a real redis-server that the
+//! tests start on a free port.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+fn node(redis: &RedisServer) -> TestServer {
+    let mut cfg = config();
+    cfg.redis = Some(redis.url());
+    cfg.rate_limit = 0;
+    cfg.presence_ttl = Duration::from_secs(2);
+    TestServer::with(cfg)
+}
+
+/// Joins once the process is subscribed (the welcome proves the room is live).
+fn join(server: &TestServer, room: &str, query: &str) -> (Client, Value) {
+    let mut c = ws(server.addr, &format!("/ws/chatroom/{room}{query}"));
+    let w = recv_type(&mut c, "welcome");
+    (c, w)
+}
+
+fn wait_up(server: &TestServer) {
+    assert!(eventually(IO_TIMEOUT, || get(server.addr, "/readyz").json()["redis"] == "up"), "redis never came up");
+}
+
+#[test]
+fn three_processes_one_conversation() {
+    let redis = RedisServer::start(false);
+    let nodes: Vec<TestServer> = (0..3).map(|_| node(&redis)).collect();
+    nodes.iter().for_each(wait_up);
+    let mut clients: Vec<Client> =
+        (0..6).map(|i| join(&nodes[i % 3], "shared", &format!("?username=c{i}")).0).collect();
+    for round in 0..10 {
+        for (i, c) in clients.iter_mut().enumerate() {
+            send_text(c, &format!(r#"{{"message": "r{round}-c{i}"}}"#));
+        }
+    }
+    let mut orders = Vec::new();
+    for c in clients.iter_mut() {
+        let mut seen = Vec::new();
+        while seen.len() < 60 {
+            let m = recv_type(c, "message");
+            seen.push((m["id"].as_u64().unwrap(), m["message"].as_str().unwrap().to_string()));
+        }
+        assert_eq!(seen.iter().map(|(id, _)| *id).collect::<Vec<_>>(), (1..=60).collect::<Vec<_>>());
+        assert_eq!(seen.iter().map(|(_, t)| t).collect::<HashSet<_>>().len(), 60, "no duplicates");
+        orders.push(seen);
+    }
+    assert!(orders.windows(2).all(|w| w[0] == w[1]), "one order everywhere");
+}
+
+#[test]
+fn history_and_resume_work_on_any_process_even_a_late_one() {
+    let redis = RedisServer::start(false);
+    let a = node(&redis);
+    wait_up(&a);
+    let (mut ca, _) = join(&a, "hist", "?username=a");
+    for i in 1..=12 {
+        send_text(&mut ca, &format!(r#"{{"message": "m{i}"}}"#));
+        recv_type(&mut ca, "message");
+    }
+    // A process started after the messages were sent.
+    let late = node(&redis);
+    wait_up(&late);
+    let (_cb, wb) = join(&late, "hist", "?username=b");
+    let ids: Vec<u64> = wb["history"].as_array().unwrap().iter().map(|m| m["id"].as_u64().unwrap()).collect();
+    assert_eq!(ids, (1..=12).collect::<Vec<_>>());
+    let (_cc, wc) = join(&late, "hist", "?username=c&since=9");
+    let ids: Vec<u64> = wc["history"].as_array().unwrap().iter().map(|m| m["id"].as_u64().unwrap()).collect();
+    assert_eq!(ids, vec![10, 11, 12]);
+    let page = get(late.addr, "/api/rooms/hist/messages?before=5&limit=3").json();
+    let ids: Vec<u64> = page["messages"].as_array().unwrap().iter().map(|m| m["id"].as_u64().unwrap()).collect();
+    assert_eq!(ids, vec![2, 3, 4]);
+}
+
+/// Posts made while Redis is down each end in exactly one outcome: delivered
+/// once (buffered, then sent) or an error to the sender.
+fn redis_restart_mid_conversation(appendonly: bool) {
+    let mut redis = RedisServer::start(appendonly);
+    let a = node(&redis);
+    let b = node(&redis);
+    wait_up(&a);
+    wait_up(&b);
+    let (mut ca, _) = join(&a, "flaky", "?username=a");
+    let (mut cb, _) = join(&b, "flaky", "?username=b");
+    for i in 1..=5 {
+        send_text(&mut ca, &format!(r#"{{"message": "before{i}"}}"#));
+    }
+    let mut got_b: Vec<Value> = (0..5).map(|_| recv_type(&mut cb, "message")).collect();
+    redis.stop();
+    assert!(eventually(IO_TIMEOUT, || get(a.addr, "/readyz").json()["redis"] == "down"));
+    for i in 1..=5 {
+        send_text(&mut ca, &format!(r#"{{"message": "during{i}"}}"#));
+    }
+    redis.restart();
+    wait_up(&a);
+    wait_up(&b);
+    for i in 1..=5 {
+        send_text(&mut ca, &format!(r#"{{"message": "after{i}"}}"#));
+    }
+    // Sender's view: every post is either delivered back or refused with an error.
+    let mut outcomes: HashMap<String, &str> = HashMap::new();
+    let mut delivered_a = Vec::new();
+    while outcomes.len() < 15 {
+        let v = recv_json(&mut ca);
+        match v["type"].as_str() {
+            Some("message") => {
+                let text = v["message"].as_str().unwrap().to_string();
+                assert!(outcomes.insert(text, "delivered").is_none(), "delivered twice: {v}");
+                delivered_a.push(v["id"].as_u64().unwrap());
+            }
+            Some("error") => {
+                assert_eq!(v["code"], "unavailable");
+                outcomes.insert(format!("error{}", outcomes.len()), "error");
+            }
+            _ => {}
+        }
+    }
+    // Receiver on the other process: the same delivered messages, in order, once.
+    let delivered = outcomes.values().filter(|o| **o == "delivered").count();
+    while got_b.len() < delivered {
+        got_b.push(recv_type(&mut cb, "message"));
+    }
+    let ids_b: Vec<u64> = got_b.iter().map(|m| m["id"].as_u64().unwrap()).collect();
+    assert!(ids_b.windows(2).all(|w| w[1] == w[0] + 1), "gapless at b: {ids_b:?}");
+    assert_eq!(ids_b, delivered_a, "same messages, same order");
+    assert!(ids_b[0] == 1);
+}
+
+#[test]
+fn redis_restart_without_persistence() {
+    redis_restart_mid_conversation(false);
+}
+
+#[test]
+fn redis_restart_with_appendonly() {
+    redis_restart_mid_conversation(true);
+}
+
+#[test]
+fn presence_spans_processes() {
+    let redis = RedisServer::start(false);
+    let a = node(&redis);
+    let b = node(&redis);
+    wait_up(&a);
+    wait_up(&b);
+    let (mut ca, _) = join(&a, "pres", "?username=ann");
+    let (_cb, _) = join(&b, "pres", "?username=bob");
+    // Ann, on process A, hears that Bob joined on process B.
+    let j = recv_type(&mut ca, "join");
+    assert_eq!(j["username"], "bob");
+    assert_eq!(j["online_count"], 2);
+    assert!(eventually(IO_TIMEOUT, || get(b.addr, "/api/rooms/pres").json()["online"] == 2));
+    let (_cc, wc) = join(&b, "pres", "?username=cat");
+    let online: HashSet<String> =
+        wc["online"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+    assert_eq!(online, HashSet::from(["ann".to_string(), "bob".to_string(), "cat".to_string()]));
+}
