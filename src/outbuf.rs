@@ -122,6 +122,18 @@ impl OutQueue {
         *self = OutQueue::default();
     }
 
+    /// Drops everything not yet started, but keeps the rest of a chunk the
+    /// peer already has the beginning of: cutting that short would leave the
+    /// stream mid-frame, and whatever is queued next (a close frame) would
+    /// be read as the rest of that frame's payload.
+    pub fn drop_unsent(&mut self) {
+        if self.offset == 0 {
+            return self.clear();
+        }
+        self.chunks.truncate(1);
+        self.len = self.chunks.front().map_or(0, |c| c.bytes().len().saturating_sub(self.offset));
+    }
+
     /// Writes as much as `w` takes, in `writev` calls of up to [`MAX_IOV`]
     /// chunks, until the queue is empty or `w` would block.
     ///

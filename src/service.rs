@@ -96,6 +96,9 @@ impl Server {
         let file = rel.and_then(|rel| self.site.file(rel));
         Some(match file {
             Ok(file) => site::file_response(file, head.header_str("if-none-match")),
+            // A room page with a name no room can have is simply not found;
+            // elsewhere a malformed path (traversal tricks) is a bad request.
+            Err(Missing::BadPath) if path.starts_with("/room/") => self.not_found(),
             Err(Missing::BadPath) => Response::text(400, "bad path"),
             Err(Missing::NotFound) => self.not_found(),
         })

@@ -1,0 +1,101 @@
+//! What the HTTP side costs per request: `http/parse_head`,
+//! `http/handshake` and `frame/text`.
+//!
+//! - `parse_head`: [`chatroom::http::parse_head`] on a typical browser GET
+//!   (about 500 bytes of headers) and on a WebSocket upgrade request: the
+//!   work every request does before routing.
+//! - `handshake`: parsing an upgrade head, then
+//!   [`chatroom::handshake::validate`] (token checks, key decoding, SHA-1 of
+//!   the accept key, Origin) and [`chatroom::handshake::response_101`].
+//! - `frame/text`: encoding one server text frame, [`chatroom::frame::text`],
+//!   for a chat-sized payload (100 B) and a large one (16 KiB, 4-byte header).
+//!
+//! Throughput is the input's size in bytes, so criterion prints bytes per
+//! second; the time per iteration is the cost of one request or frame.
+//!
+//! Run with `cargo bench --bench http` (add `-- --quick` for a rough pass).
+
+use std::hint::black_box;
+
+use chatroom::handshake::{response_101, validate};
+use chatroom::http::parse_head;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+
+/// A page load as a current desktop browser sends it.
+const BROWSER_GET: &[u8] = b"GET /room/welcome HTTP/1.1\r\n\
+Host: chat.example.org\r\n\
+User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0\r\n\
+Accept: text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8\r\n\
+Accept-Language: en-GB,en;q=0.7,fr;q=0.3\r\n\
+Accept-Encoding: gzip, deflate, br, zstd\r\n\
+Referer: https://chat.example.org/room/\r\n\
+Connection: keep-alive\r\n\
+Cookie: theme=dark; lang=en\r\n\
+Upgrade-Insecure-Requests: 1\r\n\
+Sec-Fetch-Dest: document\r\n\
+Sec-Fetch-Mode: navigate\r\n\
+Sec-Fetch-Site: same-origin\r\n\
+Priority: u=0, i\r\n\
+If-None-Match: \"8d2c6f1a4b3e9f70\"\r\n\
+\r\n";
+
+/// The upgrade a browser's `new WebSocket(...)` sends.
+const UPGRADE: &[u8] = b"GET /ws/chatroom/welcome?username=alice HTTP/1.1\r\n\
+Host: chat.example.org\r\n\
+User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0\r\n\
+Accept: */*\r\n\
+Accept-Language: en-GB,en;q=0.7,fr;q=0.3\r\n\
+Accept-Encoding: gzip, deflate, br, zstd\r\n\
+Sec-WebSocket-Version: 13\r\n\
+Origin: https://chat.example.org\r\n\
+Sec-WebSocket-Extensions: permessage-deflate\r\n\
+Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+Connection: keep-alive, Upgrade\r\n\
+Pragma: no-cache\r\n\
+Cache-Control: no-cache\r\n\
+Upgrade: websocket\r\n\
+\r\n";
+
+fn parse(c: &mut Criterion) {
+    let mut group = c.benchmark_group("http/parse_head");
+    for (name, head) in [("browser_get", BROWSER_GET), ("websocket_upgrade", UPGRADE)] {
+        // A sanity check, so the bench measures a successful parse.
+        assert!(matches!(parse_head(head), Ok(Some(h)) if h.len == head.len()), "{name} does not parse");
+        group.throughput(Throughput::Bytes(head.len() as u64));
+        group.bench_function(name, |b| b.iter(|| parse_head(black_box(head))));
+    }
+    group.finish();
+}
+
+fn handshake(c: &mut Criterion) {
+    let mut group = c.benchmark_group("http/handshake");
+    let allow: Vec<String> = Vec::new();
+    let head = parse_head(UPGRADE).ok().flatten().unwrap_or_else(|| panic!("the upgrade head does not parse"));
+    assert!(validate(&head, &allow).is_ok(), "the upgrade is refused");
+    group.throughput(Throughput::Bytes(UPGRADE.len() as u64));
+    // The checks and the accept key alone, on a parsed head...
+    group.bench_function("validate_and_101", |b| {
+        b.iter(|| validate(black_box(&head), &allow).map(|up| response_101(&up.accept)))
+    });
+    // ...and from the raw bytes, as a new connection's first read.
+    group.bench_function("parse_validate_and_101", |b| {
+        b.iter(|| {
+            let head = parse_head(black_box(UPGRADE)).ok().flatten()?;
+            validate(&head, &allow).ok().map(|up| response_101(&up.accept))
+        })
+    });
+    group.finish();
+}
+
+fn frames(c: &mut Criterion) {
+    let mut group = c.benchmark_group("frame/text");
+    for (name, size) in [("100B", 100), ("16KiB", 16 * 1024)] {
+        let payload = vec![b'x'; size];
+        group.throughput(Throughput::Bytes(size as u64));
+        group.bench_function(name, |b| b.iter(|| chatroom::frame::text(black_box(&payload))));
+    }
+    group.finish();
+}
+
+criterion_group!(benches, parse, handshake, frames);
+criterion_main!(benches);
