@@ -15,6 +15,7 @@ impl Server {
     /// Handles everything the bus produced since the last call.
     pub(crate) fn on_bus_events(&mut self) {
         let Some(bus) = &mut self.bus else { return };
+        self.metrics.redis_reconnects = bus.reconnects();
         let events: Vec<BusEvent> = bus.drain_events().collect();
         if events.is_empty() {
             return;

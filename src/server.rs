@@ -1006,11 +1006,19 @@ impl Server {
                     conn.close_after_flush = true;
                 }
                 Phase::Http(http) => {
-                    if http.buf.is_empty() && conn.out.is_empty() {
+                    if !conn.out.is_empty() || http.parked.is_some() {
+                        // An answer is on its way: it is the connection's last.
+                        conn.close_after_flush = true;
+                    } else if http.buf.is_empty() && http.served > 0 {
+                        // Idle between requests: nothing is lost by closing.
                         self.kill(key);
                         continue;
+                    } else {
+                        // A first request (or the rest of a head) may be on
+                        // its way; closing now would reset it unanswered. It
+                        // is answered, with `Connection: close`.
+                        continue;
                     }
-                    conn.close_after_flush = true;
                 }
             }
             self.mark_dirty(key);

@@ -33,8 +33,8 @@
 //! channel and pattern, and says [`BusEvent::CommandUp`] and
 //! [`BusEvent::SubscribedUp`] again.
 //!
-//! Files: [`resp`] decodes RESP, [`conn`] moves one connection's bytes,
-//! [`url`] parses the URL; this file gives replies their meaning.
+//! Files: [`resp`] decodes RESP, `conn.rs` moves one connection's bytes,
+//! `url.rs` parses the URL; this file gives replies their meaning.
 
 mod conn;
 pub mod resp;
@@ -43,10 +43,10 @@ mod url;
 #[cfg(test)]
 mod tests;
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use log::{debug, info, warn};
+use log::debug;
 use mio::{Registry, Token};
 
 use conn::Link;
@@ -114,7 +114,6 @@ pub enum BusEvent {
 
 /// The Redis transport: two connections, their state, and the events for the
 /// caller. See the module documentation for how the reactor drives it.
-#[derive(Debug)]
 pub struct Bus {
     url: RedisUrl,
     /// The connection for commands.
@@ -125,8 +124,8 @@ pub struct Bus {
     /// first: Redis answers in order, so each reply belongs to the front.
     tags: VecDeque<u64>,
     /// Every channel and pattern asked for, re-sent after each reconnect.
-    channels: Vec<Vec<u8>>,
-    patterns: Vec<Vec<u8>>,
+    channels: BTreeSet<Vec<u8>>,
+    patterns: BTreeSet<Vec<u8>>,
     /// Subscription confirmations still expected on `sub`.
     sub_pending: usize,
     /// AUTH and SELECT from the URL, packed once, sent first on each link.
@@ -139,6 +138,22 @@ pub struct Bus {
     values: Vec<Value>,
     started: bool,
     reconnects: u64,
+}
+
+/// A summary for logs. Not derived: `hello` holds the packed AUTH, password
+/// and all.
+impl std::fmt::Debug for Bus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bus")
+            .field("url", &self.url)
+            .field("command_up", &self.cmd.is_up())
+            .field("subscribed_up", &self.sub.is_up())
+            .field("pipeline_depth", &self.tags.len())
+            .field("channels", &self.channels.len())
+            .field("patterns", &self.patterns.len())
+            .field("reconnects", &self.reconnects)
+            .finish()
+    }
 }
 
 impl Bus {
@@ -164,8 +179,8 @@ impl Bus {
             sub: Link::new(Which::Subscription, url.addr, now),
             url,
             tags: VecDeque::new(),
-            channels: Vec::new(),
-            patterns: Vec::new(),
+            channels: BTreeSet::new(),
+            patterns: BTreeSet::new(),
             sub_pending: 0,
             hello,
             hello_names,
@@ -187,7 +202,7 @@ impl Bus {
         self.started = true;
         self.cmd.set_token(cmd_token);
         self.sub.set_token(sub_token);
-        info!("redis bus: connecting to {}", self.url);
+        debug!("redis bus: connecting to {}", self.url);
         self.connect(registry, Which::Command, now);
         self.connect(registry, Which::Subscription, now);
     }
@@ -238,10 +253,9 @@ impl Bus {
     /// Subscribes to `channel`, now if connected and after every reconnect.
     /// Asking twice for the same channel is a no-op.
     pub fn subscribe(&mut self, channel: &[u8]) {
-        if self.channels.iter().any(|c| c == channel) {
+        if !self.channels.insert(channel.to_vec()) {
             return;
         }
-        self.channels.push(channel.to_vec());
         if self.sub.has_socket() {
             self.sub.queue(&redis::cmd("SUBSCRIBE").arg(channel).get_packed_command());
             self.sub_pending += 1;
@@ -249,12 +263,11 @@ impl Bus {
     }
 
     /// Subscribes to the glob-style `pattern` (PSUBSCRIBE), now if connected
-    /// and after every reconnect.
+    /// and after every reconnect. Asking twice for the same pattern is a no-op.
     pub fn psubscribe(&mut self, pattern: &[u8]) {
-        if self.patterns.iter().any(|p| p == pattern) {
+        if !self.patterns.insert(pattern.to_vec()) {
             return;
         }
-        self.patterns.push(pattern.to_vec());
         if self.sub.has_socket() {
             self.sub.queue(&redis::cmd("PSUBSCRIBE").arg(pattern).get_packed_command());
             self.sub_pending += 1;
@@ -345,29 +358,27 @@ impl Bus {
     /// everything asked so far. All of it is pipelined: it waits in the
     /// output buffer and leaves in one write as soon as the connect finishes.
     fn connect(&mut self, registry: &Registry, which: Which, now: Instant) {
-        let hello_count = self.hello_names.len();
-        let link = self.link_mut(which);
+        let link = match which {
+            Which::Command => &mut self.cmd,
+            Which::Subscription => &mut self.sub,
+        };
         if let Err(reason) = link.connect(registry, now) {
             return self.fail(registry, which, reason, now);
         }
         debug!("redis {which:?} link: connecting");
-        let hello = std::mem::take(&mut self.hello);
-        let link = self.link_mut(which);
-        link.queue(&hello);
-        link.hello_left = hello_count;
-        self.hello = hello;
+        link.queue(&self.hello);
+        link.hello_left = self.hello_names.len();
         if which == Which::Subscription {
-            let mut packed = Vec::new();
             for (name, keys) in [("SUBSCRIBE", &self.channels), ("PSUBSCRIBE", &self.patterns)] {
+                let keys: Vec<&Vec<u8>> = keys.iter().collect();
                 for batch in keys.chunks(SUBSCRIBE_BATCH) {
                     let mut cmd = redis::cmd(name);
                     for key in batch {
                         cmd.arg(key.as_slice());
                     }
-                    packed.extend(cmd.get_packed_command());
+                    link.queue(&cmd.get_packed_command());
                 }
             }
-            self.sub.queue(&packed);
             self.sub_pending = self.channels.len() + self.patterns.len();
         }
     }
@@ -392,7 +403,7 @@ impl Bus {
             Which::Subscription => return,
         };
         link.set_up();
-        info!("redis {which:?} link up ({})", self.url);
+        debug!("redis {which:?} link up ({})", self.url);
         self.events.push(event);
     }
 
@@ -497,11 +508,10 @@ impl Bus {
         } else {
             self.sub_pending = 0;
         }
+        // The caller logs the Down event; the retries are ours to log.
+        debug!("redis {which:?} link down: {reason}; retrying in {} ms", delay.as_millis());
         if first {
-            warn!("redis {which:?} link down: {reason}; retrying in {} ms", delay.as_millis());
             self.events.push(BusEvent::Down { which, reason });
-        } else {
-            debug!("redis {which:?} link still down: {reason}; retrying in {} ms", delay.as_millis());
         }
     }
 }

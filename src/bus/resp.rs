@@ -41,9 +41,10 @@
 //!
 //! Bytes from Redis are still bytes from the network: nothing here panics,
 //! nesting is bounded ([`MAX_DEPTH`]), and declared lengths are checked
-//! against [`MAX_REPLY`] before anything is allocated. A frame is first
-//! *scanned* without allocating; only a complete frame is then built, so an
-//! array that claims twenty million elements costs nothing until they arrive.
+//! against [`MAX_REPLY`] and [`MAX_ELEMENTS`] before anything is allocated.
+//! A frame is first *scanned* without allocating; only a complete frame is
+//! then built, so an array that claims a million elements costs nothing
+//! until they arrive.
 
 use std::fmt;
 
@@ -64,9 +65,10 @@ pub const MAX_LINE: usize = 64 * 1024;
 /// Longest integer line: `-9223372036854775808` is 20 bytes.
 const MAX_INT_LINE: usize = 20;
 
-/// The smallest frame (`_\r\n`, or `+\r\n`) is 3 bytes, so an array that
-/// fits in [`MAX_REPLY`] has at most this many elements.
-const MAX_ELEMENTS: i64 = (MAX_REPLY / 3) as i64;
+/// Most elements in one array. A chat server's replies hold a handful; a
+/// million leaves room for any sane reply while bounding the cost of
+/// rescanning a partial array each time more of it arrives.
+pub const MAX_ELEMENTS: usize = 1 << 20;
 
 /// One RESP value.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -126,7 +128,8 @@ impl fmt::Display for RespError {
             RespError::BadLength(n) => write!(f, "invalid length {n}"),
             RespError::MissingCrlf => f.write_str("a bulk string is not followed by CRLF"),
             RespError::TooLarge => {
-                write!(f, "a reply exceeds the limits ({} MiB, lines of {} KiB)", MAX_REPLY >> 20, MAX_LINE >> 10)
+                let (reply, line) = (MAX_REPLY >> 20, MAX_LINE >> 10);
+                write!(f, "a reply exceeds the limits ({reply} MiB, {MAX_ELEMENTS} elements, lines of {line} KiB)")
             }
             RespError::TooDeep => write!(f, "arrays nested deeper than {MAX_DEPTH}"),
         }
@@ -186,8 +189,7 @@ fn head(buf: &[u8], pos: usize) -> Result<Option<(Head<'_>, usize)>, RespError> 
         _ => match integer(line)? {
             -1 => Head::Nil,
             n if n < -1 => return Err(RespError::BadLength(n)),
-            n if n > MAX_ELEMENTS => return Err(RespError::TooLarge),
-            n => Head::Array(usize::try_from(n).map_err(|_| RespError::TooLarge)?),
+            n => Head::Array(usize::try_from(n).ok().filter(|&n| n <= MAX_ELEMENTS).ok_or(RespError::TooLarge)?),
         },
     };
     Ok(Some((head, next)))
@@ -444,8 +446,9 @@ mod tests {
         // Within the limits but not there: waits, having allocated nothing
         // (the scan comes first; `build` sizes arrays by the bytes present).
         assert_eq!(decode(b"$60000000\r\nabc"), Ok(None));
-        assert_eq!(decode(b"*20000000\r\n:1\r\n:2\r\n"), Ok(None));
-        assert_eq!(build(b"*20000000\r\n:1\r\n", 0, 0), Ok(None));
+        assert_eq!(decode(b"*1048577\r\n"), Err(RespError::TooLarge));
+        assert_eq!(decode(b"*1048576\r\n:1\r\n:2\r\n"), Ok(None));
+        assert_eq!(build(b"*1048576\r\n:1\r\n", 0, 0), Ok(None));
     }
 
     /// Our decoder and the `redis` crate's agree on every valid reply.

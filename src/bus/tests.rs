@@ -469,3 +469,59 @@ fn a_redis_that_never_answers_the_handshake_times_out() {
     assert!(took >= conn::CONNECT_TIMEOUT && took < conn::CONNECT_TIMEOUT * 2, "{took:?}");
     drop(silent);
 }
+
+#[test]
+fn a_flood_of_large_messages_arrives_whole_and_in_order() {
+    let redis = Redis::start(free_port(), &[]);
+    let mut h = Harness::new(&format!("redis://127.0.0.1:{}", redis.port));
+    h.bus.subscribe(b"flood");
+    h.wait_up();
+    // One 64 KiB read per turn: the rest must wait for the next turn,
+    // which `next_timeout` makes immediate.
+    h.bus.sub.read_budget = 1;
+    let n = 60;
+    for i in 0..n {
+        let payload = format!("{i:04}").repeat(25_000); // 100 kB each, 6 MB in all
+        h.bus.command(pack(&["PUBLISH", "flood", &payload]), i);
+    }
+    h.bus.flush(h.poll.registry());
+    // Let Redis fill our receive buffer before we read any of it.
+    thread::sleep(Duration::from_millis(300));
+    let mut resumed = 0;
+    let deadline = Instant::now() + PATIENCE;
+    while h.messages().len() < n as usize {
+        assert!(Instant::now() < deadline, "got {} of {n}", h.messages().len());
+        h.turn();
+        if h.bus.sub.more_to_read {
+            assert_eq!(h.bus.next_timeout(Instant::now()), Some(Duration::ZERO));
+            resumed += 1;
+        }
+    }
+    assert!(resumed > 10, "{resumed}");
+    for (i, (channel, payload)) in h.messages().into_iter().enumerate() {
+        assert_eq!(channel, "flood");
+        assert_eq!(payload, format!("{i:04}").repeat(25_000));
+    }
+}
+
+#[test]
+fn thousands_of_channels_are_subscribed_in_batches_before_subscribed_up() {
+    let redis = Redis::start(free_port(), &[]);
+    let mut h = Harness::new(&format!("redis://127.0.0.1:{}", redis.port));
+    for i in 0..2500 {
+        h.bus.subscribe(format!("room:{i}").as_bytes());
+    }
+    h.wait_up();
+    // SubscribedUp means every one is in place: no retrying needed here.
+    assert_eq!(
+        h.ask(&["PUBSUB", "NUMSUB", "room:0", "room:2499"], 1),
+        Value::Array(vec![
+            Value::Bulk(b"room:0".to_vec()),
+            Value::Int(1),
+            Value::Bulk(b"room:2499".to_vec()),
+            Value::Int(1),
+        ])
+    );
+    let Value::Array(channels) = h.ask(&["PUBSUB", "CHANNELS", "room:*"], 2) else { panic!("PUBSUB CHANNELS") };
+    assert_eq!(channels.len(), 2500);
+}
