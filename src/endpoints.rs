@@ -225,8 +225,14 @@ impl Server {
         self.chat.flush_presence();
         self.deliver_chat();
         if let Some(storage) = &mut self.storage {
+            let mut last_append = 0;
             for request in self.chat.requests.drain(..) {
-                storage.send(request);
+                let seq = storage.send(request);
+                last_append = last_append.max(seq);
+            }
+            // Remember when this batch left, to time its commit.
+            if last_append > 0 {
+                self.commit_clock.push_back((last_append, self.now));
             }
         }
     }
@@ -239,6 +245,14 @@ impl Server {
                     let committed = self.chat.on_committed(upto, &result);
                     self.metrics.history_writes += committed as u64;
                     self.metrics.history_batches += 1;
+                    let now = std::time::Instant::now();
+                    while let Some(&(seq, sent)) = self.commit_clock.front()
+                        && seq <= upto
+                    {
+                        self.commit_clock.pop_front();
+                        self.metrics.history_latency_us_sum += now.duration_since(sent).as_micros() as u64;
+                        self.metrics.history_latency_count += 1;
+                    }
                 }
                 Reply::Messages { ticket, messages, oldest_id } => self.chat.on_messages(ticket, messages, oldest_id),
             }

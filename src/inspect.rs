@@ -335,7 +335,11 @@ impl Inspector {
 pub fn fragments(text: &str, parts: usize) -> Vec<Vec<u8>> {
     let chars: Vec<char> = text.chars().collect();
     let per = chars.len().div_ceil(parts.max(1)).max(1);
-    let pieces: Vec<String> = chars.chunks(per).map(|c| c.iter().collect()).collect();
+    let mut pieces: Vec<String> = chars.chunks(per).map(|c| c.iter().collect()).collect();
+    if pieces.is_empty() {
+        // An empty message is still one (empty) text frame.
+        pieces.push(String::new());
+    }
     let last = pieces.len().saturating_sub(1);
     pieces
         .iter()

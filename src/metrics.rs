@@ -34,8 +34,10 @@ pub struct Metrics {
     pub history_writes: u64,
     /// Sum of commit latencies in microseconds (for the average).
     pub history_latency_us_sum: u64,
-    /// Commit batches (the latency count).
+    /// Commit replies received.
     pub history_batches: u64,
+    /// Batches timed from queueing to commit (the latency count).
+    pub history_latency_count: u64,
     /// Clients dropped as slow consumers.
     pub slow_consumers: u64,
     /// Posts refused by the rate limiter.
@@ -126,12 +128,11 @@ impl Metrics {
         metric("chatroom_bytes_in_total", "counter", "Bytes read from clients.", self.bytes_in);
         metric("chatroom_bytes_out_total", "counter", "Bytes written to clients.", self.bytes_out);
         metric("chatroom_history_writes_total", "counter", "Messages committed to history.", self.history_writes);
-        metric("chatroom_history_commits_total", "counter", "History commit batches.", self.history_batches);
         metric(
-            "chatroom_history_commit_latency_microseconds_total",
+            "chatroom_history_commits_total",
             "counter",
-            "Sum of the time from queueing a batch to its commit.",
-            self.history_latency_us_sum,
+            "History commit replies from storage.",
+            self.history_batches,
         );
         metric("chatroom_slow_consumers_total", "counter", "Clients dropped for unread output.", self.slow_consumers);
         metric("chatroom_rate_limited_total", "counter", "Posts refused by the rate limiter.", self.rate_limited);
@@ -140,6 +141,12 @@ impl Metrics {
         if let Some(up) = g.redis_up {
             metric("chatroom_redis_up", "gauge", "1 while Redis is connected.", u64::from(up));
         }
+        let _ = write!(
+            out,
+            "# HELP chatroom_history_commit_seconds Time from queueing a batch of messages to its commit.\n# TYPE chatroom_history_commit_seconds summary\nchatroom_history_commit_seconds_sum {}\nchatroom_history_commit_seconds_count {}\n",
+            self.history_latency_us_sum as f64 / 1e6,
+            self.history_latency_count
+        );
         let _ = write!(
             out,
             "# HELP chatroom_handshakes_rejected_total Refused WebSocket handshakes by reason.\n# TYPE chatroom_handshakes_rejected_total counter\n"

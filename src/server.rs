@@ -177,6 +177,8 @@ pub struct Server {
     pub(crate) stats_viewers: usize,
     /// Open connections per client address (`--max-per-ip`).
     pub(crate) per_ip: crate::limits::PerIp,
+    /// When each batch of appends left for storage: (last sequence, time).
+    pub(crate) commit_clock: std::collections::VecDeque<(u64, Instant)>,
     /// The Redis bus, with `--redis`.
     pub(crate) bus: Option<crate::bus::Bus>,
     /// When the once-a-second work (stats feed) runs next.
@@ -267,6 +269,7 @@ impl Server {
             incoming: Vec::new(),
             stats_viewers: 0,
             per_ip: crate::limits::PerIp::new(cfg_max_per_ip),
+            commit_clock: std::collections::VecDeque::new(),
             bus,
             next_tick: now + TICK,
             last_tick: crate::stats::Sample::default(),

@@ -167,6 +167,13 @@ impl Session {
         if self.closing != Closing::No {
             return;
         }
+        // A control frame carries at most 125 bytes (§5.5): 2 for the code,
+        // so the reason is cut to 123, at a character boundary.
+        let mut end = reason.len().min(123);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        let reason = reason.get(..end).unwrap_or_default();
         let frame = CloseFrame { code: CloseCode::from(code), reason: reason.to_string().into() };
         let mut pipe = Pipe { input: &[], eof: false, out };
         match self.ctx.close(&mut pipe, Some(frame)) {
@@ -302,6 +309,16 @@ mod tests {
         let mut out = OutQueue::new();
         s.feed(b"\x81\x02hi", false, &mut out, &mut vec![]);
         assert_eq!(&out.to_vec()[..4], b"\x88\x10\x03\xea");
+    }
+
+    #[test]
+    fn long_close_reasons_are_cut_to_fit_a_control_frame() {
+        let mut s = Session::new(100);
+        let mut out = OutQueue::new();
+        s.close(4000, &"é".repeat(200), &mut out);
+        let bytes = out.to_vec();
+        assert_eq!(bytes[0], 0x88);
+        assert!(bytes[1] <= 125, "payload {} bytes", bytes[1]);
     }
 
     #[test]
