@@ -115,6 +115,8 @@ pub struct Connection {
     pub dead: bool,
     /// `ip` is counted in the per-address limit (released at reap).
     pub counted_ip: bool,
+    /// Came in through `--admin-bind` (operations endpoints only).
+    pub admin: bool,
 }
 
 impl Connection {
@@ -133,6 +135,7 @@ impl Connection {
             lingering: false,
             dead: false,
             counted_ip: false,
+            admin: false,
         }
     }
 

@@ -412,7 +412,7 @@ impl Server {
             let listener = if admin { self.admin_listener.as_ref() } else { self.listener.as_ref() };
             let Some(listener) = listener else { return };
             match listener.accept() {
-                Ok((socket, addr)) => self.on_accept(socket, addr),
+                Ok((socket, addr)) => self.on_accept(socket, addr, admin),
                 // The queue is empty: wait for the next event.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 // A signal interrupted accept(2): try again.
@@ -433,7 +433,7 @@ impl Server {
     }
 
     /// A new TCP connection: admit it or refuse it politely.
-    fn on_accept(&mut self, mut socket: TcpStream, addr: SocketAddr) {
+    fn on_accept(&mut self, mut socket: TcpStream, addr: SocketAddr, admin: bool) {
         if self.conns.len() >= self.cfg.max_connections {
             self.metrics.refused += 1;
             refuse_at_accept(&mut socket, "the server is at its connection limit; try again shortly");
@@ -460,6 +460,7 @@ impl Server {
         let serial = self.next_serial;
         let mut conn = Connection::new(socket, serial, addr.ip(), self.now);
         conn.counted_ip = !behind_proxy;
+        conn.admin = admin;
         entry.insert(conn);
         self.metrics.accepted += 1;
         debug!("open #{serial} from {addr}");

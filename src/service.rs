@@ -24,6 +24,16 @@ impl Server {
             return self.respond(key, r.close(true));
         }
         let path = head.path().to_string();
+        // With --admin-bind, the operations endpoints live on their own
+        // listener (bound to 127.0.0.1 in the deploy example) and nowhere
+        // else, and that listener serves nothing but them.
+        if self.admin_addr().is_some() {
+            let from_admin = self.conns.get(key).is_some_and(|c| c.admin);
+            let allowed = if from_admin { is_ops_path(&path) || is_ops_asset(&path) } else { !is_ops_path(&path) };
+            if !allowed {
+                return self.respond(key, self.not_found().close(!head.keep_alive()));
+            }
+        }
         if path.starts_with("/ws/") || wants_upgrade(&head) {
             return self.on_upgrade(key, head);
         }
@@ -177,6 +187,16 @@ impl Server {
         }
         self.mark_dirty(key);
     }
+}
+
+/// The operations endpoints, served only by `--admin-bind` when it is set.
+fn is_ops_path(path: &str) -> bool {
+    matches!(path, "/metrics" | "/healthz" | "/readyz" | "/stats" | "/stats/" | "/ws/stats")
+}
+
+/// The files the stats page needs, served by both listeners.
+fn is_ops_asset(path: &str) -> bool {
+    matches!(path, "/js/stats.js" | "/js/common.js" | "/css/style.css" | "/favicon.svg")
 }
 
 impl Response {
