@@ -161,3 +161,33 @@ fn presence_spans_processes() {
         wc["online"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
     assert_eq!(online, HashSet::from(["ann".to_string(), "bob".to_string(), "cat".to_string()]));
 }
+
+#[test]
+fn kill_9_of_one_process_heals_presence_and_the_rest_carry_on() {
+    let redis = RedisServer::start(false);
+    let url = redis.url();
+    let args = ["--redis", url.as_str(), "--data", "none", "--presence-ttl", "2s", "--rate-limit", "0"];
+    let a = RealServer::spawn(&[], &args);
+    let mut b = RealServer::spawn(&[], &args);
+    for addr in [a.addr, b.addr] {
+        assert!(eventually(IO_TIMEOUT, || get(addr, "/readyz").json()["redis"] == "up"));
+    }
+    let mut ca = ws(a.addr, "/ws/chatroom/heal?username=ann");
+    recv_type(&mut ca, "welcome");
+    let mut cb = ws(b.addr, "/ws/chatroom/heal?username=bob");
+    recv_type(&mut cb, "welcome");
+    assert_eq!(recv_type(&mut ca, "join")["username"], "bob");
+    assert!(eventually(IO_TIMEOUT, || get(a.addr, "/api/rooms/heal").json()["online"] == 2));
+    b.child.kill().unwrap(); // SIGKILL: no leave is ever sent by b
+    b.child.wait().unwrap();
+    let started = std::time::Instant::now();
+    let left = recv_type(&mut ca, "leave");
+    assert_eq!(left["username"], "bob");
+    assert_eq!(left["online_count"], 1);
+    assert!(started.elapsed() < Duration::from_secs(6), "healed in {:?}", started.elapsed());
+    assert_eq!(get(a.addr, "/api/rooms/heal").json()["online"], 1);
+    // The survivor carries on.
+    send_text(&mut ca, r#"{"message": "still here"}"#);
+    assert_eq!(recv_type(&mut ca, "message")["message"], "still here");
+    drop(a);
+}
