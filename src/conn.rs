@@ -103,7 +103,8 @@ pub struct Connection {
     pub phase: Phase,
     /// Last time bytes arrived (idle and heartbeat timers compare with it).
     pub last_read: Instant,
-    /// Registered for WRITABLE (output is stuck in the kernel's way).
+    /// The last flush left output behind (the kernel's send buffer was
+    /// full): waiting for a WRITABLE event.
     pub writable_interest: bool,
     /// Already in the reactor's list of connections to flush this turn.
     pub dirty: bool,

@@ -452,7 +452,13 @@ impl Server {
         let _ = socket.set_nodelay(true);
         let entry = self.conns.vacant_entry();
         let key = entry.key();
-        if let Err(e) = self.poll.registry().register(&mut socket, Token(key), Interest::READABLE) {
+        // READABLE and WRITABLE once, for the connection's life: edge-triggered
+        // WRITABLE fires only when a full send buffer drains, which is exactly
+        // when a stuck flush can resume. Toggling interest per stall would
+        // cost two epoll_ctl calls each time (the redis ae.c way, built for
+        // level-triggered polling).
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        if let Err(e) = self.poll.registry().register(&mut socket, Token(key), interest) {
             warn!("register {addr}: {e}");
             return;
         }
@@ -800,24 +806,23 @@ impl Server {
             return;
         }
         let before = conn.out.len();
+        if before > 0 {
+            self.metrics.flushes += 1;
+        }
         let result = conn.out.write_to(&mut conn.socket);
         self.metrics.bytes_out += (before - conn.out.len()) as u64;
         match result {
             Ok(Flushed::All) => {
-                if conn.writable_interest {
-                    conn.writable_interest = false;
-                    let _ = self.poll.registry().reregister(&mut conn.socket, Token(key), Interest::READABLE);
-                }
+                conn.writable_interest = false;
                 if conn.close_after_flush {
                     self.start_linger(key);
                 }
             }
             Ok(Flushed::Partial) => {
-                if !conn.writable_interest {
-                    conn.writable_interest = true;
-                    let interest = Interest::READABLE | Interest::WRITABLE;
-                    let _ = self.poll.registry().reregister(&mut conn.socket, Token(key), interest);
-                }
+                // Stuck until the kernel's send buffer drains; the socket is
+                // registered for WRITABLE from the start (edge-triggered, it
+                // reports only the change), so no epoll_ctl is needed here.
+                conn.writable_interest = true;
                 if conn.out.len() > self.cfg.max_pending {
                     self.drop_slow_consumer(key);
                 }
@@ -958,6 +963,7 @@ impl Server {
             }
             Some(sent) => sent + timeout,
             None if now >= last_read + interval => {
+                conn.out.shrink();
                 ws.session.ping(b"chatroom", &mut conn.out);
                 ws.ping_sent = Some(now);
                 self.mark_dirty(key);
