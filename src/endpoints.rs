@@ -39,10 +39,15 @@ impl Server {
                 let since = query_value(head.query(), "since").and_then(|s| s.parse::<u64>().ok());
                 let serial = self.conns.get(key).map_or(0, |c| c.serial);
                 let membership = self.chat.join((key, serial), room, name.as_deref(), since, self.now);
-                if let Some(m) = membership
-                    && let Some(ws) = self.conns.get_mut(key).and_then(|c| c.ws())
-                {
-                    ws.role = Role::Member(m);
+                if let Some(ws) = self.conns.get_mut(key).and_then(|c| c.ws()) {
+                    if let Some(m) = membership {
+                        ws.role = Role::Member(m);
+                    }
+                    // The room keeps the name; an idle member should not
+                    // carry its own copy (10,000 of them add up).
+                    if let Endpoint::Room(name) = &mut ws.endpoint {
+                        *name = String::new();
+                    }
                 }
                 self.deliver_chat();
             }

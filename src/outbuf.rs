@@ -145,6 +145,7 @@ impl OutQueue {
     /// Errors other than WouldBlock and Interrupted are returned: the peer is
     /// gone, and the caller closes this connection only.
     pub fn write_to<W: Write>(&mut self, w: &mut W) -> io::Result<Flushed> {
+        let chunks_this_turn = self.chunks.len();
         while !self.chunks.is_empty() {
             let mut slices: [IoSlice<'_>; MAX_IOV] = [IoSlice::new(&[]); MAX_IOV];
             let mut count = 0;
@@ -168,8 +169,10 @@ impl OutQueue {
         }
         // Keep a busy connection's slots (re-growing them every turn would
         // cost allocations on the hot path), but not an unusually large
-        // backlog's; quiet connections give the rest back in `shrink`.
-        if self.chunks.capacity() > KEEP_SLOTS {
+        // backlog's; quiet connections give them back in `shrink`.
+        // A connection that got one or two chunks this turn is not busy:
+        // it keeps nothing, so an idle socket holds no slot memory.
+        if self.chunks.capacity() > KEEP_SLOTS || chunks_this_turn <= 2 {
             self.chunks = VecDeque::new();
         }
         Ok(Flushed::All)

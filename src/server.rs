@@ -559,8 +559,12 @@ impl Server {
             }
             if http.head_started.is_none() {
                 http.head_started = Some(now);
-                let (serial, at) = (conn.serial, now + self.cfg.header_timeout);
-                self.timers.arm(Timer { at, key, serial, kind: TimerKind::Http });
+                // The first head is covered by the timer armed at accept
+                // (its deadline is earlier); later ones need their own.
+                if http.served > 0 {
+                    let (serial, at) = (conn.serial, now + self.cfg.header_timeout);
+                    self.timers.arm(Timer { at, key, serial, kind: TimerKind::Http });
+                }
                 continue;
             }
             match crate::http::parse_head(&http.buf) {

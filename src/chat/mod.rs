@@ -471,7 +471,7 @@ impl Chat {
             record.last_id = record.last_id.max(id);
         }
         let json: Rc<str> = protocol::message_json(&room.name, id, &member.name, &post.message, ts).into();
-        let msg = StoredMessage { id, ts, username: member.name.clone(), text: post.message };
+        let msg = StoredMessage { id, ts, username: member.name.to_string(), text: post.message };
         let name = room.name.clone();
         self.enqueue_commit(name, msg, json, Some(key));
     }
@@ -754,7 +754,7 @@ impl Chat {
                         .index
                         .get(name.as_str())
                         .and_then(|&s| self.live.get(s))
-                        .map_or(Vec::new(), |r| r.members.iter().map(|(_, m)| m.name.clone()).collect());
+                        .map_or(Vec::new(), |r| r.members.iter().map(|(_, m)| m.name.to_string()).collect());
                     (name, names)
                 })
                 .collect();

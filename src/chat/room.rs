@@ -15,8 +15,9 @@ use slab::Slab;
 pub struct Member {
     /// The connection's slab key.
     pub key: usize,
-    /// The display name, unique in the room.
-    pub name: String,
+    /// The display name, unique in the room (shared with the room's name
+    /// set: one allocation per member, not two).
+    pub name: Rc<str>,
     /// Has received its welcome frame (and so receives broadcasts).
     pub welcomed: bool,
     /// `?since=` asked at the handshake, until the welcome is sent.
@@ -33,7 +34,7 @@ pub struct Room {
     /// Members by slot.
     pub members: Slab<Member>,
     /// Names in use, for uniqueness.
-    names: HashSet<String>,
+    names: HashSet<Rc<str>>,
     /// The newest committed messages: (id, event JSON), oldest first.
     pub recent: VecDeque<(u64, Rc<str>)>,
     /// How many messages `recent` keeps.
@@ -74,9 +75,9 @@ impl Room {
     /// ...). Returns its slot and the name it got.
     pub fn add(&mut self, key: usize, name: &str, since: Option<u64>) -> (usize, String) {
         let name = self.unique_name(name);
-        self.names.insert(name.clone());
-        let slot =
-            self.members.insert(Member { key, name: name.clone(), welcomed: false, since, awaiting_read: false });
+        let shared: Rc<str> = Rc::from(name.as_str());
+        self.names.insert(shared.clone());
+        let slot = self.members.insert(Member { key, name: shared, welcomed: false, since, awaiting_read: false });
         (slot, name)
     }
 
@@ -84,20 +85,21 @@ impl Room {
     pub fn remove(&mut self, slot: usize) -> Option<String> {
         let member = self.members.try_remove(slot)?;
         self.names.remove(&member.name);
-        Some(member.name)
+        Some(member.name.to_string())
     }
 
     /// Renames a member to a unique version of `wanted`; returns (old, new).
     pub fn rename(&mut self, slot: usize, wanted: &str) -> Option<(String, String)> {
-        let old = self.members.get(slot)?.name.clone();
+        let old = self.members.get(slot)?.name.to_string();
         if old == wanted {
             return None;
         }
-        self.names.remove(&old);
+        self.names.remove(old.as_str());
         let new = self.unique_name(wanted);
-        self.names.insert(new.clone());
+        let shared: Rc<str> = Rc::from(new.as_str());
+        self.names.insert(shared.clone());
         if let Some(m) = self.members.get_mut(slot) {
-            m.name = new.clone();
+            m.name = shared;
         }
         Some((old, new))
     }
@@ -106,7 +108,10 @@ impl Room {
         if !self.names.contains(name) {
             return name.to_string();
         }
-        (2..).map(|n| format!("{name}-{n}")).find(|candidate| !self.names.contains(candidate)).unwrap_or_default()
+        (2..)
+            .map(|n| format!("{name}-{n}"))
+            .find(|candidate| !self.names.contains(candidate.as_str()))
+            .unwrap_or_default()
     }
 
     /// Records a committed message in the recent history.
@@ -144,7 +149,7 @@ impl Room {
 
     /// Names of up to `limit` members, for welcome frames and the API.
     pub fn online_names(&self, limit: usize) -> Vec<&str> {
-        self.members.iter().take(limit).map(|(_, m)| m.name.as_str()).collect()
+        self.members.iter().take(limit).map(|(_, m)| &*m.name).collect()
     }
 }
 
