@@ -283,3 +283,32 @@ fn history_survives_a_restart() {
     server.stop();
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn above_the_presence_limit_presence_carries_counts_only() {
+    let mut cfg = config();
+    cfg.presence_limit = 2;
+    let server = TestServer::with(cfg);
+    let (mut a, _) = join(&server, "big", "?username=a");
+    let (_b, _) = join(&server, "big", "?username=b");
+    assert_eq!(recv_type(&mut a, "join")["username"], "b", "at the limit: names");
+    let (_c, _) = join(&server, "big", "?username=c");
+    let p = recv_type(&mut a, "presence");
+    assert_eq!(p["online_count"], 3);
+    assert!(p.get("joined").is_none() && p.get("left").is_none(), "{p}");
+}
+
+#[test]
+fn max_rooms_refuses_a_new_room_with_503() {
+    let mut cfg = config();
+    cfg.max_rooms = 1;
+    let server = TestServer::with(cfg);
+    let (_a, _) = join(&server, "only", "");
+    let r = request(
+        server.addr,
+        "GET /ws/chatroom/another HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    );
+    assert_eq!(r.status, 503);
+    let (_b, w) = join(&server, "only", "");
+    assert_eq!(w["online_count"], 2, "the live room still takes members");
+}

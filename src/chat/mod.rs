@@ -901,3 +901,59 @@ fn remote_names(remote: &HashMap<String, RemoteProcess>, room: &str) -> Vec<Stri
 fn event_json(room: &str, m: &StoredMessage) -> Rc<str> {
     protocol::message_json(room, m.id, &m.username, &m.text, m.ts).into()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chat() -> Chat {
+        Chat::new(&Config::defaults(), Vec::new())
+    }
+
+    fn presence_frames(chat: &mut Chat) -> Vec<serde_json::Value> {
+        chat.flush_presence();
+        chat.out
+            .drain(..)
+            .filter_map(|o| match o {
+                Outgoing::Room { json, .. } => serde_json::from_str(&json).ok(),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn joins_and_leaves_of_one_turn_become_one_frame() {
+        let mut chat = chat();
+        let now = Instant::now();
+        let a = chat.join((1, 1), "r", Some("a"), None, now).unwrap();
+        presence_frames(&mut chat);
+        // One turn: three joins and a leave.
+        let _b = chat.join((2, 2), "r", Some("b"), None, now).unwrap();
+        let _c = chat.join((3, 3), "r", Some("c"), None, now).unwrap();
+        let _d = chat.join((4, 4), "r", Some("d"), None, now).unwrap();
+        chat.leave(a);
+        let frames = presence_frames(&mut chat);
+        assert_eq!(frames.len(), 1, "{frames:?}");
+        assert_eq!(frames[0]["type"], "presence");
+        assert_eq!(frames[0]["joined"], serde_json::json!(["b", "c", "d"]));
+        assert_eq!(frames[0]["left"], serde_json::json!(["a"]));
+        assert_eq!(frames[0]["online_count"], 3);
+    }
+
+    #[test]
+    fn a_lone_join_is_a_join_event_not_sent_to_the_joiner() {
+        let mut chat = chat();
+        let now = Instant::now();
+        chat.join((1, 1), "r", Some("a"), None, now).unwrap();
+        chat.flush_presence();
+        let except: Vec<Option<usize>> = chat
+            .out
+            .iter()
+            .filter_map(|o| match o {
+                Outgoing::Room { except, .. } => Some(*except),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(except, vec![Some(1)]);
+    }
+}
