@@ -230,14 +230,15 @@ impl Server {
         self.chat.flush_presence();
         self.deliver_chat();
         if let Some(storage) = &mut self.storage {
-            let mut last_append = 0;
-            for request in self.chat.requests.drain(..) {
-                let seq = storage.send(request);
-                last_append = last_append.max(seq);
-            }
+            // The whole turn goes as one message: one transaction.
+            let last_append = storage.send_all(std::mem::take(&mut self.chat.requests));
             // Remember when this batch left, to time its commit.
             if last_append > 0 {
                 self.commit_clock.push_back((last_append, self.now));
+            }
+            if storage.is_inline() {
+                // Memory mode answered already: deliver in this same turn.
+                self.on_storage_replies();
             }
         }
     }

@@ -866,6 +866,14 @@ impl Server {
             return;
         }
         conn.lingering = true;
+        // A finished close handshake means the client has sent its last
+        // frame: nothing can still arrive to turn our FIN into a reset, so
+        // close right away instead of waiting for its FIN.
+        if let Phase::WebSocket(ws) = &conn.phase
+            && ws.session.closing() == Closing::Done
+        {
+            return self.kill(key);
+        }
         if conn.socket.shutdown(std::net::Shutdown::Write).is_err() {
             return self.kill(key);
         }
@@ -890,8 +898,9 @@ impl Server {
         if !self.conns.get(key).is_some_and(|c| c.dead) {
             return;
         }
-        let mut conn = self.conns.remove(key);
-        let _ = self.poll.registry().deregister(&mut conn.socket);
+        let conn = self.conns.remove(key);
+        // No epoll_ctl(DEL): closing the descriptor (dropping `conn`) takes
+        // it out of the epoll set on Linux, one syscall fewer per connection.
         if conn.counted_ip {
             self.per_ip.release(conn.ip);
         }

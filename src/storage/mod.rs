@@ -287,7 +287,9 @@ impl std::error::Error for StorageError {
 /// [`Storage::open`] says some are ready.
 pub struct Storage {
     /// `None` only while dropping, so the thread sees the channel close.
-    requests: Option<Sender<Request>>,
+    /// Each message is one reactor turn's requests, so a turn's appends
+    /// arrive together and land in one transaction.
+    requests: Option<Sender<Vec<Request>>>,
     replies: Receiver<Reply>,
     /// `None` once joined (by [`Storage::shutdown`] or `Drop`).
     thread: Option<JoinHandle<Result<(), StorageError>>>,
@@ -297,6 +299,11 @@ pub struct Storage {
     orphans: VecDeque<Reply>,
     /// To wake the reactor for those made-up replies too.
     waker: Arc<mio::Waker>,
+    /// The memory backend runs inline, on the caller's thread: pushing to a
+    /// `VecDeque` needs no thread to keep the reactor from waiting, and the
+    /// handoff (two context switches and a wake-up per turn) would cost more
+    /// than the work. Its replies wait in `orphans` for [`Storage::try_recv`].
+    inline: Option<(Box<dyn Store>, u64)>,
 }
 
 impl Storage {
@@ -306,6 +313,7 @@ impl Storage {
     /// then spawns the storage thread. `waker` is called (`waker.wake()`)
     /// after each batch of replies is queued.
     pub fn open(backend: Backend, waker: Arc<mio::Waker>) -> Result<(Storage, Vec<RoomRecord>), StorageError> {
+        let backend_is_memory = matches!(backend, Backend::Memory { .. });
         let (store, directory): (Box<dyn Store>, Vec<RoomRecord>) = match backend {
             Backend::Sqlite(path) => {
                 let (store, directory) = sqlite::SqliteStore::open(&path)?;
@@ -320,6 +328,20 @@ impl Storage {
 
         let (request_tx, request_rx) = mpsc::channel();
         let (reply_tx, reply_rx) = mpsc::channel();
+        if backend_is_memory {
+            // No thread: see `Storage::inline`.
+            drop((request_rx, reply_tx));
+            let storage = Storage {
+                requests: None,
+                replies: reply_rx,
+                thread: None,
+                appends_sent: 0,
+                orphans: VecDeque::new(),
+                waker,
+                inline: Some((store, 0)),
+            };
+            return Ok((storage, directory));
+        }
         let thread_waker = Arc::clone(&waker);
         let thread = std::thread::Builder::new()
             .name("storage".to_string())
@@ -333,6 +355,7 @@ impl Storage {
             appends_sent: 0,
             orphans: VecDeque::new(),
             waker,
+            inline: None,
         };
         Ok((storage, directory))
     }
@@ -340,13 +363,32 @@ impl Storage {
     /// Queue a request (never blocks; returns the Append sequence number for
     /// Append, else 0).
     pub fn send(&mut self, req: Request) -> u64 {
-        let seq = match req {
-            Request::Append { .. } => {
+        self.send_all(vec![req])
+    }
+
+    /// Queues several requests as one message (a whole reactor turn's), so
+    /// the storage thread cannot wake up halfway through them and commit a
+    /// turn in pieces. Returns the sequence number of the last Append (0 if
+    /// there is none).
+    pub fn send_all(&mut self, reqs: Vec<Request>) -> u64 {
+        let mut seq = 0;
+        for req in &reqs {
+            if let Request::Append { .. } = req {
                 self.appends_sent += 1;
-                self.appends_sent
+                seq = self.appends_sent;
             }
-            _ => 0,
-        };
+        }
+        if reqs.is_empty() {
+            return seq;
+        }
+        if let Some((store, appends_done)) = &mut self.inline {
+            let mut batch = worker::Batch::default();
+            batch.add(reqs);
+            let (replies, _) = batch.run(store.as_mut(), appends_done);
+            self.orphans.extend(replies);
+            return seq;
+        }
+        let first_seq = self.appends_sent - reqs.iter().filter(|r| matches!(r, Request::Append { .. })).count() as u64;
         let Some(requests) = &self.requests else {
             return seq;
         };
@@ -354,23 +396,35 @@ impl Storage {
         // means it panicked: it never leaves on its own while we hold the
         // sender. Nobody will ever answer, so answer here, with a failure,
         // rather than leave the reactor waiting on a reply that never comes.
-        if let Err(mpsc::SendError(req)) = requests.send(req) {
+        if let Err(mpsc::SendError(reqs)) = requests.send(reqs) {
             log::error!("storage: the storage thread has stopped; request refused");
-            match req {
-                Request::Append { .. } => self.orphans.push_back(Reply::Committed {
-                    upto: seq,
-                    result: Err("the storage thread has stopped".to_string()),
-                }),
-                Request::Read { ticket, .. } => {
-                    self.orphans.push_back(Reply::Messages { ticket, messages: Vec::new(), oldest_id: None })
+            let mut n = first_seq;
+            for req in reqs {
+                match req {
+                    Request::Append { .. } => {
+                        n += 1;
+                        self.orphans.push_back(Reply::Committed {
+                            upto: n,
+                            result: Err("the storage thread has stopped".to_string()),
+                        })
+                    }
+                    Request::Read { ticket, .. } => {
+                        self.orphans.push_back(Reply::Messages { ticket, messages: Vec::new(), oldest_id: None })
+                    }
+                    Request::CreateRoom { .. } | Request::Shutdown => {}
                 }
-                Request::CreateRoom { .. } | Request::Shutdown => {}
             }
             if let Err(e) = self.waker.wake() {
                 log::error!("storage: could not wake the reactor: {e}");
             }
         }
         seq
+    }
+
+    /// Whether requests are answered inline (the memory backend): the
+    /// replies are ready right after [`Storage::send_all`], with no wake-up.
+    pub fn is_inline(&self) -> bool {
+        self.inline.is_some()
     }
 
     /// Take one reply if any is ready (never blocks).
@@ -388,7 +442,7 @@ impl Storage {
     pub fn shutdown(mut self) -> Result<(), StorageError> {
         if let Some(requests) = self.requests.take() {
             // A refusal means the thread is already gone; join says why.
-            let _ = requests.send(Request::Shutdown);
+            let _ = requests.send(vec![Request::Shutdown]);
         }
         self.join()
     }

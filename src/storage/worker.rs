@@ -2,12 +2,16 @@
 //! transaction, then the answers, then one wake-up of the reactor.
 //!
 //! This is where "broadcast only after commit" is made cheap. The reactor
-//! may queue hundreds of messages in one of its turns; we take all of them
+//! sends each of its turns' requests as one message; we take all of them
 //! (and whatever else arrived meanwhile) in one go and pay for one commit,
 //! the same idea as uWebSockets committing its pub/sub batches once per loop
-//! iteration. Under light load a batch is a single message and commits at
-//! once; under heavy load batches grow by themselves, because requests pile
-//! up in the channel while the previous commit runs.
+//! iteration. Under light load a batch is a single turn and commits at once;
+//! under heavy load batches grow by themselves, because turns pile up in the
+//! channel while the previous commit runs.
+//!
+//! [`Batch`] is the unit of work. The thread runs it for SQLite; the memory
+//! backend runs the very same code inline, on the reactor's thread, because
+//! a `VecDeque` push needs no thread to keep the loop from waiting.
 
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender};
@@ -29,79 +33,68 @@ struct PendingRead {
     newest: bool,
 }
 
-/// Runs on the storage thread until Shutdown or until the handle is dropped;
-/// returns the last commit's failure, if the very last batch failed.
-pub(super) fn run(
-    mut store: Box<dyn Store>,
-    requests: Receiver<Request>,
-    replies: Sender<Reply>,
-    waker: Arc<mio::Waker>,
-) -> Result<(), StorageError> {
-    // Counts Appends exactly as `Storage::send` does: the channel keeps them
-    // in order, so the n-th Append we receive is the one that got number n.
-    let mut appends_received: u64 = 0;
-    let mut writes: Vec<Write> = Vec::new();
-    let mut reads: Vec<PendingRead> = Vec::new();
+/// Requests gathered for one transaction.
+#[derive(Default)]
+pub(super) struct Batch {
+    writes: Vec<Write>,
+    reads: Vec<PendingRead>,
+    appends: u64,
+    /// Requests taken (for `MAX_BATCH_REQUESTS`).
+    taken: usize,
+    /// A Shutdown was among them: nothing after it is taken.
+    pub(super) stop: bool,
+}
 
-    loop {
-        // Sleep until there is work. An error here means the handle is gone
-        // and nothing more will come; everything earlier was handled by the
-        // previous turn, so there is nothing left to commit.
-        let Ok(first) = requests.recv() else {
-            return Ok(());
-        };
-
-        // Then take everything already waiting, without blocking again.
-        let mut stop = false;
-        let mut next = Some(first);
-        let mut taken = 0;
-        let mut appends_in_batch = 0;
-        while let Some(request) = next.take() {
-            taken += 1;
+impl Batch {
+    /// Adds one turn's requests.
+    pub(super) fn add(&mut self, turn: Vec<Request>) {
+        for request in turn {
+            self.taken += 1;
             match request {
-                Request::CreateRoom { room, created } => {
-                    writes.push(Write::CreateRoom { room, created });
-                }
+                Request::CreateRoom { room, created } => self.writes.push(Write::CreateRoom { room, created }),
                 Request::Append { room, msg } => {
-                    appends_in_batch += 1;
-                    writes.push(Write::Append { room, msg });
+                    self.appends += 1;
+                    self.writes.push(Write::Append { room, msg });
                 }
                 Request::Read { ticket, room, after, before, limit, newest } => {
-                    reads.push(PendingRead { ticket, room, after, before, limit, newest })
+                    self.reads.push(PendingRead { ticket, room, after, before, limit, newest })
                 }
                 Request::Shutdown => {
                     // The handle sends nothing after Shutdown; stop taking.
-                    stop = true;
-                    break;
+                    self.stop = true;
+                    return;
                 }
             }
-            if taken < MAX_BATCH_REQUESTS {
-                // Empty: the batch is complete. Disconnected: the handle was
-                // dropped; finish this batch, and the next recv() ends us.
-                next = requests.try_recv().ok();
-            }
         }
+    }
 
+    /// Whether more turns may join this batch.
+    fn has_room(&self) -> bool {
+        !self.stop && self.taken < MAX_BATCH_REQUESTS
+    }
+
+    /// Commits the writes in one transaction, then answers the reads;
+    /// `appends_done` counts Appends over the life of the handle (the n-th
+    /// one received is the one `Storage::send_all` numbered n). Returns the
+    /// replies and the commit's outcome.
+    pub(super) fn run(&mut self, store: &mut dyn Store, appends_done: &mut u64) -> (Vec<Reply>, Result<(), String>) {
         // One transaction for every write of the batch. Its outcome is the
         // outcome of each Append in it: a failure (disk full, a duplicate id
         // from a reactor bug) fails them all, and the reactor tells each
         // sender rather than broadcasting something that is not stored.
-        let result = if writes.is_empty() { Ok(()) } else { store.write_batch(&writes) };
+        let result = if self.writes.is_empty() { Ok(()) } else { store.write_batch(&self.writes) };
         if let Err(reason) = &result {
-            log::error!("storage: a batch of {} writes failed: {reason}", writes.len());
+            log::error!("storage: a batch of {} writes failed: {reason}", self.writes.len());
         }
-        writes.clear();
-
-        let mut queued = false;
-        if appends_in_batch > 0 {
-            appends_received += appends_in_batch;
-            queued |= replies.send(Reply::Committed { upto: appends_received, result: result.clone() }).is_ok();
+        let mut replies = Vec::with_capacity(1 + self.reads.len());
+        if self.appends > 0 {
+            *appends_done += self.appends;
+            replies.push(Reply::Committed { upto: *appends_done, result: result.clone() });
         }
-
         // Reads run after the commit, so a read sees every append sent
         // before it (and, harmlessly, any later one of the same batch: the
         // reactor's bounds decide what it wants).
-        for read in reads.drain(..) {
+        for read in self.reads.drain(..) {
             let (messages, oldest_id) = match store.read(&read.room, read.after, read.before, read.limit, read.newest) {
                 Ok(found) => found,
                 // There is no error in `Reply::Messages`; an empty answer
@@ -111,9 +104,48 @@ pub(super) fn run(
                     (Vec::new(), None)
                 }
             };
-            queued |= replies.send(Reply::Messages { ticket: read.ticket, messages, oldest_id }).is_ok();
+            replies.push(Reply::Messages { ticket: read.ticket, messages, oldest_id });
+        }
+        self.writes.clear();
+        self.appends = 0;
+        self.taken = 0;
+        (replies, result)
+    }
+}
+
+/// Runs on the storage thread until Shutdown or until the handle is dropped;
+/// returns the last commit's failure, if the very last batch failed.
+pub(super) fn run(
+    mut store: Box<dyn Store>,
+    requests: Receiver<Vec<Request>>,
+    replies: Sender<Reply>,
+    waker: Arc<mio::Waker>,
+) -> Result<(), StorageError> {
+    let mut appends_done: u64 = 0;
+    let mut batch = Batch::default();
+    loop {
+        // Sleep until there is work. An error here means the handle is gone
+        // and nothing more will come; everything earlier was handled by the
+        // previous turn, so there is nothing left to commit.
+        let Ok(first) = requests.recv() else {
+            return Ok(());
+        };
+        batch.add(first);
+        // Then take every turn already waiting, without blocking again.
+        // Empty: the batch is complete. Disconnected: the handle was dropped;
+        // finish this batch, and the next recv() ends us.
+        while batch.has_room() {
+            match requests.try_recv() {
+                Ok(turn) => batch.add(turn),
+                Err(_) => break,
+            }
         }
 
+        let (answers, result) = batch.run(store.as_mut(), &mut appends_done);
+        let mut queued = false;
+        for reply in answers {
+            queued |= replies.send(reply).is_ok();
+        }
         // One wake-up per batch, not per reply: the reactor drains them all
         // on its next turn anyway. (A failed send above means the handle is
         // gone, so there is no one to wake.)
@@ -121,7 +153,7 @@ pub(super) fn run(
             log::error!("storage: could not wake the reactor: {e}");
         }
 
-        if stop {
+        if batch.stop {
             return result
                 .map_err(|reason| StorageError::Thread(format!("the last commit before shutdown failed: {reason}")));
         }

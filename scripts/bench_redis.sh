@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Scale-out benchmark: chatroom processes sharing rooms through Redis.
+#
+#   scripts/bench_redis.sh            # writes bench/redis.md
+#
+# 1. One room of 1,000 clients, 10 senders, 100-byte messages, closed loop:
+#    (a) one process, embedded mode (--data none), and
+#    (b) three processes with --redis and --reuse-port on one port (the
+#        kernel spreads the 1,000 connections over them) plus one
+#        redis-server. Reports deliveries/s, p99 latency, the chatroom
+#        processes' CPU and Redis's CPU (utime+stime from /proc).
+# 2. Publishes one process pushes into Redis: 200 rooms with one member each,
+#    every member posting with 32 messages in flight (--window), so the
+#    bus pipelines EVALSHA commands; next to `redis-benchmark -t publish -P 16`
+#    on the same machine.
+# Loopback only; every run bounded by loadgen's --timeout.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=target/release/chatroom
+LOADGEN=target/release/loadgen
+[ -x "$BIN" ] && [ -x "$LOADGEN" ] || cargo build --release --bins
+TMP=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$TMP"; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
+json_get() { python3 -c "import json,sys; d=json.loads(sys.stdin.read()); print(d.get('$1'))"; }
+hz=$(getconf CLK_TCK)
+
+out=bench/redis.md
+mkdir -p bench
+{
+echo "# Scale out through Redis (measured $(date -u +%Y-%m-%d), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg))"
+echo
+echo "Command: \`bash scripts/bench_redis.sh\`. Server processes on core 0, loadgen on core 1, redis-server unpinned."
+echo
+echo "| setup | deliveries/s | p50 (ms) | p99 (ms) | chatroom CPU (s) | Redis CPU (s) | lost |"
+echo "|---|---|---|---|---|---|---|"
+} > "$out"
+
+# (a) one process, embedded.
+port=$(free_port)
+taskset -c 0 "$BIN" --bind "127.0.0.1:$port" --data none --rate-limit 0 2>"$TMP/embedded.log" &
+PIDS+=($!); pid=$!
+wait_port "$port"
+r=$(taskset -c 1 "$LOADGEN" --url "ws://127.0.0.1:$port" --clients 1000 --senders 10 --messages 200 --warmup 5 --server-pid "$pid" --json || true)
+echo "| 1 process, embedded | $(echo "$r" | json_get deliveries_per_sec) | $(echo "$r" | python3 -c 'import json,sys; d=json.loads(sys.stdin.read()); print(round(d["p50_us"]/1000,2))') | $(echo "$r" | python3 -c 'import json,sys; d=json.loads(sys.stdin.read()); print(round(d["p99_us"]/1000,2))') | $(echo "$r" | json_get server_cpu_s) | - | $(echo "$r" | json_get lost) |" >> "$out"
+kill "$pid"; wait "$pid" 2>/dev/null || true
+
+# (b) three processes + Redis, one shared port.
+rport=$(free_port)
+redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no --daemonize no >/dev/null &
+PIDS+=($!); rpid=$!
+wait_port "$rport"
+port=$(free_port)
+procs=()
+for i in 1 2 3; do
+    taskset -c 0 "$BIN" --bind "127.0.0.1:$port" --reuse-port --redis "redis://127.0.0.1:$rport" --data none --rate-limit 0 2>"$TMP/p$i.log" &
+    PIDS+=($!); procs+=($!)
+done
+wait_port "$port"
+for i in 1 2 3; do
+    for _ in $(seq 100); do grep -q "redis: subscribed" "$TMP/p$i.log" 2>/dev/null && break; sleep 0.1; done
+done
+before=0; for p in "${procs[@]}"; do before=$((before + $(cpu_ticks "$p"))); done
+rbefore=$(cpu_ticks "$rpid")
+r=$(taskset -c 1 "$LOADGEN" --url "ws://127.0.0.1:$port" --clients 1000 --senders 10 --messages 200 --warmup 5 --json || true)
+after=0; for p in "${procs[@]}"; do after=$((after + $(cpu_ticks "$p"))); done
+rafter=$(cpu_ticks "$rpid")
+echo "| 3 processes + Redis | $(echo "$r" | json_get deliveries_per_sec) | $(echo "$r" | python3 -c 'import json,sys; d=json.loads(sys.stdin.read()); print(round(d["p50_us"]/1000,2))') | $(echo "$r" | python3 -c 'import json,sys; d=json.loads(sys.stdin.read()); print(round(d["p99_us"]/1000,2))') | $(python3 -c "print(round(($after-$before)/$hz,2))") | $(python3 -c "print(round(($rafter-$rbefore)/$hz,2))") | $(echo "$r" | json_get lost) |" >> "$out"
+for p in "${procs[@]}"; do kill "$p"; done
+
+# 2. Publishes/s through one process (pipelined on the bus).
+port=$(free_port)
+taskset -c 0 "$BIN" --bind "127.0.0.1:$port" --redis "redis://127.0.0.1:$rport" --data none --rate-limit 0 2>"$TMP/pub.log" &
+PIDS+=($!); pid=$!
+wait_port "$port"
+for _ in $(seq 100); do grep -q "redis: subscribed" "$TMP/pub.log" && break; sleep 0.1; done
+r=$(taskset -c 1 "$LOADGEN" --url "ws://127.0.0.1:$port" --clients 200 --rooms 200 --senders 200 --messages 100 --window 32 --json || true)
+posts=$(echo "$r" | json_get deliveries_per_sec)
+rb=$(redis-benchmark -p "$rport" -t publish -P 16 -n 200000 -q 2>/dev/null | tr -d '\r' | grep -i publish | awk '{print $2}')
+{
+echo
+echo "| publishes into Redis | per second |"
+echo "|---|---|"
+echo "| one chatroom process (200 rooms × 1 member, 32 posts in flight each; each post = EVALSHA: INCR + XADD + PUBLISH, then received back on the subscription) | $posts |"
+echo "| \`redis-benchmark -t publish -P 16\` (bare PUBLISH, no subscriber work) | $rb |"
+echo
+echo "Loadgen result lines (JSON) are in the script's output."
+} >> "$out"
+kill "$pid"
+cat "$out"
