@@ -131,7 +131,15 @@ pub(super) struct SqliteStore {
     // the WAL) before the lock is released for the next process.
     conn: Connection,
     _lock: DataLock,
+    /// The `last_seen` we last wrote per user (ms). A user row is rewritten
+    /// only when it is new or a minute stale: rewriting it every batch would
+    /// dirty one more page per transaction, and the page writes are what a
+    /// small commit costs.
+    users_written: HashMap<String, u64>,
 }
+
+/// How stale a user's stored `last_seen` may get, in ms.
+const LAST_SEEN_PRECISION_MS: u64 = 60_000;
 
 impl SqliteStore {
     /// Lock, open and prepare `path`, and load the room directory.
@@ -187,13 +195,13 @@ impl SqliteStore {
         }
 
         let directory = load_directory(&conn).map_err(fail("load the room directory"))?;
-        Ok((SqliteStore { conn, _lock: lock }, directory))
+        Ok((SqliteStore { conn, _lock: lock, users_written: HashMap::new() }, directory))
     }
 }
 
 impl Store for SqliteStore {
     fn write_batch(&mut self, writes: &[Write]) -> Result<(), String> {
-        write_batch(&mut self.conn, writes).map_err(|e| e.to_string())
+        write_batch(&mut self.conn, writes, &mut self.users_written).map_err(|e| e.to_string())
     }
 
     fn read(
@@ -210,10 +218,15 @@ impl Store for SqliteStore {
 
 /// One transaction for the whole batch, with statements prepared once per
 /// connection (`prepare_cached`) and reused for every row.
-fn write_batch(conn: &mut Connection, writes: &[Write]) -> rusqlite::Result<()> {
+fn write_batch(
+    conn: &mut Connection,
+    writes: &[Write],
+    users_written: &mut HashMap<String, u64>,
+) -> rusqlite::Result<()> {
     // IMMEDIATE takes the write lock at BEGIN, so if someone's sqlite3
     // shell holds it we fail here, before doing any work.
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut written = Vec::new();
     {
         let mut upsert_room = tx.prepare_cached(UPSERT_ROOM)?;
         let mut insert_message = tx.prepare_cached(INSERT_MESSAGE)?;
@@ -247,11 +260,22 @@ fn write_batch(conn: &mut Connection, writes: &[Write]) -> rusqlite::Result<()> 
             }
         }
         for (name, (first, last)) in users_seen {
-            upsert_user.execute((name, to_sql(first), to_sql(last)))?;
+            let fresh = users_written.get(name).is_some_and(|&w| last < w.saturating_add(LAST_SEEN_PRECISION_MS));
+            if !fresh {
+                upsert_user.execute((name, to_sql(first), to_sql(last)))?;
+                written.push((name.to_string(), last));
+            }
         }
     }
-    // Dropping `tx` on an early `?` above rolls the whole batch back.
-    tx.commit()
+    // Dropping `tx` on an early `?` above rolls the whole batch back: only a
+    // committed batch updates what we believe is stored.
+    tx.commit()?;
+    users_written.extend(written);
+    // Bound the cache: forgetting only costs a rewrite later.
+    if users_written.len() > 100_000 {
+        users_written.clear();
+    }
+    Ok(())
 }
 
 /// See [`Store::read`].
