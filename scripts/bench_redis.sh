@@ -47,6 +47,7 @@ taskset -c 0 "$BIN" --bind "127.0.0.1:$port" --data none --rate-limit 0 2>"$TMP/
 PIDS+=($!); pid=$!
 wait_port "$port"
 r=$(taskset -c 1 "$LOADGEN" --url "ws://127.0.0.1:$port" --clients 1000 --senders 10 --messages 200 --warmup 5 --server-pid "$pid" --json || true)
+echo "$r" >&2
 echo "| 1 process, embedded | $(echo "$r" | json_get deliveries_per_sec) | $(echo "$r" | python3 -c 'import json,sys; d=json.loads(sys.stdin.read()); print(round(d["p50_us"]/1000,2))') | $(echo "$r" | python3 -c 'import json,sys; d=json.loads(sys.stdin.read()); print(round(d["p99_us"]/1000,2))') | $(echo "$r" | json_get server_cpu_s) | - | $(echo "$r" | json_get lost) |" >> "$out"
 kill "$pid"; wait "$pid" 2>/dev/null || true
 
@@ -70,18 +71,23 @@ rbefore=$(cpu_ticks "$rpid")
 r=$(taskset -c 1 "$LOADGEN" --url "ws://127.0.0.1:$port" --clients 1000 --senders 10 --messages 200 --warmup 5 --json || true)
 after=0; for p in "${procs[@]}"; do after=$((after + $(cpu_ticks "$p"))); done
 rafter=$(cpu_ticks "$rpid")
+echo "$r" >&2
 echo "| 3 processes + Redis | $(echo "$r" | json_get deliveries_per_sec) | $(echo "$r" | python3 -c 'import json,sys; d=json.loads(sys.stdin.read()); print(round(d["p50_us"]/1000,2))') | $(echo "$r" | python3 -c 'import json,sys; d=json.loads(sys.stdin.read()); print(round(d["p99_us"]/1000,2))') | $(python3 -c "print(round(($after-$before)/$hz,2))") | $(python3 -c "print(round(($rafter-$rbefore)/$hz,2))") | $(echo "$r" | json_get lost) |" >> "$out"
 for p in "${procs[@]}"; do kill "$p"; done
 
 # 2. Publishes/s through one process (pipelined on the bus).
 port=$(free_port)
-taskset -c 0 "$BIN" --bind "127.0.0.1:$port" --redis "redis://127.0.0.1:$rport" --data none --rate-limit 0 2>"$TMP/pub.log" &
+# A fresh Redis database (/1), so the rooms of the runs above do not mix in.
+taskset -c 0 "$BIN" --bind "127.0.0.1:$port" --redis "redis://127.0.0.1:$rport/1" --data none --rate-limit 0 2>"$TMP/pub.log" &
 PIDS+=($!); pid=$!
 wait_port "$port"
 for _ in $(seq 100); do grep -q "redis: subscribed" "$TMP/pub.log" && break; sleep 0.1; done
-r=$(taskset -c 1 "$LOADGEN" --url "ws://127.0.0.1:$port" --clients 200 --rooms 200 --senders 200 --messages 100 --window 32 --json || true)
+r=$(taskset -c 1 "$LOADGEN" --url "ws://127.0.0.1:$port" --clients 200 --rooms 200 --senders 200 --messages 200 --window 32 --json || true)
+echo "$r" >&2
 posts=$(echo "$r" | json_get deliveries_per_sec)
-rb=$(redis-benchmark -p "$rport" -t publish -P 16 -n 200000 -q 2>/dev/null | tr -d '\r' | grep -i publish | awk '{print $2}')
+# (`-t publish` is not a test name every redis-benchmark knows: name the command.)
+rb=$(redis-benchmark -p "$rport" -P 16 -n 200000 -q publish chatroom:bench hello 2>/dev/null | tr '\r' '\n' \
+    | python3 -c 'import re,sys; m=re.findall(r"([0-9.]+) requests per second", sys.stdin.read()); print(m[-1] if m else "n/a")')
 {
 echo
 echo "| publishes into Redis | per second |"
