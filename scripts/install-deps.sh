@@ -8,6 +8,7 @@
 # - Autobahn|Testsuite (`wstest`, for scripts/autobahn.sh) in a Python 2.7
 #   virtualenv at $CHATROOM_DEPS/autobahn-venv, outside the repo so that fresh
 #   clones (CI) reuse it. Pins: scripts/autobahn-requirements.txt.
+# - cargo-fuzz (for scripts/fuzz.sh), with `cargo install --locked`, pinned below.
 #
 # Safe to run again and again: a second run prints what is already there and
 # changes nothing. Runs as root without a terminal (CI=true, no stdin); as
@@ -168,6 +169,33 @@ install_autobahn() {
     log "autobahn: installed $VENV/bin/wstest ($("$VENV/bin/wstest" -a 2>/dev/null | tr -s '\n' ' ' | sed 's/ $//'))"
 }
 
+# ---------------------------------------------------------------------------
+# cargo-fuzz (for scripts/fuzz.sh)
+# ---------------------------------------------------------------------------
+# 0.13.2 builds with `--locked` on the stable toolchain; the fuzz build itself
+# needs nightly flags, which scripts/fuzz.sh enables with RUSTC_BOOTSTRAP=1.
+CARGO_FUZZ_VERSION=0.13.2
+
+install_cargo_fuzz() {
+    command -v cargo >/dev/null || die "cargo not found: install Rust first (rustup)"
+    local have
+    if have=$(cargo fuzz --version 2>/dev/null); then
+        log "cargo-fuzz: already installed: $have"
+        return
+    fi
+    log "cargo-fuzz: installing $CARGO_FUZZ_VERSION (cargo install, takes ~3 min)"
+    local cargolog
+    cargolog=$(mktemp)
+    if ! cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked >"$cargolog" 2>&1; then
+        tail -n 40 "$cargolog" >&2
+        rm -f "$cargolog"
+        die "cargo install cargo-fuzz $CARGO_FUZZ_VERSION failed"
+    fi
+    rm -f "$cargolog"
+    have=$(cargo fuzz --version 2>/dev/null) || die "cargo-fuzz installed but \`cargo fuzz\` does not run (is ~/.cargo/bin on PATH?)"
+    log "cargo-fuzz: installed $have"
+}
+
 main() {
     mkdir -p "$DEPS_DIR" 2>/dev/null || die "cannot create $DEPS_DIR (set CHATROOM_DEPS to a writable folder)"
     # Two runs at once (say two CI steps) would fight over the same venv.
@@ -177,6 +205,7 @@ main() {
     fi
     install_apt
     install_autobahn
+    install_cargo_fuzz
     log "done"
 }
 

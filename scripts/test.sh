@@ -10,6 +10,7 @@
 #   lint                 cargo fmt --check, cargo clippy -D warnings
 #   conformance          scripts/autobahn.sh (Autobahn fuzzingclient vs /ws/echo)
 #   browser              tests/browser (headless Chromium via playwright-core)
+#   fuzz                 scripts/fuzz.sh 60: each fuzz target for 60 s on its corpus
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,9 +39,8 @@ step benches cargo test --locked --benches
 step fmt cargo fmt --check
 step clippy cargo clippy --locked --all-targets -- -D warnings
 step autobahn env CHATROOM_BIN=target/release/chatroom bash scripts/autobahn.sh
-if [ -f tests/browser/run.sh ]; then
-    step browser env CHATROOM_BIN=target/release/chatroom bash tests/browser/run.sh
-fi
+step browser env CHATROOM_BIN=target/release/chatroom bash tests/browser/run.sh
+step fuzz bash scripts/fuzz.sh 60
 
 echo
 if [ "$failed" -gt 0 ]; then
