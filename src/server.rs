@@ -13,7 +13,7 @@
 //!      run due timers                      // 408s, pings, lingering closes
 //!      before_sleep:                       // one pass over what changed
 //!          flush every connection with output (one writev each)
-//!          change interest only where it changed
+//!          (WRITABLE is registered once, edge-triggered: no epoll_ctl here)
 //!          reap connections marked dead
 //!  }
 //! ```
@@ -802,7 +802,8 @@ impl Server {
     }
 
     /// Writes a connection's queued output: one `writev` per turn when the
-    /// socket takes it all; WRITABLE interest only while it does not.
+    /// socket takes it all; when it does not, the rest waits for the
+    /// WRITABLE event (registered once, at accept).
     fn flush(&mut self, key: usize) {
         let Some(conn) = self.conns.get_mut(key) else { return };
         conn.dirty = false;

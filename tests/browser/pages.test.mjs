@@ -34,7 +34,7 @@ test('home page: loads with its styles and scripts, no console errors, no CSP vi
     const response = await page.goto(server.url + '/');
     assert.equal(response.status(), 200);
     assert.match(response.headers()['content-security-policy'] ?? '', /script-src 'self'/,
-      'pages are served with the CSP of docs/wire.md');
+      'pages are served with the CSP of src/response.rs');
     // Settled: scripts ran, the stylesheet and icon were fetched.
     await page.waitForLoadState('networkidle');
 

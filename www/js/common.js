@@ -6,7 +6,7 @@
 
 'use strict';
 
-// A room name, exactly as the server accepts it (docs/wire.md).
+// A room name, exactly as the server accepts it (README, "Wire format").
 const ROOM_RE = /^[A-Za-z0-9_-]{1,64}$/;
 
 // Builds an element without ever parsing HTML, so text from other people can

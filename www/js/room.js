@@ -3,7 +3,7 @@
 // The flow, in the order a reader meets it below:
 //   1. the room name comes from the address, the user name from the form;
 //   2. connect() opens ws://host/ws/chatroom/<room>?username=<name>[&since=<lastId>];
-//   3. onFrame() handles each JSON frame the server sends (docs/wire.md);
+//   3. onFrame() handles each JSON frame the server sends (README, "Wire format");
 //   4. onClosed() decides whether to come back: yes, with growing pauses,
 //      unless the user pressed Close. Coming back asks for `since=lastId`,
 //      so the server resends only what we missed while away;

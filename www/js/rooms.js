@@ -20,7 +20,7 @@
   let offset = Math.max(0, parseInt(new URLSearchParams(location.search).get('offset'), 10) || 0);
   let loading = false;
 
-  // One table row for one ROOM object (docs/wire.md). Names come from users,
+  // One table row for one room object of /api/rooms (README, "Routes"). Names come from users,
   // so everything goes in as text.
   function roomRow(room) {
     const link = el('a', { href: '/room/' + encodeURIComponent(room.name) }, room.name);
