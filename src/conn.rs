@@ -110,6 +110,9 @@ pub struct Connection {
     pub dirty: bool,
     /// Close once the output queue has been flushed.
     pub close_after_flush: bool,
+    /// An answer with `Connection: close` was queued: nothing after it is
+    /// answered (unlike a client's FIN, after which buffered requests are).
+    pub final_answer: bool,
     /// Output done and write side shut: waiting for the client's FIN.
     pub lingering: bool,
     /// Marked for reaping; nothing more is done with it.
@@ -133,6 +136,7 @@ impl Connection {
             writable_interest: false,
             dirty: false,
             close_after_flush: false,
+            final_answer: false,
             lingering: false,
             dead: false,
             counted_ip: false,

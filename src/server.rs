@@ -460,6 +460,9 @@ impl Server {
         let interest = Interest::READABLE | Interest::WRITABLE;
         if let Err(e) = self.poll.registry().register(&mut socket, Token(key), interest) {
             warn!("register {addr}: {e}");
+            if !behind_proxy {
+                self.per_ip.release(addr.ip());
+            }
             return;
         }
         self.next_serial += 1;
@@ -504,6 +507,8 @@ impl Server {
                 // EOF: the client is done sending. Answer what is complete, then close.
                 Ok(0) => {
                     conn.close_after_flush = true;
+                    let (serial, at) = (conn.serial, self.now + self.cfg.idle_timeout);
+                    self.timers.arm(Timer { at, key, serial, kind: TimerKind::Linger });
                     self.process_http(key);
                     self.mark_dirty(key);
                     return;
@@ -553,8 +558,15 @@ impl Server {
                 http.head_started = None;
                 return;
             }
-            if conn.close_after_flush && http.served > 0 && !conn.out.is_empty() {
+            if conn.final_answer {
                 // Closing after an answer: later pipelined requests are not served.
+                http.buf.clear();
+                return;
+            }
+            if conn.out.len() >= self.cfg.max_pending {
+                // A client pipelining faster than it reads: answer no more
+                // until the answers so far have left (see `flush`), so its
+                // backlog cannot grow without bound in one turn.
                 return;
             }
             if http.head_started.is_none() {
@@ -611,7 +623,14 @@ impl Server {
         let Some(conn) = self.conns.get_mut(key) else { return };
         self.metrics.http_requests += 1;
         if response.closes() {
+            conn.final_answer = true;
+        }
+        if response.closes() && !conn.close_after_flush {
             conn.close_after_flush = true;
+            // A last answer the client never reads must not hold the socket
+            // forever: it gets an idle timeout to be taken, then is dropped.
+            let (serial, at) = (conn.serial, self.now + self.cfg.idle_timeout);
+            self.timers.arm(Timer { at, key, serial, kind: TimerKind::Linger });
         }
         response.write_into(&mut conn.out, self.date.now());
         // Idle keep-alive timing starts once the answer is queued.
@@ -734,6 +753,10 @@ impl Server {
         loop {
             let Some(conn) = self.conns.get_mut(key) else { return };
             match conn.socket.read(&mut self.scratch) {
+                // The client's FIN. If our answer is still queued (a client
+                // that half-closed after sending, like `nc -N`), let it
+                // finish: the deadline armed with `close_after_flush` bounds it.
+                Ok(0) if !conn.out.is_empty() && !conn.lingering => return,
                 Ok(0) => return self.kill(key),
                 // Our last words are sent; what the client still says (its
                 // close frame, pipelined requests) needs no answer.
@@ -819,7 +842,13 @@ impl Server {
         match result {
             Ok(Flushed::All) => {
                 conn.writable_interest = false;
-                if conn.close_after_flush {
+                let held_back =
+                    matches!(&conn.phase, Phase::Http(http) if !http.buf.is_empty() && http.parked.is_none());
+                if held_back && !conn.final_answer && !conn.lingering {
+                    // Pipelined requests held back by a full queue (or read
+                    // before the client's FIN): answer on.
+                    self.resume_http(key);
+                } else if conn.close_after_flush {
                     self.start_linger(key);
                 }
             }
@@ -1030,7 +1059,12 @@ impl Server {
                     conn.close_after_flush = true;
                 }
                 Phase::Http(http) => {
-                    if !conn.out.is_empty() || http.parked.is_some() {
+                    if let Some(parked) = &mut http.parked {
+                        // The answer waits for storage: it will be the
+                        // connection's last (closing now would lose it).
+                        parked.keep_alive = false;
+                        continue;
+                    } else if !conn.out.is_empty() {
                         // An answer is on its way: it is the connection's last.
                         conn.close_after_flush = true;
                     } else if http.buf.is_empty() && http.served > 0 {

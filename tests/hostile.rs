@@ -439,3 +439,44 @@ fn a_thousand_clients_vanishing_with_rst_leave_nothing_behind_twice() {
     // Still serving.
     assert_eq!(get(addr, "/healthz").status, 200);
 }
+
+/// Pipelined GETs of one page, the last with `Connection: close`.
+fn pipelined_gets(n: usize) -> String {
+    let mut req = "GET /learn HTTP/1.1\r\nHost: x\r\n\r\n".repeat(n);
+    req.push_str("GET /learn HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    req
+}
+
+#[test]
+fn a_closing_connection_whose_client_never_reads_is_dropped_after_the_idle_timeout() {
+    let mut cfg = config();
+    cfg.idle_timeout = Duration::from_millis(500);
+    cfg.header_timeout = Duration::from_millis(500);
+    let server = TestServer::with(cfg);
+    let mut s = tcp_small_rcvbuf(server.addr, 4096);
+    s.write_all(pipelined_gets(2000).as_bytes()).unwrap();
+    // The server is stuck on our full receive buffer with its last answer
+    // queued; it must give up on us rather than hold the socket forever.
+    assert!(
+        // 1: the connection that asks for /metrics.
+        eventually(Duration::from_secs(10), || metric(server.addr, "chatroom_http_connections") == 1.0),
+        "a client that never reads its last answer is still held"
+    );
+    drop(s);
+}
+
+#[test]
+fn a_client_that_half_closes_still_gets_every_answer() {
+    let server = TestServer::start();
+    let mut s = tcp_small_rcvbuf(server.addr, 4096);
+    let n = 300;
+    s.write_all(pipelined_gets(n).as_bytes()).unwrap();
+    // Like `nc -N`: done sending, still reading.
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    let page = www_file("learn.html").len();
+    let answers = String::from_utf8_lossy(&got).matches("HTTP/1.1 200 OK").count();
+    assert_eq!(answers, n + 1, "every pipelined request answered");
+    assert!(got.len() >= (n + 1) * page);
+}

@@ -142,6 +142,10 @@ pub struct Cluster {
     pub commands: Vec<(Vec<u8>, u64)>,
     /// The command connection is up.
     pub up: bool,
+    /// History reads sent and not answered, by tag (to resend on failure).
+    reads: HashMap<u64, Vec<u8>>,
+    /// Reads that failed for lack of a connection, sent again on `CommandUp`.
+    deferred_reads: Vec<(Vec<u8>, u64)>,
 }
 
 impl Cluster {
@@ -159,6 +163,8 @@ impl Cluster {
             backlog_cap,
             commands: Vec::new(),
             up: false,
+            reads: HashMap::new(),
+            deferred_reads: Vec::new(),
         }
     }
 
@@ -171,6 +177,10 @@ impl Cluster {
         self.commands.push((redis::cmd("HGETALL").arg("chatroom:rooms").get_packed_command(), TAG_ROOMS));
         while let Some(post) = self.backlog.pop_front() {
             self.send(post);
+        }
+        for (cmd, tag) in std::mem::take(&mut self.deferred_reads) {
+            self.reads.insert(tag, cmd.clone());
+            self.commands.push((cmd, tag));
         }
     }
 
@@ -264,7 +274,8 @@ impl Cluster {
                 .arg(limit)
                 .get_packed_command()
         };
-        self.commands.push((cmd, TAG_READ | ticket));
+        self.commands.push((cmd.clone(), TAG_READ | ticket));
+        self.reads.insert(TAG_READ | ticket, cmd);
     }
 
     /// A command failed without an answer (the connection dropped, or the
@@ -279,8 +290,13 @@ impl Cluster {
             }
             return ReplyFor::PostFailed { sender: post.sender, reason: "Redis is unavailable".into() };
         }
-        if tag & TAG_KIND == TAG_READ {
-            return ReplyFor::Read(tag & !TAG_KIND, Vec::new());
+        // A read that never reached Redis is not an empty stream: answering
+        // "nothing" would skip messages still there. It waits for the
+        // command connection and goes again.
+        if tag & TAG_KIND == TAG_READ
+            && let Some(cmd) = self.reads.remove(&tag)
+        {
+            self.deferred_reads.push((cmd, tag));
         }
         ReplyFor::Nothing
     }
@@ -306,7 +322,10 @@ impl Cluster {
                     },
                 }
             }
-            TAG_READ => ReplyFor::Read(tag & !TAG_KIND, stream_messages(&value)),
+            TAG_READ => {
+                self.reads.remove(&tag);
+                ReplyFor::Read(tag & !TAG_KIND, stream_messages(&value))
+            }
             _ if tag == TAG_ROOMS => ReplyFor::Rooms(room_list(&value)),
             _ => {
                 if let Value::Error(e) = value {

@@ -123,7 +123,7 @@ struct PendingPost {
     ts: u64,
     json: Rc<str>,
     /// The local poster, told if the commit fails (None: from another process).
-    sender: Option<usize>,
+    sender: Option<(usize, u64)>,
 }
 
 /// Why a storage read was made.
@@ -132,7 +132,7 @@ enum PendingRead {
     /// Filling a newly live room's recent history.
     RoomCache { room: Rc<str> },
     /// A member resuming with `?since=` from further back than the cache.
-    Resume { room: Rc<str>, key: usize, slot: usize, since: u64 },
+    Resume { room: Rc<str>, key: usize, serial: u64, slot: usize, since: u64 },
     /// `GET /api/rooms/<room>/messages`.
     Http { key: usize, serial: u64, room: String },
     /// Redis mode: messages this process missed (gap or resubscribe).
@@ -322,6 +322,9 @@ impl Chat {
         };
         let r = self.live.get_mut(slot_room)?;
         let (slot, got) = r.add(key, &wanted, since);
+        if let Some(m) = r.members.get_mut(slot) {
+            m.serial = serial;
+        }
         r.joined.push((got, key));
         self.queue_presence(slot_room);
         self.try_welcome(slot_room, slot);
@@ -371,7 +374,8 @@ impl Chat {
                     self.out.push(Outgoing::To { key, json: protocol::gap_json(&room.name, from + 1) });
                 }
                 let name = room.name.clone();
-                let ticket = self.ticket(PendingRead::Resume { room: name.clone(), key, slot, since: from });
+                let serial = member.serial;
+                let ticket = self.ticket(PendingRead::Resume { room: name.clone(), key, serial, slot, since: from });
                 self.read_request(ticket, &name, from, u64::MAX, RESUME_MAX as usize, false);
                 if let Some(m) = self.live.get_mut(room_slot).and_then(|r| r.members.get_mut(slot)) {
                     m.awaiting_read = true;
@@ -473,11 +477,11 @@ impl Chat {
         let json: Rc<str> = protocol::message_json(&room.name, id, &member.name, &post.message, ts).into();
         let msg = StoredMessage { id, ts, username: member.name.to_string(), text: post.message };
         let name = room.name.clone();
-        self.enqueue_commit(name, msg, json, Some(key));
+        self.enqueue_commit(name, msg, json, Some((key, m.serial)));
     }
 
     /// Hands a message to storage; it is broadcast when the commit is done.
-    fn enqueue_commit(&mut self, room: Rc<str>, msg: StoredMessage, json: Rc<str>, sender: Option<usize>) {
+    fn enqueue_commit(&mut self, room: Rc<str>, msg: StoredMessage, json: Rc<str>, sender: Option<(usize, u64)>) {
         let (id, ts) = (msg.id, msg.ts);
         self.requests.push(Request::Append { room: room.to_string(), msg });
         self.appended += 1;
@@ -604,10 +608,10 @@ impl Chat {
                 }
                 Err(reason) => {
                     log::error!("history commit failed: {reason}");
-                    if let Some(key) = post.sender {
+                    if let Some((key, serial)) = post.sender {
                         let json =
                             protocol::error_json("unavailable", "the message could not be stored and was not sent");
-                        self.out.push(Outgoing::To { key, json });
+                        self.out.push(Outgoing::ToSerial { key, serial, json });
                     }
                 }
             }
@@ -630,10 +634,10 @@ impl Chat {
                     self.try_welcome(slot, member);
                 }
             }
-            PendingRead::Resume { room, key, slot, since } => {
+            PendingRead::Resume { room, key, serial, slot, since } => {
                 let Some(&room_slot) = self.index.get(&room) else { return };
                 let Some(r) = self.live.get(room_slot) else { return };
-                if r.members.get(slot).is_none_or(|m| m.key != key || m.welcomed) {
+                if r.members.get(slot).is_none_or(|m| m.key != key || m.serial != serial || m.welcomed) {
                     return;
                 }
                 // Storage may have lost what was asked for (memory mode keeps

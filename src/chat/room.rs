@@ -15,6 +15,9 @@ use slab::Slab;
 pub struct Member {
     /// The connection's slab key.
     pub key: usize,
+    /// The connection's serial: a slab key is reused after a close, so an
+    /// answer that comes back later checks both.
+    pub serial: u64,
     /// The display name, unique in the room (shared with the room's name
     /// set: one allocation per member, not two).
     pub name: Rc<str>,
@@ -77,7 +80,8 @@ impl Room {
         let name = self.unique_name(name);
         let shared: Rc<str> = Rc::from(name.as_str());
         self.names.insert(shared.clone());
-        let slot = self.members.insert(Member { key, name: shared, welcomed: false, since, awaiting_read: false });
+        let slot =
+            self.members.insert(Member { key, serial: 0, name: shared, welcomed: false, since, awaiting_read: false });
         (slot, name)
     }
 
