@@ -246,25 +246,10 @@ pub fn payload(message: &Message) -> Option<&Bytes> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::masked_frame;
 
-    /// A masked client frame, as a browser would send it.
     fn client_frame(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
-        let mask = [1u8, 2, 3, 4];
-        let mut f = vec![if fin { 0x80 } else { 0 } | opcode];
-        match payload.len() {
-            n if n < 126 => f.push(0x80 | n as u8),
-            n if n < 65536 => {
-                f.push(0x80 | 126);
-                f.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                f.push(0x80 | 127);
-                f.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        f.extend_from_slice(&mask);
-        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        f
+        masked_frame(if fin { 0x80 } else { 0 } | opcode, payload)
     }
 
     #[test]

@@ -12,24 +12,13 @@ use serde_json::Value;
 
 const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 
-/// A masked client frame with the first byte `first`.
+/// A masked client frame with the first byte `first` (FIN, RSV, opcode).
 fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
-    let mask = [0x37, 0xfa, 0x21, 0x3d];
-    let mut f = vec![first];
-    match payload.len() {
-        n if n < 126 => f.push(0x80 | n as u8),
-        n if n < 65536 => {
-            f.push(0x80 | 126);
-            f.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            f.push(0x80 | 127);
-            f.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    f.extend_from_slice(&mask);
-    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    f
+    client_frame(first & 0x0f, first & 0x80 != 0, payload, true)
+        .into_iter()
+        .enumerate()
+        .map(|(i, b)| if i == 0 { first } else { b })
+        .collect()
 }
 
 /// A raw WebSocket connection that reads unmasked server frames by hand.
