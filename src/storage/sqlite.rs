@@ -168,6 +168,12 @@ impl SqliteStore {
 
         let mut conn = Connection::open(path).map_err(fail("open"))?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(fail("set busy_timeout"))?;
+        // We are the file's only user (the lock above makes sure), so SQLite
+        // may keep its own lock for the connection's life: no lock and unlock
+        // system calls around every transaction, and, set before the first
+        // WAL access, no shared-memory index file. The price: a sqlite3 shell
+        // cannot read the file while the server runs (stop it, or copy it).
+        conn.pragma_update(None, "locking_mode", "EXCLUSIVE").map_err(fail("set locking_mode=EXCLUSIVE"))?;
         // The first statement that reads the file: "file is not a database"
         // shows up here.
         let mode: String = conn
