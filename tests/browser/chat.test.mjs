@@ -10,6 +10,7 @@ import {
   TEST_TIMEOUT_MS, startServer, launchBrowser, openPage, closePage, cspViolations, tempDir, unique,
   joinRoom, connectAs, sendMessage, messages, waitForMessage, waitForMessageCount,
   waitForStatus, onlineNames,
+  assertClean,
 } from './lib.mjs';
 
 let server;
@@ -34,10 +35,6 @@ function assertContiguous(list, n, where) {
     `${where}: message ids on screen should be 1..${n}, each once, in order`);
 }
 
-async function assertClean(page, where) {
-  assert.deepEqual(page.problems, [], `${where}: console errors or page errors`);
-  assert.deepEqual(await cspViolations(page), [], `${where}: CSP violations`);
-}
 
 test('two people chat: both pages show both messages in order, and both names online', { timeout: TEST_TIMEOUT_MS }, async () => {
   const room = unique('chat');

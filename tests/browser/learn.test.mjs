@@ -8,37 +8,22 @@
 // close() a page receives no more messages, so the server's description of
 // it cannot arrive.)
 
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 
 import {
   startServer, launchBrowser, openPage, closePage, cspViolations, waitForStatus,
+  withServerAndBrowser, assertClean,
 } from './lib.mjs';
 
 const GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11';
 
-let server;
-let browser;
-
-before(async () => {
-  server = await startServer();
-  browser = await launchBrowser();
-});
-
-after(async () => {
-  await browser?.close();
-  await server?.dispose();
-});
-
-async function assertClean(page, where) {
-  assert.deepEqual(page.problems, [], `${where}: console errors or page errors`);
-  assert.deepEqual(await cspViolations(page), [], `${where}: CSP violations`);
-}
+const env = withServerAndBrowser();
 
 /** Opens /learn and waits until its WebSocket is open and the handshake is shown. */
 async function openLearn(page) {
-  const response = await page.goto(server.url + '/learn');
+  const response = await page.goto(env.server.url + '/learn');
   assert.equal(response.status(), 200);
   await waitForStatus(page, 'online');
   await page.waitForFunction(() => document.getElementById('accept')?.textContent.endsWith('='), null, { polling: 50 });
@@ -68,7 +53,7 @@ async function frame(page, opcode, nth = 1) {
 }
 
 test('handshake: shows the accept value the server sent, computed step by step', async () => {
-  const page = await openPage(browser);
+  const page = await openPage(env.browser);
   try {
     // Read the real handshake off the network, independently of the page.
     const cdp = await page.context().newCDPSession(page);
@@ -121,7 +106,7 @@ test('handshake: shows the accept value the server sent, computed step by step',
 });
 
 test('sending "Hello": a masked text frame of 5 bytes, dissected and unmasked', async () => {
-  const page = await openPage(browser);
+  const page = await openPage(env.browser);
   try {
     await openLearn(page);
     await page.fill('#message', 'Hello');
@@ -164,7 +149,7 @@ test('sending "Hello": a masked text frame of 5 bytes, dissected and unmasked', 
 });
 
 test('a server ping: its frame is shown and the browser\'s automatic pong is dissected', async () => {
-  const page = await openPage(browser);
+  const page = await openPage(env.browser);
   try {
     await openLearn(page);
     await page.fill('#message', 'are you there');
@@ -182,7 +167,7 @@ test('a server ping: its frame is shown and the browser\'s automatic pong is dis
 });
 
 test('a fragmented message: the server\'s frames, then the text the browser reassembled', async () => {
-  const page = await openPage(browser);
+  const page = await openPage(env.browser);
   try {
     await openLearn(page);
     await page.fill('#message', 'one message, three frames');
@@ -203,7 +188,7 @@ test('a fragmented message: the server\'s frames, then the text the browser reas
 });
 
 test('binary: hex bytes and UTF-8 bytes go out with opcode binary', async () => {
-  const page = await openPage(browser);
+  const page = await openPage(env.browser);
   try {
     await openLearn(page);
     await page.check('#hex');
@@ -232,7 +217,7 @@ test('binary: hex bytes and UTF-8 bytes go out with opcode binary', async () => 
 });
 
 test('closing: the browser\'s close frame, a code browsers refuse, the server\'s close, and reconnecting', async () => {
-  const page = await openPage(browser);
+  const page = await openPage(env.browser);
   try {
     await openLearn(page);
     const firstKey = await page.textContent('#key');

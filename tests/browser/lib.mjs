@@ -12,6 +12,8 @@
 // Every wait here is bounded: a broken server or page fails a test, it never
 // hangs the run.
 
+import { before, after } from 'node:test';
+import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -244,3 +246,28 @@ export async function waitForMessageCount(page, n, timeout = UI_TIMEOUT_MS) {
 export async function onlineNames(page) {
   return (await page.$$eval('#online li', (lis) => lis.map((li) => li.textContent))).sort();
 }
+
+/**
+ * Registers a `before`/`after` pair that starts one server and one browser
+ * for a test file and stops them at the end; the returned object holds them
+ * (`env.server`, `env.browser`) once `before` has run.
+ */
+export function withServerAndBrowser(options) {
+  const env = { server: undefined, browser: undefined };
+  before(async () => {
+    env.server = await startServer(options);
+    env.browser = await launchBrowser();
+  });
+  after(async () => {
+    await env.browser?.close();
+    await env.server?.dispose();
+  });
+  return env;
+}
+
+/** Fails unless `page` saw no console errors, page errors or CSP violations. */
+export async function assertClean(page, where) {
+  assert.deepEqual(page.problems, [], `${where}: console errors or page errors`);
+  assert.deepEqual(await cspViolations(page), [], `${where}: CSP violations`);
+}
+

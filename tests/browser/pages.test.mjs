@@ -2,36 +2,21 @@
 // cleanly under the CSP, the rooms list shows live numbers and its form
 // checks names, the echo room echoes, and unknown paths get the 404 page.
 
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 
 import {
   TEST_TIMEOUT_MS, startServer, launchBrowser, openPage, closePage, cspViolations, unique,
   joinRoom, sendMessage, waitForMessage, waitForMessageCount, waitForStatus,
+  withServerAndBrowser, assertClean,
 } from './lib.mjs';
 
-let server;
-let browser;
-
-before(async () => {
-  server = await startServer();
-  browser = await launchBrowser();
-});
-
-after(async () => {
-  await browser?.close();
-  await server?.dispose();
-});
-
-async function assertClean(page, where) {
-  assert.deepEqual(page.problems, [], `${where}: console errors or page errors`);
-  assert.deepEqual(await cspViolations(page), [], `${where}: CSP violations`);
-}
+const env = withServerAndBrowser();
 
 test('home page: loads with its styles and scripts, no console errors, no CSP violations', { timeout: TEST_TIMEOUT_MS }, async () => {
-  const page = await openPage(browser);
+  const page = await openPage(env.browser);
   try {
-    const response = await page.goto(server.url + '/');
+    const response = await page.goto(env.server.url + '/');
     assert.equal(response.status(), 200);
     assert.match(response.headers()['content-security-policy'] ?? '', /script-src 'self'/,
       'pages are served with the CSP of src/response.rs');
@@ -46,7 +31,7 @@ test('home page: loads with its styles and scripts, no console errors, no CSP vi
     // common.js ran and bound the room form: an empty name is refused in place.
     await page.click('#open-room');
     await page.locator('#room-error').waitFor({ state: 'visible' });
-    assert.equal(page.url(), server.url + '/');
+    assert.equal(page.url(), env.server.url + '/');
 
     await assertClean(page, 'home page');
   } finally {
@@ -56,14 +41,14 @@ test('home page: loads with its styles and scripts, no console errors, no CSP vi
 
 test('rooms page: lists welcome and a room with its message count; the form checks names and navigates', { timeout: TEST_TIMEOUT_MS }, async () => {
   const room = unique('listed');
-  const carol = await openPage(browser);
-  const page = await openPage(browser);
+  const carol = await openPage(env.browser);
+  const page = await openPage(env.browser);
   try {
-    await joinRoom(carol, server.url, room, 'carol');
+    await joinRoom(carol, env.server.url, room, 'carol');
     for (const text of ['one', 'two', 'three']) await sendMessage(carol, text);
     await waitForMessageCount(carol, 3);
 
-    await page.goto(server.url + '/room/');
+    await page.goto(env.server.url + '/room/');
     // The row of a room by its link text: [online, messages, created, last post, status].
     const row = (name) => page.waitForFunction((n) => {
       const tr = [...document.querySelectorAll('#rooms tr')]
@@ -102,7 +87,7 @@ test('rooms page: lists welcome and a room with its message count; the form chec
     // A good name opens the room.
     const fresh = unique('opened');
     await page.fill('#room-name', fresh);
-    await Promise.all([page.waitForURL(`${server.url}/room/${fresh}`), page.click('#open-room')]);
+    await Promise.all([page.waitForURL(`${env.server.url}/room/${fresh}`), page.click('#open-room')]);
     await page.waitForFunction((t) => document.getElementById('room-title')?.textContent === t, '#' + fresh);
     assert.equal(await page.textContent('#status'), 'offline');
 
@@ -115,9 +100,9 @@ test('rooms page: lists welcome and a room with its message count; the form chec
 });
 
 test('echo room: shows the greeting and echoes a typed message', { timeout: TEST_TIMEOUT_MS }, async () => {
-  const page = await openPage(browser);
+  const page = await openPage(env.browser);
   try {
-    await page.goto(server.url + '/room/echo');
+    await page.goto(env.server.url + '/room/echo');
     await waitForStatus(page, 'online');
     await waitForMessage(page, 'You are connected to the Echo Room!', 'server');
 
@@ -140,10 +125,10 @@ test('echo room: shows the greeting and echoes a typed message', { timeout: TEST
 });
 
 test('unknown paths get the 404 page', { timeout: TEST_TIMEOUT_MS }, async () => {
-  const page = await openPage(browser);
+  const page = await openPage(env.browser);
   try {
     for (const target of ['/no/such/page', '/room/welcome/extra', '/js/nope.js']) {
-      const response = await page.goto(server.url + target);
+      const response = await page.goto(env.server.url + target);
       assert.equal(response.status(), 404, `${target}: status`);
       assert.equal(await page.textContent('h1'), 'Nobody is talking here', `${target}: the 404 page`);
       assert.equal(await page.title(), 'Not found – chatroom');

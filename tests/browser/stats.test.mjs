@@ -3,30 +3,15 @@
 // chat traffic moves the message counters, the busiest rooms are listed
 // (as links, names as text), and the page rides out a server restart.
 
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 
 import {
   startServer, launchBrowser, openPage, closePage, cspViolations, waitForStatus, unique,
+  withServerAndBrowser, assertClean,
 } from './lib.mjs';
 
-let server;
-let browser;
-
-before(async () => {
-  server = await startServer();
-  browser = await launchBrowser();
-});
-
-after(async () => {
-  await browser?.close();
-  await server?.dispose();
-});
-
-async function assertClean(page, where) {
-  assert.deepEqual(page.problems, [], `${where}: console errors or page errors`);
-  assert.deepEqual(await cspViolations(page), [], `${where}: CSP violations`);
-}
+const env = withServerAndBrowser();
 
 /** The samples the page has drawn so far. */
 async function samples(page) {
@@ -45,9 +30,9 @@ async function shownNumber(page, id) {
 }
 
 test('stats page: live numbers every second and one SVG chart per series', async () => {
-  const page = await openPage(browser);
+  const page = await openPage(env.browser);
   try {
-    const response = await page.goto(server.url + '/stats');
+    const response = await page.goto(env.server.url + '/stats');
     assert.equal(response.status(), 200);
     await waitForStatus(page, 'online');
     await waitForSamples(page, 1);
@@ -83,9 +68,9 @@ test('stats page: live numbers every second and one SVG chart per series', async
 
 test('stats page: chat messages move the counters and the room shows up among the busiest', async () => {
   const room = unique('busy');
-  const page = await openPage(browser);
+  const page = await openPage(env.browser);
   try {
-    await page.goto(server.url + '/stats');
+    await page.goto(env.server.url + '/stats');
     await waitForStatus(page, 'online');
     await waitForSamples(page, 1);
     const before = await shownNumber(page, 'messages-total');
@@ -138,7 +123,7 @@ test('stats page: chat messages move the counters and the room shows up among th
 test('stats page: reconnects by itself after a server restart', async () => {
   const first = await startServer();
   let second = null;
-  const page = await openPage(browser);
+  const page = await openPage(env.browser);
   try {
     await page.goto(first.url + '/stats');
     await waitForStatus(page, 'online');
