@@ -151,9 +151,4 @@ impl Connection {
             Phase::Http(_) => None,
         }
     }
-
-    /// Whether this connection is in the WebSocket phase.
-    pub fn is_websocket(&self) -> bool {
-        matches!(self.phase, Phase::WebSocket(_))
-    }
 }

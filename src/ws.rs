@@ -16,10 +16,10 @@
 
 use std::io::{self, Read, Write};
 
+use tungstenite::Message;
 use tungstenite::error::{CapacityError, Error, ProtocolError};
 use tungstenite::protocol::frame::coding::{CloseCode, Control, OpCode};
 use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig, WebSocketContext};
-use tungstenite::{Bytes, Message};
 
 use crate::frame;
 use crate::outbuf::OutQueue;
@@ -134,12 +134,9 @@ impl Session {
                 Ok(Message::Close(_)) => {
                     // tungstenite queued the reply close frame (§5.5.1); push it out.
                     let _ = self.ctx.flush(&mut pipe);
-                    if self.closing == Closing::Sent {
-                        self.closing = Closing::Done;
-                    } else {
-                        // The client started the close: our reply completes it.
-                        self.closing = Closing::Done;
-                    }
+                    // Either it answered ours, or it started the close and
+                    // our reply completes it: the handshake is over both ways.
+                    self.closing = Closing::Done;
                     return;
                 }
                 Ok(message) => messages.push(message),
@@ -232,14 +229,6 @@ fn close_code_for(e: &Error) -> (u16, &'static str) {
         Error::Protocol(ProtocolError::InvalidCloseSequence) => (1002, "invalid close frame"),
         Error::Protocol(_) => (1002, "protocol error"),
         _ => (1011, "internal error"),
-    }
-}
-
-/// The payload of a binary or text message as bytes.
-pub fn payload(message: &Message) -> Option<&Bytes> {
-    match message {
-        Message::Binary(b) => Some(b),
-        _ => None,
     }
 }
 
