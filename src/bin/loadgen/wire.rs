@@ -122,17 +122,106 @@ pub fn parse_frame(text: &str) -> Option<FrameFields<'_>> {
     if let Some(fields) = scan_flat_object(text) {
         return Some(fields);
     }
-    let value: serde_json::Value = serde_json::from_str(text).ok()?;
-    let object = value.as_object()?;
-    let string = |key: &str| object.get(key).and_then(|v| v.as_str()).map(|s| Cow::Owned(s.to_string()));
+    // Into the few fields we read, not into a `Value`: serde skips the rest (a welcome's
+    // 50-message history, its member list) without building it, which is what keeps
+    // the load generator from being the bottleneck when every join brings a welcome.
+    // A derived struct would also accept an array of its fields: only objects qualify.
+    if !text.trim_start().starts_with('{') {
+        return None;
+    }
+    let fields: SlowFields<'_> = serde_json::from_str(text).ok()?;
     Some(FrameFields {
-        typed: object.contains_key("type"),
-        kind: string("type"),
-        id: object.get("id").and_then(|v| v.as_u64()),
-        last_id: object.get("last_id").and_then(|v| v.as_u64()),
-        message: string("message"),
-        code: string("code"),
+        typed: fields.kind.is_some(),
+        kind: fields.kind.and_then(Field::string),
+        id: fields.id.and_then(Field::int),
+        last_id: fields.last_id.and_then(Field::int),
+        message: fields.message.and_then(Field::string),
+        code: fields.code.and_then(Field::string),
     })
+}
+
+/// The fields `parse_frame` reads, for the serde path; unknown keys are skipped.
+#[derive(serde::Deserialize)]
+struct SlowFields<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<Field<'a>>,
+    #[serde(borrow, default)]
+    id: Option<Field<'a>>,
+    #[serde(borrow, default)]
+    last_id: Option<Field<'a>>,
+    #[serde(borrow, default)]
+    message: Option<Field<'a>>,
+    #[serde(borrow, default)]
+    code: Option<Field<'a>>,
+}
+
+/// A field of any JSON type: strings and integers are kept, anything else is only
+/// checked (walked without being built: a derived untagged enum would buffer it).
+enum Field<'a> {
+    Int(u64),
+    Str(Cow<'a, str>),
+    Other,
+}
+
+impl<'a> Field<'a> {
+    fn string(self) -> Option<Cow<'a, str>> {
+        match self {
+            Field::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    fn int(self) -> Option<u64> {
+        match self {
+            Field::Int(n) => Some(n),
+            _ => None,
+        }
+    }
+}
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for Field<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(FieldVisitor(std::marker::PhantomData))
+    }
+}
+
+struct FieldVisitor<'a>(std::marker::PhantomData<&'a ()>);
+
+impl<'de: 'a, 'a> serde::de::Visitor<'de> for FieldVisitor<'a> {
+    type Value = Field<'a>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_u64<E>(self, n: u64) -> Result<Field<'a>, E> {
+        Ok(Field::Int(n))
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Field<'a>, E> {
+        Ok(Field::Other)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Field<'a>, E> {
+        Ok(Field::Other)
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Field<'a>, E> {
+        Ok(Field::Other)
+    }
+    fn visit_unit<E>(self) -> Result<Field<'a>, E> {
+        Ok(Field::Other)
+    }
+    fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Field<'a>, E> {
+        Ok(Field::Str(Cow::Borrowed(s)))
+    }
+    fn visit_str<E>(self, s: &str) -> Result<Field<'a>, E> {
+        Ok(Field::Str(Cow::Owned(s.to_string())))
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Field<'a>, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(Field::Other)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Field<'a>, A::Error> {
+        while map.next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?.is_some() {}
+        Ok(Field::Other)
+    }
 }
 
 /// The fast path of `parse_frame`: `Some` only for a complete, flat JSON object whose
