@@ -395,7 +395,8 @@ impl Server {
                 }
                 Token(key) => {
                     if event.is_readable() || event.is_read_closed() || event.is_error() {
-                        self.on_readable(key);
+                        // No FIN or error reported: a short read means drained.
+                        self.on_readable(key, !event.is_read_closed() && !event.is_error());
                     }
                     if event.is_writable() {
                         self.mark_dirty(key);
@@ -502,7 +503,15 @@ impl Server {
     }
 
     /// Data (or EOF, or an error) on a connection.
-    fn on_readable(&mut self, key: usize) {
+    ///
+    /// `short_read_drains`: a read that returns less than the buffer holds
+    /// has emptied the socket, so we stop there instead of paying one more
+    /// `recv` just to hear WouldBlock (one syscall saved per message). This
+    /// is safe with edge-triggered epoll because every later arrival,
+    /// data or FIN, queues a fresh event. It is false when the event already
+    /// said the peer closed (that FIN would raise no new event, so we read
+    /// on until the 0) and for the read budget's second go.
+    fn on_readable(&mut self, key: usize, short_read_drains: bool) {
         let Some(conn) = self.conns.get_mut(key) else { return };
         if conn.dead {
             return;
@@ -512,18 +521,18 @@ impl Server {
             return;
         }
         match conn.phase {
-            Phase::Http(_) => self.read_http(key),
-            Phase::WebSocket(_) => self.read_ws(key),
+            Phase::Http(_) => self.read_http(key, short_read_drains),
+            Phase::WebSocket(_) => self.read_ws(key, short_read_drains),
         }
     }
 
     /// HTTP phase: append to the request buffer and answer complete requests.
-    fn read_http(&mut self, key: usize) {
+    fn read_http(&mut self, key: usize, short_read_drains: bool) {
         for _ in 0..MAX_READS_PER_TURN {
             let Some(conn) = self.conns.get_mut(key) else { return };
             let Phase::Http(http) = &mut conn.phase else {
                 // Upgraded during this loop: the rest is WebSocket input.
-                return self.read_ws(key);
+                return self.read_ws(key, short_read_drains);
             };
             if http.parked.is_some() || conn.close_after_flush || conn.dead {
                 return;
@@ -543,6 +552,9 @@ impl Server {
                     self.metrics.bytes_in += n as u64;
                     http.buf.extend_from_slice(self.scratch.get(..n).unwrap_or_default());
                     self.process_http(key);
+                    if short_read_drains && n < self.scratch.len() {
+                        return;
+                    }
                 }
                 // Drained: wait for the next readable event.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -693,7 +705,7 @@ impl Server {
     }
 
     /// WebSocket phase: read frames and handle each complete message.
-    fn read_ws(&mut self, key: usize) {
+    fn read_ws(&mut self, key: usize, short_read_drains: bool) {
         for _ in 0..MAX_READS_PER_TURN {
             let Some(conn) = self.conns.get_mut(key) else { return };
             if conn.dead || conn.close_after_flush {
@@ -714,6 +726,9 @@ impl Server {
                     let scratch = std::mem::take(&mut self.scratch);
                     self.feed_ws(key, scratch.get(..n).unwrap_or_default(), false);
                     self.scratch = scratch;
+                    if short_read_drains && n < self.scratch.len() {
+                        return;
+                    }
                 }
                 // Drained: wait for the next readable event.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -798,7 +813,7 @@ impl Server {
         let pending = std::mem::take(&mut self.more_to_read);
         for (key, serial) in pending {
             if self.conns.get(key).is_some_and(|c| c.serial == serial && !c.dead) {
-                self.on_readable(key);
+                self.on_readable(key, false);
             }
         }
     }

@@ -196,6 +196,11 @@ trait Store: Send {
         limit: usize,
         newest: bool,
     ) -> Result<(Vec<StoredMessage>, Option<u64>), String>;
+
+    /// Called when no request has come for a while after some writes: the
+    /// moment for housekeeping that would otherwise delay a commit (SQLite
+    /// checkpoints its write-ahead log here).
+    fn idle(&mut self) {}
 }
 
 /// One write inside a batch: the parts of [`Request`] that change the store.

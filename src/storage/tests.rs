@@ -457,3 +457,89 @@ fn an_unwritable_folder_is_refused_with_its_name() {
     assert!(text.contains("cannot create folder"), "{text}");
     assert!(text.contains("--data none"), "{text}");
 }
+
+/// Past `MERGE_ROWS` messages the inbox is filed into `messages`: reads,
+/// the duplicate check and the directory see one history, whichever table
+/// holds each message.
+#[test]
+fn history_spans_the_inbox_and_the_filed_messages() {
+    let dir = TempDir::new();
+    let mut reactor = Reactor::new();
+    let (mut storage, _) = reactor.open(Backend::Sqlite(dir.db())).unwrap();
+    let rooms = ["a", "b", "c"];
+    let per_room = (sqlite::MERGE_ROWS / rooms.len() + 50) as u64;
+    // Enough to be filed at least once, then a few that stay in the inbox.
+    for ids in [1..=per_room - 10, per_room - 9..=per_room] {
+        let mut seq = 0;
+        for id in ids {
+            for room in rooms {
+                seq = storage.send(append(room, id));
+            }
+        }
+        assert!(reactor.wait_committed(&mut storage, seq).iter().all(|(_, r)| r.is_ok()));
+    }
+    let all: Vec<u64> = (1..=per_room).collect();
+    let check = |reactor: &mut Reactor, storage: &mut Storage| {
+        for room in rooms {
+            assert_eq!(
+                reactor.read(storage, room, 0, u64::MAX, 5, true),
+                ((per_room - 4..=per_room).collect(), Some(1))
+            );
+            assert_eq!(reactor.read(storage, room, 0, u64::MAX, 3, false), (vec![1, 2, 3], Some(1)));
+            assert_eq!(reactor.read(storage, room, 0, u64::MAX, 10_000, false), (all.clone(), Some(1)));
+            // Ranges across the boundary between the two tables, both ways.
+            let (after, before) = (per_room - 15, per_room - 2);
+            let middle: Vec<u64> = (after + 1..before).collect();
+            assert_eq!(reactor.read(storage, room, after, before, 100, true).0, middle);
+            assert_eq!(reactor.read(storage, room, after, before, 100, false).0, middle);
+        }
+    };
+    check(&mut reactor, &mut storage);
+
+    // A second copy is refused whether the first is filed or in the inbox.
+    for id in [1, per_room] {
+        let seq = storage.send(append("a", id));
+        let (_, result) = reactor.wait_committed(&mut storage, seq).pop().unwrap();
+        assert!(result.unwrap_err().contains("UNIQUE"), "id {id} twice");
+    }
+    storage.shutdown().unwrap();
+
+    let (mut storage, directory) = reactor.open(Backend::Sqlite(dir.db())).unwrap();
+    for record in &directory {
+        assert_eq!((record.messages, record.last_id), (per_room, per_room), "{record:?}");
+    }
+    assert_eq!(directory.len(), rooms.len());
+    check(&mut reactor, &mut storage);
+    storage.shutdown().unwrap();
+}
+
+/// A file written by schema version 1 (no inbox) opens, keeps its history
+/// and takes new messages.
+#[test]
+fn a_version_1_file_is_upgraded_in_place() {
+    let dir = TempDir::new();
+    std::fs::create_dir_all(dir.db().parent().unwrap()).unwrap();
+    {
+        let conn = rusqlite::Connection::open(dir.db()).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE users(name TEXT PRIMARY KEY, first_seen INTEGER, last_seen INTEGER);
+             CREATE TABLE rooms(name TEXT PRIMARY KEY, created INTEGER NOT NULL);
+             CREATE TABLE messages(room TEXT NOT NULL, id INTEGER NOT NULL, ts INTEGER NOT NULL,
+                 username TEXT NOT NULL, text TEXT NOT NULL, PRIMARY KEY(room, id)) WITHOUT ROWID;
+             INSERT INTO rooms VALUES ('old', 1);
+             INSERT INTO messages VALUES ('old', 1, 10, 'alice', 'hi'), ('old', 2, 20, 'bob', 'hello');
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+    }
+    let mut reactor = Reactor::new();
+    let (mut storage, directory) = reactor.open(Backend::Sqlite(dir.db())).unwrap();
+    assert_eq!((directory[0].messages, directory[0].last_id), (2, 2));
+    let seq = storage.send(append("old", 3));
+    assert_eq!(reactor.wait_committed(&mut storage, seq), vec![(1, Ok(()))]);
+    assert_eq!(reactor.read(&mut storage, "old", 0, u64::MAX, 10, true), (vec![1, 2, 3], Some(1)));
+    storage.shutdown().unwrap();
+    let version: i64 =
+        rusqlite::Connection::open(dir.db()).unwrap().query_row("PRAGMA user_version", [], |row| row.get(0)).unwrap();
+    assert_eq!(version, sqlite::SCHEMA_VERSION);
+}

@@ -14,7 +14,8 @@
 //! a `VecDeque` push needs no thread to keep the loop from waiting.
 
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, Sender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::time::Duration;
 
 use super::{Reply, Request, StorageError, Store, Write};
 
@@ -22,6 +23,11 @@ use super::{Reply, Request, StorageError, Store, Write};
 /// the wait of the reads queued behind it) short even when the reactor
 /// outruns the disk; 10,000 messages of chat commit in a few milliseconds.
 const MAX_BATCH_REQUESTS: usize = 10_000;
+
+/// How long the thread waits, after writing, for more work before it calls
+/// `Store::idle` (the checkpoint). Short enough that a pause in a
+/// conversation is enough; long enough that a busy room never waits on it.
+const IDLE_AFTER: Duration = Duration::from_millis(250);
 
 /// A Read waiting for its batch's commit, so it sees the writes before it.
 struct PendingRead {
@@ -123,11 +129,27 @@ pub(super) fn run(
 ) -> Result<(), StorageError> {
     let mut appends_done: u64 = 0;
     let mut batch = Batch::default();
+    // Whether something was written since the last `idle`.
+    let mut wrote = false;
     loop {
-        // Sleep until there is work. An error here means the handle is gone
+        // Sleep until there is work; after writes, only until the store is
+        // due its housekeeping. An error here means the handle is gone
         // and nothing more will come; everything earlier was handled by the
         // previous turn, so there is nothing left to commit.
-        let Ok(first) = requests.recv() else {
+        let next = if wrote {
+            match requests.recv_timeout(IDLE_AFTER) {
+                Ok(turn) => Ok(turn),
+                Err(RecvTimeoutError::Timeout) => {
+                    store.idle();
+                    wrote = false;
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => Err(()),
+            }
+        } else {
+            requests.recv().map_err(|_| ())
+        };
+        let Ok(first) = next else {
             return Ok(());
         };
         batch.add(first);
@@ -141,6 +163,7 @@ pub(super) fn run(
             }
         }
 
+        wrote |= !batch.writes.is_empty();
         let (answers, result) = batch.run(store.as_mut(), &mut appends_done);
         let mut queued = false;
         for reply in answers {
