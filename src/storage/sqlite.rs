@@ -23,7 +23,10 @@
 //!   in SQL. Reads look in both; the inbox is small, so scanning it is cheap.
 //! - `rooms(name, created)` is the directory the reactor loads at startup.
 //! - `users(name, first_seen, last_seen)`, the original app's user model,
-//!   kept up to date so names can be listed later.
+//!   kept up to date so names can be listed later. It is brought up to date
+//!   from the inbox's `username`s when the inbox is filed, not per batch: a
+//!   chat where every visitor is new would otherwise dirty a page of it per
+//!   message. Nothing is lost to a crash, since the inbox is durable.
 //!
 //! Durability: `journal_mode=WAL` with `synchronous=NORMAL`. A commit
 //! appends to the write-ahead log and returns without `fsync`; the log is
@@ -129,8 +132,15 @@ const INSERT_MESSAGE: &str = "
     INSERT INTO inbox(room, id, ts, username, text) VALUES (?1, ?2, ?3, ?4, ?5)
 ";
 
-/// Files the inbox into `messages`, sorted so each room's rows go in as one run.
+/// Files the inbox into `messages`, sorted so each room's rows go in as
+/// one run, and its posters into `users`. (`WHERE true` is SQLite's way of
+/// telling an upsert's ON from a join's.)
 const MERGE_INBOX: &str = "
+    INSERT INTO users(name, first_seen, last_seen)
+        SELECT username, min(ts), max(ts) FROM inbox WHERE true GROUP BY username
+        ON CONFLICT(name) DO UPDATE SET
+            first_seen = min(first_seen, excluded.first_seen),
+            last_seen = max(last_seen, excluded.last_seen);
     INSERT INTO messages(room, id, ts, username, text)
         SELECT room, id, ts, username, text FROM inbox ORDER BY room, id;
     DELETE FROM inbox;
@@ -145,12 +155,6 @@ const ALREADY_STORED: &str = "
 
 /// Messages in the inbox before it is filed into `messages`.
 pub(super) const MERGE_ROWS: usize = 2_000;
-
-/// One upsert per distinct poster per batch, not per message.
-const UPSERT_USER: &str = "
-    INSERT INTO users(name, first_seen, last_seen) VALUES (?1, ?2, ?3)
-    ON CONFLICT(name) DO UPDATE SET last_seen = max(last_seen, excluded.last_seen)
-";
 
 /// The newest `?4` messages in `(?2, ?3)`: the newest `?4` filed ones
 /// (walked backwards from `?3`) and the inbox's, newest first.
@@ -198,13 +202,9 @@ pub(super) struct SqliteStore {
     // the WAL) before the lock is released for the next process.
     conn: Connection,
     _lock: DataLock,
-    /// The `last_seen` we last wrote per user (ms). A user row is rewritten
-    /// only when it is new or a minute stale: rewriting it every batch would
-    /// dirty one more page per transaction, and the page writes are what a
-    /// small commit costs.
-    users_written: HashMap<String, u64>,
     /// Each room's newest stored id: an append above it cannot be a
     /// duplicate, which is what lets the inbox go without a unique index.
+    /// (A room in here has its row in `rooms`, too.)
     last_ids: HashMap<String, u64>,
     /// Rows in the inbox now.
     inbox_rows: usize,
@@ -213,9 +213,6 @@ pub(super) struct SqliteStore {
 /// Pages in the write-ahead log before SQLite checkpoints on its own (its
 /// default is 1,000); see `open`.
 const WAL_AUTOCHECKPOINT_PAGES: i64 = 10_000;
-
-/// How stale a user's stored `last_seen` may get, in ms.
-const LAST_SEEN_PRECISION_MS: u64 = 60_000;
 
 impl SqliteStore {
     /// Lock, open and prepare `path`, and load the room directory.
@@ -295,7 +292,7 @@ impl SqliteStore {
 
         let directory = load_directory(&conn).map_err(fail("load the room directory"))?;
         let last_ids = directory.iter().map(|r| (r.name.clone(), r.last_id)).collect();
-        let store = SqliteStore { conn, _lock: lock, users_written: HashMap::new(), last_ids, inbox_rows: 0 };
+        let store = SqliteStore { conn, _lock: lock, last_ids, inbox_rows: 0 };
         Ok((store, directory))
     }
 }
@@ -304,8 +301,7 @@ impl Store for SqliteStore {
     fn write_batch(&mut self, writes: &[Write]) -> Result<(), String> {
         let appends = writes.iter().filter(|w| matches!(w, Write::Append { .. })).count();
         let merge = self.inbox_rows + appends >= MERGE_ROWS;
-        write_batch(&mut self.conn, writes, &mut self.users_written, &mut self.last_ids, merge)
-            .map_err(|e| e.to_string())?;
+        write_batch(&mut self.conn, writes, &mut self.last_ids, merge).map_err(|e| e.to_string())?;
         self.inbox_rows = if merge { 0 } else { self.inbox_rows + appends };
         Ok(())
     }
@@ -347,26 +343,22 @@ impl Store for SqliteStore {
 fn write_batch(
     conn: &mut Connection,
     writes: &[Write],
-    users_written: &mut HashMap<String, u64>,
     last_ids: &mut HashMap<String, u64>,
     merge: bool,
 ) -> rusqlite::Result<()> {
     // IMMEDIATE takes the write lock at BEGIN, so if someone's sqlite3
     // shell holds it we fail here, before doing any work.
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let mut written = Vec::new();
     // Newest ids this batch stores, applied to `last_ids` only if it commits.
     let mut newest: HashMap<&str, u64> = HashMap::new();
     {
         let mut upsert_room = tx.prepare_cached(UPSERT_ROOM)?;
         let mut insert_message = tx.prepare_cached(INSERT_MESSAGE)?;
-        let mut upsert_user = tx.prepare_cached(UPSERT_USER)?;
         let mut already_stored = tx.prepare_cached(ALREADY_STORED)?;
 
-        // A busy room sends many messages per batch; its row and its
-        // posters' rows need touching once each, not once per message.
+        // A busy room sends many messages per batch; its row needs
+        // touching once, and not at all once we know it is there.
         let mut rooms_seen: HashSet<&str> = HashSet::new();
-        let mut users_seen: HashMap<&str, (u64, u64)> = HashMap::new();
 
         for write in writes {
             match write {
@@ -376,7 +368,7 @@ fn write_batch(
                     }
                 }
                 Write::Append { room, msg } => {
-                    if rooms_seen.insert(room) {
+                    if !last_ids.contains_key(room) && rooms_seen.insert(room) {
                         upsert_room.execute((room, to_sql(msg.ts)))?;
                     }
                     let last = newest.get(room.as_str()).or(last_ids.get(room)).copied().unwrap_or(0);
@@ -385,21 +377,7 @@ fn write_batch(
                     }
                     newest.insert(room, last.max(msg.id));
                     insert_message.execute((room, to_sql(msg.id), to_sql(msg.ts), &msg.username, &msg.text))?;
-                    users_seen
-                        .entry(&msg.username)
-                        .and_modify(|(first, last)| {
-                            *first = (*first).min(msg.ts);
-                            *last = (*last).max(msg.ts);
-                        })
-                        .or_insert((msg.ts, msg.ts));
                 }
-            }
-        }
-        for (name, (first, last)) in users_seen {
-            let fresh = users_written.get(name).is_some_and(|&w| last < w.saturating_add(LAST_SEEN_PRECISION_MS));
-            if !fresh {
-                upsert_user.execute((name, to_sql(first), to_sql(last)))?;
-                written.push((name.to_string(), last));
             }
         }
     }
@@ -411,11 +389,6 @@ fn write_batch(
     tx.commit()?;
     for (room, id) in newest {
         last_ids.insert(room.to_string(), id);
-    }
-    users_written.extend(written);
-    // Bound the cache: forgetting only costs a rewrite later.
-    if users_written.len() > 100_000 {
-        users_written.clear();
     }
     Ok(())
 }

@@ -177,6 +177,8 @@ pub(super) fn run(
         }
 
         if batch.stop {
+            // Leave a tidy file: the inbox filed, the log checkpointed.
+            store.idle();
             return result
                 .map_err(|reason| StorageError::Thread(format!("the last commit before shutdown failed: {reason}")));
         }
