@@ -100,8 +100,8 @@ if [ "$has_django" = 1 ]; then add_scen a_small; add_scen c_small; fi
 scenario_args() {
   local q=$QUICK server=${2:-}
   case "$1" in
-    a)        echo "--mode room --clients 1000 --rooms 1 --senders 10 --messages $([ $q = 1 ] && echo 30 || echo 100) --warmup 10" ;;
-    b)        echo "--mode room --clients 1000 --rooms 100 --senders 100 --messages $([ $q = 1 ] && echo 40 || echo 100) --warmup 10" ;;
+    a)        echo "--mode room --clients 1000 --rooms 1 --senders 10 --messages $([ $q = 1 ] && echo 30 || echo 200) --warmup 10" ;;
+    b)        echo "--mode room --clients 1000 --rooms 100 --senders 100 --messages $([ $q = 1 ] && echo 40 || echo 300) --warmup 10" ;;
     sweep10)  echo "--mode room --clients 1000 --rooms 100 --senders 10 --messages $([ $q = 1 ] && echo 200 || echo 1000) --warmup 10" ;;
     sweep100) echo "--mode room --clients 1000 --rooms 10 --senders 10 --messages $([ $q = 1 ] && echo 60 || echo 200) --warmup 10" ;;
     c1)       echo "--mode room --clients 100 --rooms 1 --senders 10 --rate 200 --messages $([ $q = 1 ] && echo 40 || echo 100) --warmup 10" ;;

@@ -8,7 +8,7 @@ use crate::drive::{Driver, close_everything, detect_flavour, drive};
 use crate::measure::{Clock, Histogram, Problems, ServerProbe, rate_per_sec};
 use crate::net::{Net, NetEvent, describe_close};
 use crate::report::Report;
-use crate::wire::{Payload, Tag, compose_post, decode_payload, parse_frame, run_tag};
+use crate::wire::{Payload, Tag, compose_post, decode_payload, parse_frame, peek_kind, run_tag};
 
 /// Pause before a churn slot starts a new cycle after a failed one, so a server that
 /// refuses connections is not hammered in a tight loop.
@@ -89,6 +89,13 @@ impl Driver for ChurnRun {
                 }
             }
             NetEvent::Text(text) => {
+                // Only messages need reading; the rest (a welcome with its
+                // history, presence) only by kind.
+                match peek_kind(text) {
+                    Some("welcome") => return self.to_post.push(slot),
+                    Some(kind) if kind != "message" => return,
+                    _ => {}
+                }
                 let Some(frame) = parse_frame(text) else {
                     return;
                 };

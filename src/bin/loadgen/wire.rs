@@ -112,6 +112,16 @@ pub struct FrameFields<'a> {
     pub code: Option<Cow<'a, str>>,
 }
 
+/// The `type` of a frame that starts with it (`{"type":"welcome",...`, as chatroom's frames
+/// do), without reading the rest: for a mode that needs only the kind of most frames, this
+/// spares it parsing a welcome's whole history. `None` when the frame does not start so;
+/// then `parse_frame` decides.
+pub fn peek_kind(text: &str) -> Option<&str> {
+    let rest = text.strip_prefix(r#"{"type":""#)?;
+    let end = rest.find(['"', '\\'])?;
+    (rest.as_bytes().get(end) == Some(&b'"')).then(|| rest.get(..end)).flatten()
+}
+
 /// Parses a server frame. Every delivery goes through here, up to millions per second, and a
 /// general JSON parse into `serde_json::Value` costs ~0.75 µs for a chatroom message frame
 /// (six allocations): enough to make the load generator, not the server, the bottleneck.
@@ -340,6 +350,15 @@ mod tests {
         let f = scan_flat_object(plain).expect("flat");
         assert!(!f.typed);
         assert_eq!(f.message.as_deref(), Some("lg x 1 2 3 xx"));
+    }
+
+    #[test]
+    fn peeks_at_a_leading_type_only() {
+        assert_eq!(peek_kind(r#"{"type":"welcome","history":[{"id":1}]}"#), Some("welcome"));
+        assert_eq!(peek_kind(r#"{"type":"message","id":3}"#), Some("message"));
+        assert_eq!(peek_kind(r#"{"username":"a","message":"b"}"#), None);
+        assert_eq!(peek_kind(r#"{"type":"we\"x"}"#), None);
+        assert_eq!(peek_kind(r#"{"type":"unterminated"#), None);
     }
 
     #[test]
