@@ -169,6 +169,12 @@ const SETTINGS: &[Setting] = &[
         help: "posts held while Redis is away before senders get an error",
     },
     Setting {
+        name: "redis-timeout",
+        kind: Kind::Duration,
+        default: "5s",
+        help: "reconnect to Redis when a command (or a PING) goes unanswered this long",
+    },
+    Setting {
         name: "presence-ttl",
         kind: Kind::Duration,
         default: "30s",
@@ -248,6 +254,8 @@ pub struct Config {
     pub redis: Option<String>,
     /// Posts held while Redis is away.
     pub redis_buffer: usize,
+    /// A Redis reply (or PING answer) later than this takes the link down.
+    pub redis_timeout: Duration,
     /// Presence lifetime of a silent process.
     pub presence_ttl: Duration,
     /// SO_REUSEPORT on the listener.
@@ -446,6 +454,7 @@ impl Config {
             allow_origin: get("allow-origin").list().into_iter().map(|o| o.to_ascii_lowercase()).collect(),
             redis: optional_text("redis"),
             redis_buffer: get("redis-buffer").count(0, 10_000_000)?,
+            redis_timeout: get("redis-timeout").duration()?,
             presence_ttl: get("presence-ttl").duration()?,
             reuse_port: get("reuse-port").flag()?,
             admin_bind: match optional_text("admin-bind") {
@@ -471,6 +480,10 @@ impl Config {
             return Err(ConfigError(
                 "--header-timeout, --ping-interval and --ping-timeout must be longer than 0".to_string(),
             ));
+        }
+        // Zero would fail every command before Redis could answer it.
+        if config.redis_timeout.is_zero() {
+            return Err(ConfigError("--redis-timeout must be longer than 0".to_string()));
         }
         Ok(config)
     }
@@ -741,6 +754,27 @@ mod tests {
         let e = load(&["--config", p], &[]).unwrap_err();
         assert!(e.0.contains("unknown setting `max_mesage`"), "{e}");
         std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn redis_timeout_from_every_source() {
+        assert_eq!(Config::defaults().redis_timeout, Duration::from_secs(5));
+        assert_eq!(run(&["--redis-timeout", "500ms"], &[]).redis_timeout, Duration::from_millis(500));
+        assert_eq!(run(&[], &[("CHATROOM_REDIS_TIMEOUT", "1.5s")]).redis_timeout, Duration::from_millis(1500));
+        let path = std::env::temp_dir().join(format!("chatroom-redis-timeout-{}.toml", std::process::id()));
+        std::fs::write(&path, "redis-timeout = \"2s\"\n").unwrap();
+        let p = path.to_str().unwrap();
+        assert_eq!(run(&["--config", p], &[]).redis_timeout, Duration::from_secs(2));
+        match load(&["--config", p, "--print-config"], &[]).unwrap() {
+            Loaded::Print(text) => assert!(text.contains("redis-timeout = \"2s\"  # config file"), "{text}"),
+            other => panic!("{other:?}"),
+        }
+        std::fs::remove_file(&path).unwrap();
+        let e = load(&["--redis-timeout", "soon"], &[]).unwrap_err();
+        assert!(e.0.starts_with("--redis-timeout: `soon` is not valid; expected a duration"), "{e}");
+        let e = load(&["--redis-timeout", "0s"], &[]).unwrap_err();
+        assert!(e.0.contains("--redis-timeout must be longer than 0"), "{e}");
+        assert!(help_text().contains("--redis-timeout TIME"));
     }
 
     #[test]

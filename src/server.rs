@@ -236,7 +236,7 @@ impl Server {
         let bus = match &cfg.redis {
             Some(url) => {
                 let url = crate::bus::RedisUrl::parse(url).map_err(|e| StartError(format!("--redis: {e}")))?;
-                let mut bus = crate::bus::Bus::new(url);
+                let mut bus = crate::bus::Bus::new(url, cfg.redis_timeout);
                 bus.subscribe(crate::chat::cluster::MESSAGES_CHANNEL);
                 bus.subscribe(crate::chat::cluster::PRESENCE_CHANNEL);
                 bus.start(poll.registry(), REDIS_CMD, REDIS_SUB, Instant::now());

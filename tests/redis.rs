@@ -4,7 +4,7 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::Value;
@@ -190,4 +190,48 @@ fn kill_9_of_one_process_heals_presence_and_the_rest_carry_on() {
     send_text(&mut ca, r#"{"message": "still here"}"#);
     assert_eq!(recv_type(&mut ca, "message")["message"], "still here");
     drop(a);
+}
+
+/// A Redis that is connected but stuck (SIGSTOP: its sockets stay open, no
+/// EOF, no reset) is noticed within `--redis-timeout`, not after minutes of
+/// TCP keepalive; a post made meanwhile waits, and the chat resumes once
+/// Redis does.
+#[test]
+fn a_frozen_redis_is_noticed_within_the_timeout_and_the_chat_resumes() {
+    let redis = RedisServer::start(false);
+    let url = redis.url();
+    let args = ["--redis", url.as_str(), "--data", "none", "--redis-timeout", "500ms", "--rate-limit", "0"];
+    let server = RealServer::spawn(&[], &args);
+    let redis_state = || get(server.addr, "/readyz").json()["redis"].as_str().unwrap_or_default().to_string();
+    assert!(eventually(IO_TIMEOUT, || redis_state() == "up"), "redis never came up");
+    let mut c = ws(server.addr, "/ws/chatroom/frozen?username=ann");
+    recv_type(&mut c, "welcome");
+    send_text(&mut c, r#"{"message": "before"}"#);
+    assert_eq!(recv_type(&mut c, "message")["message"], "before");
+
+    redis.signal(libc::SIGSTOP);
+    let frozen_at = Instant::now();
+    // This post's command gets no reply: it times out, waits in the
+    // backlog, and goes again once Redis answers.
+    send_text(&mut c, r#"{"message": "during"}"#);
+    assert!(eventually(IO_TIMEOUT, || redis_state() == "down"), "the frozen redis was never noticed");
+    let noticed = frozen_at.elapsed();
+    // The subscription link pings after 500 ms of silence and gives up
+    // 500 ms later; TCP keepalive alone would take over a minute.
+    assert!(noticed < Duration::from_secs(3), "noticed after {noticed:?}");
+    // Still frozen: reconnects do not pretend to be up.
+    assert!(!eventually(Duration::from_millis(1500), || redis_state() != "down"));
+
+    redis.signal(libc::SIGCONT);
+    assert!(
+        eventually(IO_TIMEOUT, || {
+            let r = get(server.addr, "/readyz");
+            r.status == 200 && r.json()["redis"] == "up"
+        }),
+        "redis never came back up"
+    );
+    // The post made while frozen arrives once, then new posts flow again.
+    assert_eq!(recv_type(&mut c, "message")["message"], "during");
+    send_text(&mut c, r#"{"message": "after"}"#);
+    assert_eq!(recv_type(&mut c, "message")["message"], "after");
 }

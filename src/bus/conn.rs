@@ -33,9 +33,10 @@ use mio::{Interest, Registry, Token};
 use super::Which;
 use super::resp::{self, MAX_REPLY, Value};
 
-/// How long a connect plus its handshake (AUTH, SELECT, SUBSCRIBE) may take
-/// before we give up and try again. Redis on a LAN answers in a millisecond;
-/// 2 s rides out a busy Redis without leaving the chat waiting long.
+/// How long a connect plus its handshake (AUTH, SELECT, PING, SUBSCRIBE) may
+/// take before we give up and try again. Redis on a LAN answers in a
+/// millisecond; 2 s rides out a busy Redis without leaving the chat waiting
+/// long.
 pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The first retry comes this soon after a failure: a restarted Redis is
@@ -93,7 +94,7 @@ pub(super) struct Link {
     pub(super) more_to_read: bool,
     /// Reads per call: [`MAX_READS_PER_TURN`] (tests lower it).
     pub(super) read_budget: usize,
-    /// Replies to the handshake (AUTH, SELECT) the bus still has to see.
+    /// Replies to the handshake (AUTH, SELECT, PING) the bus still has to see.
     pub(super) hello_left: usize,
     /// Failures since the link was last up: the backoff exponent.
     failures: u32,
@@ -101,6 +102,10 @@ pub(super) struct Link {
     pub(super) down_reported: bool,
     /// `write(2)` calls made (tests check the pipeline leaves in one).
     pub(super) write_calls: u64,
+    /// Bytes received over the link's life: the bus compares it around a
+    /// read to tell whether Redis said anything (the subscription link's
+    /// keepalive counts any byte as a sign of life).
+    pub(super) bytes_read: u64,
     /// The jitter generator's state.
     rng: u64,
 }
@@ -124,6 +129,7 @@ impl Link {
             failures: 0,
             down_reported: false,
             write_calls: 0,
+            bytes_read: 0,
             rng: seed(which),
         }
     }
@@ -367,7 +373,10 @@ impl Link {
                 // EOF: Redis closed the connection (restart, `CLIENT KILL`,
                 // timeout, or an output buffer limit).
                 Ok(0) => outcome = Err(format!("{} closed the connection", self.addr)),
-                Ok(_) => continue,
+                Ok(n) => {
+                    self.bytes_read += n as u64;
+                    continue;
+                }
                 // Drained: the next readable edge will say when to read again.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 // A signal interrupted the read: nothing was lost, read again.

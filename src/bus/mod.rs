@@ -23,15 +23,40 @@
 //! - [`Bus::flush`] once per turn, before sleeping: every command queued in
 //!   the turn leaves in one `write` (a pipeline; Redis answers in order).
 //! - [`Bus::on_timer`] every turn, and [`Bus::next_timeout`] for the poll
-//!   timeout: reconnects after backoff, connect timeouts.
+//!   timeout: reconnects after backoff, connect timeouts, reply timeouts and
+//!   the subscription link's PING.
 //! - [`Bus::drain_events`] to collect what happened, in order.
 //!
 //! When Redis goes away, commands sent and not answered come back as
 //! [`BusEvent::Failed`] (they may or may not have run), then
 //! [`BusEvent::Down`]; the bus reconnects with backoff and jitter, logs in
-//! again (AUTH, SELECT from the URL, pipelined first), resubscribes to every
-//! channel and pattern, and says [`BusEvent::CommandUp`] and
-//! [`BusEvent::SubscribedUp`] again.
+//! again (AUTH, SELECT from the URL, and a PING, pipelined first),
+//! resubscribes to every channel and pattern, and says
+//! [`BusEvent::CommandUp`] and [`BusEvent::SubscribedUp`] again.
+//!
+//! A Redis can also stay connected and stop answering: `DEBUG SLEEP 30`,
+//! `kill -STOP`, a long script, a frozen VM. No EOF, no error, and TCP
+//! keepalive speaks up only after a minute or more. So the bus times the
+//! answers themselves, with one timeout (`--redis-timeout`, 5 s by default):
+//!
+//! - On the command link, the oldest command sent must get its reply within
+//!   the timeout. Redis answers in order, so the oldest is the front of the
+//!   FIFO of tags; every command sent by one flush shares one send time (a
+//!   `Batch`), so the check is one comparison per turn whatever the depth
+//!   of the pipeline. An idle command link has nothing to time.
+//! - The subscription link may be silent for good reasons (a quiet chat), so
+//!   after a timeout's worth of silence it sends a PING, which Redis answers
+//!   even on a subscribed connection (with a `pong` push); that answer must
+//!   come within the timeout too.
+//!
+//! Either way the link is failed exactly as if the connection had dropped,
+//! through the same path: `Failed` for each unanswered command, `Down`, and
+//! a reconnect with backoff. The clock of a command starts when it is
+//! flushed, not when Redis reads it: a write stuck behind a full socket
+//! buffer counts too, and that is what a stuck Redis looks like. A Redis
+//! still frozen when the bus reconnects does not come back "up" either:
+//! the kernel accepts the TCP connection for it, but the command link's
+//! handshake ends with a PING, and the handshake has its own 2 s limit.
 //!
 //! Files: [`resp`] decodes RESP, `conn.rs` moves one connection's bytes,
 //! `url.rs` parses the URL; this file gives replies their meaning.
@@ -61,6 +86,22 @@ pub const MAX_PENDING_OUT: usize = 32 * 1024 * 1024;
 /// Channels (or patterns) per SUBSCRIBE command when resubscribing: one
 /// command per thousand keeps each well under Redis's argument limits.
 const SUBSCRIBE_BATCH: usize = 1000;
+
+/// Commands that left in one flush: how many still wait for their replies,
+/// and when they were sent. The front batch holds the oldest unanswered
+/// command; a batch leaves the queue when its last reply arrives.
+#[derive(Debug)]
+struct Batch {
+    /// Commands of this flush not answered yet (never 0 in the queue).
+    waiting: usize,
+    /// When the flush that sent them ran.
+    sent_at: Instant,
+}
+
+/// PING, packed: it ends the command link's handshake (a Redis that takes
+/// the TCP connection but never answers must not count as up) and keeps
+/// the subscription link honest when it has been silent.
+const PING: &[u8] = b"*1\r\n$4\r\nPING\r\n";
 
 /// Which of the bus's two connections.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -123,6 +164,18 @@ pub struct Bus {
     /// Tags of the commands sent on `cmd` and not yet answered, oldest
     /// first: Redis answers in order, so each reply belongs to the front.
     tags: VecDeque<u64>,
+    /// How long a command may wait for its reply, and a PING for its pong,
+    /// before the link counts as failed (`--redis-timeout`).
+    reply_timeout: Duration,
+    /// The flushed commands of `tags`, one entry per flush, oldest first.
+    batches: VecDeque<Batch>,
+    /// Commands queued since the last flush (the back of `tags`): their
+    /// clock starts, in a batch of their own, when they are flushed.
+    unstamped: usize,
+    /// When the subscription link last received a byte (or connected).
+    sub_heard_at: Instant,
+    /// When the subscription link's PING left, while its answer is awaited.
+    ping_sent_at: Option<Instant>,
     /// Every channel and pattern asked for, re-sent after each reconnect.
     channels: BTreeSet<Vec<u8>>,
     patterns: BTreeSet<Vec<u8>>,
@@ -152,13 +205,16 @@ impl std::fmt::Debug for Bus {
             .field("channels", &self.channels.len())
             .field("patterns", &self.patterns.len())
             .field("reconnects", &self.reconnects)
+            .field("reply_timeout", &self.reply_timeout)
             .finish()
     }
 }
 
 impl Bus {
-    /// A bus for the Redis at `url`. No I/O happens until [`Bus::start`].
-    pub fn new(url: RedisUrl) -> Bus {
+    /// A bus for the Redis at `url` that gives Redis `reply_timeout` to
+    /// answer each command (and PING) before it reconnects. No I/O happens
+    /// until [`Bus::start`].
+    pub fn new(url: RedisUrl, reply_timeout: Duration) -> Bus {
         let mut hello = Vec::new();
         let mut hello_names = Vec::new();
         if let Some(password) = &url.password {
@@ -179,6 +235,11 @@ impl Bus {
             sub: Link::new(Which::Subscription, url.addr, now),
             url,
             tags: VecDeque::new(),
+            reply_timeout,
+            batches: VecDeque::new(),
+            unstamped: 0,
+            sub_heard_at: now,
+            ping_sent_at: None,
             channels: BTreeSet::new(),
             patterns: BTreeSet::new(),
             sub_pending: 0,
@@ -248,6 +309,7 @@ impl Bus {
         }
         self.cmd.queue(&packed);
         self.tags.push_back(tag);
+        self.unstamped += 1;
     }
 
     /// Subscribes to `channel`, now if connected and after every reconnect.
@@ -279,7 +341,14 @@ impl Bus {
     /// buffer fills) and keeps WRITABLE registered only while output remains.
     /// A write error takes that link down (its events wait in the queue;
     /// [`Bus::next_timeout`] is zero until they are drained).
+    ///
+    /// The commands queued since the last flush become one `Batch`: their
+    /// reply timeout starts now.
     pub fn flush(&mut self, registry: &Registry) {
+        if self.unstamped > 0 {
+            self.batches.push_back(Batch { waiting: self.unstamped, sent_at: Instant::now() });
+            self.unstamped = 0;
+        }
         for which in [Which::Command, Which::Subscription] {
             if let Err(reason) = self.link_mut(which).flush(registry) {
                 self.fail(registry, which, reason, Instant::now());
@@ -288,8 +357,9 @@ impl Bus {
     }
 
     /// Runs every loop turn: reconnects links whose backoff has passed, gives
-    /// up on connects (and handshakes) older than 2 s, and resumes reads that
-    /// stopped at the per-turn budget.
+    /// up on connects (and handshakes) older than 2 s, resumes reads that
+    /// stopped at the per-turn budget, and takes down a link whose Redis
+    /// stopped answering (see `Bus::check_answers`).
     pub fn on_timer(&mut self, registry: &Registry, now: Instant) {
         if !self.started {
             return;
@@ -306,6 +376,7 @@ impl Bus {
             } else if link.more_to_read {
                 self.read(registry, which, now);
             }
+            self.check_answers(registry, which, now);
         }
     }
 
@@ -318,11 +389,16 @@ impl Bus {
         if !self.events.is_empty() || self.cmd.more_to_read || self.sub.more_to_read {
             return Some(Duration::ZERO);
         }
-        [self.cmd.deadline(), self.sub.deadline()]
-            .into_iter()
-            .flatten()
-            .min()
-            .map(|at| at.saturating_duration_since(now))
+        [
+            self.cmd.deadline(),
+            self.sub.deadline(),
+            self.answer_deadline(Which::Command),
+            self.answer_deadline(Which::Subscription),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .map(|at| at.saturating_duration_since(now))
     }
 
     /// Takes the events produced since the last call, in order.
@@ -346,6 +422,13 @@ impl Bus {
         self.reconnects
     }
 
+    fn link(&self, which: Which) -> &Link {
+        match which {
+            Which::Command => &self.cmd,
+            Which::Subscription => &self.sub,
+        }
+    }
+
     fn link_mut(&mut self, which: Which) -> &mut Link {
         match which {
             Which::Command => &mut self.cmd,
@@ -354,9 +437,15 @@ impl Bus {
     }
 
     /// Opens `which` and queues its handshake: AUTH and SELECT from the URL,
-    /// then (on the subscription link) SUBSCRIBE and PSUBSCRIBE for
-    /// everything asked so far. All of it is pipelined: it waits in the
-    /// output buffer and leaves in one write as soon as the connect finishes.
+    /// then a PING on the command link, or on the subscription link SUBSCRIBE
+    /// and PSUBSCRIBE for everything asked so far. All of it is pipelined:
+    /// it waits in the output buffer and leaves in one write as soon as the
+    /// connect finishes.
+    ///
+    /// The PING is there because the kernel completes a TCP connect from the
+    /// listen backlog even while Redis itself is frozen: without an answer
+    /// to wait for, the command link would come "up" at once and send the
+    /// caller's commands into a Redis that runs them all when it wakes.
     fn connect(&mut self, registry: &Registry, which: Which, now: Instant) {
         let link = match which {
             Which::Command => &mut self.cmd,
@@ -368,6 +457,10 @@ impl Bus {
         debug!("redis {which:?} link: connecting");
         link.queue(&self.hello);
         link.hello_left = self.hello_names.len();
+        if which == Which::Command {
+            link.queue(PING);
+            link.hello_left += 1;
+        }
         if which == Which::Subscription {
             for (name, keys) in [("SUBSCRIBE", &self.channels), ("PSUBSCRIBE", &self.patterns)] {
                 let keys: Vec<&Vec<u8>> = keys.iter().collect();
@@ -380,11 +473,14 @@ impl Bus {
                 }
             }
             self.sub_pending = self.channels.len() + self.patterns.len();
+            // A new connection has said nothing yet, and owes no pong.
+            self.sub_heard_at = now;
+            self.ping_sent_at = None;
         }
     }
 
-    /// The TCP connect finished. With nothing to wait for (no AUTH, SELECT or
-    /// subscriptions), the link is up at once.
+    /// The TCP connect finished. With nothing to wait for (the subscription
+    /// link with no AUTH, SELECT or subscriptions), the link is up at once.
     fn on_connected(&mut self, which: Which) {
         debug!("redis {which:?} link: connected");
         self.check_up(which);
@@ -412,7 +508,11 @@ impl Bus {
     /// the link down after the values that came before it are handled.
     fn read(&mut self, registry: &Registry, which: Which, now: Instant) {
         let mut values = std::mem::take(&mut self.values);
+        let heard_before = self.link(which).bytes_read;
         let outcome = self.link_mut(which).read(&mut values);
+        if which == Which::Subscription && self.sub.bytes_read != heard_before {
+            self.sub_heard_at = now;
+        }
         let mut failure = None;
         for value in values.drain(..) {
             if let Err(reason) = self.on_value(which, value) {
@@ -429,13 +529,15 @@ impl Bus {
 
     /// Gives one value from Redis its meaning.
     fn on_value(&mut self, which: Which, value: Value) -> Result<(), String> {
-        let hello_count = self.hello_names.len();
+        // The command link's handshake ends with a PING (see `connect`).
+        let hello_count = self.hello_names.len() + usize::from(which == Which::Command);
         let link = self.link_mut(which);
         if link.hello_left > 0 {
-            // AUTH and SELECT were sent first, so the first replies are theirs.
+            // AUTH, SELECT (and PING) were sent first, so the first replies
+            // are theirs.
             let index = hello_count.saturating_sub(link.hello_left);
             link.hello_left -= 1;
-            let name = self.hello_names.get(index).copied().unwrap_or("handshake");
+            let name = self.hello_names.get(index).copied().unwrap_or("PING");
             if let Value::Error(e) = value {
                 return Err(format!("redis refused {name}: {e}"));
             }
@@ -447,6 +549,7 @@ impl Bus {
                 let Some(tag) = self.tags.pop_front() else {
                     return Err(format!("unexpected reply with no command waiting: {value:?}"));
                 };
+                self.on_answered();
                 self.events.push(BusEvent::Reply { tag, value });
                 Ok(())
             }
@@ -461,6 +564,12 @@ impl Bus {
     fn on_push(&mut self, value: Value) -> Result<(), String> {
         let items = match value {
             Value::Array(items) => items,
+            // PING on a connection with no subscriptions (yet) is answered
+            // like on any other connection, not with a push.
+            Value::Simple(s) if s.eq_ignore_ascii_case("PONG") => {
+                self.ping_sent_at = None;
+                return Ok(());
+            }
             // A refused SUBSCRIBE (an ACL without that channel, say): the
             // link cannot deliver what was asked, so retrying is the honest
             // course; the reason goes to the log through Down.
@@ -488,11 +597,81 @@ impl Bus {
                 self.sub_pending = self.sub_pending.saturating_sub(1);
                 self.check_up(Which::Subscription);
             }
+            // The answer to our keepalive PING: Redis is alive.
+            Some(b"pong") => self.ping_sent_at = None,
             // Answers to things we never send, harmless if they come.
-            Some(b"unsubscribe" | b"punsubscribe" | b"pong") => {}
+            Some(b"unsubscribe" | b"punsubscribe") => {}
             _ => return Err(format!("unexpected push on the subscription link: {kind:?}")),
         }
         Ok(())
+    }
+
+    /// A reply took the front tag: one command fewer waits in the oldest
+    /// batch, which leaves the queue with its last reply.
+    fn on_answered(&mut self) {
+        match self.batches.front_mut() {
+            Some(batch) => {
+                batch.waiting = batch.waiting.saturating_sub(1);
+                if batch.waiting == 0 {
+                    self.batches.pop_front();
+                }
+            }
+            // A reply to a command not flushed yet: only a confused server
+            // sends one. Keep the counts honest; the tag order already paired it.
+            None => self.unstamped = self.unstamped.saturating_sub(1),
+        }
+    }
+
+    /// When `which` next has to hear from Redis, if it is up: the reply to
+    /// its oldest unanswered command (command link); the pong to its PING,
+    /// or, with no PING out, the moment a silence calls for one
+    /// (subscription link). `None` when there is nothing to time.
+    fn answer_deadline(&self, which: Which) -> Option<Instant> {
+        if !self.link(which).is_up() {
+            return None;
+        }
+        let since = match which {
+            Which::Command => self.batches.front()?.sent_at,
+            Which::Subscription => self.ping_sent_at.unwrap_or(self.sub_heard_at),
+        };
+        // `None` (a timeout past the end of time) means never.
+        since.checked_add(self.reply_timeout)
+    }
+
+    /// Whether `which` has waited for Redis past its deadline.
+    fn overdue(&self, which: Which, now: Instant) -> bool {
+        self.answer_deadline(which).is_some_and(|deadline| now >= deadline)
+    }
+
+    /// Runs every turn for each link: is Redis still answering? On the
+    /// subscription link, a silence as long as the timeout sends a PING (it
+    /// leaves with this turn's flush). A link whose reply or pong is overdue
+    /// is failed like a dropped connection: `Failed` for each unanswered
+    /// command, `Down` (whose reason the caller logs as a warning), and a
+    /// reconnect after the backoff.
+    fn check_answers(&mut self, registry: &Registry, which: Which, now: Instant) {
+        if !self.overdue(which, now) {
+            return;
+        }
+        if which == Which::Subscription && self.ping_sent_at.is_none() {
+            debug!("redis Subscription link: silent for {:?}; sending PING", self.reply_timeout);
+            self.sub.queue(PING);
+            self.ping_sent_at = Some(now);
+            return;
+        }
+        // Before giving up, read what the socket holds: the answer may have
+        // come while this turn was busy with other sockets. (Edge-triggered:
+        // an extra read that meets `WouldBlock` is always safe.)
+        self.read(registry, which, now);
+        if !self.overdue(which, now) {
+            return;
+        }
+        let what = match which {
+            Which::Command => "no reply",
+            Which::Subscription => "no answer to PING",
+        };
+        let reason = format!("{what} in {:?}; reconnecting", self.reply_timeout);
+        self.fail(registry, which, reason, now);
     }
 
     /// Takes `which` down: every unanswered command fails (first, so the
@@ -505,8 +684,11 @@ impl Bus {
         link.down_reported = true;
         if which == Which::Command {
             self.events.extend(self.tags.drain(..).map(|tag| BusEvent::Failed { tag }));
+            self.batches.clear();
+            self.unstamped = 0;
         } else {
             self.sub_pending = 0;
+            self.ping_sent_at = None;
         }
         // The caller logs the Down event; the retries are ours to log.
         debug!("redis {which:?} link down: {reason}; retrying in {} ms", delay.as_millis());

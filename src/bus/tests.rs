@@ -62,6 +62,14 @@ impl Redis {
         }
     }
 
+    /// Sends `signal` to redis-server: SIGSTOP freezes it with its sockets
+    /// open (connected but stuck), SIGCONT lets it run again.
+    fn signal(&self, signal: libc::c_int) {
+        let pid = self.child.as_ref().expect("redis-server is running").id() as libc::pid_t;
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "kill({pid}, {signal})");
+    }
+
     /// SIGKILL, and wait until it is gone (its sockets closed).
     fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -100,8 +108,13 @@ struct Harness {
 
 impl Harness {
     fn new(url: &str) -> Harness {
+        Harness::with_timeout(url, Duration::from_secs(5))
+    }
+
+    /// A harness whose bus gives Redis `reply_timeout` to answer.
+    fn with_timeout(url: &str, reply_timeout: Duration) -> Harness {
         let poll = Poll::new().unwrap();
-        let mut bus = Bus::new(RedisUrl::parse(url).unwrap());
+        let mut bus = Bus::new(RedisUrl::parse(url).unwrap(), reply_timeout);
         bus.start(poll.registry(), CMD, SUB, Instant::now());
         Harness { poll, events: Events::with_capacity(64), bus, seen: Vec::new() }
     }
@@ -144,6 +157,15 @@ impl Harness {
         });
         assert!(self.bus.is_up());
         self.seen.clear();
+    }
+
+    /// Turns until both links are up, whatever events that took.
+    fn wait_is_up(&mut self) {
+        let deadline = Instant::now() + PATIENCE;
+        while !self.bus.is_up() {
+            assert!(Instant::now() < deadline, "the bus never came back up; saw {:#?}", self.seen);
+            self.turn();
+        }
     }
 
     /// Sends one command and waits for its reply.
@@ -371,8 +393,9 @@ fn redis_absent_at_startup_is_waited_for() {
 }
 
 /// A fake Redis: accepts the bus's two connections; on the first one to
-/// send commands, waits for `expect` commands, then plays `script`: each
-/// entry is written whole, or a byte at a time when `drip` is set.
+/// send commands (the command link), answers the handshake's PING, waits for
+/// `expect` more commands, then plays `script`: each entry is written
+/// whole, or a byte at a time when `drip` is set.
 fn fake_redis(expect: usize, script: Vec<(Vec<u8>, bool)>) -> u16 {
     let listener = StdListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -380,17 +403,20 @@ fn fake_redis(expect: usize, script: Vec<(Vec<u8>, bool)>) -> u16 {
         let (a, _) = listener.accept().unwrap();
         let (b, _) = listener.accept().unwrap();
         // Whichever link speaks first is the command link (the other one,
-        // with no subscriptions and no AUTH, never says anything).
+        // with no subscriptions and no AUTH, says nothing for seconds).
         for s in [&a, &b] {
             s.set_nonblocking(true).unwrap();
             s.set_nodelay(true).unwrap();
         }
         let mut received = Vec::new();
         let mut commands = 0;
+        let mut found = None;
         let mut sock = loop {
             let mut buf = [0u8; 4096];
-            let mut found = None;
             for mut s in [&a, &b] {
+                if found.is_some_and(|f: &StdStream| !std::ptr::eq(f, s)) {
+                    continue;
+                }
                 if let Ok(n @ 1..) = s.read(&mut buf) {
                     received.extend_from_slice(&buf[..n]);
                     found = Some(s);
@@ -399,8 +425,11 @@ fn fake_redis(expect: usize, script: Vec<(Vec<u8>, bool)>) -> u16 {
             while let Ok(Some((_, used))) = decode(&received) {
                 received.drain(..used);
                 commands += 1;
+                if commands == 1 {
+                    found.unwrap().write_all(b"+PONG\r\n").unwrap();
+                }
             }
-            if let (Some(s), true) = (found, commands >= expect) {
+            if let (Some(s), true) = (found, commands > expect) {
                 break s;
             }
             thread::sleep(Duration::from_millis(1));
@@ -524,4 +553,131 @@ fn thousands_of_channels_are_subscribed_in_batches_before_subscribed_up() {
     );
     let Value::Array(channels) = h.ask(&["PUBSUB", "CHANNELS", "room:*"], 2) else { panic!("PUBSUB CHANNELS") };
     assert_eq!(channels.len(), 2500);
+}
+
+#[test]
+fn a_stuck_redis_fails_the_waiting_commands_then_the_bus_comes_back() {
+    let redis = Redis::start(free_port(), &[]);
+    let timeout = Duration::from_millis(300);
+    let mut h = Harness::with_timeout(&format!("redis://127.0.0.1:{}", redis.port), timeout);
+    h.bus.subscribe(b"room:stuck");
+    h.wait_up();
+    assert_eq!(h.ask(&["PING"], 1), Value::Simple("PONG".into()));
+
+    // Connected but stuck: the sockets stay open, nothing answers.
+    redis.signal(libc::SIGSTOP);
+    let sent = Instant::now();
+    h.bus.command(pack(&["SET", "k", "lost?"]), 2);
+    h.bus.command(pack(&["GET", "k"]), 3);
+    h.run_until("the command link down", |seen| seen.iter().any(is_down(Which::Command)));
+    let took = sent.elapsed();
+    // The timeout, not TCP keepalive (a minute): loose above for a busy machine.
+    assert!(took >= timeout && took < timeout * 4, "{took:?}");
+    let down_at = h.seen.iter().position(is_down(Which::Command)).unwrap();
+    let failed: Vec<&BusEvent> = h.seen[..down_at].iter().filter(|e| matches!(e, BusEvent::Failed { .. })).collect();
+    assert_eq!(failed, [&BusEvent::Failed { tag: 2 }, &BusEvent::Failed { tag: 3 }]);
+    let BusEvent::Down { reason, .. } = &h.seen[down_at] else { unreachable!() };
+    assert_eq!(reason, "no reply in 300ms; reconnecting");
+    assert_eq!(h.bus.pipeline_depth(), 0);
+    assert!(!h.bus.is_up());
+
+    // Still frozen: the reconnect is accepted by the kernel, but its
+    // handshake PING goes unanswered, so the link does not claim to be up.
+    h.run_for(Duration::from_millis(500));
+    assert!(h.bus.reconnects() >= 1);
+    assert!(!h.seen.contains(&BusEvent::CommandUp), "{:#?}", h.seen);
+    assert!(!h.bus.is_up());
+
+    // Redis runs again: both links come back and work.
+    redis.signal(libc::SIGCONT);
+    h.wait_is_up();
+    h.seen.clear();
+    assert_eq!(h.ask(&["SET", "k", "v"], 4), Value::Simple("OK".into()));
+    assert_eq!(h.ask(&["GET", "k"], 5), Value::Bulk(b"v".to_vec()));
+    h.publish_reaching("room:stuck", "back", 1);
+    h.run_until("the message", |seen| seen.iter().any(|e| matches!(e, BusEvent::Message { .. })));
+    assert_eq!(h.messages(), [("room:stuck".to_string(), "back".to_string())]);
+}
+
+#[test]
+fn a_reply_that_comes_in_time_does_not_trip_the_timeout() {
+    let redis = Redis::start(free_port(), &[]);
+    let timeout = Duration::from_millis(600);
+    let mut h = Harness::with_timeout(&format!("redis://127.0.0.1:{}", redis.port), timeout);
+    h.bus.subscribe(b"room:slow");
+    h.wait_up();
+
+    // Redis pauses for a third of the timeout with a command waiting.
+    redis.signal(libc::SIGSTOP);
+    let sent = Instant::now();
+    h.bus.command(pack(&["INCR", "n"]), 1);
+    h.run_for(timeout / 3);
+    redis.signal(libc::SIGCONT);
+    h.run_until("the reply", |seen| seen.iter().any(|e| matches!(e, BusEvent::Reply { tag: 1, .. })));
+    assert!(sent.elapsed() >= timeout / 3);
+    assert_eq!(h.seen, [BusEvent::Reply { tag: 1, value: Value::Int(1) }]);
+
+    // Then idle for three timeouts: an idle command link has nothing to
+    // time, and the subscription link's PINGs are answered.
+    h.run_for(timeout * 3);
+    assert_eq!(h.seen.len(), 1, "{:#?}", h.seen);
+    assert!(h.bus.is_up());
+    // The PINGs did go out: the subscribed connection's last command.
+    let Value::Bulk(clients) = h.ask(&["CLIENT", "LIST"], 2) else { panic!("CLIENT LIST") };
+    let clients = String::from_utf8(clients).unwrap();
+    assert!(clients.lines().any(|l| l.contains(" sub=1 ") && l.contains(" cmd=ping ")), "{clients}");
+}
+
+/// A fake Redis that answers the command link's handshake PING and nothing
+/// else, and reports through the channel what the other (subscription) link
+/// sent it. It keeps both sockets open for a few seconds: silent, not gone.
+fn silent_redis() -> (u16, std::sync::mpsc::Receiver<Vec<u8>>) {
+    let listener = StdListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        let socks = [listener.accept().unwrap().0, listener.accept().unwrap().0];
+        for s in &socks {
+            s.set_nonblocking(true).unwrap();
+        }
+        // The command link speaks first: its handshake PING leaves at once,
+        // while the subscription link waits for a silence to ping.
+        let mut command_link = None;
+        let until = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < until {
+            for (i, mut s) in socks.iter().enumerate() {
+                let mut buf = [0u8; 4096];
+                let Ok(n @ 1..) = s.read(&mut buf) else { continue };
+                if *command_link.get_or_insert(i) == i {
+                    s.write_all(b"+PONG\r\n").unwrap();
+                } else {
+                    let _ = tx.send(buf[..n].to_vec());
+                }
+            }
+            thread::sleep(Duration::from_millis(1));
+        }
+    });
+    (port, rx)
+}
+
+#[test]
+fn the_subscription_links_ping_finds_a_silent_server() {
+    let (port, heard) = silent_redis();
+    let timeout = Duration::from_millis(200);
+    let mut h = Harness::with_timeout(&format!("redis://127.0.0.1:{port}"), timeout);
+    h.wait_up();
+    let up_at = Instant::now();
+    h.run_until("the subscription link down", |seen| seen.iter().any(is_down(Which::Subscription)));
+    let took = up_at.elapsed();
+    // A silence of one timeout sends the PING; one more without a pong fails it.
+    // (The silence counts from the connect, a moment before `up_at`.)
+    assert!(took >= timeout * 2 - Duration::from_millis(60) && took < timeout * 6, "{took:?}");
+    let Some(BusEvent::Down { reason, .. }) = h.seen.iter().find(|e| is_down(Which::Subscription)(e)) else {
+        unreachable!()
+    };
+    assert_eq!(reason, "no answer to PING in 200ms; reconnecting");
+    assert_eq!(heard.recv_timeout(PATIENCE).unwrap(), pack(&["PING"]));
+    // The idle command link had nothing to time and stays up.
+    assert!(!h.seen.iter().any(is_down(Which::Command)), "{:#?}", h.seen);
+    assert!(h.bus.cmd.is_up());
 }

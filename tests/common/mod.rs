@@ -687,6 +687,14 @@ impl RedisServer {
         }
     }
 
+    /// Sends `signal` to redis-server: `libc::SIGSTOP` freezes it with its
+    /// sockets open (connected but stuck), `libc::SIGCONT` resumes it.
+    pub fn signal(&self, signal: i32) {
+        let pid = self.child.as_ref().expect("redis-server is not running").id() as i32;
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "kill({pid}, {signal})");
+    }
+
     /// Starts it again on the same port (same data folder).
     pub fn restart(&mut self) {
         self.stop();
