@@ -70,7 +70,12 @@ pub enum Flushed {
 /// A connection's pending output, in order.
 #[derive(Debug, Default)]
 pub struct OutQueue {
-    chunks: VecDeque<Chunk>,
+    /// The first chunk, kept inline. Most deliveries are one frame to a
+    /// member per turn, and with the first chunk here they allocate
+    /// nothing; the ring below is only for the second chunk on.
+    head: Option<Chunk>,
+    /// The chunks after `head` (always empty when `head` is `None`).
+    rest: VecDeque<Chunk>,
     /// Bytes of the front chunk already written.
     offset: usize,
     /// Bytes queued and not yet written.
@@ -100,7 +105,16 @@ impl OutQueue {
             return;
         }
         self.len += n;
-        self.chunks.push_back(chunk);
+        if self.head.is_none() {
+            self.head = Some(chunk);
+        } else {
+            self.rest.push_back(chunk);
+        }
+    }
+
+    /// The queued chunks, in order.
+    fn chunks(&self) -> impl Iterator<Item = &Chunk> {
+        self.head.iter().chain(self.rest.iter())
     }
 
     /// Queues a copy of `bytes`, appending to the last owned chunk when small.
@@ -110,8 +124,9 @@ impl OutQueue {
         }
         // Append to the tail only if it is owned, not yet partly written
         // (the offset refers to the front chunk), and stays small.
-        let tail_is_front = self.chunks.len() == 1 && self.offset > 0;
-        if let Some(Chunk::Owned(tail)) = self.chunks.back_mut()
+        let tail_is_front = self.rest.is_empty() && self.offset > 0;
+        let tail = if self.rest.is_empty() { self.head.as_mut() } else { self.rest.back_mut() };
+        if let Some(Chunk::Owned(tail)) = tail
             && !tail_is_front
             && tail.len() + bytes.len() <= COALESCE_LIMIT
         {
@@ -135,8 +150,8 @@ impl OutQueue {
         if self.offset == 0 {
             return self.clear();
         }
-        self.chunks.truncate(1);
-        self.len = self.chunks.front().map_or(0, |c| c.bytes().len().saturating_sub(self.offset));
+        self.rest.clear();
+        self.len = self.head.as_ref().map_or(0, |c| c.bytes().len().saturating_sub(self.offset));
     }
 
     /// Writes as much as `w` takes, in `writev` calls of up to [`MAX_IOV`]
@@ -145,11 +160,11 @@ impl OutQueue {
     /// Errors other than WouldBlock and Interrupted are returned: the peer is
     /// gone, and the caller closes this connection only.
     pub fn write_to<W: Write>(&mut self, w: &mut W) -> io::Result<Flushed> {
-        let chunks_this_turn = self.chunks.len();
-        while !self.chunks.is_empty() {
+        let chunks_this_turn = usize::from(self.head.is_some()) + self.rest.len();
+        while self.head.is_some() {
             let mut slices: [IoSlice<'_>; MAX_IOV] = [IoSlice::new(&[]); MAX_IOV];
             let mut count = 0;
-            for (slot, (i, chunk)) in slices.iter_mut().zip(self.chunks.iter().enumerate()) {
+            for (slot, (i, chunk)) in slices.iter_mut().zip(self.chunks().enumerate()) {
                 let bytes = chunk.bytes();
                 // `offset` is always within the front chunk (see `consume`).
                 *slot = IoSlice::new(if i == 0 { bytes.get(self.offset..).unwrap_or(&[]) } else { bytes });
@@ -179,8 +194,8 @@ impl OutQueue {
         // backlog's; quiet connections give them back in `shrink`.
         // A connection that got one or two chunks this turn is not busy:
         // it keeps nothing, so an idle socket holds no slot memory.
-        if self.chunks.capacity() > KEEP_SLOTS || chunks_this_turn <= 2 {
-            self.chunks = VecDeque::new();
+        if self.rest.capacity() > KEEP_SLOTS || chunks_this_turn <= 2 {
+            self.rest = VecDeque::new();
         }
         Ok(Flushed::All)
     }
@@ -188,8 +203,8 @@ impl OutQueue {
     /// Returns the slot memory of an empty queue (called for quiet
     /// connections by the heartbeat timer, so idle sockets hold nothing).
     pub fn shrink(&mut self) {
-        if self.chunks.is_empty() {
-            self.chunks = VecDeque::new();
+        if self.rest.is_empty() {
+            self.rest = VecDeque::new();
         }
     }
 
@@ -197,12 +212,12 @@ impl OutQueue {
     fn consume(&mut self, mut n: usize) {
         self.len -= n.min(self.len);
         while n > 0 {
-            let Some(front) = self.chunks.front() else { break };
+            let Some(front) = &self.head else { break };
             let remaining = front.bytes().len() - self.offset;
             if n >= remaining {
                 n -= remaining;
                 self.offset = 0;
-                self.chunks.pop_front();
+                self.head = self.rest.pop_front();
             } else {
                 self.offset += n;
                 n = 0;
@@ -213,7 +228,7 @@ impl OutQueue {
     /// All queued bytes, copied out (for tests and the in-memory benches).
     pub fn to_vec(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.len);
-        for (i, chunk) in self.chunks.iter().enumerate() {
+        for (i, chunk) in self.chunks().enumerate() {
             let bytes = chunk.bytes();
             out.extend_from_slice(if i == 0 { bytes.get(self.offset..).unwrap_or(&[]) } else { bytes });
         }
@@ -305,12 +320,33 @@ mod tests {
     }
 
     #[test]
+    fn one_chunk_a_turn_allocates_no_ring() {
+        let frame: Rc<[u8]> = Rc::from(vec![7u8; 100]);
+        let mut q = OutQueue::new();
+        let mut sock = Trickle { taken: vec![], budget: usize::MAX, calls: 0 };
+        for _ in 0..3 {
+            q.push(Chunk::Shared(frame.clone()));
+            assert_eq!(q.rest.capacity(), 0, "the first chunk waits inline");
+            assert_eq!(q.write_to(&mut sock).unwrap(), Flushed::All);
+        }
+        assert_eq!(sock.taken.len(), 300);
+        // A second chunk goes to the ring, in order, and a partial write of
+        // the head leaves the rest queued behind it.
+        q.push(Chunk::Static(b"ab"));
+        q.push(Chunk::Static(b"cd"));
+        let mut slow = Trickle { taken: vec![], budget: 1, calls: 0 };
+        assert_eq!(q.write_to(&mut slow).unwrap(), Flushed::Partial);
+        q.drop_unsent();
+        assert_eq!(q.to_vec(), b"b");
+    }
+
+    #[test]
     fn small_copies_coalesce() {
         let mut q = OutQueue::new();
         for _ in 0..10 {
             q.push_copy(b"abc");
         }
-        assert_eq!(q.chunks.len(), 1);
+        assert_eq!(q.chunks().count(), 1);
         assert_eq!(q.to_vec(), b"abc".repeat(10));
     }
 }
