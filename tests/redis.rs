@@ -76,6 +76,11 @@ fn history_and_resume_work_on_any_process_even_a_late_one() {
     let page = get(late.addr, "/api/rooms/hist/messages?before=5&limit=3").json();
     let ids: Vec<u64> = page["messages"].as_array().unwrap().iter().map(|m| m["id"].as_u64().unwrap()).collect();
     assert_eq!(ids, vec![2, 3, 4]);
+    // Where history starts, not where the page does: a page that can scroll
+    // back further says so.
+    assert_eq!(page["oldest_id"], 1, "{page}");
+    let newest = get(late.addr, "/api/rooms/hist/messages?limit=2").json();
+    assert_eq!(newest["oldest_id"], 1, "{newest}");
 }
 
 /// Posts made while Redis is down each end in exactly one outcome: delivered

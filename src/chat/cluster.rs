@@ -62,6 +62,8 @@ const TAG_READ: u64 = 2 << 62;
 /// Tag of commands whose replies nobody waits for.
 pub const TAG_INTERNAL: u64 = 3 << 62;
 const TAG_KIND: u64 = 3 << 62;
+/// With `TAG_READ`: the stream's first entry, asked just before a read (see `Cluster::read`).
+const TAG_OLDEST: u64 = 1 << 61;
 
 /// Tag of the SCRIPT LOAD sent after every (re)connect.
 const TAG_SCRIPT: u64 = TAG_INTERNAL | 1;
@@ -119,7 +121,7 @@ pub enum ReplyFor {
         reason: String,
     },
     /// A history read came back: (ticket, messages ascending).
-    Read(u64, Vec<StoredMessage>),
+    Read(u64, Vec<StoredMessage>, Option<u64>),
     /// Rooms known to the cluster: (name, created ms).
     Rooms(Vec<(String, u64)>),
     /// Nothing for the chat to do.
@@ -146,6 +148,8 @@ pub struct Cluster {
     reads: HashMap<u64, Vec<u8>>,
     /// Reads that failed for lack of a connection, sent again on `CommandUp`.
     deferred_reads: Vec<(Vec<u8>, u64)>,
+    /// The stream's oldest id as answered just before a read, by ticket.
+    oldest: HashMap<u64, Option<u64>>,
 }
 
 impl Cluster {
@@ -165,6 +169,7 @@ impl Cluster {
             up: false,
             reads: HashMap::new(),
             deferred_reads: Vec::new(),
+            oldest: HashMap::new(),
         }
     }
 
@@ -262,6 +267,11 @@ impl Cluster {
     /// first `limit` after `after`. The reply comes back as [`ReplyFor::Read`].
     pub fn read(&mut self, ticket: u64, room: &str, after: u64, before: u64, limit: usize, newest: bool) {
         let key = format!("chatroom:room:{room}:log");
+        // First the stream's first entry: replies come back in order, so when
+        // the range arrives we can say where history starts (the answer's
+        // `oldest_id`), not only where this page does.
+        let first = redis::cmd("XRANGE").arg(&key).arg("-").arg("+").arg("COUNT").arg(1).get_packed_command();
+        self.commands.push((first, TAG_READ | TAG_OLDEST | ticket));
         let cmd = if newest {
             let end = if before == u64::MAX { "+".to_string() } else { format!("({before}-0") };
             redis::cmd("XREVRANGE").arg(key).arg(end).arg("-").arg("COUNT").arg(limit).get_packed_command()
@@ -322,9 +332,24 @@ impl Cluster {
                     },
                 }
             }
+            TAG_READ if tag & TAG_OLDEST != 0 => {
+                let ticket = tag & !(TAG_KIND | TAG_OLDEST);
+                self.oldest.insert(ticket, stream_messages(&value).first().map(|m| m.id));
+                ReplyFor::Nothing
+            }
             TAG_READ => {
                 self.reads.remove(&tag);
-                ReplyFor::Read(tag & !TAG_KIND, stream_messages(&value))
+                let ticket = tag & !TAG_KIND;
+                let messages = stream_messages(&value);
+                let page_first = messages.first().map(|m| m.id);
+                // Without the first-entry answer (a read sent again after a
+                // reconnect), the page's own first id is the best we know.
+                let oldest = match self.oldest.remove(&ticket) {
+                    Some(Some(first)) => Some(page_first.map_or(first, |page| page.min(first))),
+                    Some(None) => page_first,
+                    None => page_first,
+                };
+                ReplyFor::Read(ticket, messages, oldest)
             }
             _ if tag == TAG_ROOMS => ReplyFor::Rooms(room_list(&value)),
             _ => {

@@ -553,10 +553,7 @@ impl Chat {
                     protocol::error_json("unavailable", "the chat backend refused this message; it was not sent");
                 self.out.push(Outgoing::ToSerial { key, serial, json });
             }
-            cluster::ReplyFor::Read(ticket, messages) => {
-                let oldest = messages.first().map(|m| m.id);
-                self.on_messages(ticket, messages, oldest);
-            }
+            cluster::ReplyFor::Read(ticket, messages, oldest) => self.on_messages(ticket, messages, oldest),
             cluster::ReplyFor::Rooms(rooms) => {
                 for (name, created) in rooms {
                     if crate::route::valid_room_name(&name) && !self.directory.contains_key(&name) {
