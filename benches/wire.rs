@@ -45,22 +45,7 @@ const MAX_TEXT: usize = 4096;
 
 /// A masked client frame, as a browser sends it (RFC 6455 §5.3).
 fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let mask = [0x37u8, 0xfa, 0x21, 0x3d];
-    let mut f = vec![0x80 | opcode];
-    match payload.len() {
-        n if n < 126 => f.push(0x80 | n as u8),
-        n if n < 65536 => {
-            f.push(0x80 | 126);
-            f.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            f.push(0x80 | 127);
-            f.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    f.extend_from_slice(&mask);
-    f.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
-    f
+    chatroom::testutil::masked_frame(0x80 | opcode, payload)
 }
 
 /// `len` bytes of printable ASCII chat text (valid UTF-8, not one repeated byte).

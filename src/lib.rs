@@ -60,8 +60,8 @@ pub mod service;
 pub mod site;
 pub mod stats;
 pub mod storage;
-#[cfg(test)]
-mod testutil;
+#[doc(hidden)]
+pub mod testutil;
 pub mod timer;
 pub mod ws;
 

@@ -1,4 +1,5 @@
-//! Helpers shared by the unit tests (compiled for tests only).
+//! Helpers shared by the unit tests and the criterion benches (public so
+//! that `benches/` can reach it; not part of the server's API).
 
 /// A masked client frame whose first byte (FIN, RSV bits, opcode) is
 /// `first`, with the masking key of RFC 6455 §5.7's example, as a browser
@@ -18,6 +19,6 @@ pub fn masked_frame(first: u8, payload: &[u8]) -> Vec<u8> {
         }
     }
     f.extend_from_slice(&mask);
-    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
     f
 }

@@ -288,7 +288,7 @@ impl SqliteStore {
         }
         // File what the last run left in the inbox, so the directory below
         // (and every read until the next merge) has one place to look.
-        conn.execute_batch(&format!("BEGIN IMMEDIATE; {MERGE_INBOX} COMMIT;")).map_err(fail("file the inbox"))?;
+        file_inbox(&conn).map_err(fail("file the inbox"))?;
 
         let directory = load_directory(&conn).map_err(fail("load the room directory"))?;
         let last_ids = directory.iter().map(|r| (r.name.clone(), r.last_id)).collect();
@@ -323,7 +323,7 @@ impl Store for SqliteStore {
     /// log from its beginning instead of growing it.
     fn idle(&mut self) {
         if self.inbox_rows > 0 {
-            match self.conn.execute_batch(&format!("BEGIN IMMEDIATE; {MERGE_INBOX} COMMIT;")) {
+            match file_inbox(&self.conn) {
                 Ok(()) => self.inbox_rows = 0,
                 Err(e) => {
                     // Harmless: the rows stay in the inbox, where reads find them.
@@ -391,6 +391,12 @@ fn write_batch(
         last_ids.insert(room.to_string(), id);
     }
     Ok(())
+}
+
+/// Files the inbox in a transaction of its own (at open and when idle; a
+/// full inbox is filed inside the batch that fills it instead).
+fn file_inbox(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(&format!("BEGIN IMMEDIATE; {MERGE_INBOX} COMMIT;"))
 }
 
 /// The error a duplicate (room, id) gets: a constraint failure, as the
