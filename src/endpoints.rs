@@ -164,7 +164,7 @@ impl Server {
                         self.send_text(key, json.as_bytes());
                     }
                 }
-                Outgoing::Room { room, json, is_message, except } => {
+                Outgoing::Room { room, json, is_message, except, author } => {
                     let shared: Rc<[u8]> = frame::shared_text(json.as_bytes());
                     let max_pending = self.cfg.max_pending;
                     let mut delivered = 0;
@@ -191,6 +191,11 @@ impl Server {
                     }
                     if is_message {
                         self.metrics.messages_delivered += delivered;
+                    }
+                    if let Some((key, serial)) = author
+                        && self.conns.get(key).is_some_and(|c| c.serial == serial && c.dirty)
+                    {
+                        self.authors.push(key);
                     }
                 }
                 Outgoing::Close { key, code, reason } => {

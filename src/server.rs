@@ -12,6 +12,8 @@
 //!          key      → a connection: read until WouldBlock, handle what arrived
 //!      run due timers                      // 408s, pings, lingering closes
 //!      before_sleep:                       // one pass over what changed
+//!          flush the authors of this turn's posts first, then take
+//!          (zero-timeout poll) what they sent next, up to REPLY_ROUNDS
 //!          flush every connection with output (one writev each)
 //!          (WRITABLE is registered once, edge-triggered: no epoll_ctl here)
 //!          reap connections marked dead
@@ -82,6 +84,10 @@ const MAX_READS_PER_TURN: usize = 16;
 /// enough to gather a burst, few enough that a flood cannot hold the
 /// writes back for more than a few rounds of reading.
 const GATHER_ROUNDS: usize = 4;
+
+/// Rounds of "write the authors' copies, gather what they answered"
+/// before a turn's fan-out (see `before_sleep`).
+const REPLY_ROUNDS: usize = 4;
 
 /// When accept fails for lack of descriptors (EMFILE), how soon to retry.
 /// Edge-triggered epoll sends no new event for clients already queued, so
@@ -155,6 +161,9 @@ pub struct Server {
     scratch: Box<[u8]>,
     /// Connections with output to flush in `before_sleep`.
     pub(crate) dirty: Vec<usize>,
+    /// Dirty connections whose own post is among this turn's output: they
+    /// are flushed first (see `before_sleep`).
+    pub(crate) authors: Vec<usize>,
     /// Connections to remove in `before_sleep`.
     dead: Vec<usize>,
     /// Connections that still had input when their read budget ran out.
@@ -258,6 +267,7 @@ impl Server {
             date: DateCache::default(),
             scratch: vec![0; SCRATCH].into_boxed_slice(),
             dirty: Vec::new(),
+            authors: Vec::new(),
             dead: Vec::new(),
             more_to_read: Vec::new(),
             timers: Timers::new(),
@@ -368,7 +378,7 @@ impl Server {
                 self.accept_paused = false;
                 self.accept_all(false);
             }
-            self.before_sleep();
+            self.before_sleep(&mut events);
             self.metrics.record_turn(turn_start.elapsed().as_micros() as u64);
             if let RunState::Draining { deadline } = self.state
                 && (self.conns.is_empty() || Instant::now() >= deadline)
@@ -840,14 +850,42 @@ impl Server {
     }
 
     /// The end of every turn: flush, adjust interest, reap (ae.c's beforeSleep).
-    fn before_sleep(&mut self) {
+    fn before_sleep(&mut self, events: &mut Events) {
         // Reap first: a member who left this turn is announced this turn.
         let mut closed_any = self.reap_dead();
         self.chat_before_flush();
         self.flush_bus();
+        // Authors first: a poster's copy of its own message is its
+        // acknowledgement, and a client that waits for it sends nothing
+        // more until it arrives. Write those, then take (zero-timeout) what
+        // they answered with, so the fan-out below carries both to each
+        // listener in one write instead of one write each turn.
+        for _ in 0..REPLY_ROUNDS {
+            if self.authors.is_empty() {
+                break;
+            }
+            let authors = std::mem::take(&mut self.authors);
+            for &key in &authors {
+                if self.conns.get(key).is_some_and(|c| c.dirty) {
+                    self.flush(key);
+                }
+            }
+            match self.poll.poll(events, Some(Duration::ZERO)) {
+                Ok(()) if !events.is_empty() => {
+                    self.now = Instant::now();
+                    self.dispatch(events);
+                    self.chat_before_flush();
+                    self.flush_bus();
+                }
+                _ => break,
+            }
+        }
+        self.authors.clear();
         let dirty = std::mem::take(&mut self.dirty);
         for &key in &dirty {
-            self.flush(key);
+            if self.conns.get(key).is_some_and(|c| c.dirty) {
+                self.flush(key);
+            }
         }
         let mut dirty = dirty;
         dirty.clear();

@@ -72,6 +72,9 @@ pub enum Outgoing {
         is_message: bool,
         /// A connection that must not get it (a joiner, about its own join).
         except: Option<usize>,
+        /// The poster's connection (key, serial), when it is ours: its copy
+        /// is its acknowledgement, so it is written before the others'.
+        author: Option<(usize, u64)>,
     },
     /// Close one connection with a close code.
     Close {
@@ -444,7 +447,13 @@ impl Chat {
                     let Some(room) = self.live.get_mut(m.room) else { return };
                     if let Some((from, to)) = room.rename(m.slot, &clean) {
                         let json: Rc<str> = protocol::rename_json(&room.name, &from, &to).into();
-                        self.out.push(Outgoing::Room { room: m.room, json, is_message: false, except: None });
+                        self.out.push(Outgoing::Room {
+                            room: m.room,
+                            json,
+                            is_message: false,
+                            except: None,
+                            author: None,
+                        });
                     }
                 }
                 None => self.out.push(Outgoing::To {
@@ -600,7 +609,14 @@ impl Chat {
                         && let Some(room) = self.live.get_mut(slot)
                     {
                         room.remember(post.id, post.json.clone());
-                        self.out.push(Outgoing::Room { room: slot, json: post.json, is_message: true, except: None });
+                        let author = post.sender;
+                        self.out.push(Outgoing::Room {
+                            room: slot,
+                            json: post.json,
+                            is_message: true,
+                            except: None,
+                            author,
+                        });
                     }
                 }
                 Err(reason) => {
@@ -670,7 +686,13 @@ impl Chat {
                         // lost): members are told, then live delivery resumes.
                         if let Some(&slot) = self.index.get(room.as_str()) {
                             let json: Rc<str> = protocol::gap_json(&room, p.id).into();
-                            self.out.push(Outgoing::Room { room: slot, json, is_message: false, except: None });
+                            self.out.push(Outgoing::Room {
+                                room: slot,
+                                json,
+                                is_message: false,
+                                except: None,
+                                author: None,
+                            });
                         }
                     }
                     next = p.id;
@@ -745,7 +767,7 @@ impl Chat {
                     }
                 }
             };
-            self.out.push(Outgoing::Room { room: slot, json: json.into(), is_message: false, except });
+            self.out.push(Outgoing::Room { room: slot, json: json.into(), is_message: false, except, author: None });
         }
         if !changed_rooms.is_empty() {
             let rooms = changed_rooms
