@@ -17,6 +17,7 @@ pub mod api;
 pub mod cluster;
 pub mod protocol;
 pub mod room;
+pub mod warm;
 
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
@@ -29,6 +30,7 @@ use crate::handshake::Refusal;
 use crate::storage::{Request, RoomRecord, StoredMessage};
 use protocol::{PostError, clean_name};
 use room::Room;
+use warm::WarmCaches;
 
 /// The room that exists from the first start, as in the original site.
 pub const DEFAULT_ROOM: &str = "welcome";
@@ -42,6 +44,10 @@ pub const ONLINE_LIST_MAX: usize = 1000;
 
 /// Recent messages cached per live room, at least (more if `--history` asks).
 const RECENT_MIN: usize = 200;
+
+/// Emptied rooms whose recent history is kept for their return (see
+/// `warm.rs`): at most this many caches of `RECENT_MIN` messages.
+const WARM_ROOMS: usize = 32;
 
 /// What the reactor must send on the chat's behalf.
 #[derive(Debug)]
@@ -164,6 +170,8 @@ pub struct Chat {
     pub(crate) live: Slab<Room>,
     /// Live rooms by name.
     index: HashMap<Rc<str>, usize>,
+    /// The history of rooms that emptied lately, for when they fill again.
+    warm: WarmCaches,
     /// Posts handed to storage, in commit order.
     pending: VecDeque<PendingPost>,
     /// Storage reads in flight, by ticket.
@@ -222,6 +230,7 @@ impl Chat {
             directory,
             live: Slab::new(),
             index: HashMap::new(),
+            warm: WarmCaches::new(WARM_ROOMS),
             pending: VecDeque::new(),
             reads: HashMap::new(),
             next_ticket: 0,
@@ -289,11 +298,16 @@ impl Chat {
         // In Redis mode other processes may have posted: always read the stream.
         let has_history = messages > 0 || self.cluster.is_some();
         let cap = self.settings.history.max(RECENT_MIN);
-        let room = Room::new(name, last_id, cap, !has_history);
+        let warm = self.warm.take(name, last_id);
+        let read = has_history && warm.is_none();
+        let mut room = Room::new(name, last_id, cap, !read);
+        if let Some(recent) = warm {
+            room.recent = recent;
+        }
         let rc = room.name.clone();
         let slot = self.live.insert(room);
         self.index.insert(rc.clone(), slot);
-        if has_history {
+        if read {
             let ticket = self.ticket(PendingRead::RoomCache { room: rc });
             self.read_request(ticket, name, 0, u64::MAX, cap, true);
         }
@@ -725,6 +739,11 @@ impl Chat {
             let room = self.live.remove(slot);
             self.index.remove(&room.name);
             self.presence_dirty.retain(|&s| s != slot);
+            // Its history is complete only if it was loaded and nothing is
+            // still committing; Redis mode always rereads the shared stream.
+            if self.cluster.is_none() && room.loaded && room.committed_id == room.last_id {
+                self.warm.park(room.name, room.last_id, room.recent);
+            }
         }
     }
 
@@ -961,6 +980,50 @@ mod tests {
         assert_eq!(frames[0]["joined"], serde_json::json!(["b", "c", "d"]));
         assert_eq!(frames[0]["left"], serde_json::json!(["a"]));
         assert_eq!(frames[0]["online_count"], 3);
+    }
+
+    /// Whether the chat asked storage for a read since the last call.
+    fn read_requested(chat: &mut Chat) -> bool {
+        chat.requests.drain(..).any(|r| matches!(r, Request::Read { .. }))
+    }
+
+    /// The history ids in the welcome frame queued for `key`.
+    fn welcome_history(chat: &mut Chat, key: usize) -> Vec<u64> {
+        let welcome = chat.out.drain(..).find_map(|o| match o {
+            Outgoing::To { key: k, json } if k == key && json.contains(r#""type":"welcome""#) => Some(json),
+            _ => None,
+        });
+        let welcome: serde_json::Value = serde_json::from_str(&welcome.unwrap_or_default()).unwrap_or_default();
+        welcome["history"].as_array().map_or(Vec::new(), |h| h.iter().filter_map(|m| m["id"].as_u64()).collect())
+    }
+
+    #[test]
+    fn a_room_that_empties_and_refills_keeps_its_history_without_a_read() {
+        let mut chat = chat();
+        let now = Instant::now();
+        let mut a = chat.join((1, 1), "r", Some("a"), None, now).unwrap();
+        chat.on_text(1, &mut a, r#"{"message": "hello"}"#, now);
+        chat.on_committed(chat.appended, &Ok(()));
+        chat.leave(a);
+        chat.out.clear();
+        read_requested(&mut chat);
+        // Back after the room was dropped: the welcome comes from the parked
+        // history, with no storage read.
+        let b = chat.join((2, 2), "r", Some("b"), None, now).unwrap();
+        assert!(!read_requested(&mut chat), "the parked history serves the welcome");
+        assert_eq!(welcome_history(&mut chat, 2), vec![1]);
+        chat.leave(b);
+
+        // A post still committing when the room empties: the parked copy
+        // would miss it, so the room is not parked and history is read.
+        let mut c = chat.join((3, 3), "r", Some("c"), None, now).unwrap();
+        chat.on_text(3, &mut c, r#"{"message": "late"}"#, now);
+        chat.leave(c);
+        chat.on_committed(chat.appended, &Ok(()));
+        chat.out.clear();
+        read_requested(&mut chat);
+        chat.join((4, 4), "r", Some("d"), None, now).unwrap();
+        assert!(read_requested(&mut chat), "a stale history is read again from storage");
     }
 
     #[test]
