@@ -108,6 +108,10 @@ pub struct Connection {
     pub writable_interest: bool,
     /// Already in the reactor's list of connections to flush this turn.
     pub dirty: bool,
+    /// Its output answers something it sent (its own post's copy, a
+    /// response): flushed at the end of the turn even when the fan-out to
+    /// mere listeners is held back (see `Server::before_sleep`).
+    pub urgent: bool,
     /// Close once the output queue has been flushed.
     pub close_after_flush: bool,
     /// An answer with `Connection: close` was queued: nothing after it is
@@ -135,6 +139,7 @@ impl Connection {
             last_read: now,
             writable_interest: false,
             dirty: false,
+            urgent: false,
             close_after_flush: false,
             final_answer: false,
             lingering: false,

@@ -193,8 +193,11 @@ impl Server {
                         self.metrics.messages_delivered += delivered;
                     }
                     if let Some((key, serial)) = author
-                        && self.conns.get(key).is_some_and(|c| c.serial == serial && c.dirty)
+                        && let Some(conn) = self.conns.get_mut(key)
+                        && conn.serial == serial
+                        && conn.dirty
                     {
+                        conn.urgent = true;
                         self.authors.push(key);
                     }
                 }

@@ -14,7 +14,9 @@
 //!      before_sleep:                       // one pass over what changed
 //!          flush the authors of this turn's posts first, then take
 //!          (zero-timeout poll) what they sent next, up to REPLY_ROUNDS
-//!          flush every connection with output (one writev each)
+//!          flush every connection with output (one writev each),
+//!          except that while busy, listeners' output may wait for the
+//!          next turn's (at most FAN_OUT_DELAY)
 //!          (WRITABLE is registered once, edge-triggered: no epoll_ctl here)
 //!          reap connections marked dead
 //!  }
@@ -88,6 +90,12 @@ const GATHER_ROUNDS: usize = 4;
 /// Rounds of "write the authors' copies, gather what they answered"
 /// before a turn's fan-out (see `before_sleep`).
 const REPLY_ROUNDS: usize = 4;
+
+/// The longest a listener's output is held back while the loop is busy.
+const FAN_OUT_DELAY: Duration = Duration::from_micros(500);
+
+/// A poll that returns events sooner than this did not really sleep.
+const BUSY_SLEEP: Duration = Duration::from_micros(20);
 
 /// When accept fails for lack of descriptors (EMFILE), how soon to retry.
 /// Edge-triggered epoll sends no new event for clients already queued, so
@@ -164,6 +172,10 @@ pub struct Server {
     /// Dirty connections whose own post is among this turn's output: they
     /// are flushed first (see `before_sleep`).
     pub(crate) authors: Vec<usize>,
+    /// This turn's first poll found events waiting: the loop is busy.
+    busy: bool,
+    /// When output held back from listeners must go at the latest.
+    fan_out_due: Option<Instant>,
     /// Connections to remove in `before_sleep`.
     dead: Vec<usize>,
     /// Connections that still had input when their read budget ran out.
@@ -268,6 +280,8 @@ impl Server {
             scratch: vec![0; SCRATCH].into_boxed_slice(),
             dirty: Vec::new(),
             authors: Vec::new(),
+            busy: false,
+            fan_out_due: None,
             dead: Vec::new(),
             more_to_read: Vec::new(),
             timers: Timers::new(),
@@ -339,6 +353,7 @@ impl Server {
         }
         loop {
             let timeout = self.poll_timeout();
+            let asked = Instant::now();
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 // A signal interrupted epoll_wait: not an error, just go round.
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -347,6 +362,8 @@ impl Server {
                 return Err(StartError(format!("poll failed: {e}")));
             }
             self.now = Instant::now();
+            // Busy: there was work waiting (no real sleep).
+            self.busy = !events.is_empty() && self.now.duration_since(asked) < BUSY_SLEEP;
             let turn_start = self.now;
             self.dispatch(&events);
             // Cork: before writing anything, take what else became ready while
@@ -526,6 +543,8 @@ impl Server {
         if conn.dead {
             return;
         }
+        // Whatever it sent gets its answer this turn.
+        conn.urgent = true;
         if conn.close_after_flush {
             self.read_and_discard(key);
             return;
@@ -881,17 +900,34 @@ impl Server {
             }
         }
         self.authors.clear();
+        // Hold the fan-out back while busy: when this turn's events were
+        // already waiting, more are coming, and a listener's next frames
+        // can share its write. Bounded by FAN_OUT_DELAY; a turn that found
+        // the loop idle writes everything.
+        let hold = self.busy && self.fan_out_due.is_none_or(|due| self.now < due);
         let dirty = std::mem::take(&mut self.dirty);
+        let mut held = Vec::new();
         for &key in &dirty {
-            if self.conns.get(key).is_some_and(|c| c.dirty) {
+            let Some(conn) = self.conns.get(key) else { continue };
+            if !conn.dirty {
+                continue;
+            }
+            if hold && !conn.urgent && !conn.dead {
+                held.push(key);
+            } else {
                 self.flush(key);
             }
         }
+        if held.is_empty() {
+            self.fan_out_due = None;
+        } else if self.fan_out_due.is_none() {
+            self.fan_out_due = Some(self.now + FAN_OUT_DELAY);
+        }
         let mut dirty = dirty;
         dirty.clear();
-        if self.dirty.is_empty() {
-            self.dirty = dirty;
-        }
+        dirty.extend(held);
+        dirty.append(&mut self.dirty);
+        self.dirty = dirty;
         // Writes that failed just now are reaped too; anything they cause
         // (a leave event) goes out next turn, which `poll_timeout` makes immediate.
         closed_any |= self.reap_dead();
@@ -908,6 +944,7 @@ impl Server {
     fn flush(&mut self, key: usize) {
         let Some(conn) = self.conns.get_mut(key) else { return };
         conn.dirty = false;
+        conn.urgent = false;
         if conn.dead {
             return;
         }
