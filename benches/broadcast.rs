@@ -41,7 +41,7 @@ use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicUsize, Ordering};
 
 use chatroom::chat::protocol::message_json;
 use chatroom::frame::shared_text;
-use chatroom::outbuf::{Chunk, Flushed, OutQueue};
+use chatroom::outbuf::{Chunk, Flushed, OutQueue, Outlet};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
 /// Room sizes for one message.
@@ -109,6 +109,8 @@ struct Sink {
     written: u64,
     left: usize,
 }
+
+impl Outlet for Sink {}
 
 impl Write for Sink {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
