@@ -94,6 +94,11 @@ const REPLY_ROUNDS: usize = 4;
 /// The longest a listener's output is held back while the loop is busy.
 const FAN_OUT_DELAY: Duration = Duration::from_micros(500);
 
+/// A listener with this much output waiting is written anyway: a write
+/// this size is already cheap per byte, and held bytes are memory (at most
+/// this much per listener on top of what one turn queues).
+pub const HOLD_BYTES: usize = 4 * 1024;
+
 /// A poll that returns events sooner than this did not really sleep.
 const BUSY_SLEEP: Duration = Duration::from_micros(20);
 
@@ -902,8 +907,8 @@ impl Server {
         self.authors.clear();
         // Hold the fan-out back while busy: when this turn's events were
         // already waiting, more are coming, and a listener's next frames
-        // can share its write. Bounded by FAN_OUT_DELAY; a turn that found
-        // the loop idle writes everything.
+        // can share its write. Bounded by FAN_OUT_DELAY and HOLD_BYTES; a
+        // turn that found the loop idle writes everything.
         let hold = self.busy && self.fan_out_due.is_none_or(|due| self.now < due);
         let dirty = std::mem::take(&mut self.dirty);
         let mut held = Vec::new();
@@ -912,7 +917,7 @@ impl Server {
             if !conn.dirty {
                 continue;
             }
-            if hold && !conn.urgent && !conn.dead {
+            if hold && !conn.urgent && !conn.dead && conn.out.len() < HOLD_BYTES {
                 held.push(key);
             } else {
                 self.flush(key);
