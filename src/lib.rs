@@ -21,6 +21,7 @@
 //! | [`ws`] | a WebSocket session: tungstenite over our buffers |
 //! | [`frame`] | encoding server frames once, to share |
 //! | [`outbuf`] | a connection's output queue, sent with one `writev` |
+//! | [`pacing`] | when a broadcast may wait to share a write (coalescing) |
 //! | [`endpoints`] | echo, echo room, chat, inspector, stats |
 //! | [`chat`] | rooms, members, posts, presence, history, resume |
 //! | [`storage`] | the SQLite (or memory) storage thread |
@@ -32,7 +33,7 @@
 //! | [`inspect`] | the frame inspector of the learn page |
 //!
 //! Pure pieces (`http`, `handshake`, `site`, `route`, `frame`, `outbuf`,
-//! `chat::protocol`, `chat::room`) know nothing about sockets and are tested
+//! `pacing`, `chat::protocol`, `chat::room`) know nothing about sockets and are tested
 //! on their own; `server` is the only file that touches a socket.
 
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
@@ -52,6 +53,7 @@ pub mod inspect_server;
 pub mod limits;
 pub mod metrics;
 pub mod outbuf;
+pub mod pacing;
 pub mod response;
 pub mod route;
 pub mod scale;

@@ -15,8 +15,8 @@
 //!          flush the authors of this turn's posts first, then take
 //!          (zero-timeout poll) what they sent next, up to REPLY_ROUNDS
 //!          flush every connection with output (one writev each),
-//!          except that while busy, listeners' output may wait for the
-//!          next turn's (at most FAN_OUT_DELAY)
+//!          except listeners' output that may wait a little to share a
+//!          write with the next turn's (pacing.rs)
 //!          (WRITABLE is registered once, edge-triggered: no epoll_ctl here)
 //!          reap connections marked dead
 //!  }
@@ -53,6 +53,7 @@ use crate::config::Config;
 use crate::conn::{Connection, HttpState, Phase};
 use crate::metrics::Metrics;
 use crate::outbuf::Flushed;
+use crate::pacing::Pacer;
 use crate::response::{DateCache, Response};
 use crate::site::Site;
 use crate::storage::{Backend, Storage};
@@ -91,16 +92,10 @@ const GATHER_ROUNDS: usize = 4;
 /// before a turn's fan-out (see `before_sleep`).
 const REPLY_ROUNDS: usize = 4;
 
-/// The longest a listener's output is held back while the loop is busy.
-const FAN_OUT_DELAY: Duration = Duration::from_micros(500);
-
 /// A listener with this much output waiting is written anyway: a write
 /// this size is already cheap per byte, and held bytes are memory (at most
 /// this much per listener on top of what one turn queues).
 pub const HOLD_BYTES: usize = 4 * 1024;
-
-/// A poll that returns events sooner than this did not really sleep.
-const BUSY_SLEEP: Duration = Duration::from_micros(20);
 
 /// When accept fails for lack of descriptors (EMFILE), how soon to retry.
 /// Edge-triggered epoll sends no new event for clients already queued, so
@@ -177,10 +172,10 @@ pub struct Server {
     /// Dirty connections whose own post is among this turn's output: they
     /// are flushed first (see `before_sleep`).
     pub(crate) authors: Vec<usize>,
-    /// This turn's first poll found events waiting: the loop is busy.
-    busy: bool,
-    /// When output held back from listeners must go at the latest.
-    fan_out_due: Option<Instant>,
+    /// Whether to hold listeners' output back (see `pacing.rs`).
+    pacer: Pacer,
+    /// After `before_sleep`: every connection in `dirty` is held output.
+    only_held: bool,
     /// Connections to remove in `before_sleep`.
     dead: Vec<usize>,
     /// Connections that still had input when their read budget ran out.
@@ -285,8 +280,8 @@ impl Server {
             scratch: vec![0; SCRATCH].into_boxed_slice(),
             dirty: Vec::new(),
             authors: Vec::new(),
-            busy: false,
-            fan_out_due: None,
+            pacer: Pacer::new(Instant::now()),
+            only_held: false,
             dead: Vec::new(),
             more_to_read: Vec::new(),
             timers: Timers::new(),
@@ -367,8 +362,7 @@ impl Server {
                 return Err(StartError(format!("poll failed: {e}")));
             }
             self.now = Instant::now();
-            // Busy: there was work waiting (no real sleep).
-            self.busy = !events.is_empty() && self.now.duration_since(asked) < BUSY_SLEEP;
+            self.pacer.polled(asked, self.now, !events.is_empty());
             let turn_start = self.now;
             self.dispatch(&events);
             // Cork: before writing anything, take what else became ready while
@@ -440,10 +434,18 @@ impl Server {
 
     /// How long `poll` may sleep: until the next timer, at most.
     fn poll_timeout(&self) -> Option<Duration> {
-        if !self.more_to_read.is_empty() || self.chat.has_work() || !self.dirty.is_empty() {
+        // Held output lets the loop sleep only as long as the pacer says.
+        let held_until = self.pacer.sleep_until().filter(|_| self.only_held);
+        if !self.more_to_read.is_empty() || self.chat.has_work() || (!self.dirty.is_empty() && held_until.is_none()) {
             return Some(Duration::ZERO);
         }
         let mut timeout = self.timers.next_in(Instant::now());
+        if !self.dirty.is_empty()
+            && let Some(due) = held_until
+        {
+            let left = due.saturating_duration_since(Instant::now());
+            timeout = Some(timeout.map_or(left, |t| t.min(left)));
+        }
         if self.accept_paused {
             timeout = Some(timeout.map_or(ACCEPT_RETRY, |t| t.min(ACCEPT_RETRY)));
         }
@@ -905,11 +907,9 @@ impl Server {
             }
         }
         self.authors.clear();
-        // Hold the fan-out back while busy: when this turn's events were
-        // already waiting, more are coming, and a listener's next frames
-        // can share its write. Bounded by FAN_OUT_DELAY and HOLD_BYTES; a
-        // turn that found the loop idle writes everything.
-        let hold = self.busy && self.fan_out_due.is_none_or(|due| self.now < due);
+        // Listeners' output may wait a little to share a write with the
+        // next turn's (see `pacing.rs`); everything else goes now.
+        let hold = self.pacer.may_hold(self.now, self.metrics.messages_received);
         let dirty = std::mem::take(&mut self.dirty);
         let mut held = Vec::new();
         for &key in &dirty {
@@ -923,11 +923,8 @@ impl Server {
                 self.flush(key);
             }
         }
-        if held.is_empty() {
-            self.fan_out_due = None;
-        } else if self.fan_out_due.is_none() {
-            self.fan_out_due = Some(self.now + FAN_OUT_DELAY);
-        }
+        self.pacer.held(self.now, !held.is_empty());
+        self.only_held = !held.is_empty() && self.dirty.is_empty();
         let mut dirty = dirty;
         dirty.clear();
         dirty.extend(held);
