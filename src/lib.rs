@@ -20,7 +20,7 @@
 //! | [`handshake`] | the WebSocket opening handshake (RFC 6455 §4) |
 //! | [`ws`] | a WebSocket session: tungstenite over our buffers |
 //! | [`frame`] | encoding server frames once, to share |
-//! | [`outbuf`] | a connection's output queue, sent with one `writev` |
+//! | [`outbuf`] | a connection's output queue, sent with one `sendmsg` |
 //! | [`pacing`] | when a broadcast may wait to share a write (coalescing) |
 //! | [`endpoints`] | echo, echo room, chat, inspector, stats |
 //! | [`chat`] | rooms, members, posts, presence, history, resume |

@@ -30,7 +30,7 @@ pub struct Metrics {
     pub bytes_in: u64,
     /// Bytes written to clients.
     pub bytes_out: u64,
-    /// Connection flushes that had output (each one `writev`, or a few when
+    /// Connection flushes that had output (each one `send`/`sendmsg`, or a few when
     /// more than 64 chunks were queued): deliveries ÷ flushes is the batching.
     pub flushes: u64,
     /// History rows committed.
@@ -130,7 +130,7 @@ impl Metrics {
         );
         metric("chatroom_bytes_in_total", "counter", "Bytes read from clients.", self.bytes_in);
         metric("chatroom_bytes_out_total", "counter", "Bytes written to clients.", self.bytes_out);
-        metric("chatroom_flushes_total", "counter", "Connection flushes with output (writev calls).", self.flushes);
+        metric("chatroom_flushes_total", "counter", "Connection flushes with output (send/sendmsg calls).", self.flushes);
         metric("chatroom_history_writes_total", "counter", "Messages committed to history.", self.history_writes);
         metric(
             "chatroom_history_commits_total",

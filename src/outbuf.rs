@@ -1,4 +1,4 @@
-//! A connection's output: one queue of byte chunks, sent with one `writev`.
+//! A connection's output: one queue of byte chunks, sent with one vectored write.
 //!
 //! Everything a connection sends goes through here, in order: HTTP response
 //! heads and bodies, the 101 of the handshake, tungstenite's pongs and close
@@ -14,7 +14,7 @@
 //!
 //! The reactor calls [`OutQueue::write_to`] once per loop turn for each
 //! connection that has output ("before sleep", as redis's `ae.c` does), so
-//! whatever one turn queued leaves in a single `writev` syscall
+//! whatever one turn queued leaves in a single `sendmsg` syscall
 //! (uWebSockets calls this corking). [`OutQueue::len`] is the backlog that
 //! `--max-pending` caps: a client that stops reading shows itself by
 //! passing it.
@@ -62,7 +62,7 @@ impl Chunk {
     }
 }
 
-/// Slices handed to one `writev`: Linux takes up to 1024 (IOV_MAX); 64 is
+/// Slices handed to one vectored write: Linux takes up to 1024 (IOV_MAX); 64 is
 /// plenty per turn and keeps the array on the stack small.
 const MAX_IOV: usize = 64;
 
@@ -172,7 +172,7 @@ impl OutQueue {
         self.len = self.head.as_ref().map_or(0, |c| c.bytes().len().saturating_sub(self.offset));
     }
 
-    /// Writes as much as `w` takes, in `writev` calls of up to [`MAX_IOV`]
+    /// Writes as much as `w` takes, in vectored writes of up to [`MAX_IOV`]
     /// chunks, until the queue is empty or `w` would block.
     ///
     /// Errors other than WouldBlock and Interrupted are returned: the peer is

@@ -14,7 +14,7 @@
 //!      before_sleep:                       // one pass over what changed
 //!          flush the authors of this turn's posts first, then take
 //!          (zero-timeout poll) what they sent next, up to REPLY_ROUNDS
-//!          flush every connection with output (one writev each),
+//!          flush every connection with output (one send each),
 //!          except listeners' output that may wait a little to share a
 //!          write with the next turn's (pacing.rs)
 //!          (WRITABLE is registered once, edge-triggered: no epoll_ctl here)
@@ -366,7 +366,7 @@ impl Server {
             let turn_start = self.now;
             self.dispatch(&events);
             // Cork: before writing anything, take what else became ready while
-            // we worked (a zero-timeout poll), so that one `writev` per
+            // we worked (a zero-timeout poll), so that one write per
             // connection carries the answers to all of it. Under load this
             // turns N small writes to each member into one; when idle it costs
             // one empty epoll_wait. Bounded, so the writes are not put off
@@ -940,7 +940,7 @@ impl Server {
         }
     }
 
-    /// Writes a connection's queued output: one `writev` per turn when the
+    /// Writes a connection's queued output: one vectored write per turn when the
     /// socket takes it all; when it does not, the rest waits for the
     /// WRITABLE event (registered once, at accept).
     fn flush(&mut self, key: usize) {
