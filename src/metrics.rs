@@ -130,7 +130,12 @@ impl Metrics {
         );
         metric("chatroom_bytes_in_total", "counter", "Bytes read from clients.", self.bytes_in);
         metric("chatroom_bytes_out_total", "counter", "Bytes written to clients.", self.bytes_out);
-        metric("chatroom_flushes_total", "counter", "Connection flushes with output (send/sendmsg calls).", self.flushes);
+        metric(
+            "chatroom_flushes_total",
+            "counter",
+            "Connection flushes with output (send/sendmsg calls).",
+            self.flushes,
+        );
         metric("chatroom_history_writes_total", "counter", "Messages committed to history.", self.history_writes);
         metric(
             "chatroom_history_commits_total",
