@@ -111,8 +111,16 @@ pub struct Post {
 /// What a bus reply meant for the chat.
 #[derive(Debug)]
 pub enum ReplyFor {
-    /// A post was published (its message arrives through the subscription).
-    Posted,
+    /// A post was published with this id (its message arrives through the
+    /// subscription, perhaps before this reply).
+    Posted {
+        /// The room.
+        room: String,
+        /// The id Redis gave it.
+        id: u64,
+        /// The poster's connection key and serial.
+        sender: (usize, u64),
+    },
     /// A post failed for good: tell its sender.
     PostFailed {
         /// Connection key and serial.
@@ -317,7 +325,7 @@ impl Cluster {
             TAG_POST => {
                 let Some(post) = self.in_flight.remove(&tag) else { return ReplyFor::Nothing };
                 match value {
-                    Value::Int(_) => ReplyFor::Posted,
+                    Value::Int(id) => ReplyFor::Posted { room: post.room, id: id.max(0) as u64, sender: post.sender },
                     // The script cache was emptied (Redis restarted between
                     // our SCRIPT LOAD and this call): load it and go again.
                     Value::Error(e) if e.starts_with("NOSCRIPT") => {

@@ -45,6 +45,10 @@ pub const ONLINE_LIST_MAX: usize = 1000;
 /// Recent messages cached per live room, at least (more if `--history` asks).
 const RECENT_MIN: usize = 200;
 
+/// Redis mode: posts answered but not yet seen back remembered at most (a
+/// bound against a subscription that lost them; they are only a hint).
+const OWN_POSTS_MAX: usize = 10_000;
+
 /// Emptied rooms whose recent history is kept for their return (see
 /// `warm.rs`): at most this many caches of `RECENT_MIN` messages.
 const WARM_ROOMS: usize = 32;
@@ -191,6 +195,9 @@ pub struct Chat {
     pub rate_limited: u64,
     /// Redis mode (`--redis`): ids and history come from Redis.
     pub cluster: Option<cluster::Cluster>,
+    /// Redis mode: our own posts Redis has answered for, by (room, id), until
+    /// they come back through the subscription (their poster is its author).
+    own_posts: HashMap<(String, u64), (usize, u64)>,
     /// Redis mode: published messages held while a room catches up.
     held: HashMap<String, Vec<cluster::Published>>,
     /// Redis mode: the other processes' members, as they last told us.
@@ -241,6 +248,7 @@ impl Chat {
             appended: 0,
             rate_limited: 0,
             cluster: cfg.redis.as_ref().map(|_| cluster::Cluster::new(cfg.redis_buffer)),
+            own_posts: HashMap::new(),
             held: HashMap::new(),
             remote: HashMap::new(),
             next_snapshot: None,
@@ -547,8 +555,10 @@ impl Chat {
             room.last_id = room.last_id.max(p.id);
         }
         let json: Rc<str> = protocol::message_json(&p.room, p.id, &p.username, &p.message, p.ts).into();
+        let room: Rc<str> = Rc::from(p.room.as_str());
+        let sender = self.own_posts.remove(&(p.room, p.id));
         let msg = StoredMessage { id: p.id, ts: p.ts, username: p.username, text: p.message };
-        self.enqueue_commit(Rc::from(p.room.as_str()), msg, json, None);
+        self.enqueue_commit(room, msg, json, sender);
     }
 
     /// Redis mode: the subscription is (back) up. Anything published while it
@@ -569,7 +579,18 @@ impl Chat {
     /// Redis mode: a reply (or a failure) for one of our commands.
     pub fn on_bus_reply(&mut self, reply: cluster::ReplyFor) {
         match reply {
-            cluster::ReplyFor::Posted | cluster::ReplyFor::Nothing => {}
+            cluster::ReplyFor::Posted { room, id, sender } => {
+                // Its copy is its acknowledgement (written first, never held
+                // back): remember whose it is, unless it came back already.
+                let delivered = self.directory.get(&room).is_some_and(|r| r.last_id >= id);
+                if !delivered {
+                    if self.own_posts.len() >= OWN_POSTS_MAX {
+                        self.own_posts.clear();
+                    }
+                    self.own_posts.insert((room, id), sender);
+                }
+            }
+            cluster::ReplyFor::Nothing => {}
             cluster::ReplyFor::PostFailed { sender: (key, serial), reason } => {
                 log::warn!("post refused: {reason}");
                 let json =
