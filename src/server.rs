@@ -176,6 +176,9 @@ pub struct Server {
     pacer: Pacer,
     /// After `before_sleep`: every connection in `dirty` is held output.
     only_held: bool,
+    /// Scratch list of the connections a turn holds back (kept, so that
+    /// holding allocates nothing turn after turn).
+    held: Vec<usize>,
     /// Connections to remove in `before_sleep`.
     dead: Vec<usize>,
     /// Connections that still had input when their read budget ran out.
@@ -282,6 +285,7 @@ impl Server {
             authors: Vec::new(),
             pacer: Pacer::new(Instant::now()),
             only_held: false,
+            held: Vec::new(),
             dead: Vec::new(),
             more_to_read: Vec::new(),
             timers: Timers::new(),
@@ -911,7 +915,7 @@ impl Server {
         // next turn's (see `pacing.rs`); everything else goes now.
         let hold = self.pacer.may_hold(self.now, self.metrics.messages_received);
         let dirty = std::mem::take(&mut self.dirty);
-        let mut held = Vec::new();
+        let mut held = std::mem::take(&mut self.held);
         for &key in &dirty {
             let Some(conn) = self.conns.get(key) else { continue };
             if !conn.dirty {
@@ -927,9 +931,10 @@ impl Server {
         self.only_held = !held.is_empty() && self.dirty.is_empty();
         let mut dirty = dirty;
         dirty.clear();
-        dirty.extend(held);
+        dirty.append(&mut held);
         dirty.append(&mut self.dirty);
         self.dirty = dirty;
+        self.held = held;
         // Writes that failed just now are reaped too; anything they cause
         // (a leave event) goes out next turn, which `poll_timeout` makes immediate.
         closed_any |= self.reap_dead();

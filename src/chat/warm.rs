@@ -59,16 +59,6 @@ impl WarmCaches {
         let parked = self.rooms.remove(at)?;
         (parked.newest == last_id).then_some(parked.recent)
     }
-
-    /// Rooms parked now.
-    pub fn len(&self) -> usize {
-        self.rooms.len()
-    }
-
-    /// Whether nothing is parked.
-    pub fn is_empty(&self) -> bool {
-        self.rooms.is_empty()
-    }
 }
 
 #[cfg(test)]
@@ -89,7 +79,7 @@ mod tests {
         assert!(warm.take("a", 3).is_none(), "taken once");
         // A message was posted to b while it was empty: its history is stale.
         assert!(warm.take("b", 8).is_none());
-        assert!(warm.is_empty(), "a stale history is dropped too");
+        assert!(warm.rooms.is_empty(), "a stale history is dropped too");
     }
 
     #[test]
@@ -99,14 +89,14 @@ mod tests {
         warm.park("b".into(), 1, recent(&[1]));
         warm.park("none".into(), 0, recent(&[]));
         warm.park("c".into(), 1, recent(&[1]));
-        assert_eq!(warm.len(), 2);
+        assert_eq!(warm.rooms.len(), 2);
         assert!(warm.take("a", 1).is_none());
         assert!(warm.take("b", 1).is_some());
         assert!(warm.take("c", 1).is_some());
         // Parking the same room again replaces its entry.
         warm.park("d".into(), 1, recent(&[1]));
         warm.park("d".into(), 2, recent(&[1, 2]));
-        assert_eq!(warm.len(), 1);
+        assert_eq!(warm.rooms.len(), 1);
         assert_eq!(warm.take("d", 2).map(|r| r.len()), Some(2));
     }
 }
