@@ -6,7 +6,7 @@
 //! the message its room sequence number, and then, instead of broadcasting
 //! it straight away, hands it to us with [`Storage::send`]. The reactor never
 //! waits on the disk: SQLite lives on one *storage thread*, and the two sides
-//! talk through a pair of channels. When a batch of messages has committed,
+//! talk through a pair of one-way mailboxes. When a batch of messages has committed,
 //! the storage thread queues a [`Reply::Committed`] and pokes the reactor's
 //! `mio::Waker`; on its next turn the reactor drains [`Storage::try_recv`]
 //! and only then broadcasts what is now durable. That ordering is the whole
@@ -35,12 +35,15 @@
 //! - `sqlite.rs`: the durable backend (schema, PRAGMAs, the batched write,
 //!   the range read, the room directory).
 //! - `memory.rs`: `--data none`, the same contract kept in a `HashMap`.
+//! - `mailbox.rs`: the queues between the two threads, which wake the
+//!   other side only after letting go of their lock.
 //! - `lock.rs`: the advisory file lock that keeps two processes off one file.
 //!
 //! Both backends implement the small `Store` trait, so the thread loop,
 //! and the reactor above it, cannot tell them apart.
 
 mod lock;
+mod mailbox;
 mod memory;
 mod sqlite;
 mod worker;
@@ -52,8 +55,9 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread::JoinHandle;
+
+use mailbox::{Receiver, Sender};
 
 /// One stored chat message (the room is carried alongside).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -287,11 +291,11 @@ impl std::error::Error for StorageError {
 
 /// The reactor's end of the storage thread.
 ///
-/// Every method returns at once: requests go into an unbounded channel, and
+/// Every method returns at once: requests go into an unbounded mailbox, and
 /// replies are picked up with [`Storage::try_recv`] when the `Waker` given to
 /// [`Storage::open`] says some are ready.
 pub struct Storage {
-    /// `None` only while dropping, so the thread sees the channel close.
+    /// `None` only while dropping, so the thread sees the mailbox close.
     /// Each message is one reactor turn's requests, so a turn's appends
     /// arrive together and land in one transaction.
     requests: Option<Sender<Vec<Request>>>,
@@ -331,8 +335,8 @@ impl Storage {
             }
         };
 
-        let (request_tx, request_rx) = mpsc::channel();
-        let (reply_tx, reply_rx) = mpsc::channel();
+        let (request_tx, request_rx) = mailbox::mailbox();
+        let (reply_tx, reply_rx) = mailbox::mailbox();
         if backend_is_memory {
             // No thread: see `Storage::inline`.
             drop((request_rx, reply_tx));
@@ -397,11 +401,11 @@ impl Storage {
         let Some(requests) = &self.requests else {
             return seq;
         };
-        // The channel only refuses when the storage thread has gone, which
+        // The mailbox only refuses when the storage thread has gone, which
         // means it panicked: it never leaves on its own while we hold the
         // sender. Nobody will ever answer, so answer here, with a failure,
         // rather than leave the reactor waiting on a reply that never comes.
-        if let Err(mpsc::SendError(reqs)) = requests.send(reqs) {
+        if let Err(reqs) = requests.send(reqs) {
             log::error!("storage: the storage thread has stopped; request refused");
             let mut n = first_seq;
             for req in reqs {
@@ -437,9 +441,9 @@ impl Storage {
         if let Some(reply) = self.orphans.pop_front() {
             return Some(reply);
         }
-        // Empty is "nothing yet". Disconnected means the thread has gone;
-        // `send` makes up the replies from then on, so both read as None.
-        self.replies.try_recv().ok()
+        // Empty is "nothing yet". Closed means the thread has gone; `send`
+        // makes up the replies from then on, so both read as None.
+        self.replies.try_recv().ok().flatten()
     }
 
     /// Send Shutdown and join the thread (used at graceful shutdown, after
@@ -465,7 +469,7 @@ impl Storage {
 
 impl Drop for Storage {
     /// Dropping the handle without [`Storage::shutdown`] (an early return in
-    /// `main`, say) still commits what was queued: closing the channel tells
+    /// `main`, say) still commits what was queued: closing the mailbox tells
     /// the thread to finish, and we wait for it so the process does not exit
     /// under a half-written batch.
     fn drop(&mut self) {

@@ -43,7 +43,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
 
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{Connection, OptionalExtension};
 
 use super::lock::DataLock;
 use super::{RoomRecord, StorageError, Store, StoredMessage, Write};
@@ -301,7 +301,7 @@ impl Store for SqliteStore {
     fn write_batch(&mut self, writes: &[Write]) -> Result<(), String> {
         let appends = writes.iter().filter(|w| matches!(w, Write::Append { .. })).count();
         let merge = self.inbox_rows + appends >= MERGE_ROWS;
-        write_batch(&mut self.conn, writes, &mut self.last_ids, merge).map_err(|e| e.to_string())?;
+        write_batch(&self.conn, writes, &mut self.last_ids, merge).map_err(|e| e.to_string())?;
         self.inbox_rows = if merge { 0 } else { self.inbox_rows + appends };
         Ok(())
     }
@@ -339,56 +339,72 @@ impl Store for SqliteStore {
 }
 
 /// One transaction for the whole batch, with statements prepared once per
-/// connection (`prepare_cached`) and reused for every row.
+/// connection (`prepare_cached`) and reused for every row; `BEGIN` and
+/// `COMMIT` too, since parsing them anew was a tenth of the storage thread's
+/// time when every chat message is a batch of its own.
 fn write_batch(
-    conn: &mut Connection,
+    conn: &Connection,
     writes: &[Write],
     last_ids: &mut HashMap<String, u64>,
     merge: bool,
 ) -> rusqlite::Result<()> {
     // IMMEDIATE takes the write lock at BEGIN, so if someone's sqlite3
     // shell holds it we fail here, before doing any work.
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
     // Newest ids this batch stores, applied to `last_ids` only if it commits.
     let mut newest: HashMap<&str, u64> = HashMap::new();
-    {
-        let mut upsert_room = tx.prepare_cached(UPSERT_ROOM)?;
-        let mut insert_message = tx.prepare_cached(INSERT_MESSAGE)?;
-        let mut already_stored = tx.prepare_cached(ALREADY_STORED)?;
-
-        // A busy room sends many messages per batch; its row needs
-        // touching once, and not at all once we know it is there.
-        let mut rooms_seen: HashSet<&str> = HashSet::new();
-
-        for write in writes {
-            match write {
-                Write::CreateRoom { room, created } => {
-                    if rooms_seen.insert(room) {
-                        upsert_room.execute((room, to_sql(*created)))?;
-                    }
-                }
-                Write::Append { room, msg } => {
-                    if !last_ids.contains_key(room) && rooms_seen.insert(room) {
-                        upsert_room.execute((room, to_sql(msg.ts)))?;
-                    }
-                    let last = newest.get(room.as_str()).or(last_ids.get(room)).copied().unwrap_or(0);
-                    if msg.id <= last && already_stored.query_row((room, to_sql(msg.id)), |row| row.get(0))? {
-                        return Err(duplicate(room, msg.id));
-                    }
-                    newest.insert(room, last.max(msg.id));
-                    insert_message.execute((room, to_sql(msg.id), to_sql(msg.ts), &msg.username, &msg.text))?;
-                }
-            }
+    let written = write_rows(conn, writes, last_ids, &mut newest)
+        .and_then(|()| if merge { conn.execute_batch(MERGE_INBOX) } else { Ok(()) })
+        .and_then(|()| conn.prepare_cached("COMMIT")?.execute([]).map(drop));
+    if let Err(e) = written {
+        // Only a committed batch updates what we believe is stored. (A
+        // failed COMMIT may already have rolled back; then there is nothing
+        // to undo.)
+        if !conn.is_autocommit() {
+            let _ = conn.execute_batch("ROLLBACK");
         }
+        return Err(e);
     }
-    if merge {
-        tx.execute_batch(MERGE_INBOX)?;
-    }
-    // Dropping `tx` on an early return above rolls the whole batch back:
-    // only a committed batch updates what we believe is stored.
-    tx.commit()?;
     for (room, id) in newest {
         last_ids.insert(room.to_string(), id);
+    }
+    Ok(())
+}
+
+/// The rows of one batch, inside its transaction.
+fn write_rows<'a>(
+    conn: &Connection,
+    writes: &'a [Write],
+    last_ids: &HashMap<String, u64>,
+    newest: &mut HashMap<&'a str, u64>,
+) -> rusqlite::Result<()> {
+    let mut upsert_room = conn.prepare_cached(UPSERT_ROOM)?;
+    let mut insert_message = conn.prepare_cached(INSERT_MESSAGE)?;
+    let mut already_stored = conn.prepare_cached(ALREADY_STORED)?;
+
+    // A busy room sends many messages per batch; its row needs touching
+    // once, and not at all once we know it is there.
+    let mut rooms_seen: HashSet<&str> = HashSet::new();
+
+    for write in writes {
+        match write {
+            Write::CreateRoom { room, created } => {
+                if rooms_seen.insert(room) {
+                    upsert_room.execute((room, to_sql(*created)))?;
+                }
+            }
+            Write::Append { room, msg } => {
+                if !last_ids.contains_key(room) && rooms_seen.insert(room) {
+                    upsert_room.execute((room, to_sql(msg.ts)))?;
+                }
+                let last = newest.get(room.as_str()).or(last_ids.get(room)).copied().unwrap_or(0);
+                if msg.id <= last && already_stored.query_row((room, to_sql(msg.id)), |row| row.get(0))? {
+                    return Err(duplicate(room, msg.id));
+                }
+                newest.insert(room, last.max(msg.id));
+                insert_message.execute((room, to_sql(msg.id), to_sql(msg.ts), &msg.username, &msg.text))?;
+            }
+        }
     }
     Ok(())
 }

@@ -257,16 +257,18 @@ fn a_failed_batch_reports_err_and_the_next_one_commits() {
     let seq = storage.send(append("r", 1));
     reactor.wait_committed(&mut storage, seq);
 
-    // Id 1 again: the primary key refuses it, the batch rolls back.
-    let seq = storage.send(append("r", 1));
+    // Id 2, then id 1 again: the duplicate fails the batch, and the whole
+    // batch rolls back, the good row before it included.
+    let seq = storage.send_all(vec![append("r", 2), append("r", 1)]);
     let seen = reactor.wait_committed(&mut storage, seq);
     let (upto, result) = seen.last().cloned().unwrap();
-    assert_eq!(upto, 2);
+    assert_eq!(upto, 3);
     assert!(result.unwrap_err().contains("UNIQUE"), "a constraint error");
 
-    // The connection is usable afterwards and history is intact.
+    // The connection is usable afterwards, and id 2 was not kept (storing
+    // it now would be a duplicate otherwise).
     let seq = storage.send(append("r", 2));
-    assert_eq!(reactor.wait_committed(&mut storage, seq), vec![(3, Ok(()))]);
+    assert_eq!(reactor.wait_committed(&mut storage, seq), vec![(4, Ok(()))]);
     assert_eq!(reactor.read(&mut storage, "r", 0, u64::MAX, 10, false), (vec![1, 2], Some(1)));
     storage.shutdown().unwrap();
 }

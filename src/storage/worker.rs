@@ -7,16 +7,16 @@
 //! the same idea as uWebSockets committing its pub/sub batches once per loop
 //! iteration. Under light load a batch is a single turn and commits at once;
 //! under heavy load batches grow by themselves, because turns pile up in the
-//! channel while the previous commit runs.
+//! mailbox while the previous commit runs.
 //!
 //! [`Batch`] is the unit of work. The thread runs it for SQLite; the memory
 //! backend runs the very same code inline, on the reactor's thread, because
 //! a `VecDeque` push needs no thread to keep the loop from waiting.
 
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::Duration;
 
+use super::mailbox::{Receiver, RecvTimeoutError, Sender};
 use super::{Reply, Request, StorageError, Store, Write};
 
 /// Most requests taken into one batch. A bound keeps one transaction (and
@@ -144,7 +144,7 @@ pub(super) fn run(
                     wrote = false;
                     continue;
                 }
-                Err(RecvTimeoutError::Disconnected) => Err(()),
+                Err(RecvTimeoutError::Closed) => Err(()),
             }
         } else {
             requests.recv().map_err(|_| ())
@@ -158,8 +158,8 @@ pub(super) fn run(
         // finish this batch, and the next recv() ends us.
         while batch.has_room() {
             match requests.try_recv() {
-                Ok(turn) => batch.add(turn),
-                Err(_) => break,
+                Ok(Some(turn)) => batch.add(turn),
+                Ok(None) | Err(_) => break,
             }
         }
 
