@@ -33,6 +33,9 @@ pub struct Metrics {
     /// Connection flushes that had output (each one `send`/`sendmsg`, or a few when
     /// more than 64 chunks were queued): deliveries ÷ flushes is the batching.
     pub flushes: u64,
+    /// Loop turns that held listeners' output back to share a later write
+    /// (see `pacing`).
+    pub held_turns: u64,
     /// History rows committed.
     pub history_writes: u64,
     /// Sum of commit latencies in microseconds (for the average).
@@ -135,6 +138,12 @@ impl Metrics {
             "counter",
             "Connection flushes with output (send/sendmsg calls).",
             self.flushes,
+        );
+        metric(
+            "chatroom_held_turns_total",
+            "counter",
+            "Loop turns that held listeners' output back to share a later write.",
+            self.held_turns,
         );
         metric("chatroom_history_writes_total", "counter", "Messages committed to history.", self.history_writes);
         metric(

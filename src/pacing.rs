@@ -12,8 +12,11 @@
 //! the connection sent nor an author's copy of its own post (a client may
 //! be waiting for those), when
 //!
-//! - the loop is busy: this turn's events were already waiting when it
-//!   polled, so there is a queue anyway; or
+//! - the loop is busy: clients' events were already waiting when it
+//!   polled, so there is a queue anyway (the storage thread's and Redis's
+//!   answers do not count: their being ready says the answer was quick, not
+//!   that anyone queues, and counting them held every fan-out of a quiet
+//!   room with SQLite history back by up to `FAN_OUT_DELAY`); or
 //! - posts arrive faster than one per [`FAN_OUT_DELAY`] ([`HOLD_RATE`]), so
 //!   the next one is likely to come while the first waits,
 //!
@@ -58,9 +61,10 @@ impl Pacer {
         Pacer { busy: false, fast: false, window_start: now, window_posts: 0, due: None }
     }
 
-    /// After the poll that starts a turn: asked at `asked`, returned at `now`.
-    pub fn polled(&mut self, asked: Instant, now: Instant, had_events: bool) {
-        self.busy = had_events && now.saturating_duration_since(asked) < BUSY_SLEEP;
+    /// After the poll that starts a turn: asked at `asked`, returned at
+    /// `now`, with events from clients or not.
+    pub fn polled(&mut self, asked: Instant, now: Instant, from_clients: bool) {
+        self.busy = from_clients && now.saturating_duration_since(asked) < BUSY_SLEEP;
     }
 
     /// Whether this turn may hold listeners' output, given the number of

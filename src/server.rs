@@ -366,7 +366,7 @@ impl Server {
                 return Err(StartError(format!("poll failed: {e}")));
             }
             self.now = Instant::now();
-            self.pacer.polled(asked, self.now, !events.is_empty());
+            self.pacer.polled(asked, self.now, from_clients(&events));
             let turn_start = self.now;
             self.dispatch(&events);
             // Cork: before writing anything, take what else became ready while
@@ -927,6 +927,7 @@ impl Server {
                 self.flush(key);
             }
         }
+        self.metrics.held_turns += u64::from(!held.is_empty());
         self.pacer.held(self.now, !held.is_empty());
         self.only_held = !held.is_empty() && self.dirty.is_empty();
         let mut dirty = dirty;
@@ -1228,6 +1229,19 @@ fn refuse_at_accept(socket: &mut TcpStream, why: &str) {
     let _ = socket.shutdown(std::net::Shutdown::Write);
 }
 
+/// Whether any of these events is clients' doing (their sockets or a
+/// listener): what the pacer's "busy" means. The storage thread's wake-up
+/// and Redis's replies answer our own requests; that they were ready the
+/// moment we polled says how fast the answer came, not that clients queue.
+fn from_clients(events: &Events) -> bool {
+    events.iter().any(|e| is_clients(e.token()))
+}
+
+/// See [`from_clients`].
+fn is_clients(token: Token) -> bool {
+    !matches!(token, WAKER | SIGNALS | REDIS_SUB | REDIS_CMD)
+}
+
 /// Whether an accept error means "out of descriptors or memory".
 fn is_out_of_resources(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
@@ -1242,5 +1256,20 @@ fn explain_bind_error(e: &io::Error) -> String {
         io::ErrorKind::PermissionDenied => "permission denied (ports below 1024 need privileges)".into(),
         io::ErrorKind::AddrNotAvailable => "no such local address".into(),
         _ => e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_clients_sockets_and_listeners_make_the_loop_busy() {
+        for token in [Token(0), Token(12_345), LISTENER, ADMIN_LISTENER] {
+            assert!(is_clients(token), "{token:?}");
+        }
+        for token in [WAKER, SIGNALS, REDIS_SUB, REDIS_CMD] {
+            assert!(!is_clients(token), "{token:?}");
+        }
     }
 }

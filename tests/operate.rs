@@ -70,6 +70,9 @@ fn metrics_parse_and_count_exactly_n_posts_times_m_members() {
     assert!(after["chatroom_history_commit_seconds_count"] > 0.0);
     assert!(delta("chatroom_bytes_out_total") > 0.0 && delta("chatroom_bytes_in_total") > 0.0);
     assert_eq!(delta("chatroom_websocket_upgrades_total"), m as f64);
+    // Every delivery went out in some flush; coalescing is counted too.
+    assert!(delta("chatroom_flushes_total") > 0.0);
+    assert!(after.contains_key("chatroom_held_turns_total"));
 }
 
 #[test]
