@@ -25,8 +25,9 @@
 #   sweep10  100 rooms x 10 clients, 10 senders in total        (room-size sweep; 1,000 = a)
 #   sweep100 10 rooms x 100 clients, 10 senders in total
 #   c1       1 room x 100 clients, 10 senders, 200 msgs/s offered (open loop)     latency
-#            (15 s: a message's 100 deliveries share its fate, so p99 is the worst 1% of only
-#            3,000 messages; at 5 s, 1,000 messages, one server's p99 swung 1.2-2.5 ms run to run)
+#            (runs 15 s, 3,000 messages: a message's 100 deliveries share its fate, so p99 is
+#            decided by the worst 1% of the messages; at 5 s, 1,000 messages, one server's p99
+#            swung 1.2-2.5 ms from run to run)
 #   c2       1 room x 1,000 clients, 10 senders, 100 msgs/s offered (open loop)   latency
 #   d        10,000 idle WebSockets over 100 rooms                    server RSS per connection
 #   e        churn: 50 concurrent connect/post/await-own-copy/close cycles         cycles/s

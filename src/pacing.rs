@@ -13,10 +13,11 @@
 //! be waiting for those), when
 //!
 //! - the loop is busy: clients' events were already waiting when it
-//!   polled, so there is a queue anyway (the storage thread's and Redis's
-//!   answers do not count: their being ready says the answer was quick, not
-//!   that anyone queues, and counting them held every fan-out of a quiet
-//!   room with SQLite history back by up to `FAN_OUT_DELAY`); or
+//!   polled, so there is a queue anyway. The answers to our own requests
+//!   (the storage thread's wake-up, Redis's command replies) do not count:
+//!   that they were ready says the answer was quick, not that anyone
+//!   queues. (Counting the storage thread's held most fan-outs in a quiet
+//!   room back by up to [`FAN_OUT_DELAY`] whenever history is in SQLite.); or
 //! - posts arrive faster than one per [`FAN_OUT_DELAY`] ([`HOLD_RATE`]), so
 //!   the next one is likely to come while the first waits,
 //!
@@ -45,7 +46,7 @@ const BUSY_SLEEP: Duration = Duration::from_micros(20);
 /// The hold decision, turn by turn.
 #[derive(Debug)]
 pub struct Pacer {
-    /// This turn's first poll found events waiting.
+    /// This turn's first poll found clients' events waiting.
     busy: bool,
     /// Posts came faster than `HOLD_RATE` in the last window.
     fast: bool,

@@ -1229,17 +1229,19 @@ fn refuse_at_accept(socket: &mut TcpStream, why: &str) {
     let _ = socket.shutdown(std::net::Shutdown::Write);
 }
 
-/// Whether any of these events is clients' doing (their sockets or a
-/// listener): what the pacer's "busy" means. The storage thread's wake-up
-/// and Redis's replies answer our own requests; that they were ready the
-/// moment we polled says how fast the answer came, not that clients queue.
+/// Whether any of these events is clients' doing: what the pacer's "busy"
+/// means. Their sockets and the listeners count, and so does the Redis
+/// subscription, which carries the posts of other processes' clients. The
+/// storage thread's wake-up and the replies on the Redis command connection
+/// answer our own requests: that they were ready the moment we polled says
+/// how fast the answer came, not that anyone queues.
 fn from_clients(events: &Events) -> bool {
     events.iter().any(|e| is_clients(e.token()))
 }
 
 /// See [`from_clients`].
 fn is_clients(token: Token) -> bool {
-    !matches!(token, WAKER | SIGNALS | REDIS_SUB | REDIS_CMD)
+    !matches!(token, WAKER | SIGNALS | REDIS_CMD)
 }
 
 /// Whether an accept error means "out of descriptors or memory".
@@ -1265,10 +1267,10 @@ mod tests {
 
     #[test]
     fn only_clients_sockets_and_listeners_make_the_loop_busy() {
-        for token in [Token(0), Token(12_345), LISTENER, ADMIN_LISTENER] {
+        for token in [Token(0), Token(12_345), LISTENER, ADMIN_LISTENER, REDIS_SUB] {
             assert!(is_clients(token), "{token:?}");
         }
-        for token in [WAKER, SIGNALS, REDIS_SUB, REDIS_CMD] {
+        for token in [WAKER, SIGNALS, REDIS_CMD] {
             assert!(!is_clients(token), "{token:?}");
         }
     }

@@ -11,13 +11,15 @@
 //! Here [`Sender::send`] pushes, unlocks, and only then wakes the receiver,
 //! and only if it is asleep; a receiver that is awake (the reactor, which is
 //! woken by its `mio::Waker` and polls with [`Receiver::try_recv`]) costs
-//! the sender no system call at all.
+//! the sender no futex call at all.
 //!
-//! One sender, one receiver. Dropping either side closes the mailbox: the
-//! receiver then gets what is left and then `Closed`, and the sender gets
-//! its item back, which is how each side learns the other has gone.
+//! One sender, one receiver. When the sender goes, the receiver still gets
+//! what is queued, then `Closed`; when the receiver goes, each later `send`
+//! returns its item. That is how each side learns the other has gone.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
+use std::marker::PhantomData;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -72,9 +74,12 @@ pub(super) struct Sender<T> {
     shared: Arc<Shared<T>>,
 }
 
-/// The receiving half.
+/// The receiving half. It may move to another thread but not be shared
+/// (`!Sync`): `waiting` is one flag, so two threads waiting on it at once
+/// could lose a wake-up.
 pub(super) struct Receiver<T> {
     shared: Arc<Shared<T>>,
+    _one_thread: PhantomData<Cell<()>>,
 }
 
 /// A new, open mailbox.
@@ -83,7 +88,7 @@ pub(super) fn mailbox<T>() -> (Sender<T>, Receiver<T>) {
         state: Mutex::new(State { queue: VecDeque::new(), waiting: false, closed: false }),
         ready: Condvar::new(),
     });
-    (Sender { shared: Arc::clone(&shared) }, Receiver { shared })
+    (Sender { shared: Arc::clone(&shared) }, Receiver { shared, _one_thread: PhantomData })
 }
 
 impl<T> Sender<T> {

@@ -3,9 +3,9 @@
 //!
 //! It runs inline on the reactor's thread (a `VecDeque` push needs no
 //! thread to keep the loop from waiting) but answers with the same replies,
-//! through the same batch code, so the reactor's code path (send, wait for `Committed`, then
-//! broadcast) is the same with or without a disk; only the durability
-//! differs. Each room keeps its newest `keep_per_room` messages in a ring
+//! through the same batch code, so the reactor's code path (send, wait for
+//! `Committed`, then broadcast) is the same with or without a disk; only
+//! the durability differs. Each room keeps its newest `keep_per_room` messages in a ring
 //! (`VecDeque`), so memory stays bounded however long the server runs,
 //! and `oldest_id` tells a client asking for older history that it is gone.
 

@@ -6,13 +6,13 @@
 //! the message its room sequence number, and then, instead of broadcasting
 //! it straight away, hands it to us with [`Storage::send`]. The reactor never
 //! waits on the disk: SQLite lives on one *storage thread*, and the two sides
-//! talk through a pair of one-way mailboxes. When a batch of messages has committed,
-//! the storage thread queues a [`Reply::Committed`] and pokes the reactor's
-//! `mio::Waker`; on its next turn the reactor drains [`Storage::try_recv`]
-//! and only then broadcasts what is now durable. That ordering is the whole
-//! point: if the server is killed with `kill -9` right after a client
-//! received message `k`, messages `1..=k` are in the history when it starts
-//! again.
+//! talk through a pair of one-way mailboxes. When a batch of messages has
+//! committed, the storage thread queues a [`Reply::Committed`] and pokes the
+//! reactor's `mio::Waker`; on its next turn the reactor drains
+//! [`Storage::try_recv`] and only then broadcasts what is now durable. That
+//! ordering is the whole point: if the server is killed with `kill -9` right
+//! after a client received message `k`, messages `1..=k` are in the history
+//! when it starts again.
 //!
 //! ```text
 //!  reactor thread                      storage thread

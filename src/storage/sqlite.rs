@@ -357,14 +357,18 @@ fn write_batch(
         .and_then(|()| if merge { conn.execute_batch(MERGE_INBOX) } else { Ok(()) })
         .and_then(|()| conn.prepare_cached("COMMIT")?.execute([]).map(drop));
     if let Err(e) = written {
-        // Only a committed batch updates what we believe is stored. (A
-        // failed COMMIT may already have rolled back; then there is nothing
-        // to undo.)
-        if !conn.is_autocommit() {
-            let _ = conn.execute_batch("ROLLBACK");
+        // Undo the batch. SQLite may have rolled it back already (a failed
+        // COMMIT, a full disk or an I/O error mid-batch end the transaction
+        // by themselves); then there is nothing to undo.
+        if !conn.is_autocommit()
+            && let Err(rollback) = conn.execute_batch("ROLLBACK")
+        {
+            // Every later BEGIN will fail and say so; this says why.
+            log::error!("storage: rolling back a failed batch failed too: {rollback}");
         }
         return Err(e);
     }
+    // Only a committed batch updates what we believe is stored.
     for (room, id) in newest {
         last_ids.insert(room.to_string(), id);
     }

@@ -154,7 +154,7 @@ pub(super) fn run(
         };
         batch.add(first);
         // Then take every turn already waiting, without blocking again.
-        // Empty: the batch is complete. Disconnected: the handle was dropped;
+        // Empty: the batch is complete. Closed: the handle was dropped;
         // finish this batch, and the next recv() ends us.
         while batch.has_room() {
             match requests.try_recv() {
