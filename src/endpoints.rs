@@ -244,11 +244,14 @@ impl Server {
             if last_append > 0 {
                 self.commit_clock.push_back((last_append, self.now));
             }
-            if storage.is_inline() {
-                // Memory mode answered already: deliver in this same turn.
-                self.on_storage_replies();
-            }
         }
+        // Deliver what is already committed in this same turn, without
+        // waiting for the waker's event: memory mode answers inline, and
+        // the storage thread, woken by the send above, usually preempts us
+        // on a shared core and has committed by the time we get here. (Its
+        // waker event still comes; by then it finds nothing, or the next
+        // batch.)
+        self.on_storage_replies();
     }
 
     /// The storage thread has answers (it woke us through the waker).

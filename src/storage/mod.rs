@@ -430,12 +430,6 @@ impl Storage {
         seq
     }
 
-    /// Whether requests are answered inline (the memory backend): the
-    /// replies are ready right after [`Storage::send_all`], with no wake-up.
-    pub fn is_inline(&self) -> bool {
-        self.inline.is_some()
-    }
-
     /// Take one reply if any is ready (never blocks).
     pub fn try_recv(&mut self) -> Option<Reply> {
         if let Some(reply) = self.orphans.pop_front() {
