@@ -17,7 +17,7 @@
 #![no_main]
 
 use chatroom::chat::protocol;
-use chatroom::endpoints;
+use chatroom::server::endpoints;
 use chatroom::outbuf::OutQueue;
 use chatroom::ws::{Closing, Session};
 use libfuzzer_sys::fuzz_target;

@@ -13,7 +13,6 @@
 //! [`Chat::out`] as [`Outgoing`] instructions, and the reactor carries them
 //! out (framing once, sharing the bytes between members).
 
-pub mod api;
 pub mod cluster;
 pub mod protocol;
 pub mod room;

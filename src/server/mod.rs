@@ -60,6 +60,13 @@ use crate::storage::{Backend, Storage};
 use crate::timer::{Timer, TimerKind, Timers};
 use crate::ws::Closing;
 
+mod api;
+pub mod endpoints;
+mod inspect;
+mod redis;
+mod request;
+mod stats;
+
 /// The listening socket. Fixed tokens sit at the top of the token space,
 /// far above any slab key (connection keys count up from 0).
 pub const LISTENER: Token = Token(usize::MAX - 1);
@@ -213,7 +220,7 @@ pub struct Server {
     /// When the once-a-second work (stats feed) runs next.
     next_tick: Instant,
     /// Counters at the last tick, for per-second rates.
-    pub(crate) last_tick: crate::stats::Sample,
+    pub(crate) last_tick: stats::Sample,
 }
 
 impl Server {
@@ -305,7 +312,7 @@ impl Server {
             commit_clock: std::collections::VecDeque::new(),
             bus,
             next_tick: now + TICK,
-            last_tick: crate::stats::Sample::default(),
+            last_tick: stats::Sample::default(),
         })
     }
 
