@@ -10,20 +10,15 @@
 //!
 //! Replies are queued on the connection's output, never written here.
 
-use std::rc::Rc;
-
 use tungstenite::Message;
 
-use crate::chat::Outgoing;
 use crate::conn::{Phase, Role, WsState};
 use crate::frame;
 use crate::handshake::Upgrade;
 use crate::http::Head;
 use crate::outbuf::Chunk;
-use crate::response::Response;
 use crate::route::{Endpoint, query_value};
 use crate::server::Server;
-use crate::storage::Reply;
 
 /// The echo room's greeting, byte for byte as the original Django consumer sent it.
 pub const ECHO_GREETING: &str = r#"{"message": "You are connected to the Echo Room!", "status": "connected"}"#;
@@ -148,133 +143,6 @@ impl Server {
             conn.out.push(Chunk::Owned(frame::text(payload)));
             self.mark_dirty(key);
         }
-    }
-
-    /// Carries out what the chat decided: frames to members, closes, and
-    /// HTTP answers that waited for storage. A room broadcast is framed once
-    /// and the same bytes are queued for every member.
-    pub(crate) fn deliver_chat(&mut self) {
-        let mut out = std::mem::take(&mut self.chat.out);
-        let mut over_cap = Vec::new();
-        for item in out.drain(..) {
-            match item {
-                Outgoing::To { key, json } => self.send_text(key, json.as_bytes()),
-                Outgoing::ToSerial { key, serial, json } => {
-                    if self.conns.get(key).is_some_and(|c| c.serial == serial) {
-                        self.send_text(key, json.as_bytes());
-                    }
-                }
-                Outgoing::Room { room, json, is_message, except, author } => {
-                    let shared: Rc<[u8]> = frame::shared_text(json.as_bytes());
-                    let max_pending = self.cfg.max_pending;
-                    let mut delivered = 0;
-                    for key in self.chat.recipients(room) {
-                        if Some(key) == except {
-                            continue;
-                        }
-                        let Some(conn) = self.conns.get_mut(key) else { continue };
-                        if conn.dead || conn.close_after_flush {
-                            continue;
-                        }
-                        conn.out.push(Chunk::Shared(shared.clone()));
-                        delivered += 1;
-                        if !conn.dirty {
-                            conn.dirty = true;
-                            self.dirty.push(key);
-                        }
-                        // Only a socket that already refused bytes is slow: a
-                        // reader keeping up gets this turn's flush first, even
-                        // when one commit batch alone is larger than the cap.
-                        if conn.writable_interest && conn.out.len() > max_pending {
-                            over_cap.push(key);
-                        }
-                    }
-                    if is_message {
-                        self.metrics.messages_delivered += delivered;
-                    }
-                    if let Some((key, serial)) = author
-                        && let Some(conn) = self.conns.get_mut(key)
-                        && conn.serial == serial
-                        && conn.dirty
-                    {
-                        conn.urgent = true;
-                        self.authors.push(key);
-                    }
-                }
-                Outgoing::Close { key, code, reason } => {
-                    let Some(conn) = self.conns.get_mut(key) else { continue };
-                    if let Phase::WebSocket(ws) = &mut conn.phase {
-                        ws.session.close(code, reason, &mut conn.out);
-                        conn.close_after_flush = true;
-                    }
-                    self.mark_dirty(key);
-                }
-                Outgoing::Http { key, serial, status, body } => self.answer_parked(key, serial, status, body),
-            }
-        }
-        self.chat.out = out;
-        for key in over_cap {
-            self.drop_slow_consumer(key);
-        }
-    }
-
-    /// Sends the answer a parked HTTP connection waited for, then serves
-    /// whatever was pipelined behind it.
-    fn answer_parked(&mut self, key: usize, serial: u64, status: u16, body: Vec<u8>) {
-        let Some(conn) = self.conns.get_mut(key) else { return };
-        if conn.serial != serial {
-            return;
-        }
-        let Phase::Http(http) = &mut conn.phase else { return };
-        let Some(parked) = http.parked.take() else { return };
-        let response = Response::json(status, body).head_only(parked.head_only).close(!parked.keep_alive);
-        self.respond(key, response);
-        self.resume_http(key);
-    }
-
-    /// End of turn, before flushing: storage requests leave as one batch,
-    /// and presence changes become one frame per room.
-    pub(crate) fn chat_before_flush(&mut self) {
-        self.chat.flush_presence();
-        self.deliver_chat();
-        if let Some(storage) = &mut self.storage {
-            // The whole turn goes as one message: one transaction.
-            let last_append = storage.send_all(std::mem::take(&mut self.chat.requests));
-            // Remember when this batch left, to time its commit.
-            if last_append > 0 {
-                self.commit_clock.push_back((last_append, self.now));
-            }
-        }
-        // Deliver what is already committed in this same turn, without
-        // waiting for the waker's event: memory mode answers inline, and
-        // the storage thread, woken by the send above, usually preempts us
-        // on a shared core and has committed by the time we get here. (Its
-        // waker event still comes; by then it finds nothing, or the next
-        // batch.)
-        self.on_storage_replies();
-    }
-
-    /// The storage thread has answers (it woke us through the waker).
-    pub(crate) fn on_storage_replies(&mut self) {
-        while let Some(reply) = self.storage.as_mut().and_then(|s| s.try_recv()) {
-            match reply {
-                Reply::Committed { upto, result } => {
-                    let committed = self.chat.on_committed(upto, &result);
-                    self.metrics.history_writes += committed as u64;
-                    self.metrics.history_batches += 1;
-                    let now = std::time::Instant::now();
-                    while let Some(&(seq, sent)) = self.commit_clock.front()
-                        && seq <= upto
-                    {
-                        self.commit_clock.pop_front();
-                        self.metrics.history_latency_us_sum += now.duration_since(sent).as_micros() as u64;
-                        self.metrics.history_latency_count += 1;
-                    }
-                }
-                Reply::Messages { ticket, messages, oldest_id } => self.chat.on_messages(ticket, messages, oldest_id),
-            }
-        }
-        self.deliver_chat();
     }
 }
 
