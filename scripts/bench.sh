@@ -4,10 +4,19 @@
 # Writes bench/results.json, bench/results.md and bench/*.svg (scripts/bench_report.py).
 #
 # Usage: scripts/bench.sh [--quick] [--repeat N] [--servers LIST] [--scenarios LIST]
-#                         [--append] [--no-build] [--out DIR] [--keep-raw DIR]
+#                         [--baseline BIN] [--append] [--no-build] [--out DIR] [--keep-raw DIR]
 #
-#   --servers    comma list of chatroom, chatroom-mem, tokio_ws, node_ws, django
+#   --servers    comma list of chatroom, chatroom-mem, tokio_ws, node_ws, django, and with
+#                --baseline also chatroom-base, chatroom-mem-base
 #                [chatroom,chatroom-mem,tokio_ws,node_ws]; `all` adds django
+#   --baseline B another chatroom binary B (e.g. a copy of the previous release build) to run
+#                alternately with this one in the same invocation: chatroom-base is B started
+#                exactly as chatroom (SQLite file in the run's temp dir, --rate-limit 0),
+#                chatroom-mem-base is B as chatroom-mem (--data none). Without --servers,
+#                chatroom-base is added to the default list (and to `all`); with an explicit
+#                --servers list, name chatroom-base / chatroom-mem-base there. results.md then
+#                gets an "old vs new" table: medians, min–max over the repeats, new/old ratio,
+#                and whether the ranges overlap
 #   --scenarios  comma list of a, b, c (= c1,c2), c1, c2, d, e, f, sweep (= sweep10,sweep100,a),
 #                a_small, c_small                                          [a,b,c,d,e,f,sweep]
 #                django only runs a_small and c_small (it manages a few thousand deliveries/s); when django
@@ -17,6 +26,7 @@
 #   --append     keep the other (scenario, server) results already in bench/results.json
 #                (e.g. a separate django run); results of this run replace same-named ones
 #   --no-build   use target/release/{chatroom,loadgen} as they are
+#   --out DIR    write results.json, results.md and the charts to DIR               [bench/]
 #   --keep-raw D keep the raw per-run files (loadgen output, /proc samples) in D
 #
 # Scenarios (100-byte messages; room runs closed loop, window 1, after 10 warm-up posts/sender):
@@ -39,6 +49,10 @@
 # Every server is started fresh for every run (RSS figures need a fresh process), waited for
 # with a bounded retry, measured through its own /proc entry (loadgen --server-pid: utime+stime
 # of the process that owns the listening socket), and stopped after; nothing is left running.
+# Right before a chatroom server (any chatroom* name) is stopped, its /metrics is scraped: the
+# report shows messages delivered per flush (chatroom_messages_delivered_total ÷
+# chatroom_flushes_total) and chatroom_held_turns_total for the room scenarios; these counters
+# cover the whole run (connect, warm-up, measurement), and a binary without a counter shows –.
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -52,6 +66,8 @@ SCENARIOS="a,b,c,d,e,f,sweep"
 APPEND=0
 BUILD=1
 KEEP_RAW=""
+BASELINE=""
+SERVERS_GIVEN=0
 RUN_LIMIT=240          # seconds: no single loadgen run may take longer than this
 READY_LIMIT=300        # tenths of a second to wait for a server to listen (30 s)
 
@@ -61,8 +77,10 @@ while [ $# -gt 0 ]; do
     --quick) QUICK=1 ;;
     --repeat) REPEAT=${2:?--repeat N}; shift ;;
     --repeat=*) REPEAT=${1#*=} ;;
-    --servers) SERVERS=${2:?--servers LIST}; shift ;;
-    --servers=*) SERVERS=${1#*=} ;;
+    --servers) SERVERS=${2:?--servers LIST}; SERVERS_GIVEN=1; shift ;;
+    --servers=*) SERVERS=${1#*=}; SERVERS_GIVEN=1 ;;
+    --baseline) BASELINE=${2:?--baseline BIN}; shift ;;
+    --baseline=*) BASELINE=${1#*=} ;;
     --scenarios) SCENARIOS=${2:?--scenarios LIST}; shift ;;
     --scenarios=*) SCENARIOS=${1#*=} ;;
     --append) APPEND=1 ;;
@@ -78,13 +96,27 @@ while [ $# -gt 0 ]; do
 done
 [ -n "$REPEAT" ] || { [ "$QUICK" = 1 ] && REPEAT=1 || REPEAT=3; }
 [[ "$REPEAT" =~ ^[1-9][0-9]?$ ]] || die "--repeat takes 1..99"
-[ "$SERVERS" = all ] && SERVERS="chatroom,chatroom-mem,tokio_ws,node_ws,django"
+[ "$SERVERS" = all ] && { SERVERS="chatroom,chatroom-mem,tokio_ws,node_ws,django"; SERVERS_GIVEN=0; }
+if [ -n "$BASELINE" ]; then
+  [ -f "$BASELINE" ] && [ -x "$BASELINE" ] || die "--baseline $BASELINE: not an executable file"
+  BASELINE=$(cd "$(dirname "$BASELINE")" && pwd)/$(basename "$BASELINE")
+  # the default list (or `all`) gets chatroom-base right after chatroom, so that the rotation
+  # of the server order alternates the two
+  [ "$SERVERS_GIVEN" = 0 ] && SERVERS=${SERVERS/#chatroom,/chatroom,chatroom-base,}
+fi
 
 # --- expand and check the lists ---------------------------------------------------------------
 IFS=, read -r -a server_list <<<"$SERVERS"
 for s in "${server_list[@]}"; do
-  case "$s" in chatroom|chatroom-mem|tokio_ws|node_ws|django) ;; *) die "unknown server $s" ;; esac
+  case "$s" in
+    chatroom|chatroom-mem|tokio_ws|node_ws|django) ;;
+    chatroom-base|chatroom-mem-base) [ -n "$BASELINE" ] || die "server $s needs --baseline BIN" ;;
+    *) die "unknown server $s" ;;
+  esac
 done
+if [ -n "$BASELINE" ] && [[ ",$SERVERS," != *,chatroom-base,* ]] && [[ ",$SERVERS," != *,chatroom-mem-base,* ]]; then
+  echo "bench: warning: --baseline given but neither chatroom-base nor chatroom-mem-base is in --servers" >&2
+fi
 has_django=0; for s in "${server_list[@]}"; do [ "$s" = django ] && has_django=1; done
 scen_list=()
 add_scen() { local x; for x in "${scen_list[@]}"; do [ "$x" = "$1" ] && return; done; scen_list+=("$1"); }
@@ -134,6 +166,11 @@ TMP=$(mktemp -d /tmp/chatroom-bench.XXXXXX)
 RAW="$TMP/raw"; mkdir -p "$RAW" "$TMP/bin" "$TMP/data"
 cp "$ROOT/target/release/chatroom" "$ROOT/target/release/loadgen" "$TMP/bin/"
 CHATROOM="$TMP/bin/chatroom"; LOADGEN="$TMP/bin/loadgen"
+CHATROOM_BASE=""
+if [ -n "$BASELINE" ]; then
+  cp "$BASELINE" "$TMP/bin/chatroom-base" || die "cannot copy $BASELINE"
+  CHATROOM_BASE="$TMP/bin/chatroom-base"
+fi
 for s in "${server_list[@]}"; do
   case "$s" in
     tokio_ws) [ -x "${PEERS_HOME:-/tmp/chatroom-peers}/tokio_ws/target/release/tokio_ws_peer" ] || bash "$PEERS/tokio_ws/setup.sh" >&2 || die "tokio_ws setup failed" ;;
@@ -183,6 +220,8 @@ start_server() {
   case "$name" in
     chatroom)     cmd=("$CHATROOM" --bind "127.0.0.1:$port" --rate-limit 0 --data "$TMP/data/c-$port-$RANDOM.db") ;;
     chatroom-mem) cmd=("$CHATROOM" --bind "127.0.0.1:$port" --rate-limit 0 --data none) ;;
+    chatroom-base) cmd=("$CHATROOM_BASE" --bind "127.0.0.1:$port" --rate-limit 0 --data "$TMP/data/b-$port-$RANDOM.db") ;;
+    chatroom-mem-base) cmd=("$CHATROOM_BASE" --bind "127.0.0.1:$port" --rate-limit 0 --data none) ;;
     tokio_ws)     cmd=(bash "$PEERS/tokio_ws/run.sh" "$port") ;;
     node_ws)      cmd=(bash "$PEERS/node_ws/run.sh" "$port") ;;
     django)       cmd=(env CHANNEL_CAPACITY=100000 bash "$PEERS/django_channels/run.sh" "$port") ;;
@@ -205,6 +244,16 @@ start_server() {
   # let a multi-process server finish starting (django: workers, redis connections)
   [ "$name" = django ] && sleep 1
   return 0
+}
+
+# scrape_metrics PORT FILE: the server's Prometheus text (bounded; a failure leaves no file)
+scrape_metrics() {
+  if command -v curl >/dev/null 2>&1; then
+    curl -sf --max-time 5 "http://127.0.0.1:$1/metrics" -o "$2" || rm -f "$2"
+  else
+    python3 -c 'import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())' \
+      "http://127.0.0.1:$1/metrics" >"$2" 2>/dev/null || rm -f "$2"
+  fi
 }
 
 # /proc sampler: every 0.1 s, the clock, cores 0 and 1 from /proc/stat, loadgen's stat and
@@ -238,6 +287,10 @@ START_EPOCH=$(date +%s)
   echo "git_dirty_files=$(cd "$ROOT" && git status --porcelain 2>/dev/null | grep -vc '^?? bench/')"
   echo "build=$BUILD_STATE"
   echo "chatroom_sha256=$(sha256sum "$CHATROOM" | cut -c1-16)"
+  if [ -n "$CHATROOM_BASE" ]; then
+    echo "baseline=$BASELINE"
+    echo "chatroom_base_sha256=$(sha256sum "$CHATROOM_BASE" | cut -c1-16)"
+  fi
   echo "node_version=$(node --version 2>/dev/null)"
   echo "fd_limit=$(ulimit -n)"
   echo "quick=$QUICK"
@@ -266,7 +319,7 @@ for rep in $(seq 1 "$REPEAT"); do
       dir=$(printf '%s/%03d-%s-%s-%d' "$RAW" "$n" "$scen" "$server" "$rep"); mkdir -p "$dir"
       port=$(pick_port) || die "no free port"
       args=$(scenario_args "$scen" "$server")
-      printf 'bench: [%d/%d] %-8s %-13s rep %d ... ' "$n" "$total" "$scen" "$server" "$rep" >&2
+      printf 'bench: [%d/%d] %-8s %-17s rep %d ... ' "$n" "$total" "$scen" "$server" "$rep" >&2
       t_launch=$EPOCHREALTIME
       if ! start_server "$server" "$port" "$dir/server.log"; then
         { echo "scenario=$scen"; echo "server=$server"; echo "repeat=$rep"; echo "start_failed=1"; } >"$dir/meta.env"
@@ -292,6 +345,9 @@ for rep in $(seq 1 "$REPEAT"); do
       LG_PID=""
       wait "$SAMPLER_PID" 2>/dev/null; SAMPLER_PID=""
       alive=1; kill -0 "$SRV_PID" 2>/dev/null || alive=0
+      # chatroom's own counters (batching: deliveries per flush, held turns), after the load
+      # and outside loadgen's measurement window
+      case "$server" in chatroom*) [ "$alive" = 1 ] && scrape_metrics "$port" "$dir/metrics.txt" ;; esac
       stop_server
       {
         echo "scenario=$scen"; echo "server=$server"; echo "repeat=$rep"; echo "port=$port"
@@ -300,7 +356,7 @@ for rep in $(seq 1 "$REPEAT"); do
         echo "t_launch=$t_launch"; echo "t_ready=$t_ready"; echo "t_lg_start=$t_lg_start"; echo "t_lg_end=$t_lg_end"
         echo "server_alive_after=$alive"
       } >"$dir/meta.env"
-      summary=$(python3 - "$dir/loadgen.json" <<'EOF'
+      summary=$(python3 - "$dir/loadgen.json" "$dir/metrics.txt" <<'EOF'
 import json, sys
 try:
     j = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
@@ -308,7 +364,20 @@ except Exception:
     print("no output"); sys.exit()
 keys = ["deliveries_per_sec", "round_trips_per_sec", "cycles_per_sec", "rss_per_conn_bytes",
         "server_cpu_us_per_delivery", "server_cpu_us_per_round_trip", "server_cpu_us_per_cycle", "p50_us", "p99_us"]
-print(("ok " if j.get("ok") else "FAIL ") + " ".join(f"{k}={j[k]}" for k in keys if j.get(k) is not None) + (" " + "; ".join(j.get("failures", [])) if not j.get("ok") else "") + (" " + j["error"] if "error" in j else ""))
+m = {}
+try:
+    for line in open(sys.argv[2]):
+        p = line.split()
+        if len(p) == 2 and not line.startswith("#"):
+            m[p[0]] = float(p[1])
+except (OSError, ValueError):
+    pass
+extra = ""
+if m.get("chatroom_flushes_total") and m.get("chatroom_messages_delivered_total"):
+    extra += f" msgs_per_flush={m.get('chatroom_messages_delivered_total', 0) / m['chatroom_flushes_total']:.2f}"
+if m.get("chatroom_messages_delivered_total") and "chatroom_held_turns_total" in m:
+    extra += f" held_turns={m['chatroom_held_turns_total']:.0f}"
+print(("ok " if j.get("ok") else "FAIL ") + " ".join(f"{k}={j[k]}" for k in keys if j.get(k) is not None) + extra + (" " + "; ".join(j.get("failures", [])) if not j.get("ok") else "") + (" " + j["error"] if "error" in j else ""))
 EOF
 )
       echo "$(awk -v a="$t_lg_start" -v b="$t_lg_end" 'BEGIN{printf "%.1fs", b-a}') $summary" >&2

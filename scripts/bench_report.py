@@ -6,29 +6,37 @@ Usage: bench_report.py RAW_DIR OUT_DIR [--append]
        bench_report.py --render OUT_DIR      (redraw results.md and the charts from results.json)
 
 RAW_DIR holds invocation.env and one folder per run (meta.env, loadgen.json, loadgen.err,
-samples.txt, server.log), as bench.sh writes them.
+samples.txt, server.log, and for chatroom servers metrics.txt: /metrics scraped right before
+the server was stopped), as bench.sh writes them.
 """
 
 import json
+import math
 import os
 import statistics
 import sys
 from datetime import datetime, timezone
 from html import escape
 
-CHATROOMS = ["chatroom", "chatroom-mem"]
+CHATROOMS = ["chatroom", "chatroom-base", "chatroom-mem", "chatroom-mem-base"]
+# bench.sh --baseline BIN: the same chatroom configurations started from an older binary
+BASE_OF = {"chatroom": "chatroom-base", "chatroom-mem": "chatroom-mem-base"}
 PEERS = ["tokio_ws", "node_ws", "django"]
 SERVER_ORDER = CHATROOMS + PEERS
 COLOURS = {
     "chatroom": "#1f6feb",
+    "chatroom-base": "#f0a202",
     "chatroom-mem": "#79b8ff",
+    "chatroom-mem-base": "#f6cf71",
     "tokio_ws": "#d1495b",
     "node_ws": "#2e9e5b",
     "django": "#8e6cc9",
 }
 LABELS = {
     "chatroom": "chatroom (SQLite)",
+    "chatroom-base": "chatroom-base (SQLite, --baseline)",
     "chatroom-mem": "chatroom --data none",
+    "chatroom-mem-base": "chatroom-mem-base (--data none, --baseline)",
     "tokio_ws": "tokio_ws",
     "node_ws": "node_ws",
     "django": "django+redis",
@@ -184,6 +192,34 @@ def derive(samples, lg, meta):
     return d
 
 
+# chatroom's /metrics counters kept with each run (name in results.json: Prometheus name)
+SERVER_COUNTERS = {
+    "messages_received": "chatroom_messages_received_total",
+    "messages_delivered": "chatroom_messages_delivered_total",
+    "flushes": "chatroom_flushes_total",
+    "held_turns": "chatroom_held_turns_total",
+}
+
+
+def read_metrics(path):
+    """The SERVER_COUNTERS of a scraped /metrics text, or None if there is no scrape; a counter
+    the binary does not have (an older build) is left out."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        return None
+    values = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and not line.startswith("#"):
+            try:
+                values[parts[0]] = int(float(parts[1]))
+            except ValueError:
+                pass
+    return {k: values[name] for k, name in SERVER_COUNTERS.items() if name in values}
+
+
 def server_log_hint(path):
     """The last error-looking line of a server's log (a failed run's likely cause)."""
     try:
@@ -235,6 +271,9 @@ def collect(raw_dir):
             loadgen=lg,
             derived=derived,
         )
+        counters = read_metrics(os.path.join(d, "metrics.txt"))
+        if counters is not None:
+            run["server_metrics"] = counters
         if err:
             run["loadgen_stderr"] = err[-2000:]
         if lg is None or not lg.get("ok"):
@@ -296,6 +335,12 @@ def run_figures(run):
         f["server_core_busy"] = lg["server_cpu_s"] / lg["elapsed_s"]
     f["loadgen_core_busy"] = dv.get("loadgen_core_busy")
     f["other_load"] = dv.get("other_load")
+    # chatroom's batching, from /metrics over the whole run (connect and warm-up included)
+    sm = run.get("server_metrics")
+    if sm is not None:
+        f["msgs_per_flush"] = sm["messages_delivered"] / sm["flushes"] \
+            if sm.get("flushes") and sm.get("messages_delivered") is not None else None
+        f["held_turns"] = sm.get("held_turns")
     f["offered"] = None
     args = (run.get("loadgen_args") or "").split()
     if "--rate" in args:
@@ -310,6 +355,10 @@ def norm_error(text):
     """An error with its counts replaced by N, so that repeats of one failure read as one."""
     import re
     return re.sub(r"\b\d+\b", "N", text)
+
+
+# figures whose min–max over the repeats the summary keeps
+SPREAD_KEYS = ("rate", "cpu", "p99", "rss", "msgs_per_flush", "held_turns")
 
 
 def med(values):
@@ -338,7 +387,7 @@ def summarise(runs):
                 s[k] = sum(vals) if vals else None
             else:
                 s[k] = med([f.get(k) for f in figs])
-        for k in ("rate", "cpu", "p99", "rss"):
+        for k in SPREAD_KEYS:
             vals = [f.get(k) for f in figs if f.get(k) is not None]
             if len(vals) > 1:
                 s[k + "_min"], s[k + "_max"] = min(vals), max(vals)
@@ -405,14 +454,29 @@ def fmt_num(v, digits=3):
     return f"{v:.{digits - 1}f}" if abs(v) >= 1 else f"{v:.{digits}f}"
 
 
+def fmt_count(v):
+    """A counter (or the median of counters: maybe a half)."""
+    if v is None:
+        return "–"
+    return f"{int(v):,}" if v == int(v) else f"{v:,.1f}"
+
+
+# figures that are counts, printed whole
+COUNT_KEYS = ("held_turns",)
+
+
+def fmt_fig(key, v, digits=3):
+    return fmt_count(v) if key in COUNT_KEYS else fmt_num(v, digits)
+
+
 def fmt_spread(s, key, digits=3):
     v = s.get(key)
     if v is None:
         return "–"
-    text = fmt_num(v, digits)
+    text = fmt_fig(key, v, digits)
     lo, hi = s.get(key + "_min"), s.get(key + "_max")
     if lo is not None and hi is not None and hi > lo:
-        text += f" <sub>{fmt_num(lo, digits)}–{fmt_num(hi, digits)}</sub>"
+        text += f" <sub>{fmt_fig(key, lo, digits)}–{fmt_fig(key, hi, digits)}</sub>"
     return text
 
 
@@ -446,11 +510,16 @@ def table(scen, rows):
     kind = SCENARIOS[scen]["kind"]
     out = []
     if kind == "room":
-        out.append("| server | deliveries/s | server CPU µs/delivery | p50 ms | p99 ms | server core | loadgen core | other load | loss | CPU vs reference |")
-        out.append("|---|---:|---:|---:|---:|---:|---:|---:|---|---|")
+        # chatroom's /metrics batching figures, when this run scraped them
+        batching = any(s.get("msgs_per_flush") is not None or s.get("held_turns") is not None for s in rows)
+        extra_head = " msgs/flush | held turns |" if batching else ""
+        out.append("| server | deliveries/s | server CPU µs/delivery | p50 ms | p99 ms |" + extra_head
+                   + " server core | loadgen core | other load | loss | CPU vs reference |")
+        out.append("|---|---:|---:|---:|---:|" + ("---:|---:|" if batching else "") + "---:|---:|---:|---|---|")
         for s in rows:
+            extra = f" {fmt_spread(s, 'msgs_per_flush')} | {fmt_spread(s, 'held_turns')} |" if batching else ""
             out.append(f"| {LABELS.get(s['server'], s['server'])} | {fmt_spread(s, 'rate')} | {fmt_spread(s, 'cpu')} | "
-                       f"{fmt_num(s.get('p50'))} | {fmt_num(s.get('p99'))} | {pct(s.get('server_core_busy'))} | "
+                       f"{fmt_num(s.get('p50'))} | {fmt_num(s.get('p99'))} |{extra} {pct(s.get('server_core_busy'))} | "
                        f"{lg_cell(s)} | {pct(s.get('other_load'))} | {loss_cell(s)} | {ratio_cell(s)} |")
     elif kind == "latency":
         out.append("| server | offered msgs/s | deliveries/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | server CPU µs/delivery | server core | other load | loss | p99 vs best peer |")
@@ -653,6 +722,93 @@ def charts(summary, out_dir):
 # ---------------------------------------------------------------------------------------------
 # results.md
 
+TARGET_HEADS = {"chatroom": "chatroom", "chatroom-base": "chatroom-base",
+                "chatroom-mem": "chatroom --data none", "chatroom-mem-base": "chatroom-mem-base"}
+
+# what the old-vs-new table compares per kind of scenario: (figure, name, unit, better)
+COMPARE = {
+    "room": [("cpu", "server CPU per delivery", "µs", "lower"), ("rate", "deliveries/s", "/s", "higher"),
+             ("msgs_per_flush", "messages delivered per flush", "", "higher"),
+             ("held_turns", "held turns (whole run)", "", None)],
+    "latency": [("p99", "p99 latency", "ms", "lower"), ("cpu", "server CPU per delivery", "µs", "lower")],
+    "idle": [("rss", "RSS per idle connection", "KiB", "lower")],
+    "churn": [("rate", "cycles/s", "/s", "higher"), ("cpu", "server CPU per cycle", "µs", "lower")],
+    "echo": [("rate", "round trips/s", "/s", "higher"), ("cpu", "server CPU per round trip", "µs", "lower")],
+}
+
+
+def old_vs_new(data):
+    """Lines of the "old vs new" section: each chatroom configuration against the same one
+    started from the --baseline binary, in the same invocation: medians, the min–max over the
+    repeats, the ratio new/old, and whether the two ranges overlap."""
+    summary = data["summary"]
+    pairs = [(new, old) for new, old in BASE_OF.items() if any(s["server"] == old for s in summary)]
+    if not pairs:
+        return []
+    runs_by = {}
+    for r in data["runs"]:
+        if not r.get("error") or r.get("loadgen"):
+            runs_by.setdefault((r["invocation"], r["scenario"], r["server"]), []).append(run_figures(r))
+    L = ["## Old vs new (--baseline)", ""]
+    invs = {i["id"]: i for i in data["invocations"]}
+    bases = sorted({(i.get("baseline"), i.get("chatroom_base_sha256")) for i in data["invocations"] if i.get("baseline")})
+    L.append("Old = the `--baseline` binary (" + "; ".join(f"`{b}`, sha256 {h}…" for b, h in bases)
+             + "), new = this tree's build"
+             + "".join(f" (sha256 {i.get('chatroom_sha256')}…)" for i in data["invocations"] if i.get("baseline"))
+             + ", same flags, run alternately in one invocation. Each cell: median (min–max over the repeats). "
+             "*overlap*: whether the two min–max ranges overlap (if they do, the difference is within this "
+             "machine's run-to-run noise). Messages per flush = `chatroom_messages_delivered_total` ÷ "
+             "`chatroom_flushes_total` and held turns = `chatroom_held_turns_total`, scraped from `/metrics` "
+             "before the server stops, over the whole run (connects and warm-up included); – where the binary "
+             "lacks the counter. Disjoint ranges are weak evidence with few repeats: two identical binaries give "
+             "disjoint ranges by chance with probability 2 / C(n+m, n) for n and m runs (33% at 2 repeats each, "
+             "10% at 3, 3% at 4, 0.8% at 5), shown in the last column.")
+    L.append("")
+    L.append("| scenario | figure | old | new | new/old | ranges overlap |")
+    L.append("|---|---|---:|---:|---:|---|")
+
+    def cell(key, vals):
+        if not vals:
+            return "–"
+        m = statistics.median(vals)
+        return fmt_fig(key, m) + (f" ({fmt_fig(key, min(vals))}–{fmt_fig(key, max(vals))})" if len(vals) > 1 else "")
+
+    for scen in SCENARIO_ORDER:
+        rows = {r["server"]: r for r in latest(summary, scen)}
+        kind = SCENARIOS[scen]["kind"]
+        for new, old in pairs:
+            if new not in rows or old not in rows:
+                continue
+            inv = rows[new]["invocation"]
+            label = scen if new == "chatroom" else f"{scen} ({TARGET_HEADS[new]})"
+            for key, name, unit, better in COMPARE.get(kind, []):
+                nv = [f[key] for f in runs_by.get((inv, scen, new), []) if f.get(key) is not None]
+                ov = [f[key] for f in runs_by.get((inv, scen, old), []) if f.get(key) is not None]
+                if not nv and not ov:
+                    continue
+                ratio = "–"
+                if nv and ov and statistics.median(ov):
+                    ratio = f"{statistics.median(nv) / statistics.median(ov):.2f}×"
+                if not nv or not ov:
+                    overlap = "–"
+                elif len(nv) < 2 or len(ov) < 2:
+                    overlap = "– (one run: no range)"
+                elif min(nv) <= max(ov) and min(ov) <= max(nv):
+                    overlap = "yes (within noise)"
+                else:
+                    higher = min(nv) > max(ov)
+                    overlap = "**no**: new " + ("higher" if higher else "lower")
+                    if better:
+                        overlap += " (better)" if (better == "higher") == higher else " (worse)"
+                    # the chance that n and m runs of one and the same binary give disjoint
+                    # ranges (every run of one side above every run of the other): 2 / C(n+m, n)
+                    overlap += f"; by chance alone {100 * 2 / math.comb(len(nv) + len(ov), len(nv)):.0f}%"
+                unit_s = f" ({unit})" if unit and unit != "/s" else ""
+                L.append(f"| {label} | {name}{unit_s} | {cell(key, ov)} | {cell(key, nv)} | {ratio} | {overlap} |")
+    L.append("")
+    return L
+
+
 def markdown(data, made):
     inv_by_id = {i["id"]: i for i in data["invocations"]}
     summary = data["summary"]
@@ -671,14 +827,17 @@ def markdown(data, made):
         L.append(f"| {inv.get('date')} | `{inv.get('command', '').strip()}` | {inv.get('elapsed_s', '?')} s | "
                  f"{inv.get('nproc')} × {inv.get('cpu_model')}, Linux {inv.get('kernel')}, "
                  f"{int(inv.get('mem_total_kib', 0) or 0) // 1024} MiB; chatroom {inv.get('git_rev')}"
-                 f"{'+' + inv.get('git_dirty_files') + ' changed files' if inv.get('git_dirty_files') not in (None, '', '0') else ''} "
+                 f"{'+' + inv.get('git_dirty_files') + ' changed files' if inv.get('git_dirty_files') not in (None, '', '0') else ''}"
+                 f"{'; baseline `' + inv['baseline'] + '` (sha256 ' + str(inv.get('chatroom_base_sha256')) + '…)' if inv.get('baseline') else ''} "
                  f"| {inv.get('loadavg_start')} → {inv.get('loadavg_end')} |")
     L.append("")
     # the targets
     L.append("## Targets (ratios within one run)")
     L.append("")
-    L.append("| scenario | target | chatroom | chatroom --data none |")
-    L.append("|---|---|---|---|")
+    # chatroom-base / chatroom-mem-base columns only when a --baseline run is in the data
+    target_cols = [c for c in CHATROOMS if c in BASE_OF or any(s["server"] == c for s in summary)]
+    L.append("| scenario | target | " + " | ".join(TARGET_HEADS.get(c, c) for c in target_cols) + " |")
+    L.append("|---|---|" + "---|" * len(target_cols))
     for scen in SCENARIO_ORDER:
         spec = SCENARIOS[scen]
         if not spec.get("target"):
@@ -690,7 +849,7 @@ def markdown(data, made):
         want = {"lt": "below", "le": "no worse than", "ge": "at least"}[cmp]
         refname = "the best peer" if ref == "best" else ref
         cells = []
-        for c in CHATROOMS:
+        for c in target_cols:
             r = rows.get(c)
             if not r:
                 cells.append("not run")
@@ -704,11 +863,12 @@ def markdown(data, made):
                 overlap = None not in (lo, hi, rlo, rhi) and lo <= rhi and rlo <= hi
                 cells.append(f"**{r['verdict']}** {fmt_num(r.get(metric))} vs {fmt_num(ref_row.get(metric))} {unit} "
                              f"({r['ratio_ref']}) = {r['ratio']:.2f}×" + (" (ranges overlap)" if overlap else ""))
-        L.append(f"| {scen} | {METRIC_NAMES[metric]} {want} {refname} | {cells[0]} | {cells[1]} |")
+        L.append(f"| {scen} | {METRIC_NAMES[metric]} {want} {refname} | " + " | ".join(cells) + " |")
     L.append("")
     L.append("*(ranges overlap)*: the min–max of chatroom's repeats and of the reference's overlap, so on this "
              "noisy machine the verdict is within the noise.")
     L.append("")
+    L.extend(old_vs_new(data))
     L.append("Columns: *server core* = server CPU ÷ measurement window (100% = its one core was full); "
              "*loadgen core* = the load generator's CPU ÷ wall time after connecting, from `/proc` samples "
              "(⚠ at 90% or more: the load generator, not the server, may have set the pace, so deliveries/s is a "
