@@ -13,7 +13,7 @@
 //! |---|---|
 //! | [`server`] | the reactor: poll, accept, read, flush, timers, reap |
 //! | [`conn`] | a connection and its phases (HTTP → WebSocket) |
-//! | [`http`] | request-head parsing with httparse, and its limits |
+//! | [`http`] | request-head parsing with httparse, its limits, and framing (bodies, pipelining) |
 //! | [`service`] | what each HTTP request gets (page, API, upgrade) |
 //! | [`site`] | the static site: embedded `www/`, safe paths, ETags |
 //! | [`response`] | building HTTP responses |

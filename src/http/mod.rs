@@ -11,6 +11,14 @@
 //! fast; its docs warn that retrying `Partial` forever lets a client hold us
 //! with a never-ending head, so the caller caps the head at [`MAX_HEAD`]
 //! bytes (431) and a deadline (`--header-timeout`, 408).
+//!
+//! What comes after a head (a body, the next pipelined request, the first
+//! WebSocket frames) is [`framing`]'s business: its [`RequestReader`] is fed
+//! the bytes a connection reads and cuts them into whole requests.
+
+pub mod framing;
+
+pub use framing::{Framed, Request, RequestReader};
 
 /// Largest request head we accept, in bytes: browsers send 1–2 KiB, and a
 /// head beyond 8 KiB is an attack or a bug (answered with 431).
@@ -22,7 +30,8 @@ const MAX_HEADERS: usize = 64;
 
 /// A request body we skip on a GET, at most, in bytes. A GET with a body is
 /// legal but meaningless; skipping it exactly keeps the next pipelined request
-/// aligned. A larger one is refused (413) rather than read for nothing.
+/// aligned. A larger one is refused (413) rather than read for nothing. It is
+/// the `max_body` the server gives [`RequestReader::next`].
 pub const MAX_SKIPPED_BODY: u64 = 64 * 1024;
 
 /// The request method, reduced to what we serve.
@@ -37,7 +46,7 @@ pub enum Method {
 }
 
 /// A parsed request head, owning copies of the parts we use.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Head {
     /// GET, HEAD or other.
     pub method: Option<Method>,
@@ -120,6 +129,7 @@ pub enum Body {
     Length(u64),
     /// `Transfer-Encoding: chunked` (or an unparseable length): we refuse it
     /// (400 and close) instead of decoding chunks we would throw away.
+    /// ([`RequestReader`] tells the two apart: 411 and 400.)
     Unsupported,
 }
 
@@ -171,13 +181,28 @@ pub fn body_of(head: &Head) -> Body {
     }
     match head.header_count("content-length") {
         0 => Body::None,
-        1 => match head.header_str("content-length").and_then(|v| v.parse::<u64>().ok()) {
-            Some(0) => Body::None,
-            Some(n) => Body::Length(n),
-            None => Body::Unsupported,
+        1 => match head.header_str("content-length").map(content_length) {
+            Some(Some(0)) => Body::None,
+            Some(Some(n)) => Body::Length(n),
+            Some(None) | None => Body::Unsupported,
         },
         _ => Body::Unsupported,
     }
+}
+
+/// Reads a Content-Length value: `Content-Length = 1*DIGIT` (RFC 9110 §8.6).
+///
+/// Only digits: Rust's `u64::from_str` would also take `+5`, which a proxy in
+/// front of us might read differently (the start of request smuggling). A
+/// length too long for a u64 is a real length, just a huge one: RFC 9110
+/// §8.6 asks recipients to "anticipate potentially large decimal numerals and
+/// prevent parsing errors due to integer conversion overflows", so it becomes
+/// `u64::MAX`, which every body limit refuses (413, not 400).
+fn content_length(value: &str) -> Option<u64> {
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(value.parse::<u64>().unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]
@@ -238,5 +263,25 @@ mod tests {
             Body::Unsupported
         );
         assert_eq!(body_of(&head!(b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")), Body::Unsupported);
+    }
+
+    #[test]
+    fn content_length_values() {
+        for (value, want) in [
+            ("0", Some(0)),
+            ("5", Some(5)),
+            ("007", Some(7)),
+            ("18446744073709551615", Some(u64::MAX)),
+            // Longer than a u64: huge, not malformed (refused as too large).
+            ("99999999999999999999999", Some(u64::MAX)),
+            ("", None),
+            ("+5", None),
+            ("-1", None),
+            ("5 5", None),
+            ("5, 5", None),
+            ("0x10", None),
+        ] {
+            assert_eq!(content_length(value), want, "{value:?}");
+        }
     }
 }
