@@ -43,7 +43,8 @@
 pub mod bus;
 pub mod chat;
 pub mod config;
-pub mod conn;
+pub(crate) mod conn;
+pub mod echo_room;
 pub mod frame;
 pub mod handshake;
 pub mod http;

@@ -4,7 +4,7 @@
 //!
 //! 1. The chat wire format (`chat::protocol`): if the bytes are UTF-8 they are
 //!    a text frame's payload, so `parse_post`, `clean_name` and the echo
-//!    room's `echo_room_reply` run on them. A post's message has at most
+//!    room's `echo_room::reply` run on them. A post's message has at most
 //!    4096 characters (the limit we pass), a cleaned name is 1–32 trimmed
 //!    characters with no control characters, and every reply we build from
 //!    client text (echo reply, message event, welcome) is valid JSON that
@@ -17,7 +17,7 @@
 #![no_main]
 
 use chatroom::chat::protocol;
-use chatroom::server::endpoints;
+use chatroom::echo_room;
 use chatroom::outbuf::OutQueue;
 use chatroom::ws::{Closing, Session};
 use libfuzzer_sys::fuzz_target;
@@ -67,7 +67,7 @@ fn check_text(text: &str) {
         assert_eq!(w["history"][0], v);
         assert_eq!(w["username"].as_str(), Some(name.as_str()));
     }
-    json(&endpoints::echo_room_reply(text), "echo_room_reply");
+    json(&echo_room::reply(text), "echo_room::reply");
 }
 
 /// Feeds `data` to a fresh session in pieces of `chunk` bytes (then the end

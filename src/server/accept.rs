@@ -3,7 +3,7 @@
 //! A refusal (connection limit, `--max-per-ip`) is a short 503 written once,
 //! best effort, without giving the client a slot. Running out of
 //! descriptors (EMFILE) is survived: accept pauses and retries after a
-//! close or [`ACCEPT_RETRY`], never in a busy loop.
+//! close or `ACCEPT_RETRY`, never in a busy loop.
 
 use std::io;
 use std::net::SocketAddr;
@@ -12,7 +12,9 @@ use log::{debug, error, warn};
 use mio::net::TcpStream;
 use mio::{Interest, Token};
 
-use super::*;
+use super::Server;
+use crate::conn::Connection;
+use crate::timer::{Timer, TimerKind};
 
 impl Server {
     /// Accepts every queued connection (edge-triggered: until WouldBlock).
@@ -76,10 +78,7 @@ impl Server {
         }
         self.next_serial += 1;
         let serial = self.next_serial;
-        let mut conn = Connection::new(socket, serial, addr.ip(), self.now);
-        conn.counted_ip = !behind_proxy;
-        conn.admin = admin;
-        entry.insert(conn);
+        entry.insert(Connection::new(socket, serial, addr.ip(), !behind_proxy, admin, self.now));
         self.metrics.accepted += 1;
         debug!("open #{serial} from {addr}");
         self.timers.arm(Timer { at: self.now + self.cfg.header_timeout, key, serial, kind: TimerKind::Http });

@@ -98,7 +98,7 @@ impl Server {
             Ok(l) => (l as usize).clamp(1, SCROLLBACK_MAX),
             Err(r) => return Some(r),
         };
-        let serial = self.conns.get(key)?.serial;
+        let serial = self.conns.get(key)?.serial();
         self.chat.read_for_http(key, serial, room, before, limit);
         None
     }

@@ -9,20 +9,20 @@ use crate::frame;
 use crate::outbuf::Chunk;
 use crate::storage::Reply;
 
-use super::*;
+use super::Server;
 
 impl Server {
     /// Carries out what the chat decided: frames to members, closes, and
     /// HTTP answers that waited for storage. A room broadcast is framed once
     /// and the same bytes are queued for every member.
-    pub(crate) fn deliver_chat(&mut self) {
+    pub(super) fn deliver_chat(&mut self) {
         let mut out = std::mem::take(&mut self.chat.out);
         let mut over_cap = Vec::new();
         for item in out.drain(..) {
             match item {
                 Outgoing::To { key, json } => self.send_text(key, json.as_bytes()),
                 Outgoing::ToSerial { key, serial, json } => {
-                    if self.conns.get(key).is_some_and(|c| c.serial == serial) {
+                    if self.conns.get(key).is_some_and(|c| c.serial() == serial) {
                         self.send_text(key, json.as_bytes());
                     }
                 }
@@ -35,19 +35,18 @@ impl Server {
                             continue;
                         }
                         let Some(conn) = self.conns.get_mut(key) else { continue };
-                        if conn.dead || conn.close_after_flush {
+                        if !conn.takes_broadcasts() {
                             continue;
                         }
-                        conn.out.push(Chunk::Shared(shared.clone()));
+                        conn.push(Chunk::Shared(shared.clone()));
                         delivered += 1;
-                        if !conn.dirty {
-                            conn.dirty = true;
+                        if conn.mark_dirty() {
                             self.dirty.push(key);
                         }
                         // Only a socket that already refused bytes is slow: a
                         // reader keeping up gets this turn's flush first, even
                         // when one commit batch alone is larger than the cap.
-                        if conn.writable_interest && conn.out.len() > max_pending {
+                        if conn.is_stalled() && conn.out_len() > max_pending {
                             over_cap.push(key);
                         }
                     }
@@ -56,19 +55,16 @@ impl Server {
                     }
                     if let Some((key, serial)) = author
                         && let Some(conn) = self.conns.get_mut(key)
-                        && conn.serial == serial
-                        && conn.dirty
+                        && conn.serial() == serial
+                        && conn.is_dirty()
                     {
-                        conn.urgent = true;
+                        conn.set_urgent();
                         self.authors.push(key);
                     }
                 }
                 Outgoing::Close { key, code, reason } => {
                     let Some(conn) = self.conns.get_mut(key) else { continue };
-                    if let Phase::WebSocket(ws) = &mut conn.phase {
-                        ws.session.close(code, reason, &mut conn.out);
-                        conn.close_after_flush = true;
-                    }
+                    conn.close_ws(code, reason);
                     self.mark_dirty(key);
                 }
                 Outgoing::Http { key, serial, status, body } => self.answer_parked(key, serial, status, body),

@@ -1,62 +1,64 @@
-//! What each WebSocket endpoint does with a connection's messages.
+//! What each WebSocket endpoint does with a connection's frames.
 //!
-//! The reactor hands every complete message here ([`Server::on_ws_message`]),
-//! and the endpoint the socket was upgraded to decides:
+//! Bytes read from a WebSocket come here ([`Server::feed_ws`]): the
+//! session (tungstenite over our buffers) turns them into messages, and the
+//! endpoint the socket was upgraded to decides what each one gets
+//! ([`Server::on_ws_message`]):
 //!
 //! - `/ws/echo`: sends each text or binary message back, byte for byte.
-//! - `/ws/chatroom/echo`: the original site's JSON echo room.
+//! - `/ws/chatroom/echo`: the original site's JSON echo room ([`crate::echo_room`]).
 //! - `/ws/chatroom/<room>`: the chat (see `chat/`): posts, presence, history.
 //! - `/ws/inspect` and `/ws/stats`: the learn and stats pages' feeds.
 //!
 //! Replies are queued on the connection's output, never written here.
 
+use std::borrow::Cow;
+
 use tungstenite::Message;
 
-use crate::conn::{Phase, Role, WsState};
+use super::Server;
+use crate::conn::Role;
 use crate::frame;
 use crate::handshake::Upgrade;
 use crate::http::Head;
 use crate::outbuf::Chunk;
 use crate::route::{Endpoint, query_value};
-use crate::server::Server;
 
-/// The echo room's greeting, byte for byte as the original Django consumer sent it.
-pub const ECHO_GREETING: &str = r#"{"message": "You are connected to the Echo Room!", "status": "connected"}"#;
+/// What a message means for its connection.
+pub(super) enum Next {
+    /// Carry on.
+    Continue,
+    /// Start the closing handshake with this code and reason.
+    Close(u16, Cow<'static, str>),
+}
 
 impl Server {
     /// A WebSocket has just been accepted on `key`.
-    pub(crate) fn on_ws_open(&mut self, key: usize, head: &Head, upgrade: &Upgrade) {
+    pub(super) fn on_ws_open(&mut self, key: usize, head: &Head, upgrade: &Upgrade) {
         match &upgrade.endpoint {
             Endpoint::Echo => {}
-            Endpoint::EchoRoom => self.send_text(key, ECHO_GREETING.as_bytes()),
+            Endpoint::EchoRoom => self.send_text(key, crate::echo_room::GREETING.as_bytes()),
             Endpoint::Room(room) => {
                 let name = query_value(head.query(), "username");
                 let since = query_value(head.query(), "since").and_then(|s| s.parse::<u64>().ok());
-                let serial = self.conns.get(key).map_or(0, |c| c.serial);
+                let serial = self.conns.get(key).map_or(0, |c| c.serial());
                 let membership = self.chat.join((key, serial), room, name.as_deref(), since, self.now);
-                if let Some(ws) = self.conns.get_mut(key).and_then(|c| c.ws()) {
-                    if let Some(m) = membership {
-                        ws.role = Role::Member(m);
-                    }
-                    // The room keeps the name; an idle member should not
-                    // carry its own copy (10,000 of them add up).
-                    if let Endpoint::Room(name) = &mut ws.endpoint {
-                        *name = String::new();
-                    }
+                if let (Some(m), Some(conn)) = (membership, self.conns.get_mut(key)) {
+                    conn.set_role(Role::Member(m));
                 }
                 self.deliver_chat();
             }
             Endpoint::Inspect => {
                 let inspector = crate::inspect::Inspector::new(head, upgrade);
                 let intro = inspector.handshake_json();
-                if let Some(ws) = self.conns.get_mut(key).and_then(|c| c.ws()) {
-                    ws.role = Role::Inspected(Box::new(inspector));
+                if let Some(conn) = self.conns.get_mut(key) {
+                    conn.set_role(Role::Inspected(Box::new(inspector)));
                 }
                 self.inspector_send(key, intro.as_bytes());
             }
             Endpoint::Stats => {
-                if let Some(ws) = self.conns.get_mut(key).and_then(|c| c.ws()) {
-                    ws.role = Role::StatsViewer;
+                if let Some(conn) = self.conns.get_mut(key) {
+                    conn.set_role(Role::StatsViewer);
                 }
                 self.stats_viewers += 1;
                 let snapshot = self.stats_json();
@@ -65,48 +67,78 @@ impl Server {
         }
     }
 
-    /// One complete message from connection `key`.
-    pub(crate) fn on_ws_message(&mut self, key: usize, message: Message) {
+    /// Runs `bytes` (or the end of the stream) through the connection's
+    /// WebSocket session and handles the messages that complete.
+    pub(super) fn feed_ws(&mut self, key: usize, bytes: &[u8], eof: bool) {
+        // The inspector sees the raw bytes first (tee), then the session.
+        let descriptions = match self.conns.get_mut(key).and_then(|c| c.role_mut()) {
+            Some(Role::Inspected(inspector)) => inspector.observe(bytes),
+            _ => Vec::new(),
+        };
+        for description in descriptions {
+            self.inspector_send(key, description.as_bytes());
+        }
+        let mut messages = std::mem::take(&mut self.incoming);
+        match self.conns.get_mut(key) {
+            Some(conn) => conn.feed_ws(bytes, eof, &mut messages),
+            None => return,
+        }
+        for message in messages.drain(..) {
+            if let Next::Close(code, reason) = self.on_ws_message(key, message)
+                && let Some(conn) = self.conns.get_mut(key)
+            {
+                conn.close_ws(code, &reason);
+            }
+        }
+        self.incoming = messages;
         let Some(conn) = self.conns.get_mut(key) else { return };
-        let Phase::WebSocket(ws) = &mut conn.phase else { return };
+        if conn.after_ws_input(eof) {
+            return self.kill(key);
+        }
+        self.mark_dirty(key);
+    }
+
+    /// One complete message from connection `key`.
+    fn on_ws_message(&mut self, key: usize, message: Message) -> Next {
+        let Some(conn) = self.conns.get_mut(key) else { return Next::Continue };
         if let Message::Pong(_) = message {
-            ws.ping_sent = None;
-            return;
+            conn.on_pong();
+            return Next::Continue;
         }
         // After we sent a close frame, data is read but not answered (§5.5.1).
-        if !ws.session.is_open() {
-            return;
+        if !conn.ws_open() {
+            return Next::Continue;
         }
-        match (&ws.endpoint, message) {
+        let Some(endpoint) = conn.endpoint() else { return Next::Continue };
+        match (endpoint, message) {
             (_, Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_)) => {}
             (Endpoint::Echo, Message::Text(text)) => {
-                conn.out.push(Chunk::Owned(frame::text(text.as_bytes())));
+                conn.push(Chunk::Owned(frame::text(text.as_bytes())));
                 self.mark_dirty(key);
             }
             (Endpoint::Echo, Message::Binary(bytes)) => {
-                conn.out.push(Chunk::Owned(frame::binary(&bytes)));
+                conn.push(Chunk::Owned(frame::binary(&bytes)));
                 self.mark_dirty(key);
             }
             (Endpoint::EchoRoom, Message::Text(text)) => {
-                let reply = echo_room_reply(text.as_str());
+                let reply = crate::echo_room::reply(text.as_str());
                 self.send_text(key, reply.as_bytes());
             }
             (Endpoint::Room(_), Message::Text(text)) => {
-                let now = self.now;
-                if let Role::Member(m) = &mut ws.role {
+                if let Some(Role::Member(m)) = conn.role_mut() {
                     self.metrics.messages_received += 1;
-                    self.chat.on_text(key, m, text.as_str(), now);
+                    self.chat.on_text(key, m, text.as_str(), self.now);
                     self.metrics.rate_limited = self.chat.rate_limited;
                     self.deliver_chat();
                 }
             }
             (Endpoint::Inspect, Message::Text(text)) => {
-                let command = match &mut ws.role {
-                    Role::Inspected(inspector) => inspector.on_command(text.as_str()),
+                let command = match conn.role_mut() {
+                    Some(Role::Inspected(inspector)) => inspector.on_command(text.as_str()),
                     _ => Ok(None),
                 };
                 match command {
-                    Ok(Some(command)) => self.inspector_command(key, command),
+                    Ok(Some(command)) => return self.inspector_command(key, command),
                     Ok(None) => {}
                     Err(why) => {
                         let json = serde_json::json!({"type": "error", "code": "bad_command", "message": why});
@@ -117,16 +149,15 @@ impl Server {
             (Endpoint::Inspect | Endpoint::Stats, _) => {}
             // RFC 6455 §7.4.1: 1003 "received a type of data it cannot accept".
             (Endpoint::EchoRoom | Endpoint::Room(_), Message::Binary(_)) => {
-                ws.session.close(1003, "binary frames are not accepted here", &mut conn.out);
-                conn.close_after_flush = true;
-                self.mark_dirty(key);
+                return Next::Close(1003, "binary frames are not accepted here".into());
             }
         }
+        Next::Continue
     }
 
-    /// A WebSocket connection is gone (reaped); clean up its endpoint state.
-    pub(crate) fn on_ws_closed(&mut self, _key: usize, ws: WsState) {
-        match ws.role {
+    /// A WebSocket connection is gone (reaped): its endpoint role cleans up.
+    pub(super) fn on_ws_closed(&mut self, role: Role) {
+        match role {
             Role::Member(m) => {
                 self.chat.leave(m);
                 self.deliver_chat();
@@ -137,36 +168,9 @@ impl Server {
     }
 
     /// Queues a text frame for one connection.
-    pub(crate) fn send_text(&mut self, key: usize, payload: &[u8]) {
-        let Some(conn) = self.conns.get_mut(key) else { return };
-        if conn.ws().is_some_and(|ws| ws.session.is_open()) {
-            conn.out.push(Chunk::Owned(frame::text(payload)));
+    pub(super) fn send_text(&mut self, key: usize, payload: &[u8]) {
+        if self.conns.get_mut(key).is_some_and(|conn| conn.send_text(payload)) {
             self.mark_dirty(key);
         }
-    }
-}
-
-/// The echo room's answer to one text frame: `{"message": X}` for a JSON
-/// object with a `message`, else an error event (the connection stays open).
-pub fn echo_room_reply(text: &str) -> String {
-    match serde_json::from_str::<serde_json::Value>(text) {
-        Ok(serde_json::Value::Object(mut obj)) if obj.contains_key("message") => {
-            let message = obj.remove("message").unwrap_or_default();
-            format!(r#"{{"message": {message}}}"#)
-        }
-        _ => crate::chat::protocol::error_json("bad_json", r#"send {"message": ...} as a JSON object"#),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn echo_room() {
-        assert_eq!(echo_room_reply(r#"{"message": "hi"}"#), r#"{"message": "hi"}"#);
-        assert_eq!(echo_room_reply(r#"{"message": {"a": [1, 2]}}"#), r#"{"message": {"a":[1,2]}}"#);
-        assert!(echo_room_reply("nope").contains(r#""code":"bad_json""#));
-        assert!(echo_room_reply(r#"{"text": "hi"}"#).contains("bad_json"));
     }
 }

@@ -15,7 +15,10 @@ use std::time::{Duration, Instant};
 use log::debug;
 use mio::Events;
 
-use super::*;
+use super::{HOLD_BYTES, LINGER, REPLY_ROUNDS, Server};
+use crate::conn::Linger;
+use crate::outbuf::Flushed;
+use crate::timer::{Timer, TimerKind};
 
 impl Server {
     /// The end of every turn: flush, adjust interest, reap (ae.c's beforeSleep).
@@ -35,7 +38,7 @@ impl Server {
             }
             let authors = std::mem::take(&mut self.authors);
             for &key in &authors {
-                if self.conns.get(key).is_some_and(|c| c.dirty) {
+                if self.conns.get(key).is_some_and(|c| c.is_dirty()) {
                     self.flush(key);
                 }
             }
@@ -57,10 +60,10 @@ impl Server {
         let mut held = std::mem::take(&mut self.held);
         for &key in &dirty {
             let Some(conn) = self.conns.get(key) else { continue };
-            if !conn.dirty {
+            if !conn.is_dirty() {
                 continue;
             }
-            if hold && !conn.urgent && !conn.dead && conn.out.len() < HOLD_BYTES {
+            if hold && !conn.is_urgent() && !conn.is_dead() && conn.out_len() < HOLD_BYTES {
                 held.push(key);
             } else {
                 self.flush(key);
@@ -90,27 +93,21 @@ impl Server {
     /// WRITABLE event (registered once, at accept).
     pub(super) fn flush(&mut self, key: usize) {
         let Some(conn) = self.conns.get_mut(key) else { return };
-        conn.dirty = false;
-        conn.urgent = false;
-        if conn.dead {
+        if conn.is_dead() {
             return;
         }
-        let before = conn.out.len();
-        if before > 0 {
+        if conn.out_len() > 0 {
             self.metrics.flushes += 1;
         }
-        let result = conn.out.write_to(&mut conn.socket);
-        self.metrics.bytes_out += (before - conn.out.len()) as u64;
+        let (result, written) = conn.flush();
+        self.metrics.bytes_out += written as u64;
         match result {
             Ok(Flushed::All) => {
-                conn.writable_interest = false;
-                let held_back =
-                    matches!(&conn.phase, Phase::Http(http) if !http.buf.is_empty() && http.parked.is_none());
-                if held_back && !conn.final_answer && !conn.lingering {
-                    // Pipelined requests held back by a full queue (or read
-                    // before the client's FIN): answer on.
-                    self.resume_http(key);
-                } else if conn.close_after_flush {
+                if conn.has_pipelined_input() {
+                    // Requests held back by a full queue (or read before the
+                    // client's FIN): answer on, when it is read next.
+                    self.read_again(key);
+                } else if conn.done_sending() {
                     self.start_linger(key);
                 }
             }
@@ -118,13 +115,12 @@ impl Server {
                 // Stuck until the kernel's send buffer drains; the socket is
                 // registered for WRITABLE from the start (edge-triggered, it
                 // reports only the change), so no epoll_ctl is needed here.
-                conn.writable_interest = true;
-                if conn.out.len() > self.cfg.max_pending {
+                if conn.out_len() > self.cfg.max_pending {
                     self.drop_slow_consumer(key);
                 }
             }
             Err(e) => {
-                debug!("write #{}: {e}", conn.serial);
+                debug!("write #{}: {e}", conn.serial());
                 self.kill(key);
             }
         }
@@ -133,50 +129,39 @@ impl Server {
     /// A client that leaves more than `--max-pending` unread is closed with
     /// 1008 "slow consumer": its backlog is dropped, a close frame is tried,
     /// and the socket goes soon after, whether or not it read it.
-    pub(crate) fn drop_slow_consumer(&mut self, key: usize) {
+    pub(super) fn drop_slow_consumer(&mut self, key: usize) {
         let Some(conn) = self.conns.get_mut(key) else { return };
-        if conn.dead || conn.close_after_flush {
+        let pending = conn.out_len();
+        if !conn.drop_as_slow() {
             return;
         }
         self.metrics.slow_consumers += 1;
-        debug!("#{}: slow consumer ({} bytes pending)", conn.serial, conn.out.len());
-        conn.out.drop_unsent();
-        if let Phase::WebSocket(ws) = &mut conn.phase {
-            ws.session.fail(1008, "slow consumer", &mut conn.out);
-        }
-        conn.close_after_flush = true;
-        let (serial, at) = (conn.serial, self.now + LINGER);
+        debug!("#{}: slow consumer ({pending} bytes pending)", conn.serial());
+        let (serial, at) = (conn.serial(), self.now + LINGER);
         self.timers.arm(Timer { at, key, serial, kind: TimerKind::Linger });
         self.mark_dirty(key);
     }
 
     /// Everything is sent: half-close and wait (briefly) for the client's
     /// FIN, so unread input does not turn our last bytes into a reset.
-    pub(super) fn start_linger(&mut self, key: usize) {
+    fn start_linger(&mut self, key: usize) {
         let Some(conn) = self.conns.get_mut(key) else { return };
-        if conn.lingering {
-            return;
+        match conn.linger() {
+            Linger::Already => {}
+            Linger::CloseNow => self.kill(key),
+            Linger::Started => {
+                let (serial, at) = (conn.serial(), self.now + LINGER);
+                self.timers.arm(Timer { at, key, serial, kind: TimerKind::Linger });
+                // Input may already be waiting (edge-triggered: no new event for it).
+                if conn.discard_input(&mut self.scratch) {
+                    self.kill(key);
+                }
+            }
         }
-        conn.lingering = true;
-        // A finished close handshake means the client has sent its last
-        // frame: nothing can still arrive to turn our FIN into a reset, so
-        // close right away instead of waiting for its FIN.
-        if let Phase::WebSocket(ws) = &conn.phase
-            && ws.session.closing() == Closing::Done
-        {
-            return self.kill(key);
-        }
-        if conn.socket.shutdown(std::net::Shutdown::Write).is_err() {
-            return self.kill(key);
-        }
-        let (serial, at) = (conn.serial, self.now + LINGER);
-        self.timers.arm(Timer { at, key, serial, kind: TimerKind::Linger });
-        // Input may already be waiting (edge-triggered: no new event for it).
-        self.read_and_discard(key);
     }
 
     /// Reaps every connection marked dead; whether there were any.
-    pub(super) fn reap_dead(&mut self) -> bool {
+    fn reap_dead(&mut self) -> bool {
         let dead = std::mem::take(&mut self.dead);
         let any = !dead.is_empty();
         for key in dead {
@@ -186,40 +171,36 @@ impl Server {
     }
 
     /// Removes a dead connection for good.
-    pub(super) fn reap(&mut self, key: usize) {
-        if !self.conns.get(key).is_some_and(|c| c.dead) {
+    fn reap(&mut self, key: usize) {
+        if !self.conns.get(key).is_some_and(|c| c.is_dead()) {
             return;
         }
         let conn = self.conns.remove(key);
         // No epoll_ctl(DEL): closing the descriptor (dropping `conn`) takes
         // it out of the epoll set on Linux, one syscall fewer per connection.
-        if conn.counted_ip {
-            self.per_ip.release(conn.ip);
+        if let (ip, true) = conn.ip() {
+            self.per_ip.release(ip);
         }
-        debug!("close #{}", conn.serial);
-        if let Phase::WebSocket(ws) = conn.phase {
-            let ws = *ws;
-            self.on_ws_closed(key, ws);
+        debug!("close #{}", conn.serial());
+        if let Some(ws) = conn.into_ws() {
+            self.on_ws_closed(ws.into_role());
         }
     }
 
     /// Marks a connection to be flushed in `before_sleep`.
-    pub(crate) fn mark_dirty(&mut self, key: usize) {
+    pub(super) fn mark_dirty(&mut self, key: usize) {
         if let Some(conn) = self.conns.get_mut(key)
-            && !conn.dirty
-            && !conn.dead
+            && conn.mark_dirty()
         {
-            conn.dirty = true;
             self.dirty.push(key);
         }
     }
 
     /// Marks a connection dead: it is reaped at the end of this turn.
-    pub(crate) fn kill(&mut self, key: usize) {
+    pub(super) fn kill(&mut self, key: usize) {
         if let Some(conn) = self.conns.get_mut(key)
-            && !conn.dead
+            && conn.kill()
         {
-            conn.dead = true;
             self.dead.push(key);
         }
     }

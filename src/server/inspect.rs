@@ -3,35 +3,27 @@
 
 use tungstenite::protocol::frame::coding::{Control, OpCode};
 
-use crate::conn::{Phase, Role};
+use super::endpoints::Next;
 use crate::frame;
 use crate::inspect::{Command, fragments, hex};
-use crate::outbuf::Chunk;
 use crate::server::Server;
 
 impl Server {
-    /// Queues one frame for an inspected connection and lets its inspector
-    /// remember the frame's header (shown with the next description).
+    /// Queues one frame for an inspected connection (its inspector notes
+    /// the frame's header, shown with the next description).
     fn inspector_push(&mut self, key: usize, bytes: Vec<u8>) {
-        let Some(conn) = self.conns.get_mut(key) else { return };
-        let Phase::WebSocket(ws) = &mut conn.phase else { return };
-        if !ws.session.is_open() {
-            return;
+        if self.conns.get_mut(key).is_some_and(|conn| conn.send_inspected(bytes)) {
+            self.mark_dirty(key);
         }
-        if let Role::Inspected(inspector) = &mut ws.role {
-            inspector.sent(&bytes);
-        }
-        conn.out.push(Chunk::Owned(bytes));
-        self.mark_dirty(key);
     }
 
     /// Sends a JSON text to an inspected connection.
-    pub(crate) fn inspector_send(&mut self, key: usize, json: &[u8]) {
+    pub(super) fn inspector_send(&mut self, key: usize, json: &[u8]) {
         self.inspector_push(key, frame::text(json));
     }
 
     /// Does what the learn page asked.
-    pub(crate) fn inspector_command(&mut self, key: usize, command: Command) {
+    pub(super) fn inspector_command(&mut self, key: usize, command: Command) -> Next {
         match command {
             Command::Ping(payload) => {
                 let ping = frame::encode(OpCode::Control(Control::Ping), &payload);
@@ -55,12 +47,9 @@ impl Server {
                 let close = crate::ws::close_frame(code, &reason);
                 let note = serde_json::json!({"type": "server_frame", "what": "close", "code": code, "frame_hex": hex(&close)});
                 self.inspector_send(key, note.to_string().as_bytes());
-                let Some(conn) = self.conns.get_mut(key) else { return };
-                let Phase::WebSocket(ws) = &mut conn.phase else { return };
-                ws.session.close(code, &reason, &mut conn.out);
-                conn.close_after_flush = true;
-                self.mark_dirty(key);
+                return Next::Close(code, reason.into());
             }
         }
+        Next::Continue
     }
 }

@@ -1,41 +1,34 @@
 //! The reactor: one thread, one `mio::Poll`, every socket.
 //!
-//! This is the loop the whole server turns on, shaped like redis's `ae.c`:
+//! Everything that is `impl Server` lives in this folder, one concern a
+//! file, in the order a byte travels:
 //!
-//! ```text
-//!  loop {
-//!      poll(timeout = next timer)          // sleep until something happens
-//!      for each event:                     // dispatch
-//!          LISTENER → accept until WouldBlock
-//!          WAKER    → storage thread replies (commits, reads)
-//!          SIGNALS  → SIGTERM/SIGINT: start the graceful shutdown
-//!          key      → a connection: read until WouldBlock, handle what arrived
-//!      run due timers                      // 408s, pings, lingering closes
-//!      before_sleep:                       // one pass over what changed
-//!          flush the authors of this turn's posts first, then take
-//!          (zero-timeout poll) what they sent next, up to REPLY_ROUNDS
-//!          flush every connection with output (one send each),
-//!          except listeners' output that may wait a little to share a
-//!          write with the next turn's (pacing.rs)
-//!          (WRITABLE is registered once, edge-triggered: no epoll_ctl here)
-//!          reap connections marked dead
-//!  }
-//! ```
+//! | file | when it runs |
+//! |---|---|
+//! | `mod.rs` | start: the listeners, storage, the bus; the `Server` itself |
+//! | `run.rs` | the loop: poll, dispatch each event, the turn's order |
+//! | `accept.rs` | a listener is readable: admit or refuse new clients |
+//! | `read.rs` | a connection is readable: bytes to its phase |
+//! | `respond.rs` | HTTP: whole requests out of the reader, answers queued in order |
+//! | `request.rs` | what one request gets: a page, the API, an upgrade |
+//! | `api.rs` | the JSON API over rooms |
+//! | `endpoints.rs` | WebSocket: frames to messages, each endpoint's reply |
+//! | `inspect.rs` | the learn page's inspector: descriptions and commands |
+//! | `delivery.rs` | the chat's decisions become queued frames; storage replies |
+//! | `redis.rs` | the bus's events to the chat, the chat's commands to the bus |
+//! | `timers.rs` | deadlines: 408, idle keep-alive, heartbeat, linger |
+//! | `stats.rs` | gauges, and the stats page's once-a-second feed |
+//! | `flush.rs` | the end of the turn: write, hold, linger, reap |
+//! | `shutdown.rs` | SIGTERM/SIGINT: drain and stop |
 //!
-//! Handlers never write to sockets directly: they append to a connection's
-//! [`OutQueue`](crate::outbuf::OutQueue) and mark it dirty. So a room
-//! broadcast that reaches a member ten times in one turn still leaves in one
-//! syscall, and a handler can never block.
+//! A post travels down this table: `read.rs` reads it, `endpoints.rs`
+//! hands it to the chat, `delivery.rs` sends the turn's posts to storage
+//! and queues each committed one, framed once, for every member, and
+//! `flush.rs` writes each member's queue with one `sendmsg`.
 //!
-//! mio registers sockets edge-triggered. The rule from mio's `Poll` docs we
-//! rely on: "With edge-triggered events, operations **must** be performed on
-//! the `Source` until `WouldBlock` is returned." Every read and accept loop
-//! below runs until `WouldBlock` (or parks the connection in `more_to_read`
-//! to be resumed next turn, so one fast sender cannot starve the others).
-//!
-//! Connections are closed lazily (redis's `freeClientAsync`): a handler
-//! marks one dead and the reap at the end of the turn removes it, so a slab
-//! key is never reused within one batch of events.
+//! Handlers never write to sockets: they queue output on a connection
+//! ([`crate::conn`], which owns the socket and the connection's state
+//! machine) and mark it dirty, so a handler can never block.
 
 use std::io;
 use std::net::SocketAddr;
@@ -50,15 +43,13 @@ use slab::Slab;
 
 use crate::chat::Chat;
 use crate::config::Config;
-use crate::conn::{Connection, HttpState, Phase};
+use crate::conn::Connection;
 use crate::metrics::Metrics;
-use crate::outbuf::Flushed;
 use crate::pacing::Pacer;
-use crate::response::{DateCache, Response};
+use crate::response::DateCache;
 use crate::site::Site;
 use crate::storage::{Backend, Storage};
-use crate::timer::{Timer, TimerKind, Timers};
-use crate::ws::Closing;
+use crate::timer::Timers;
 
 mod accept;
 mod api;
@@ -111,6 +102,11 @@ const REPLY_ROUNDS: usize = 4;
 /// this size is already cheap per byte, and held bytes are memory (at most
 /// this much per listener on top of what one turn queues).
 pub const HOLD_BYTES: usize = 4 * 1024;
+
+/// A request body accepted at most, in bytes (a body is read whole, and
+/// a GET's is then ignored; reading it exactly keeps the next pipelined
+/// request aligned). A larger one is refused with 413 before it is read.
+const MAX_BODY: usize = 64 * 1024;
 
 /// When accept fails for lack of descriptors (EMFILE), how soon to retry.
 /// Edge-triggered epoll sends no new event for clients already queued, so

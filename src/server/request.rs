@@ -1,37 +1,51 @@
 //! What each HTTP request gets: a page, a file, an API answer, or an upgrade.
 //!
-//! [`Server::on_request`] runs for every complete request head, in the order
-//! the requests arrived on the connection. It decides the answer from the
-//! path alone; bodies never matter (we serve only GET and HEAD). Answers are
-//! queued with [`Server::respond`], which keeps pipelined answers in order.
+//! [`Server::on_request`] runs for every whole request, in the order the
+//! requests arrived on the connection, and says what to do with it as an
+//! [`Answer`]; `respond.rs` carries that out, keeping pipelined answers in
+//! order. The answer follows from the method and the path: we serve GET
+//! and HEAD, and a body, if one came, is read and not used.
 
 use log::debug;
 
-use crate::conn::{Parked, Phase, Role, WsState};
+use crate::conn::{Parked, WsState};
 use crate::handshake::{self, wants_upgrade};
+use crate::http::framing::Request;
 use crate::http::{Head, Method};
 use crate::response::Response;
 use crate::route::Endpoint;
 use crate::server::Server;
 use crate::site::{self, Missing};
-use crate::ws::Session;
+
+/// What a request gets.
+pub(super) enum Answer {
+    /// This response, now.
+    Now(Response),
+    /// A response that waits for the storage thread: the connection is
+    /// parked until it comes, sent as this says.
+    Later(Parked),
+    /// The connection is a WebSocket now; these bytes came glued to the
+    /// upgrade request (its first frames).
+    Upgraded(Vec<u8>),
+}
 
 impl Server {
-    /// Answers one request head on connection `key`.
-    pub(crate) fn on_request(&mut self, key: usize, head: Head) {
+    /// Decides what request `request` on connection `key` gets.
+    pub(super) fn on_request(&mut self, key: usize, request: Request) -> Answer {
+        let head = request.head;
         if !self.on_client_address(key, &head) {
             let r = Response::text(503, "too many connections from your address").header("Retry-After", "1");
-            return self.respond(key, r.close(true));
+            return Answer::Now(r.close(true));
         }
         let path = head.path().to_string();
         // With --admin-bind, the operations endpoints live on their own
         // listener (bound to 127.0.0.1 in the deploy example) and nowhere
         // else, and that listener serves nothing but them.
         if self.admin_addr().is_some() {
-            let from_admin = self.conns.get(key).is_some_and(|c| c.admin);
+            let from_admin = self.conns.get(key).is_some_and(|c| c.is_admin());
             let allowed = if from_admin { is_ops_path(&path) || is_ops_asset(&path) } else { !is_ops_path(&path) };
             if !allowed {
-                return self.respond(key, self.not_found().close(!head.keep_alive()));
+                return Answer::Now(self.not_found().close(!head.keep_alive()));
             }
         }
         if path.starts_with("/ws/") || wants_upgrade(&head) {
@@ -45,16 +59,8 @@ impl Server {
             _ => Some(Response::text(405, "only GET and HEAD are served here").header("Allow", "GET, HEAD")),
         };
         match response {
-            Some(response) => self.respond(key, response.head_only(head_only).close(!keep_alive)),
-            // The answer comes later (the storage thread is reading): park the
-            // connection so pipelined requests behind this one wait.
-            None => {
-                if let Some(conn) = self.conns.get_mut(key)
-                    && let Phase::Http(http) = &mut conn.phase
-                {
-                    http.parked = Some(Parked { head_only, keep_alive });
-                }
-            }
+            Some(response) => Answer::Now(response.head_only(head_only).close(!keep_alive)),
+            None => Answer::Later(Parked { head_only, keep_alive }),
         }
     }
 
@@ -63,20 +69,18 @@ impl Server {
     /// Returns false if that address has too many connections.
     fn on_client_address(&mut self, key: usize, head: &Head) -> bool {
         let Some(conn) = self.conns.get_mut(key) else { return false };
-        if conn.counted_ip || self.cfg.trusted_proxy.is_empty() {
+        let (_, counted) = conn.ip();
+        if counted || self.cfg.trusted_proxy.is_empty() {
             return true;
         }
-        if let Some(client) = crate::limits::forwarded_client(head, &self.cfg.trusted_proxy) {
-            conn.ip = client;
+        let forwarded = crate::limits::forwarded_client(head, &self.cfg.trusted_proxy);
+        conn.set_client_ip(forwarded, true);
+        let (ip, _) = conn.ip();
+        let admitted = self.per_ip.admit(ip);
+        if !admitted {
+            conn.set_client_ip(None, false);
         }
-        conn.counted_ip = true;
-        let ip = conn.ip;
-        if self.per_ip.admit(ip) {
-            true
-        } else {
-            conn.counted_ip = false;
-            false
-        }
+        admitted
     }
 
     /// The response to a GET/HEAD of `path`, or `None` if it will be sent
@@ -145,10 +149,9 @@ impl Server {
     }
 
     /// A request for `/ws/...` or with `Upgrade: websocket`.
-    fn on_upgrade(&mut self, key: usize, head: Head) {
+    fn on_upgrade(&mut self, key: usize, head: Head) -> Answer {
         if self.is_draining() {
-            let r = Response::text(503, "shutting down").header("Retry-After", "1").close(true);
-            return self.respond(key, r);
+            return Answer::Now(Response::text(503, "shutting down").header("Retry-After", "1").close(true));
         }
         let upgrade = match handshake::validate(&head, &self.cfg.allow_origin) {
             Ok(upgrade) => upgrade,
@@ -159,7 +162,7 @@ impl Server {
                 if refusal.status == 426 {
                     r = r.header("Sec-WebSocket-Version", "13");
                 }
-                return self.respond(key, r);
+                return Answer::Now(r);
             }
         };
         // Room admission is decided before the 101, so a refused join is an
@@ -168,24 +171,17 @@ impl Server {
             && let Err(refusal) = self.chat.admit(room)
         {
             self.metrics.reject(refusal.label);
-            return self.respond(key, Response::text(refusal.status, refusal.reason).close(true));
+            return Answer::Now(Response::text(refusal.status, refusal.reason).close(true));
         }
-        let Some(conn) = self.conns.get_mut(key) else { return };
-        conn.out.push_copy(&handshake::response_101(&upgrade.accept));
-        let state = WsState {
-            session: Session::new(self.cfg.max_message),
-            endpoint: upgrade.endpoint.clone(),
-            ping_sent: None,
-            role: Role::None,
-        };
-        let leftover = self.upgrade(key, state);
+        if let Some(conn) = self.conns.get_mut(key) {
+            conn.queue_bytes(&handshake::response_101(&upgrade.accept));
+        }
+        let leftover = self.upgrade(key, WsState::new(upgrade.endpoint.clone(), self.cfg.max_message));
         self.on_ws_open(key, &head, &upgrade);
+        self.mark_dirty(key);
         // Bytes that came glued to the head are the first frames: they are
         // handled after the greeting, as if they had arrived a moment later.
-        if !leftover.is_empty() {
-            self.feed_ws(key, &leftover, false);
-        }
-        self.mark_dirty(key);
+        Answer::Upgraded(leftover)
     }
 }
 

@@ -1,153 +1,98 @@
-//! HTTP on a connection: cut its input into requests, queue their answers
-//! in order, park one that waits for storage, and switch to WebSocket.
+//! HTTP on a connection: take whole requests from its reader (the framing
+//! itself is pure: `http/framing.rs`), have each answered (`request.rs`),
+//! and queue the answers in the order the requests came.
+//!
+//! An answer that waits for storage parks the connection: requests
+//! pipelined behind it stay in the reader until the answer is queued
+//! ([`Server::answer_parked`]), so answers never overtake each other.
 
-use super::*;
+use super::request::Answer;
+use super::{MAX_BODY, Server};
+use crate::conn::{HttpStep, WsState};
+use crate::response::Response;
+use crate::timer::{Timer, TimerKind};
+
+/// What a client that sent `Expect: 100-continue` waits for (RFC 9110 §10.1.1).
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 impl Server {
-    /// Answers every complete request in the buffer, in order (pipelining).
-    pub(super) fn process_http(&mut self, key: usize) {
+    /// Answers every whole request in the connection's reader, in order
+    /// (pipelining). Returns the bytes that followed an upgrade request, if
+    /// one switched the connection to WebSocket: the caller feeds them to
+    /// the session.
+    pub(super) fn process_http(&mut self, key: usize) -> Option<Vec<u8>> {
         loop {
-            let now = self.now;
-            let Some(conn) = self.conns.get_mut(key) else { return };
-            let Phase::Http(http) = &mut conn.phase else { return };
-            if http.parked.is_some() || conn.dead {
-                return;
-            }
-            if http.skip > 0 {
-                // Skip a GET's body exactly, so it is never parsed as a request.
-                let n = (http.skip.min(http.buf.len() as u64)) as usize;
-                http.buf.drain(..n);
-                http.skip -= n as u64;
-                if http.skip > 0 {
-                    return;
-                }
-            }
-            if http.buf.is_empty() {
-                http.head_started = None;
-                return;
-            }
-            if conn.final_answer {
-                // Closing after an answer: later pipelined requests are not served.
-                http.buf.clear();
-                return;
-            }
-            if conn.out.len() >= self.cfg.max_pending {
-                // A client pipelining faster than it reads: answer no more
-                // until the answers so far have left (see `flush`), so its
-                // backlog cannot grow without bound in one turn.
-                return;
-            }
-            if http.head_started.is_none() {
-                http.head_started = Some(now);
-                // The first head is covered by the timer armed at accept
-                // (its deadline is earlier); later ones need their own.
-                if http.served > 0 {
-                    let (serial, at) = (conn.serial, now + self.cfg.header_timeout);
+            let (now, max_pending) = (self.now, self.cfg.max_pending);
+            let conn = self.conns.get_mut(key)?;
+            match conn.next_request(now, max_pending, MAX_BODY) {
+                HttpStep::Wait => return None,
+                HttpStep::Started => {
+                    let (serial, at) = (conn.serial(), now + self.cfg.header_timeout);
                     self.timers.arm(Timer { at, key, serial, kind: TimerKind::Http });
                 }
-                continue;
-            }
-            match crate::http::parse_head(&http.buf) {
-                // The head has not ended yet: wait for more bytes.
-                Ok(None) => return,
-                Err(e) => {
-                    let (status, text) = match e {
-                        crate::http::HeadError::Malformed => (400, "malformed request"),
-                        crate::http::HeadError::TooLarge => (431, "request head too large (8 KiB at most)"),
-                    };
-                    http.buf.clear();
-                    self.respond(key, Response::text(status, text).close(true));
-                    return;
+                HttpStep::Continue => {
+                    conn.queue_bytes(CONTINUE);
+                    self.mark_dirty(key);
                 }
-                Ok(Some(mut head)) => {
-                    if head.path() == "/ws/inspect" {
-                        head.raw = http.buf.get(..head.len).unwrap_or_default().to_vec();
-                    }
-                    http.buf.drain(..head.len);
-                    http.head_started = None;
-                    http.served += 1;
-                    match crate::http::body_of(&head) {
-                        crate::http::Body::None => {}
-                        crate::http::Body::Length(n) if n <= crate::http::MAX_SKIPPED_BODY => http.skip = n,
-                        crate::http::Body::Length(_) => {
-                            http.buf.clear();
-                            self.respond(key, Response::text(413, "request body too large").close(true));
-                            return;
-                        }
-                        crate::http::Body::Unsupported => {
-                            http.buf.clear();
-                            self.respond(key, Response::text(400, "request bodies are not accepted here").close(true));
-                            return;
+                HttpStep::Reject { status, reason } => {
+                    self.respond(key, Response::text(status, reason).close(true));
+                    return None;
+                }
+                HttpStep::Request(request) => match self.on_request(key, request) {
+                    Answer::Now(response) => self.respond(key, response),
+                    // The storage thread is reading: requests behind this
+                    // one wait in the reader.
+                    Answer::Later(parked) => {
+                        if let Some(conn) = self.conns.get_mut(key) {
+                            conn.park(parked);
                         }
                     }
-                    self.on_request(key, head);
-                }
+                    Answer::Upgraded(leftover) => return Some(leftover),
+                },
             }
         }
     }
 
-    /// Queues `response` on connection `key`; a closing response ends it.
-    pub(crate) fn respond(&mut self, key: usize, response: Response) {
+    /// Queues `response` on connection `key`; a closing response is its last.
+    pub(super) fn respond(&mut self, key: usize, response: Response) {
         let Some(conn) = self.conns.get_mut(key) else { return };
         self.metrics.http_requests += 1;
-        if response.closes() {
-            conn.final_answer = true;
-        }
-        if response.closes() && !conn.close_after_flush {
-            conn.close_after_flush = true;
+        let serial = conn.serial();
+        if conn.queue_response(response, self.date.now()) {
             // A last answer the client never reads must not hold the socket
             // forever: it gets an idle timeout to be taken, then is dropped.
-            let (serial, at) = (conn.serial, self.now + self.cfg.idle_timeout);
+            let at = self.now + self.cfg.idle_timeout;
             self.timers.arm(Timer { at, key, serial, kind: TimerKind::Linger });
-        }
-        response.write_into(&mut conn.out, self.date.now());
-        // Idle keep-alive timing starts once the answer is queued.
-        if !conn.close_after_flush
-            && let Phase::Http(_) = conn.phase
-        {
-            let (serial, at) = (conn.serial, self.now + self.cfg.idle_timeout);
+        } else if !conn.is_closing() && !conn.is_websocket() {
+            // Idle keep-alive timing starts once the answer is queued.
+            let at = self.now + self.cfg.idle_timeout;
             self.timers.arm(Timer { at, key, serial, kind: TimerKind::Http });
         }
         self.mark_dirty(key);
     }
 
-    /// Switches connection `key` to the WebSocket phase and feeds it the
-    /// bytes that arrived glued to the head (a client may send its first
-    /// frame without waiting for the 101).
-    pub(crate) fn upgrade(&mut self, key: usize, ws: crate::conn::WsState) -> Vec<u8> {
+    /// Switches connection `key` to the WebSocket phase; returns the bytes
+    /// that came glued to the upgrade request.
+    pub(super) fn upgrade(&mut self, key: usize, ws: WsState) -> Vec<u8> {
         let Some(conn) = self.conns.get_mut(key) else { return Vec::new() };
-        let leftover = match std::mem::replace(&mut conn.phase, Phase::WebSocket(Box::new(ws))) {
-            Phase::Http(HttpState { buf, .. }) => buf,
-            Phase::WebSocket(_) => Vec::new(),
-        };
+        let leftover = conn.upgrade(ws);
         self.metrics.upgrades += 1;
-        let (serial, at) = (conn.serial, self.now + self.cfg.ping_interval);
+        let (serial, at) = (conn.serial(), self.now + self.cfg.ping_interval);
         self.timers.arm(Timer { at, key, serial, kind: TimerKind::Heartbeat });
         leftover
     }
 
-    /// A parked HTTP connection got its answer: serve what was pipelined
-    /// behind it and read on (its socket may hold input we left unread).
-    pub(crate) fn resume_http(&mut self, key: usize) {
-        self.process_http(key);
-        if let Some(conn) = self.conns.get(key) {
-            self.more_to_read.push((key, conn.serial));
-        }
-    }
-}
-
-impl Server {
-    /// Sends the answer a parked HTTP connection waited for, then serves
-    /// whatever was pipelined behind it.
+    /// Sends the answer a parked HTTP connection waited for; what was
+    /// pipelined behind it is served when the connection is read next
+    /// (this turn's end makes that immediate).
     pub(super) fn answer_parked(&mut self, key: usize, serial: u64, status: u16, body: Vec<u8>) {
         let Some(conn) = self.conns.get_mut(key) else { return };
-        if conn.serial != serial {
+        if conn.serial() != serial {
             return;
         }
-        let Phase::Http(http) = &mut conn.phase else { return };
-        let Some(parked) = http.parked.take() else { return };
+        let Some(parked) = conn.unpark() else { return };
         let response = Response::json(status, body).head_only(parked.head_only).close(!parked.keep_alive);
         self.respond(key, response);
-        self.resume_http(key);
+        self.read_again(key);
     }
 }

@@ -4,15 +4,23 @@
 //! ```text
 //!  loop {
 //!      poll(timeout = next timer)          // sleep until something happens
-//!      for each event:                     // dispatch
+//!      for each event (and, up to GATHER_ROUNDS times, for what a
+//!      zero-timeout poll finds ready meanwhile):                 // dispatch
 //!          LISTENER → accept until WouldBlock           (accept.rs)
 //!          WAKER    → storage replies, shutdown request (delivery.rs)
 //!          SIGNALS  → SIGTERM/SIGINT: graceful shutdown (shutdown.rs)
 //!          REDIS_*  → the bus                           (redis.rs)
 //!          key      → a connection: read until WouldBlock and handle
 //!                     what arrived                      (read.rs)
+//!      resume connections whose read budget ran out    (read.rs)
 //!      run due timers                                   (timers.rs)
-//!      before_sleep: flush, reap                        (flush.rs)
+//!      before_sleep:                                    (flush.rs)
+//!          hand the turn's posts to storage / Redis    (delivery.rs, redis.rs)
+//!          write the authors of this turn's posts first, take what
+//!          they sent next (zero-timeout poll), up to REPLY_ROUNDS
+//!          write every connection with output, one send each, except
+//!          listeners' output that may wait to share a write (pacing.rs)
+//!          reap connections marked dead
 //!  }
 //! ```
 

@@ -5,7 +5,8 @@
 use log::info;
 use mio::Interest;
 
-use super::*;
+use super::{RunState, SHUTDOWN_GRACE, SIGNALS, Server, StartError};
+use crate::conn::ShutdownStep;
 
 impl Server {
     /// Routes SIGTERM and SIGINT into the poll (for the binary; tests stop
@@ -50,33 +51,11 @@ impl Server {
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for key in keys {
             let Some(conn) = self.conns.get_mut(key) else { continue };
-            match &mut conn.phase {
-                Phase::WebSocket(ws) => {
-                    ws.session.close(1001, "server shutting down", &mut conn.out);
-                    conn.close_after_flush = true;
-                }
-                Phase::Http(http) => {
-                    if let Some(parked) = &mut http.parked {
-                        // The answer waits for storage: it will be the
-                        // connection's last (closing now would lose it).
-                        parked.keep_alive = false;
-                        continue;
-                    } else if !conn.out.is_empty() {
-                        // An answer is on its way: it is the connection's last.
-                        conn.close_after_flush = true;
-                    } else if http.buf.is_empty() && http.served > 0 {
-                        // Idle between requests: nothing is lost by closing.
-                        self.kill(key);
-                        continue;
-                    } else {
-                        // A first request (or the rest of a head) may be on
-                        // its way; closing now would reset it unanswered. It
-                        // is answered, with `Connection: close`.
-                        continue;
-                    }
-                }
+            match conn.on_shutdown() {
+                ShutdownStep::Wait => {}
+                ShutdownStep::Drop => self.kill(key),
+                ShutdownStep::Flush => self.mark_dirty(key),
             }
-            self.mark_dirty(key);
         }
     }
 

@@ -6,7 +6,6 @@
 
 use std::rc::Rc;
 
-use crate::conn::{Phase, Role};
 use crate::frame;
 use crate::metrics::Gauges;
 use crate::outbuf::Chunk;
@@ -29,14 +28,14 @@ pub struct Sample {
 impl Server {
     /// Samples the gauges (a scan of connections: only on cold paths).
     pub(crate) fn gauges(&self) -> Gauges {
-        let websockets = self.conns.iter().filter(|(_, c)| matches!(c.phase, Phase::WebSocket(_))).count();
+        let websockets = self.conns.iter().filter(|(_, c)| c.is_websocket()).count();
         let (rooms, members) = self.chat.counts();
         Gauges {
             http_connections: self.conns.len() - websockets,
             websockets,
             rooms,
             members,
-            queued_bytes: self.conns.iter().map(|(_, c)| c.out.len()).sum(),
+            queued_bytes: self.conns.iter().map(|(_, c)| c.out_len()).sum(),
             redis_up: self.bus.as_ref().map(|b| b.is_up()),
             redis_pipeline: self.bus.as_ref().map_or(0, |b| b.pipeline_depth()),
             ready: self.is_ready(),
@@ -88,15 +87,10 @@ impl Server {
         self.deliver_chat();
         if self.stats_viewers > 0 {
             let shared: Rc<[u8]> = frame::shared_text(self.stats_json().as_bytes());
-            let viewers: Vec<usize> = self
-                .conns
-                .iter()
-                .filter(|(_, c)| matches!(&c.phase, Phase::WebSocket(ws) if matches!(ws.role, Role::StatsViewer)))
-                .map(|(k, _)| k)
-                .collect();
+            let viewers: Vec<usize> = self.conns.iter().filter(|(_, c)| c.is_stats_viewer()).map(|(k, _)| k).collect();
             for key in viewers {
                 if let Some(conn) = self.conns.get_mut(key) {
-                    conn.out.push(Chunk::Shared(shared.clone()));
+                    conn.push(Chunk::Shared(shared.clone()));
                 }
                 self.mark_dirty(key);
             }

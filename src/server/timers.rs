@@ -4,14 +4,17 @@
 
 use log::debug;
 
-use super::*;
+use super::Server;
+use crate::conn::{Heartbeat, HttpDeadline};
+use crate::response::Response;
+use crate::timer::{Timer, TimerKind};
 
 impl Server {
     /// Due timers: each checks whether it still applies.
     pub(super) fn run_timers(&mut self) {
         while let Some(timer) = self.timers.pop_due(self.now) {
-            let Some(conn) = self.conns.get_mut(timer.key) else { continue };
-            if conn.serial != timer.serial || conn.dead {
+            let Some(conn) = self.conns.get(timer.key) else { continue };
+            if conn.serial() != timer.serial || conn.is_dead() {
                 continue;
             }
             match timer.kind {
@@ -23,63 +26,40 @@ impl Server {
     }
 
     /// Slowloris (408) and idle keep-alive (close) deadlines.
-    pub(super) fn on_http_timer(&mut self, key: usize) {
+    fn on_http_timer(&mut self, key: usize) {
         let Some(conn) = self.conns.get_mut(key) else { return };
-        let Phase::Http(http) = &conn.phase else { return };
-        if http.parked.is_some() || conn.close_after_flush {
-            return;
-        }
-        let serial = conn.serial;
-        let deadline = match http.head_started {
-            Some(started) => started + self.cfg.header_timeout,
-            // Nothing received yet since accept (last_read starts at accept).
-            None if http.served == 0 => conn.last_read + self.cfg.header_timeout,
-            None => conn.last_read + self.cfg.idle_timeout,
-        };
-        if deadline > self.now {
-            self.timers.arm(Timer { at: deadline, key, serial, kind: TimerKind::Http });
-            return;
-        }
-        if http.head_started.is_some() || http.served == 0 {
-            debug!("#{serial}: request head not complete in time (408)");
-            if let Phase::Http(http) = &mut conn.phase {
-                http.buf.clear();
+        let serial = conn.serial();
+        match conn.http_deadline(self.now, self.cfg.header_timeout, self.cfg.idle_timeout) {
+            HttpDeadline::None => {}
+            HttpDeadline::Later(at) => self.timers.arm(Timer { at, key, serial, kind: TimerKind::Http }),
+            HttpDeadline::SlowRequest => {
+                debug!("#{serial}: request not complete in time (408)");
+                self.respond(key, Response::text(408, "request head not received in time").close(true));
             }
-            self.respond(key, Response::text(408, "request head not received in time").close(true));
-        } else {
-            debug!("#{serial}: idle keep-alive closed");
-            self.kill(key);
+            HttpDeadline::Idle => {
+                debug!("#{serial}: idle keep-alive closed");
+                self.kill(key);
+            }
         }
     }
 
     /// The WebSocket heartbeat: ping when quiet, close when the ping goes
     /// unanswered (any bytes from the client count as an answer).
-    pub(super) fn on_heartbeat(&mut self, key: usize) {
-        let now = self.now;
-        let (interval, timeout) = (self.cfg.ping_interval, self.cfg.ping_timeout);
+    fn on_heartbeat(&mut self, key: usize) {
         let Some(conn) = self.conns.get_mut(key) else { return };
-        let serial = conn.serial;
-        let last_read = conn.last_read;
-        let Phase::WebSocket(ws) = &mut conn.phase else { return };
-        let next = match ws.ping_sent {
-            Some(sent) if last_read >= sent => {
-                ws.ping_sent = None;
-                last_read + interval
+        let serial = conn.serial();
+        let at = match conn.heartbeat(self.now, self.cfg.ping_interval, self.cfg.ping_timeout) {
+            Heartbeat::None => return,
+            Heartbeat::Next(at) => at,
+            Heartbeat::Pinged(at) => {
+                self.mark_dirty(key);
+                at
             }
-            Some(sent) if now >= sent + timeout => {
+            Heartbeat::Unanswered => {
                 debug!("#{serial}: no answer to ping; closing");
                 return self.kill(key);
             }
-            Some(sent) => sent + timeout,
-            None if now >= last_read + interval => {
-                conn.out.shrink();
-                ws.session.ping(b"chatroom", &mut conn.out);
-                ws.ping_sent = Some(now);
-                self.mark_dirty(key);
-                now + timeout
-            }
-            None => last_read + interval,
         };
-        self.timers.arm(Timer { at: next, key, serial, kind: TimerKind::Heartbeat });
+        self.timers.arm(Timer { at, key, serial, kind: TimerKind::Heartbeat });
     }
 }
