@@ -489,7 +489,7 @@ impl Config {
     }
 
     /// The effective settings as `--print-config` shows them: a valid config file.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         let mut out = String::from("# effective chatroom settings (a valid --config file)\n");
         for (name, value, source) in &self.effective {
             let source = match source {
@@ -545,7 +545,7 @@ fn read_config_file(path: &str) -> Result<Vec<(&'static str, String)>, ConfigErr
 }
 
 /// The text of `--help`, generated from the table so it cannot drift.
-pub fn help_text() -> String {
+pub(crate) fn help_text() -> String {
     let mut out = String::from(
         "chatroom: a single-threaded real-time group chat server\n\n\
          Usage: chatroom [OPTIONS]\n\n\
@@ -626,7 +626,7 @@ impl Value<'_> {
 }
 
 /// `65536`, `64KiB`, `64K`, `1MiB`, `1 MB` (binary multiples throughout).
-pub fn parse_size(text: &str) -> Option<u64> {
+pub(crate) fn parse_size(text: &str) -> Option<u64> {
     let text = text.trim();
     let digits_end = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (number, unit) = text.split_at(digits_end);
@@ -642,7 +642,7 @@ pub fn parse_size(text: &str) -> Option<u64> {
 }
 
 /// `10s`, `1.5s`, `250ms`, or a bare number of seconds.
-pub fn parse_duration(text: &str) -> Option<Duration> {
+pub(crate) fn parse_duration(text: &str) -> Option<Duration> {
     let text = text.trim();
     let (number, scale) = if let Some(n) = text.strip_suffix("ms") {
         (n, 0.001)

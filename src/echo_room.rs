@@ -3,7 +3,7 @@
 //! did. Pure: the reactor's `server/endpoints.rs` frames and sends it.
 
 /// The echo room's greeting.
-pub const GREETING: &str = r#"{"message": "You are connected to the Echo Room!", "status": "connected"}"#;
+pub(crate) const GREETING: &str = r#"{"message": "You are connected to the Echo Room!", "status": "connected"}"#;
 
 /// The echo room's answer to one text frame: `{"message": X}` for a JSON
 /// object with a `message`, else an error event (the connection stays open).

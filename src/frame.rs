@@ -24,7 +24,7 @@ use tungstenite::protocol::frame::coding::{Data, OpCode};
 
 /// Frames with this payload size or less have a 2-byte header; up to 65,535
 /// a 4-byte one; beyond, 10 bytes (§5.2 "Payload length").
-pub const MAX_HEADER: usize = 10;
+pub(crate) const MAX_HEADER: usize = 10;
 
 /// Encodes one unfragmented, unmasked frame with `opcode` around `payload`.
 pub fn encode(opcode: OpCode, payload: &[u8]) -> Vec<u8> {

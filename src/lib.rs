@@ -48,19 +48,19 @@ pub mod echo_room;
 pub mod frame;
 pub mod handshake;
 pub mod http;
-pub mod inspect;
-pub mod limits;
-pub mod metrics;
+pub(crate) mod inspect;
+pub(crate) mod limits;
+pub(crate) mod metrics;
 pub mod outbuf;
-pub mod pacing;
-pub mod response;
+pub(crate) mod pacing;
+pub(crate) mod response;
 pub mod route;
 pub mod server;
 pub mod site;
 pub mod storage;
 #[doc(hidden)]
 pub mod testutil;
-pub mod timer;
+pub(crate) mod timer;
 pub mod ws;
 
 pub use config::Config;

@@ -136,7 +136,7 @@ impl OutQueue {
     }
 
     /// Queues a copy of `bytes`, appending to the last owned chunk when small.
-    pub fn push_copy(&mut self, bytes: &[u8]) {
+    pub(crate) fn push_copy(&mut self, bytes: &[u8]) {
         if bytes.is_empty() {
             return;
         }
@@ -164,7 +164,7 @@ impl OutQueue {
     /// peer already has the beginning of: cutting that short would leave the
     /// stream mid-frame, and whatever is queued next (a close frame) would
     /// be read as the rest of that frame's payload.
-    pub fn drop_unsent(&mut self) {
+    pub(crate) fn drop_unsent(&mut self) {
         if self.offset == 0 {
             return self.clear();
         }

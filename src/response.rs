@@ -99,11 +99,6 @@ impl Response {
         self.close
     }
 
-    /// The status code.
-    pub fn status(&self) -> u16 {
-        self.status
-    }
-
     /// Formats the response into `out`. `date` is the cached Date value.
     pub fn write_into(self, out: &mut OutQueue, date: &str) {
         let mut head = String::with_capacity(160 + self.headers.len());

@@ -72,13 +72,9 @@ impl Timers {
     }
 
     /// Armed deadlines (including ones that will turn out stale).
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.heap.len()
-    }
-
-    /// Whether nothing is armed.
-    pub fn is_empty(&self) -> bool {
-        self.heap.is_empty()
     }
 }
 

@@ -203,14 +203,14 @@ impl Session {
     }
 
     /// Whether data frames may still be sent.
-    pub fn is_open(&self) -> bool {
+    pub(crate) fn is_open(&self) -> bool {
         self.closing == Closing::No
     }
 }
 
 /// A close frame with `code` and `reason` (reason cut to fit the 125-byte
 /// control-frame limit of §5.5, at a character boundary).
-pub fn close_frame(code: u16, reason: &str) -> Vec<u8> {
+pub(crate) fn close_frame(code: u16, reason: &str) -> Vec<u8> {
     let mut end = reason.len().min(123);
     while !reason.is_char_boundary(end) {
         end -= 1;

@@ -28,12 +28,6 @@ pub const MAX_HEAD: usize = 8 * 1024;
 /// any browser sends. More headers is answered like a too-large head.
 const MAX_HEADERS: usize = 64;
 
-/// A request body we skip on a GET, at most, in bytes. A GET with a body is
-/// legal but meaningless; skipping it exactly keeps the next pipelined request
-/// aligned. A larger one is refused (413) rather than read for nothing. It is
-/// the `max_body` the server gives [`RequestReader::next`].
-pub const MAX_SKIPPED_BODY: u64 = 64 * 1024;
-
 /// The request method, reduced to what we serve.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Method {
@@ -79,13 +73,13 @@ impl Head {
     }
 
     /// The first value of header `name` as text, if it is UTF-8.
-    pub fn header_str(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header_str(&self, name: &str) -> Option<&str> {
         self.header(name).and_then(|v| std::str::from_utf8(v).ok()).map(str::trim)
     }
 
     /// How many times header `name` appears (a request with two
     /// Content-Length headers is refused: RFC 9112 §6.3).
-    pub fn header_count(&self, name: &str) -> usize {
+    pub(crate) fn header_count(&self, name: &str) -> usize {
         self.headers.iter().filter(|(n, _)| n == name).count()
     }
 
@@ -93,7 +87,7 @@ impl Head {
     /// case-insensitively (`Connection: keep-alive, Upgrade` has `upgrade`).
     /// Every occurrence of the header counts, as RFC 9110 §5.3 allows a list
     /// to be split over several lines.
-    pub fn has_token(&self, name: &str, token: &str) -> bool {
+    pub(crate) fn has_token(&self, name: &str, token: &str) -> bool {
         self.headers
             .iter()
             .filter(|(n, _)| n == name)

@@ -54,7 +54,7 @@ use crate::timer::Timers;
 mod accept;
 mod api;
 mod delivery;
-pub mod endpoints;
+mod endpoints;
 mod flush;
 mod inspect;
 mod read;
@@ -68,17 +68,17 @@ mod timers;
 
 /// The listening socket. Fixed tokens sit at the top of the token space,
 /// far above any slab key (connection keys count up from 0).
-pub const LISTENER: Token = Token(usize::MAX - 1);
+pub(crate) const LISTENER: Token = Token(usize::MAX - 1);
 /// The waker the storage thread (and shutdown handles) use.
-pub const WAKER: Token = Token(usize::MAX - 2);
+pub(crate) const WAKER: Token = Token(usize::MAX - 2);
 /// SIGTERM / SIGINT.
-pub const SIGNALS: Token = Token(usize::MAX - 3);
+pub(crate) const SIGNALS: Token = Token(usize::MAX - 3);
 /// The separate admin listener (`--admin-bind`).
-pub const ADMIN_LISTENER: Token = Token(usize::MAX - 4);
+pub(crate) const ADMIN_LISTENER: Token = Token(usize::MAX - 4);
 /// Redis subscription connection.
-pub const REDIS_SUB: Token = Token(usize::MAX - 5);
+pub(crate) const REDIS_SUB: Token = Token(usize::MAX - 5);
 /// Redis command connection.
-pub const REDIS_CMD: Token = Token(usize::MAX - 6);
+pub(crate) const REDIS_CMD: Token = Token(usize::MAX - 6);
 
 /// Size of the one read buffer all connections share, in bytes. Data is
 /// copied out of it right away (into the HTTP head buffer or tungstenite's
@@ -336,12 +336,12 @@ impl Server {
     }
 
     /// Whether the server is serving (not shutting down, storage open).
-    pub fn is_ready(&self) -> bool {
+    pub(crate) fn is_ready(&self) -> bool {
         self.state == RunState::Serving && self.storage.is_some()
     }
 
     /// Whether a graceful shutdown is under way.
-    pub fn is_draining(&self) -> bool {
+    pub(crate) fn is_draining(&self) -> bool {
         self.state != RunState::Serving
     }
 }
