@@ -13,7 +13,6 @@
 //! [`Chat::out`] as [`Outgoing`] instructions, and the reactor carries them
 //! out (framing once, sharing the bytes between members).
 
-pub mod cluster;
 pub mod protocol;
 pub mod room;
 pub mod warm;
@@ -193,12 +192,12 @@ pub struct Chat {
     /// its metrics: the chat knows nothing of them).
     pub rate_limited: u64,
     /// Redis mode (`--redis`): ids and history come from Redis.
-    pub cluster: Option<cluster::Cluster>,
+    pub cluster: Option<crate::cluster::Cluster>,
     /// Redis mode: our own posts Redis has answered for, by (room, id), until
     /// they come back through the subscription (their poster is its author).
     own_posts: HashMap<(String, u64), (usize, u64)>,
     /// Redis mode: published messages held while a room catches up.
-    held: HashMap<String, Vec<cluster::Published>>,
+    held: HashMap<String, Vec<crate::cluster::Published>>,
     /// Redis mode: the other processes' members, as they last told us.
     remote: HashMap<String, RemoteProcess>,
     /// Redis mode: when to publish our next full presence snapshot.
@@ -246,7 +245,7 @@ impl Chat {
             requests: Vec::new(),
             appended: 0,
             rate_limited: 0,
-            cluster: cfg.redis.as_ref().map(|_| cluster::Cluster::new(cfg.redis_buffer)),
+            cluster: cfg.redis.as_ref().map(|_| crate::cluster::Cluster::new(cfg.redis_buffer)),
             own_posts: HashMap::new(),
             held: HashMap::new(),
             remote: HashMap::new(),
@@ -521,7 +520,7 @@ impl Chat {
     /// Redis mode: a message published by any process (ours included).
     /// Accepted in id order; a gap means we missed some, so read them from
     /// the stream first and hold what arrives meanwhile.
-    pub fn on_published(&mut self, p: cluster::Published) {
+    pub fn on_published(&mut self, p: crate::cluster::Published) {
         if !crate::route::valid_room_name(&p.room) {
             return;
         }
@@ -544,7 +543,7 @@ impl Chat {
         self.accept_published(p);
     }
 
-    fn accept_published(&mut self, p: cluster::Published) {
+    fn accept_published(&mut self, p: crate::cluster::Published) {
         if let Some(record) = self.directory.get_mut(&p.room) {
             record.last_id = record.last_id.max(p.id);
         }
@@ -576,9 +575,9 @@ impl Chat {
     }
 
     /// Redis mode: a reply (or a failure) for one of our commands.
-    pub fn on_bus_reply(&mut self, reply: cluster::ReplyFor) {
+    pub fn on_bus_reply(&mut self, reply: crate::cluster::ReplyFor) {
         match reply {
-            cluster::ReplyFor::Posted { room, id, sender } => {
+            crate::cluster::ReplyFor::Posted { room, id, sender } => {
                 // Its copy is its acknowledgement (written first, never held
                 // back): remember whose it is, unless it came back already.
                 let delivered = self.directory.get(&room).is_some_and(|r| r.last_id >= id);
@@ -589,15 +588,15 @@ impl Chat {
                     self.own_posts.insert((room, id), sender);
                 }
             }
-            cluster::ReplyFor::Nothing => {}
-            cluster::ReplyFor::PostFailed { sender: (key, serial), reason } => {
+            crate::cluster::ReplyFor::Nothing => {}
+            crate::cluster::ReplyFor::PostFailed { sender: (key, serial), reason } => {
                 log::warn!("post refused: {reason}");
                 let json =
                     protocol::error_json("unavailable", "the chat backend refused this message; it was not sent");
                 self.out.push(Outgoing::ToSerial { key, serial, json });
             }
-            cluster::ReplyFor::Read(ticket, messages, oldest) => self.on_messages(ticket, messages, oldest),
-            cluster::ReplyFor::Rooms(rooms) => {
+            crate::cluster::ReplyFor::Read(ticket, messages, oldest) => self.on_messages(ticket, messages, oldest),
+            crate::cluster::ReplyFor::Rooms(rooms) => {
                 for (name, created) in rooms {
                     if crate::route::valid_room_name(&name) && !self.directory.contains_key(&name) {
                         self.directory.insert(
@@ -704,14 +703,14 @@ impl Chat {
                 let held = self.held.remove(&room).unwrap_or_default();
                 let last = self.directory.get(&room).map_or(0, |r| r.last_id);
                 let mut next = last;
-                let stored = messages.into_iter().map(|m| cluster::Published {
+                let stored = messages.into_iter().map(|m| crate::cluster::Published {
                     room: room.clone(),
                     id: m.id,
                     username: m.username,
                     message: m.text,
                     ts: m.ts,
                 });
-                let mut all: Vec<cluster::Published> = stored.chain(held).filter(|p| p.id > last).collect();
+                let mut all: Vec<crate::cluster::Published> = stored.chain(held).filter(|p| p.id > last).collect();
                 all.sort_by_key(|p| p.id);
                 all.dedup_by_key(|p| p.id);
                 for p in all {
@@ -869,7 +868,7 @@ impl Chat {
     /// leave events in our local copy of each room.
     pub fn on_presence(&mut self, payload: &[u8], now: Instant) {
         let Some(cluster) = &self.cluster else { return };
-        let Ok(note) = serde_json::from_slice::<cluster::PresenceNote>(payload) else { return };
+        let Ok(note) = serde_json::from_slice::<crate::cluster::PresenceNote>(payload) else { return };
         if note.proc == cluster.proc_id {
             return;
         }
@@ -944,15 +943,15 @@ impl Chat {
 
     fn publish_presence(&mut self, rooms: HashMap<String, Vec<String>>, full: bool) {
         let Some(cluster) = &mut self.cluster else { return };
-        let note = cluster::PresenceNote { proc: cluster.proc_id.clone(), full, rooms };
+        let note = crate::cluster::PresenceNote { proc: cluster.proc_id.clone(), full, rooms };
         let Ok(json) = serde_json::to_vec(&note) else { return };
         let cmd = redis::cmd("PUBLISH").arg(PRESENCE_CHANNEL_NAME).arg(json).get_packed_command();
-        cluster.commands.push((cmd, cluster::TAG_INTERNAL));
+        cluster.commands.push((cmd, crate::cluster::TAG_INTERNAL));
     }
 }
 
 /// The channel name presence notes go to.
-const PRESENCE_CHANNEL_NAME: &[u8] = cluster::PRESENCE_CHANNEL;
+const PRESENCE_CHANNEL_NAME: &[u8] = crate::cluster::PRESENCE_CHANNEL;
 
 /// Names other processes report in `room`.
 fn remote_names(remote: &HashMap<String, RemoteProcess>, room: &str) -> Vec<String> {

@@ -268,8 +268,8 @@ impl Server {
             Some(url) => {
                 let url = crate::bus::RedisUrl::parse(url).map_err(|e| StartError(format!("--redis: {e}")))?;
                 let mut bus = crate::bus::Bus::new(url, cfg.redis_timeout);
-                bus.subscribe(crate::chat::cluster::MESSAGES_CHANNEL);
-                bus.subscribe(crate::chat::cluster::PRESENCE_CHANNEL);
+                bus.subscribe(crate::cluster::MESSAGES_CHANNEL);
+                bus.subscribe(crate::cluster::PRESENCE_CHANNEL);
                 bus.start(poll.registry(), REDIS_CMD, REDIS_SUB, Instant::now());
                 Some(bus)
             }

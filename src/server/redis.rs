@@ -2,13 +2,13 @@
 //! events, and the chat's commands leave through the bus once per turn.
 //!
 //! The bus ([`crate::bus`]) moves bytes and knows nothing of rooms; the
-//! chat's cluster mode ([`crate::chat::cluster`]) knows rooms and the Redis
+//! chat's cluster mode ([`crate::cluster`]) knows rooms and the Redis
 //! data layout but no sockets. This file is the small piece between them.
 
 use log::{info, warn};
 
 use crate::bus::{BusEvent, Which};
-use crate::chat::cluster::{MESSAGES_CHANNEL, PRESENCE_CHANNEL, decode_published};
+use crate::cluster::{MESSAGES_CHANNEL, PRESENCE_CHANNEL, decode_published};
 use crate::server::Server;
 
 impl Server {
