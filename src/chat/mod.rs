@@ -25,7 +25,7 @@ use slab::Slab;
 
 use crate::config::Config;
 use crate::handshake::Refusal;
-use crate::storage::{Request, RoomRecord, StoredMessage};
+use crate::storage::{ReadRange, Request, RoomRecord, StoredMessage};
 use protocol::{PostError, clean_name};
 use room::Room;
 use warm::WarmCaches;
@@ -281,10 +281,10 @@ impl Chat {
 
     /// Reads history from where it lives: the room's Redis stream in Redis
     /// mode (the same for every process), else the storage thread.
-    fn read_request(&mut self, ticket: u64, room: &str, after: u64, before: u64, limit: usize, newest: bool) {
+    fn read_request(&mut self, ticket: u64, range: ReadRange) {
         match &mut self.cluster {
-            Some(cluster) => cluster.read(ticket, room, after, before, limit, newest),
-            None => self.requests.push(Request::Read { ticket, room: room.to_string(), after, before, limit, newest }),
+            Some(cluster) => cluster.read(ticket, &range),
+            None => self.requests.push(Request::Read { ticket, range }),
         }
     }
 
@@ -315,7 +315,7 @@ impl Chat {
         self.index.insert(rc.clone(), slot);
         if read {
             let ticket = self.ticket(PendingRead::RoomCache { room: rc });
-            self.read_request(ticket, name, 0, u64::MAX, cap, true);
+            self.read_request(ticket, ReadRange::newest(name, cap));
         }
         slot
     }
@@ -399,7 +399,7 @@ impl Chat {
                 let name = room.name.clone();
                 let serial = member.serial;
                 let ticket = self.ticket(PendingRead::Resume { room: name.clone(), key, serial, slot, since: from });
-                self.read_request(ticket, &name, from, u64::MAX, RESUME_MAX as usize, false);
+                self.read_request(ticket, ReadRange::after(&name, from, RESUME_MAX as usize));
                 if let Some(m) = self.live.get_mut(room_slot).and_then(|r| r.members.get_mut(slot)) {
                     m.awaiting_read = true;
                 }
@@ -537,7 +537,7 @@ impl Chat {
             let room = p.room.clone();
             self.held.insert(room.clone(), vec![p]);
             let ticket = self.ticket(PendingRead::CatchUp { room: room.clone() });
-            self.read_request(ticket, &room, last, u64::MAX, RESUME_MAX as usize, false);
+            self.read_request(ticket, ReadRange::after(&room, last, RESUME_MAX as usize));
             return;
         }
         self.accept_published(p);
@@ -570,7 +570,7 @@ impl Chat {
             let last = self.directory.get(&room).map_or(0, |r| r.last_id);
             self.held.insert(room.clone(), Vec::new());
             let ticket = self.ticket(PendingRead::CatchUp { room: room.clone() });
-            self.read_request(ticket, &room, last, u64::MAX, RESUME_MAX as usize, false);
+            self.read_request(ticket, ReadRange::after(&room, last, RESUME_MAX as usize));
         }
     }
 
@@ -826,7 +826,7 @@ impl Chat {
     /// Starts a scroll-back read for the HTTP API.
     pub fn read_for_http(&mut self, key: usize, serial: u64, room: &str, before: u64, limit: usize) {
         let ticket = self.ticket(PendingRead::Http { key, serial, room: room.to_string() });
-        self.read_request(ticket, room, 0, before, limit, true);
+        self.read_request(ticket, ReadRange::newest(room, limit).before(before));
     }
 
     /// Members of live room `slot` that receive broadcasts: (key) of each welcomed member.

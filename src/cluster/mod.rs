@@ -41,7 +41,7 @@ use data_encoding::HEXLOWER;
 use sha1::{Digest, Sha1};
 
 use crate::bus::Value;
-use crate::storage::StoredMessage;
+use crate::storage::{ReadRange, StoredMessage};
 
 /// The channel every process publishes messages on and subscribes to.
 pub const MESSAGES_CHANNEL: &[u8] = b"chatroom:messages";
@@ -271,17 +271,17 @@ impl Cluster {
         self.next_post & !TAG_KIND
     }
 
-    /// A history read: `newest` = the last `limit` before `before`, else the
-    /// first `limit` after `after`. The reply comes back as [`ReplyFor::Read`].
-    pub fn read(&mut self, ticket: u64, room: &str, after: u64, before: u64, limit: usize, newest: bool) {
+    /// A history read of `range` from the room's stream. The reply comes back as [`ReplyFor::Read`].
+    pub fn read(&mut self, ticket: u64, range: &ReadRange) {
+        let ReadRange { room, after, before, limit, newest } = range;
         let key = format!("chatroom:room:{room}:log");
         // First the stream's first entry: replies come back in order, so when
         // the range arrives we can say where history starts (the answer's
         // `oldest_id`), not only where this page does.
         let first = redis::cmd("XRANGE").arg(&key).arg("-").arg("+").arg("COUNT").arg(1).get_packed_command();
         self.commands.push((first, TAG_READ | TAG_OLDEST | ticket));
-        let cmd = if newest {
-            let end = if before == u64::MAX { "+".to_string() } else { format!("({before}-0") };
+        let cmd = if *newest {
+            let end = if *before == u64::MAX { "+".to_string() } else { format!("({before}-0") };
             redis::cmd("XREVRANGE").arg(key).arg(end).arg("-").arg("COUNT").arg(limit).get_packed_command()
         } else {
             redis::cmd("XRANGE")
