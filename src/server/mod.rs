@@ -48,7 +48,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
-use crate::chat::Chat;
+use crate::chat::{Chat, Mode};
 use crate::config::Config;
 use crate::conn::{Connection, HttpState, Phase};
 use crate::metrics::Metrics;
@@ -217,6 +217,8 @@ pub struct Server {
     pub(crate) commit_clock: std::collections::VecDeque<(u64, Instant)>,
     /// The Redis bus, with `--redis`.
     pub(crate) bus: Option<crate::bus::Bus>,
+    /// The rooms' Redis side, with `--redis` (see `redis.rs`).
+    pub(crate) cluster: Option<crate::cluster::Cluster>,
     /// When the once-a-second work (stats feed) runs next.
     next_tick: Instant,
     /// Counters at the last tick, for per-second rates.
@@ -261,20 +263,9 @@ impl Server {
             None => Backend::Memory { keep_per_room: 1000 },
         };
         let (storage, rooms) = Storage::open(backend, waker.clone()).map_err(|e| StartError(e.to_string()))?;
-        let chat = Chat::new(&cfg, rooms);
-        // Redis: the address is resolved once, here; every (re)connect after
-        // that is non-blocking, inside the loop.
-        let bus = match &cfg.redis {
-            Some(url) => {
-                let url = crate::bus::RedisUrl::parse(url).map_err(|e| StartError(format!("--redis: {e}")))?;
-                let mut bus = crate::bus::Bus::new(url, cfg.redis_timeout);
-                bus.subscribe(crate::cluster::MESSAGES_CHANNEL);
-                bus.subscribe(crate::cluster::PRESENCE_CHANNEL);
-                bus.start(poll.registry(), REDIS_CMD, REDIS_SUB, Instant::now());
-                Some(bus)
-            }
-            None => None,
-        };
+        let (bus, cluster) = Server::open_redis(&cfg, poll.registry())?;
+        let mode = if cluster.is_some() { Mode::Shared } else { Mode::Local };
+        let chat = Chat::new(&cfg, rooms, mode);
         let cfg_max_per_ip = cfg.max_per_ip;
         let now = Instant::now();
         Ok(Server {
@@ -311,6 +302,7 @@ impl Server {
             per_ip: crate::limits::PerIp::new(cfg_max_per_ip),
             commit_clock: std::collections::VecDeque::new(),
             bus,
+            cluster,
             next_tick: now + TICK,
             last_tick: stats::Sample::default(),
         })
@@ -471,7 +463,7 @@ impl Server {
         if let Some(t) = self.bus.as_ref().and_then(|b| b.next_timeout(Instant::now())) {
             timeout = Some(timeout.map_or(t, |cur| cur.min(t)));
         }
-        if let Some(t) = self.chat.next_wakeup(self.now) {
+        if let Some(t) = self.cluster_wakeup() {
             timeout = Some(timeout.map_or(t, |cur| cur.min(t)));
         }
         timeout
