@@ -69,7 +69,7 @@ return id
 
 /// A published message, decoded.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
-pub struct Published {
+pub(super) struct Published {
     /// The room.
     pub room: String,
     /// Its id.
@@ -84,13 +84,13 @@ pub struct Published {
 
 impl Published {
     /// The message as storage keeps it (the room aside).
-    pub fn into_stored(self) -> (String, StoredMessage) {
+    pub(super) fn into_stored(self) -> (String, StoredMessage) {
         (self.room, StoredMessage { id: self.id, ts: self.ts, username: self.username, text: self.message })
     }
 }
 
 /// Decodes a message from the channel (or a stream entry).
-pub fn decode_published(payload: &[u8]) -> Option<Published> {
+pub(super) fn decode_published(payload: &[u8]) -> Option<Published> {
     serde_json::from_slice(payload).ok()
 }
 

@@ -70,10 +70,10 @@ use log::{info, warn};
 use crate::bus::{BusEvent, Value, Which};
 use crate::chat::{Chat, Handoff, NotSent};
 use feed::Feed;
-pub use layout::{MESSAGES_CHANNEL, POST_SCRIPT, PRESENCE_CHANNEL, Published, STREAM_MAXLEN, decode_published};
+use layout::decode_published;
+pub use layout::{MESSAGES_CHANNEL, POST_SCRIPT, PRESENCE_CHANNEL, STREAM_MAXLEN};
 use posts::Posts;
 use presence::Presence;
-pub use presence::PresenceNote;
 use reads::{Reader, Reads};
 
 /// The channels every process subscribes to.

@@ -20,7 +20,7 @@ use crate::chat::Chat;
 
 /// The presence message a process publishes: its members per room.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct PresenceNote {
+pub(super) struct PresenceNote {
     /// The publishing process.
     pub proc: String,
     /// `true`: `rooms` is everything it has (a snapshot); `false`: only the
