@@ -44,7 +44,9 @@
 //! knows nothing of rooms. This module is what lies between: it knows the
 //! Redis data layout and the chat, but no sockets. It produces packed,
 //! tagged commands for the bus and consumes the bus's events;
-//! `server/redis.rs` carries them between the two, once per loop turn.
+//! `server/redis.rs` does the carrying: it gives the cluster the chat's
+//! handoffs and then the bus's events as they come, and sends the
+//! cluster's commands once per loop turn.
 //!
 //! # Layout
 //!
