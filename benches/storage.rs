@@ -64,7 +64,7 @@ impl Bench {
         };
         let mut seq = 0;
         for _ in 0..n {
-            seq = storage.send(Request::Append {
+            seq = storage.send_all(vec![Request::Append {
                 room: "bench".to_string(),
                 msg: StoredMessage {
                     id: self.next_id,
@@ -72,7 +72,7 @@ impl Bench {
                     username: "bench".to_string(),
                     text: self.text.clone(),
                 },
-            });
+            }]);
             self.next_id += 1;
         }
         let deadline = Instant::now() + COMMIT_TIMEOUT;

@@ -398,7 +398,7 @@ def summarise(runs):
 
 def judge(summary):
     """Adds to each chatroom row the ratio against its reference (same invocation only) and,
-    for the issue's targets, PASS/FAIL."""
+    for the performance targets, PASS/FAIL."""
     by = {}
     for s in summary:
         by.setdefault((s["invocation"], s["scenario"]), {})[s["server"]] = s

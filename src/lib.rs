@@ -42,6 +42,7 @@
 
 pub mod bus;
 pub mod chat;
+pub mod cluster;
 pub mod config;
 pub(crate) mod conn;
 pub mod echo_room;

@@ -326,6 +326,11 @@ impl Bus {
 
     /// Subscribes to the glob-style `pattern` (PSUBSCRIBE), now if connected
     /// and after every reconnect. Asking twice for the same pattern is a no-op.
+    ///
+    /// The server subscribes to channels only, so this is built for the
+    /// tests alone; the rest of pattern support (resubscribing, `pmessage`)
+    /// stays, and those tests keep it working.
+    #[cfg(test)]
     pub fn psubscribe(&mut self, pattern: &[u8]) {
         if !self.patterns.insert(pattern.to_vec()) {
             return;

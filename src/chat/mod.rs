@@ -12,23 +12,46 @@
 //! but nothing about sockets: what it decides to send is pushed onto
 //! [`Chat::out`] as [`Outgoing`] instructions, and the reactor carries them
 //! out (framing once, sharing the bytes between members).
+//!
+//! Rooms may also be shared with other processes ([`Mode::Shared`]). Then
+//! the chat does not number posts or read history itself: it hands both out
+//! ([`Chat::take_handoffs`]) and takes messages back in their shared order
+//! ([`Chat::accept_ordered`]); from there on a message goes the same way,
+//! through storage to the members. `shared.rs` is that interface.
+//!
+//! # Layout
+//!
+//! - `mod.rs` (this file): [`Chat`], joining, posting, committing, presence
+//!   frames.
+//! - `history.rs`: reading history: welcomes, resumes, scroll-back.
+//! - `room.rs`: one live room, its members and recent history.
+//! - `protocol.rs`: the JSON events on the wire.
+//! - `warm.rs`: the history of rooms that emptied lately.
+//! - `shared.rs`: what the chat hands out and takes back when its rooms are
+//!   shared ([`Handoff`], [`Mode`]).
+//! - `roster.rs`: members connected to other processes.
 
-pub mod cluster;
+mod history;
 pub mod protocol;
 pub mod room;
+mod roster;
+pub mod shared;
 pub mod warm;
 
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use slab::Slab;
 
 use crate::config::Config;
 use crate::handshake::Refusal;
-use crate::storage::{Request, RoomRecord, StoredMessage};
+use crate::storage::{ReadRange, Request, RoomRecord, StoredMessage};
+use history::PendingRead;
 use protocol::{PostError, clean_name};
 use room::Room;
+use roster::Roster;
+pub use shared::{Handoff, Mode, NotSent, PostIntent};
 use warm::WarmCaches;
 
 /// The room that exists from the first start, as in the original site.
@@ -43,10 +66,6 @@ pub const ONLINE_LIST_MAX: usize = 1000;
 
 /// Recent messages cached per live room, at least (more if `--history` asks).
 const RECENT_MIN: usize = 200;
-
-/// Redis mode: posts answered but not yet seen back remembered at most (a
-/// bound against a subscription that lost them; they are only a hint).
-const OWN_POSTS_MAX: usize = 10_000;
 
 /// Emptied rooms whose recent history is kept for their return (see
 /// `warm.rs`): at most this many caches of `RECENT_MIN` messages.
@@ -134,21 +153,8 @@ struct PendingPost {
     id: u64,
     ts: u64,
     json: Rc<str>,
-    /// The local poster, told if the commit fails (None: from another process).
+    /// The local poster, told if the commit fails (None: posted on another process).
     sender: Option<(usize, u64)>,
-}
-
-/// Why a storage read was made.
-#[derive(Debug)]
-enum PendingRead {
-    /// Filling a newly live room's recent history.
-    RoomCache { room: Rc<str> },
-    /// A member resuming with `?since=` from further back than the cache.
-    Resume { room: Rc<str>, key: usize, serial: u64, slot: usize, since: u64 },
-    /// `GET /api/rooms/<room>/messages`.
-    Http { key: usize, serial: u64, room: String },
-    /// Redis mode: messages this process missed (gap or resubscribe).
-    CatchUp { room: String },
 }
 
 /// Limits and sizes the chat applies.
@@ -192,26 +198,12 @@ pub struct Chat {
     /// Posts refused by the rate limiter so far (the reactor copies it into
     /// its metrics: the chat knows nothing of them).
     pub rate_limited: u64,
-    /// Redis mode (`--redis`): ids and history come from Redis.
-    pub cluster: Option<cluster::Cluster>,
-    /// Redis mode: our own posts Redis has answered for, by (room, id), until
-    /// they come back through the subscription (their poster is its author).
-    own_posts: HashMap<(String, u64), (usize, u64)>,
-    /// Redis mode: published messages held while a room catches up.
-    held: HashMap<String, Vec<cluster::Published>>,
-    /// Redis mode: the other processes' members, as they last told us.
-    remote: HashMap<String, RemoteProcess>,
-    /// Redis mode: when to publish our next full presence snapshot.
-    next_snapshot: Option<Instant>,
-    /// `--presence-ttl`: a process silent this long is presumed dead.
-    presence_ttl: Duration,
-}
-
-/// What another process last said about its members.
-#[derive(Debug, Default)]
-struct RemoteProcess {
-    seen: Option<Instant>,
-    rooms: HashMap<String, Vec<String>>,
+    /// Whether this process numbers its posts, or shares its rooms.
+    mode: Mode,
+    /// Shared mode: what the sharer has to take (see `shared.rs`).
+    handoffs: Vec<Handoff>,
+    /// Shared mode: the members connected to other processes.
+    elsewhere: Roster,
 }
 
 /// Milliseconds since the epoch.
@@ -220,8 +212,9 @@ pub fn now_ms() -> u64 {
 }
 
 impl Chat {
-    /// The chat state, with the directory storage loaded.
-    pub fn new(cfg: &Config, rooms: Vec<RoomRecord>) -> Chat {
+    /// The chat state, with the directory storage loaded; `mode` says who
+    /// numbers the posts (see [`Mode`]).
+    pub fn new(cfg: &Config, rooms: Vec<RoomRecord>, mode: Mode) -> Chat {
         let directory: HashMap<String, RoomRecord> = rooms.into_iter().map(|r| (r.name.clone(), r)).collect();
         let mut chat = Chat {
             settings: Settings {
@@ -246,12 +239,9 @@ impl Chat {
             requests: Vec::new(),
             appended: 0,
             rate_limited: 0,
-            cluster: cfg.redis.as_ref().map(|_| cluster::Cluster::new(cfg.redis_buffer)),
-            own_posts: HashMap::new(),
-            held: HashMap::new(),
-            remote: HashMap::new(),
-            next_snapshot: None,
-            presence_ttl: cfg.presence_ttl,
+            mode,
+            handoffs: Vec::new(),
+            elsewhere: Roster::default(),
         };
         chat.ensure_directory(DEFAULT_ROOM);
         chat
@@ -274,25 +264,10 @@ impl Chat {
                 RoomRecord { name: room.to_string(), created, last_post: None, messages: 0, last_id: 0 },
             );
             self.requests.push(Request::CreateRoom { room: room.to_string(), created });
-            if let Some(cluster) = &mut self.cluster {
-                cluster.create_room(room, created);
+            if self.mode == Mode::Shared {
+                self.handoffs.push(Handoff::RoomCreated { room: room.to_string(), created });
             }
         }
-    }
-
-    /// Reads history from where it lives: the room's Redis stream in Redis
-    /// mode (the same for every process), else the storage thread.
-    fn read_request(&mut self, ticket: u64, room: &str, after: u64, before: u64, limit: usize, newest: bool) {
-        match &mut self.cluster {
-            Some(cluster) => cluster.read(ticket, room, after, before, limit, newest),
-            None => self.requests.push(Request::Read { ticket, room: room.to_string(), after, before, limit, newest }),
-        }
-    }
-
-    fn ticket(&mut self, read: PendingRead) -> u64 {
-        self.next_ticket += 1;
-        self.reads.insert(self.next_ticket, read);
-        self.next_ticket
     }
 
     /// The live slot of `room`, making it live (and loading its history) if needed.
@@ -302,8 +277,8 @@ impl Chat {
         }
         self.ensure_directory(name);
         let (messages, last_id) = self.directory.get(name).map(|r| (r.messages, r.last_id)).unwrap_or((0, 0));
-        // In Redis mode other processes may have posted: always read the stream.
-        let has_history = messages > 0 || self.cluster.is_some();
+        // Shared rooms may have messages from other processes: always read.
+        let has_history = messages > 0 || self.mode == Mode::Shared;
         let cap = self.settings.history.max(RECENT_MIN);
         let warm = self.warm.take(name, last_id);
         let read = has_history && warm.is_none();
@@ -316,7 +291,7 @@ impl Chat {
         self.index.insert(rc.clone(), slot);
         if read {
             let ticket = self.ticket(PendingRead::RoomCache { room: rc });
-            self.read_request(ticket, name, 0, u64::MAX, cap, true);
+            self.read_request(ticket, ReadRange::newest(name, cap));
         }
         slot
     }
@@ -350,6 +325,9 @@ impl Chat {
             m.serial = serial;
         }
         r.joined.push((got, key));
+        if r.members.len() == 1 && self.mode == Mode::Shared {
+            self.handoffs.push(Handoff::FirstMember { room: room.to_string() });
+        }
         self.queue_presence(slot_room);
         self.try_welcome(slot_room, slot);
         if bad_name {
@@ -375,65 +353,6 @@ impl Chat {
     fn guest_name(&mut self) -> String {
         self.guests += 1;
         format!("guest-{}", self.guests)
-    }
-
-    /// Sends a member its welcome if the room's history is at hand; else
-    /// asks storage and sends it when the answer comes.
-    fn try_welcome(&mut self, room_slot: usize, slot: usize) {
-        let Some(room) = self.live.get(room_slot) else { return };
-        if !room.loaded {
-            return; // sent from on_messages when the room's history arrives
-        }
-        let Some(member) = room.members.get(slot) else { return };
-        if member.welcomed || member.awaiting_read {
-            return;
-        }
-        let key = member.key;
-        match member.since {
-            Some(since) if !room.cache_covers(since) => {
-                // Further back than the cache: read from storage, at most RESUME_MAX.
-                let mut from = since;
-                if room.committed_id.saturating_sub(since) > RESUME_MAX {
-                    from = room.committed_id - RESUME_MAX;
-                    self.out.push(Outgoing::To { key, json: protocol::gap_json(&room.name, from + 1) });
-                }
-                let name = room.name.clone();
-                let serial = member.serial;
-                let ticket = self.ticket(PendingRead::Resume { room: name.clone(), key, serial, slot, since: from });
-                self.read_request(ticket, &name, from, u64::MAX, RESUME_MAX as usize, false);
-                if let Some(m) = self.live.get_mut(room_slot).and_then(|r| r.members.get_mut(slot)) {
-                    m.awaiting_read = true;
-                }
-            }
-            Some(since) => {
-                let history: Vec<Rc<str>> =
-                    room.recent.iter().filter(|(id, _)| *id > since).map(|(_, j)| j.clone()).collect();
-                self.send_welcome(room_slot, slot, history);
-            }
-            None => {
-                let skip = room.recent.len().saturating_sub(self.settings.history);
-                let history: Vec<Rc<str>> = room.recent.iter().skip(skip).map(|(_, j)| j.clone()).collect();
-                self.send_welcome(room_slot, slot, history);
-            }
-        }
-    }
-
-    fn send_welcome(&mut self, room_slot: usize, slot: usize, history: Vec<Rc<str>>) {
-        let Some(room) = self.live.get_mut(room_slot) else { return };
-        let Some(member) = room.members.get(slot) else { return };
-        let key = member.key;
-        let mut online = room.online_names(ONLINE_LIST_MAX);
-        let remote = remote_names(&self.remote, &room.name);
-        let count = room.members.len() + remote.len();
-        online.extend(remote.iter().take(ONLINE_LIST_MAX.saturating_sub(online.len())).map(|s| s.as_str()));
-        let history: Vec<&str> = history.iter().map(|h| &**h).collect();
-        let json = protocol::welcome_json(&room.name, &member.name, &online, count, &history, room.committed_id);
-        if let Some(m) = room.members.get_mut(slot) {
-            m.welcomed = true;
-            m.since = None;
-            m.awaiting_read = false;
-        }
-        self.out.push(Outgoing::To { key, json });
     }
 
     /// A member's text frame: post it, or answer with an error event.
@@ -486,15 +405,18 @@ impl Chat {
         m.posted = true;
         let Some(room) = self.live.get_mut(m.room) else { return };
         let Some(member) = room.members.get(m.slot) else { return };
-        if let Some(cluster) = &mut self.cluster {
-            // Redis hands out the id; the message comes back through the
-            // subscription like everyone else's.
-            let known = self.directory.get(&*room.name).map_or(0, |r| r.last_id);
-            if !cluster.post(&room.name, &member.name, &post.message, now_ms(), known, (key, m.serial)) {
-                let json =
-                    protocol::error_json("unavailable", "the chat backend is unreachable; this message was not sent");
-                self.out.push(Outgoing::To { key, json });
-            }
+        if self.mode == Mode::Shared {
+            // The sharer hands out the id; the message comes back through
+            // `accept_ordered` like everyone else's.
+            let known_last = self.directory.get(&*room.name).map_or(0, |r| r.last_id);
+            self.handoffs.push(Handoff::Post(PostIntent {
+                room: room.name.to_string(),
+                username: member.name.to_string(),
+                text: post.message,
+                ts: now_ms(),
+                known_last,
+                author: (key, m.serial),
+            }));
             return;
         }
         room.last_id += 1;
@@ -516,98 +438,6 @@ impl Chat {
         self.requests.push(Request::Append { room: room.to_string(), msg });
         self.appended += 1;
         self.pending.push_back(PendingPost { seq: self.appended, room, id, ts, json, sender });
-    }
-
-    /// Redis mode: a message published by any process (ours included).
-    /// Accepted in id order; a gap means we missed some, so read them from
-    /// the stream first and hold what arrives meanwhile.
-    pub fn on_published(&mut self, p: cluster::Published) {
-        if !crate::route::valid_room_name(&p.room) {
-            return;
-        }
-        if let Some(held) = self.held.get_mut(&p.room) {
-            held.push(p);
-            return;
-        }
-        self.ensure_directory(&p.room);
-        let last = self.directory.get(&p.room).map_or(0, |r| r.last_id);
-        if p.id <= last {
-            return; // already delivered (a catch-up overlapped the live feed)
-        }
-        if p.id > last + 1 {
-            let room = p.room.clone();
-            self.held.insert(room.clone(), vec![p]);
-            let ticket = self.ticket(PendingRead::CatchUp { room: room.clone() });
-            self.read_request(ticket, &room, last, u64::MAX, RESUME_MAX as usize, false);
-            return;
-        }
-        self.accept_published(p);
-    }
-
-    fn accept_published(&mut self, p: cluster::Published) {
-        if let Some(record) = self.directory.get_mut(&p.room) {
-            record.last_id = record.last_id.max(p.id);
-        }
-        if let Some(&slot) = self.index.get(p.room.as_str())
-            && let Some(room) = self.live.get_mut(slot)
-        {
-            room.last_id = room.last_id.max(p.id);
-        }
-        let json: Rc<str> = protocol::message_json(&p.room, p.id, &p.username, &p.message, p.ts).into();
-        let room: Rc<str> = Rc::from(p.room.as_str());
-        let sender = self.own_posts.remove(&(p.room, p.id));
-        let msg = StoredMessage { id: p.id, ts: p.ts, username: p.username, text: p.message };
-        self.enqueue_commit(room, msg, json, sender);
-    }
-
-    /// Redis mode: the subscription is (back) up. Anything published while it
-    /// was down was missed: every live room reads on from its last id.
-    pub fn on_subscribed(&mut self) {
-        let rooms: Vec<String> = self.live.iter().map(|(_, r)| r.name.to_string()).collect();
-        for room in rooms {
-            if self.held.contains_key(&room) {
-                continue;
-            }
-            let last = self.directory.get(&room).map_or(0, |r| r.last_id);
-            self.held.insert(room.clone(), Vec::new());
-            let ticket = self.ticket(PendingRead::CatchUp { room: room.clone() });
-            self.read_request(ticket, &room, last, u64::MAX, RESUME_MAX as usize, false);
-        }
-    }
-
-    /// Redis mode: a reply (or a failure) for one of our commands.
-    pub fn on_bus_reply(&mut self, reply: cluster::ReplyFor) {
-        match reply {
-            cluster::ReplyFor::Posted { room, id, sender } => {
-                // Its copy is its acknowledgement (written first, never held
-                // back): remember whose it is, unless it came back already.
-                let delivered = self.directory.get(&room).is_some_and(|r| r.last_id >= id);
-                if !delivered {
-                    if self.own_posts.len() >= OWN_POSTS_MAX {
-                        self.own_posts.clear();
-                    }
-                    self.own_posts.insert((room, id), sender);
-                }
-            }
-            cluster::ReplyFor::Nothing => {}
-            cluster::ReplyFor::PostFailed { sender: (key, serial), reason } => {
-                log::warn!("post refused: {reason}");
-                let json =
-                    protocol::error_json("unavailable", "the chat backend refused this message; it was not sent");
-                self.out.push(Outgoing::ToSerial { key, serial, json });
-            }
-            cluster::ReplyFor::Read(ticket, messages, oldest) => self.on_messages(ticket, messages, oldest),
-            cluster::ReplyFor::Rooms(rooms) => {
-                for (name, created) in rooms {
-                    if crate::route::valid_room_name(&name) && !self.directory.contains_key(&name) {
-                        self.directory.insert(
-                            name.clone(),
-                            RoomRecord { name, created, last_post: None, messages: 0, last_id: 0 },
-                        );
-                    }
-                }
-            }
-        }
     }
 
     /// The token bucket: `--rate-burst` deep, refilled at `--rate-limit` per second.
@@ -666,89 +496,14 @@ impl Chat {
         committed
     }
 
-    /// A storage read came back.
-    pub fn on_messages(&mut self, ticket: u64, messages: Vec<StoredMessage>, oldest_id: Option<u64>) {
-        let Some(read) = self.reads.remove(&ticket) else { return };
-        match read {
-            PendingRead::RoomCache { room } => {
-                let Some(&slot) = self.index.get(&room) else { return };
-                let loaded = messages.iter().map(|m| (m.id, event_json(&room, m))).collect();
-                let Some(r) = self.live.get_mut(slot) else { return };
-                r.prepend_loaded(loaded);
-                r.committed_id = r.committed_id.max(r.recent.back().map(|(id, _)| *id).unwrap_or(0));
-                let waiting: Vec<usize> = r.members.iter().filter(|(_, m)| !m.welcomed).map(|(s, _)| s).collect();
-                for member in waiting {
-                    self.try_welcome(slot, member);
-                }
-            }
-            PendingRead::Resume { room, key, serial, slot, since } => {
-                let Some(&room_slot) = self.index.get(&room) else { return };
-                let Some(r) = self.live.get(room_slot) else { return };
-                if r.members.get(slot).is_none_or(|m| m.key != key || m.serial != serial || m.welcomed) {
-                    return;
-                }
-                // Storage may have lost what was asked for (memory mode keeps
-                // the last 1,000 per room): say so before replaying.
-                if oldest_id.is_some_and(|oldest| oldest > since + 1) {
-                    let oldest = oldest_id.unwrap_or(0);
-                    self.out.push(Outgoing::To { key, json: protocol::gap_json(&room, oldest) });
-                }
-                let mut history: Vec<Rc<str>> = messages.iter().map(|m| event_json(&room, m)).collect();
-                // Messages committed while the read was in flight are in the
-                // cache, newer than anything storage returned.
-                let newest = messages.last().map(|m| m.id).unwrap_or(since);
-                history.extend(r.recent.iter().filter(|(id, _)| *id > newest).map(|(_, j)| j.clone()));
-                self.send_welcome(room_slot, slot, history);
-            }
-            PendingRead::CatchUp { room } => {
-                let held = self.held.remove(&room).unwrap_or_default();
-                let last = self.directory.get(&room).map_or(0, |r| r.last_id);
-                let mut next = last;
-                let stored = messages.into_iter().map(|m| cluster::Published {
-                    room: room.clone(),
-                    id: m.id,
-                    username: m.username,
-                    message: m.text,
-                    ts: m.ts,
-                });
-                let mut all: Vec<cluster::Published> = stored.chain(held).filter(|p| p.id > last).collect();
-                all.sort_by_key(|p| p.id);
-                all.dedup_by_key(|p| p.id);
-                for p in all {
-                    if p.id != next + 1 {
-                        // The stream no longer has what we missed (trimmed or
-                        // lost): members are told, then live delivery resumes.
-                        if let Some(&slot) = self.index.get(room.as_str()) {
-                            let json: Rc<str> = protocol::gap_json(&room, p.id).into();
-                            self.out.push(Outgoing::Room {
-                                room: slot,
-                                json,
-                                is_message: false,
-                                except: None,
-                                author: None,
-                            });
-                        }
-                    }
-                    next = p.id;
-                    self.accept_published(p);
-                }
-            }
-            PendingRead::Http { key, serial, room } => {
-                let events: Vec<serde_json::Value> = messages
-                    .iter()
-                    .map(|m| serde_json::from_str(&event_json(&room, m)).unwrap_or(serde_json::Value::Null))
-                    .collect();
-                let body = serde_json::json!({"room": room, "messages": events, "oldest_id": oldest_id});
-                self.out.push(Outgoing::Http { key, serial, status: 200, body: body.to_string().into_bytes() });
-            }
-        }
-    }
-
     /// A member's connection closed.
     pub fn leave(&mut self, m: Membership) {
         let Some(room) = self.live.get_mut(m.room) else { return };
         if let Some(name) = room.remove(m.slot) {
             room.left.push(name);
+            if room.members.is_empty() && self.mode == Mode::Shared {
+                self.handoffs.push(Handoff::LastMemberLeft { room: room.name.to_string() });
+            }
             self.queue_presence(m.room);
         }
         self.drop_if_empty(m.room);
@@ -760,8 +515,8 @@ impl Chat {
             self.index.remove(&room.name);
             self.presence_dirty.retain(|&s| s != slot);
             // Its history is complete only if it was loaded and nothing is
-            // still committing; Redis mode always rereads the shared stream.
-            if self.cluster.is_none() && room.loaded && room.committed_id == room.last_id {
+            // still committing; a shared room always rereads the shared history.
+            if self.mode == Mode::Local && room.loaded && room.committed_id == room.last_id {
                 self.warm.park(room.name, room.last_id, room.recent);
             }
         }
@@ -778,15 +533,17 @@ impl Chat {
     /// Once per loop turn: one presence frame per room that changed, so a
     /// thousand joins in one turn cost each member one frame, not a thousand.
     pub fn flush_presence(&mut self) {
-        let mut changed_rooms = Vec::new();
+        // Shared mode: each of these rooms with the names of its local members.
+        let mut changed = HashMap::new();
         for slot in std::mem::take(&mut self.presence_dirty) {
             let Some(room) = self.live.get_mut(slot) else { continue };
             room.presence_queued = false;
             let joined = std::mem::take(&mut room.joined);
             let left = std::mem::take(&mut room.left);
-            let count = room.members.len() + remote_names(&self.remote, &room.name).len();
-            if self.cluster.is_some() {
-                changed_rooms.push(room.name.to_string());
+            let count = room.members.len() + self.elsewhere.names(&room.name).len();
+            if self.mode == Mode::Shared {
+                let names = room.members.iter().map(|(_, m)| m.name.to_string()).collect();
+                changed.insert(room.name.to_string(), names);
             }
             // A lone joiner already learnt everything from its welcome frame.
             let mut except = None;
@@ -808,26 +565,9 @@ impl Chat {
             };
             self.out.push(Outgoing::Room { room: slot, json: json.into(), is_message: false, except, author: None });
         }
-        if !changed_rooms.is_empty() {
-            let rooms = changed_rooms
-                .into_iter()
-                .map(|name| {
-                    let names = self
-                        .index
-                        .get(name.as_str())
-                        .and_then(|&s| self.live.get(s))
-                        .map_or(Vec::new(), |r| r.members.iter().map(|(_, m)| m.name.to_string()).collect());
-                    (name, names)
-                })
-                .collect();
-            self.publish_presence(rooms, false);
+        if !changed.is_empty() {
+            self.handoffs.push(Handoff::Presence { rooms: changed });
         }
-    }
-
-    /// Starts a scroll-back read for the HTTP API.
-    pub fn read_for_http(&mut self, key: usize, serial: u64, room: &str, before: u64, limit: usize) {
-        let ticket = self.ticket(PendingRead::Http { key, serial, room: room.to_string() });
-        self.read_request(ticket, room, 0, before, limit, true);
     }
 
     /// Members of live room `slot` that receive broadcasts: (key) of each welcomed member.
@@ -835,16 +575,13 @@ impl Chat {
         self.live.get(slot).into_iter().flat_map(|r| r.members.iter().filter(|(_, m)| m.welcomed).map(|(_, m)| m.key))
     }
 
-    /// When the chat needs the loop to wake without I/O (none yet: Redis
-    /// presence refresh will use it).
-    pub fn next_wakeup(&self, now: Instant) -> Option<Duration> {
-        self.next_snapshot.map(|t| t.saturating_duration_since(now).min(Duration::from_secs(1)))
-    }
-
     /// Whether something is waiting for the end of a turn (presence frames,
-    /// storage requests, deliveries): the loop must not sleep on it.
+    /// storage requests, deliveries, handoffs): the loop must not sleep on it.
     pub fn has_work(&self) -> bool {
-        !self.presence_dirty.is_empty() || !self.requests.is_empty() || !self.out.is_empty()
+        !self.presence_dirty.is_empty()
+            || !self.requests.is_empty()
+            || !self.out.is_empty()
+            || !self.handoffs.is_empty()
     }
 
     /// Live rooms and their members, for the gauges.
@@ -852,116 +589,18 @@ impl Chat {
         (self.live.len(), self.live.iter().map(|(_, r)| r.members.len()).sum())
     }
 
-    /// The online count and names of `room` (0 and none when not live).
+    /// The online count and names of `room`: its members here (none when
+    /// it is not live) and those elsewhere.
     pub fn online(&self, room: &str, limit: usize) -> (usize, Vec<String>) {
         let mut names: Vec<String> = match self.index.get(room).and_then(|&s| self.live.get(s)) {
             Some(r) => r.online_names(limit).into_iter().map(str::to_string).collect(),
             None => Vec::new(),
         };
         let local = self.index.get(room).and_then(|&s| self.live.get(s)).map_or(0, |r| r.members.len());
-        let remote = remote_names(&self.remote, room);
-        names.extend(remote.iter().take(limit.saturating_sub(names.len())).cloned());
-        (local + remote.len(), names)
+        let elsewhere = self.elsewhere.names(room);
+        names.extend(elsewhere.iter().take(limit.saturating_sub(names.len())).cloned());
+        (local + elsewhere.len(), names)
     }
-
-    /// Redis mode: a presence note from any process (ours is ignored).
-    /// The difference from what that process said before becomes join and
-    /// leave events in our local copy of each room.
-    pub fn on_presence(&mut self, payload: &[u8], now: Instant) {
-        let Some(cluster) = &self.cluster else { return };
-        let Ok(note) = serde_json::from_slice::<cluster::PresenceNote>(payload) else { return };
-        if note.proc == cluster.proc_id {
-            return;
-        }
-        let process = self.remote.entry(note.proc.clone()).or_default();
-        process.seen = Some(now);
-        let mut changes: Vec<(String, Vec<String>, Vec<String>)> = Vec::new();
-        let mut rooms: Vec<String> = note.rooms.keys().cloned().collect();
-        if note.full {
-            rooms.extend(process.rooms.keys().filter(|r| !note.rooms.contains_key(*r)).cloned());
-        }
-        for room in rooms {
-            let new = note.rooms.get(&room).cloned().unwrap_or_default();
-            let old = process.rooms.remove(&room).unwrap_or_default();
-            let joined: Vec<String> = new.iter().filter(|n| !old.contains(n)).cloned().collect();
-            let left: Vec<String> = old.iter().filter(|n| !new.contains(n)).cloned().collect();
-            if !new.is_empty() {
-                process.rooms.insert(room.clone(), new);
-            }
-            if !joined.is_empty() || !left.is_empty() {
-                changes.push((room, joined, left));
-            }
-        }
-        for (room, joined, left) in changes {
-            self.remote_changed(&room, joined, left);
-        }
-    }
-
-    /// Queues presence events for remote joins and leaves in a live room.
-    fn remote_changed(&mut self, room: &str, joined: Vec<String>, left: Vec<String>) {
-        let Some(&slot) = self.index.get(room) else { return };
-        let Some(r) = self.live.get_mut(slot) else { return };
-        // usize::MAX: no local connection to spare from its own join event.
-        r.joined.extend(joined.into_iter().map(|n| (n, usize::MAX)));
-        r.left.extend(left);
-        self.queue_presence(slot);
-    }
-
-    /// Once a second (Redis mode): publish a full snapshot every third of
-    /// `--presence-ttl`, and forget processes silent for longer than it
-    /// (killed with `kill -9`: their members leave).
-    pub fn on_tick(&mut self, now: Instant) {
-        if self.cluster.is_none() {
-            return;
-        }
-        if self.next_snapshot.is_none_or(|t| now >= t) {
-            self.next_snapshot = Some(now + self.presence_ttl / 3);
-            let rooms: HashMap<String, Vec<String>> = self
-                .live
-                .iter()
-                .map(|(_, r)| {
-                    (r.name.to_string(), r.online_names(usize::MAX).into_iter().map(str::to_string).collect())
-                })
-                .collect();
-            self.publish_presence(rooms, true);
-        }
-        let ttl = self.presence_ttl;
-        let dead: Vec<String> = self
-            .remote
-            .iter()
-            .filter(|(_, p)| p.seen.is_none_or(|s| now >= s + ttl))
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in dead {
-            if let Some(process) = self.remote.remove(&id) {
-                log::info!("presence: process {id} silent for {ttl:?}; its members leave");
-                for (room, names) in process.rooms {
-                    self.remote_changed(&room, Vec::new(), names);
-                }
-            }
-        }
-    }
-
-    fn publish_presence(&mut self, rooms: HashMap<String, Vec<String>>, full: bool) {
-        let Some(cluster) = &mut self.cluster else { return };
-        let note = cluster::PresenceNote { proc: cluster.proc_id.clone(), full, rooms };
-        let Ok(json) = serde_json::to_vec(&note) else { return };
-        let cmd = redis::cmd("PUBLISH").arg(PRESENCE_CHANNEL_NAME).arg(json).get_packed_command();
-        cluster.commands.push((cmd, cluster::TAG_INTERNAL));
-    }
-}
-
-/// The channel name presence notes go to.
-const PRESENCE_CHANNEL_NAME: &[u8] = cluster::PRESENCE_CHANNEL;
-
-/// Names other processes report in `room`.
-fn remote_names(remote: &HashMap<String, RemoteProcess>, room: &str) -> Vec<String> {
-    remote.values().filter_map(|p| p.rooms.get(room)).flatten().cloned().collect()
-}
-
-/// The JSON event of a stored message.
-fn event_json(room: &str, m: &StoredMessage) -> Rc<str> {
-    protocol::message_json(room, m.id, &m.username, &m.text, m.ts).into()
 }
 
 #[cfg(test)]
@@ -969,7 +608,7 @@ mod tests {
     use super::*;
 
     fn chat() -> Chat {
-        Chat::new(&Config::defaults(), Vec::new())
+        Chat::new(&Config::defaults(), Vec::new(), Mode::Local)
     }
 
     fn presence_frames(chat: &mut Chat) -> Vec<serde_json::Value> {

@@ -18,7 +18,8 @@ use crate::storage::RoomRecord;
 const PAGE_DEFAULT: usize = 50;
 const PAGE_MAX: usize = 200;
 
-/// Messages per scroll-back page by default, and at most (the rooms issue: 200).
+/// Messages per scroll-back page by default, and at most: a page of 200
+/// is about 40 KiB of JSON, enough to fill any screen several times.
 const SCROLLBACK_DEFAULT: usize = 50;
 const SCROLLBACK_MAX: usize = 200;
 

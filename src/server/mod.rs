@@ -41,7 +41,7 @@ use mio::net::TcpListener;
 use mio::{Interest, Poll, Token, Waker};
 use slab::Slab;
 
-use crate::chat::Chat;
+use crate::chat::{Chat, Mode};
 use crate::config::Config;
 use crate::conn::Connection;
 use crate::metrics::Metrics;
@@ -221,6 +221,8 @@ pub struct Server {
     pub(crate) commit_clock: std::collections::VecDeque<(u64, Instant)>,
     /// The Redis bus, with `--redis`.
     pub(crate) bus: Option<crate::bus::Bus>,
+    /// The rooms' Redis side, with `--redis` (see `redis.rs`).
+    pub(crate) cluster: Option<crate::cluster::Cluster>,
     /// When the once-a-second work (stats feed) runs next.
     next_tick: Instant,
     /// Counters at the last tick, for per-second rates.
@@ -265,20 +267,9 @@ impl Server {
             None => Backend::Memory { keep_per_room: 1000 },
         };
         let (storage, rooms) = Storage::open(backend, waker.clone()).map_err(|e| StartError(e.to_string()))?;
-        let chat = Chat::new(&cfg, rooms);
-        // Redis: the address is resolved once, here; every (re)connect after
-        // that is non-blocking, inside the loop.
-        let bus = match &cfg.redis {
-            Some(url) => {
-                let url = crate::bus::RedisUrl::parse(url).map_err(|e| StartError(format!("--redis: {e}")))?;
-                let mut bus = crate::bus::Bus::new(url, cfg.redis_timeout);
-                bus.subscribe(crate::chat::cluster::MESSAGES_CHANNEL);
-                bus.subscribe(crate::chat::cluster::PRESENCE_CHANNEL);
-                bus.start(poll.registry(), REDIS_CMD, REDIS_SUB, Instant::now());
-                Some(bus)
-            }
-            None => None,
-        };
+        let (bus, cluster) = Server::open_redis(&cfg, poll.registry())?;
+        let mode = if cluster.is_some() { Mode::Shared } else { Mode::Local };
+        let chat = Chat::new(&cfg, rooms, mode);
         let cfg_max_per_ip = cfg.max_per_ip;
         let now = Instant::now();
         Ok(Server {
@@ -315,6 +306,7 @@ impl Server {
             per_ip: crate::limits::PerIp::new(cfg_max_per_ip),
             commit_clock: std::collections::VecDeque::new(),
             bus,
+            cluster,
             next_tick: now + TICK,
             last_tick: stats::Sample::default(),
         })

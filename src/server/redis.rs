@@ -1,84 +1,78 @@
-//! The reactor's side of Redis (`--redis`): the bus's events become chat
-//! events, and the chat's commands leave through the bus once per turn.
+//! The reactor's side of Redis (`--redis`): the bus's events and the chat's
+//! handoffs go to the cluster, and the cluster's commands leave through the
+//! bus once per turn.
 //!
-//! The bus ([`crate::bus`]) moves bytes and knows nothing of rooms; the
-//! chat's cluster mode ([`crate::chat::cluster`]) knows rooms and the Redis
-//! data layout but no sockets. This file is the small piece between them.
+//! The bus ([`crate::bus`]) moves bytes and knows nothing of rooms; the chat
+//! ([`crate::chat`]) knows rooms but not Redis; the cluster
+//! ([`crate::cluster`]) knows the Redis data layout and the chat, but no
+//! sockets. This file is the small piece that carries things between them,
+//! and every Redis call of the reactor goes through it.
 
-use log::{info, warn};
+use std::time::{Duration, Instant};
 
-use crate::bus::{BusEvent, Which};
-use crate::chat::cluster::{MESSAGES_CHANNEL, PRESENCE_CHANNEL, decode_published};
-use crate::server::Server;
+use mio::Registry;
+
+use crate::bus::{Bus, BusEvent, RedisUrl};
+use crate::cluster::{CHANNELS, Cluster};
+use crate::config::Config;
+use crate::server::{REDIS_CMD, REDIS_SUB, Server, StartError};
 
 impl Server {
+    /// With `--redis`: the bus, connecting from now on, and the cluster
+    /// state. The address is resolved once, here; every (re)connect after
+    /// that is non-blocking, inside the loop.
+    pub(crate) fn open_redis(cfg: &Config, registry: &Registry) -> Result<(Option<Bus>, Option<Cluster>), StartError> {
+        let Some(url) = &cfg.redis else { return Ok((None, None)) };
+        let url = RedisUrl::parse(url).map_err(|e| StartError(format!("--redis: {e}")))?;
+        let mut bus = Bus::new(url, cfg.redis_timeout);
+        for channel in CHANNELS {
+            bus.subscribe(channel);
+        }
+        bus.start(registry, REDIS_CMD, REDIS_SUB, Instant::now());
+        Ok((Some(bus), Some(Cluster::new(cfg.redis_buffer, cfg.presence_ttl))))
+    }
+
     /// Handles everything the bus produced since the last call.
     pub(crate) fn on_bus_events(&mut self) {
-        let Some(bus) = &mut self.bus else { return };
+        let (Some(bus), Some(cluster)) = (&mut self.bus, &mut self.cluster) else { return };
         self.metrics.redis_reconnects = bus.reconnects();
         let events: Vec<BusEvent> = bus.drain_events().collect();
         if events.is_empty() {
             return;
         }
+        // The chat's handoffs first: a resubscribe catches up the rooms
+        // live here, so the cluster must know them all.
+        cluster.take_handoffs(&mut self.chat);
         for event in events {
-            match event {
-                BusEvent::CommandUp => {
-                    info!("redis: command connection up");
-                    if let Some(cluster) = &mut self.chat.cluster {
-                        cluster.on_command_up();
-                    }
-                }
-                BusEvent::SubscribedUp => {
-                    info!("redis: subscribed");
-                    self.chat.on_subscribed();
-                }
-                BusEvent::Down { which, reason } => {
-                    warn!(
-                        "redis: {} connection down: {reason}",
-                        if which == Which::Command { "command" } else { "subscription" }
-                    );
-                    if which == Which::Command
-                        && let Some(cluster) = &mut self.chat.cluster
-                    {
-                        cluster.on_down();
-                    }
-                }
-                BusEvent::Reply { tag, value } => {
-                    if let Some(cluster) = &mut self.chat.cluster {
-                        let reply = cluster.on_reply(tag, value);
-                        self.chat.on_bus_reply(reply);
-                    }
-                }
-                BusEvent::Failed { tag } => {
-                    if let Some(cluster) = &mut self.chat.cluster {
-                        let reply = cluster.on_failed(tag);
-                        self.chat.on_bus_reply(reply);
-                    }
-                }
-                BusEvent::Message { channel, payload } => {
-                    if channel == MESSAGES_CHANNEL {
-                        if let Some(p) = decode_published(&payload) {
-                            self.chat.on_published(p);
-                        }
-                    } else if channel == PRESENCE_CHANNEL {
-                        self.chat.on_presence(&payload, self.now);
-                    }
-                }
-            }
+            cluster.on_event(event, &mut self.chat, self.now);
         }
         self.deliver_chat();
     }
 
-    /// Sends the chat's queued Redis commands and flushes the bus (once per turn).
+    /// Hands the chat's handoffs to the cluster, sends the cluster's
+    /// commands, and flushes the bus (once per turn).
     pub(crate) fn flush_bus(&mut self) {
-        let Some(bus) = &mut self.bus else { return };
-        if let Some(cluster) = &mut self.chat.cluster {
-            for (packed, tag) in cluster.commands.drain(..) {
-                bus.command(packed, tag);
-            }
+        let (Some(bus), Some(cluster)) = (&mut self.bus, &mut self.cluster) else { return };
+        cluster.take_handoffs(&mut self.chat);
+        for (packed, tag) in cluster.drain_commands() {
+            bus.command(packed, tag);
         }
         bus.flush(self.poll.registry());
+        // A post refused for want of Redis is told to its author this turn.
+        self.deliver_chat();
         // Commands refused because the bus is down come back as Failed now.
         self.on_bus_events();
+    }
+
+    /// Once a second: the cluster's presence snapshots and silent processes.
+    pub(crate) fn on_cluster_tick(&mut self) {
+        if let Some(cluster) = &mut self.cluster {
+            cluster.on_tick(self.now, &mut self.chat);
+        }
+    }
+
+    /// When the cluster needs the loop to wake without I/O.
+    pub(crate) fn cluster_wakeup(&self) -> Option<Duration> {
+        self.cluster.as_ref().and_then(|c| c.next_wakeup(self.now))
     }
 }

@@ -148,7 +148,7 @@ impl Server {
         if let Some(t) = self.bus.as_ref().and_then(|b| b.next_timeout(Instant::now())) {
             timeout = Some(timeout.map_or(t, |cur| cur.min(t)));
         }
-        if let Some(t) = self.chat.next_wakeup(self.now) {
+        if let Some(t) = self.cluster_wakeup() {
             timeout = Some(timeout.map_or(t, |cur| cur.min(t)));
         }
         timeout

@@ -83,7 +83,7 @@ impl Server {
 
     /// Once a second: send the stats frame to every viewer (framed once).
     pub(crate) fn on_tick(&mut self) {
-        self.chat.on_tick(self.now);
+        self.on_cluster_tick();
         self.deliver_chat();
         if self.stats_viewers > 0 {
             let shared: Rc<[u8]> = frame::shared_text(self.stats_json().as_bytes());

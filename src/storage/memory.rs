@@ -11,7 +11,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use super::{Store, StoredMessage, Write};
+use super::{ReadRange, Store, StoredMessage, Write};
 
 /// One room's slice of history.
 #[derive(Debug, Default)]
@@ -79,24 +79,18 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    fn read(
-        &mut self,
-        room: &str,
-        after: u64,
-        before: u64,
-        limit: usize,
-        newest: bool,
-    ) -> Result<(Vec<StoredMessage>, Option<u64>), String> {
+    fn read(&mut self, range: &ReadRange) -> Result<(Vec<StoredMessage>, Option<u64>), String> {
+        let ReadRange { room, after, before, limit, newest } = range;
         let Some(entry) = self.rooms.get(room) else {
             return Ok((Vec::new(), None));
         };
         let recent = &entry.recent;
         // Ids ascend, so both bounds are binary searches.
-        let start = recent.partition_point(|m| m.id <= after);
+        let start = recent.partition_point(|m| m.id <= *after);
         // `max(start)` keeps the range well-formed when after >= before.
-        let end = recent.partition_point(|m| m.id < before).max(start);
-        let count = (end - start).min(limit);
-        let (start, end) = if newest { (end - count, end) } else { (start, start + count) };
+        let end = recent.partition_point(|m| m.id < *before).max(start);
+        let count = (end - start).min(*limit);
+        let (start, end) = if *newest { (end - count, end) } else { (start, start + count) };
         let messages = recent.range(start..end).cloned().collect();
         Ok((messages, recent.front().map(|m| m.id)))
     }
@@ -122,7 +116,7 @@ mod tests {
         let mut store = MemoryStore::new(3);
         let writes: Vec<Write> = (1..=5).map(|id| append("r", id)).collect();
         store.write_batch(&writes)?;
-        let found = store.read("r", 0, u64::MAX, 10, true)?;
+        let found = store.read(&ReadRange::newest("r", 10))?;
         assert_eq!(ids(&found), vec![3, 4, 5]);
         assert_eq!(found.1, Some(3));
         Ok(())
@@ -134,7 +128,7 @@ mod tests {
         store.write_batch(&[append("r", 1)])?;
         let refused = store.write_batch(&[append("r", 2), append("r", 2)]);
         assert!(refused.is_err());
-        assert_eq!(ids(&store.read("r", 0, u64::MAX, 10, true)?), vec![1]);
+        assert_eq!(ids(&store.read(&ReadRange::newest("r", 10))?), vec![1]);
         Ok(())
     }
 
@@ -142,9 +136,12 @@ mod tests {
     fn empty_and_inverted_ranges_read_as_nothing() -> Result<(), String> {
         let mut store = MemoryStore::new(10);
         store.write_batch(&[append("r", 1), append("r", 2)])?;
-        assert_eq!(ids(&store.read("r", 2, 1, 10, true)?), Vec::<u64>::new());
-        assert_eq!(ids(&store.read("r", 0, u64::MAX, 0, false)?), Vec::<u64>::new());
-        assert_eq!(store.read("nowhere", 0, u64::MAX, 10, true)?, (Vec::new(), None));
+        assert_eq!(
+            ids(&store.read(&ReadRange { after: 2, ..ReadRange::newest("r", 10).before(1) })?),
+            Vec::<u64>::new()
+        );
+        assert_eq!(ids(&store.read(&ReadRange::after("r", 0, 0))?), Vec::<u64>::new());
+        assert_eq!(store.read(&ReadRange::newest("nowhere", 10))?, (Vec::new(), None));
         Ok(())
     }
 
@@ -152,7 +149,7 @@ mod tests {
     fn keep_zero_keeps_nothing() -> Result<(), String> {
         let mut store = MemoryStore::new(0);
         store.write_batch(&[append("r", 1)])?;
-        assert_eq!(store.read("r", 0, u64::MAX, 10, true)?, (Vec::new(), None));
+        assert_eq!(store.read(&ReadRange::newest("r", 10))?, (Vec::new(), None));
         Ok(())
     }
 }

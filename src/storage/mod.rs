@@ -4,9 +4,10 @@
 //!
 //! A message's bytes arrive on a socket, the reactor parses the frame, gives
 //! the message its room sequence number, and then, instead of broadcasting
-//! it straight away, hands it to us with [`Storage::send`]. The reactor never
-//! waits on the disk: SQLite lives on one *storage thread*, and the two sides
-//! talk through a pair of one-way mailboxes. When a batch of messages has
+//! it straight away, hands it to us with [`Storage::send_all`] (all of one
+//! turn's requests together). The reactor never waits on the disk: SQLite
+//! lives on one *storage thread*, and the two sides talk through a pair of
+//! one-way mailboxes. When a batch of messages has
 //! committed, the storage thread queues a [`Reply::Committed`] and pokes the
 //! reactor's `mio::Waker`; on its next turn the reactor drains
 //! [`Storage::try_recv`] and only then broadcasts what is now durable. That
@@ -17,9 +18,9 @@
 //! ```text
 //!  reactor thread                      storage thread
 //!  ──────────────                      ──────────────
-//!  send(Append) ──┐                    recv() blocks for the first request
-//!  send(Append) ──┼── requests ──────▶ drain the rest already queued
-//!  send(Read)   ──┘                    BEGIN; every write; COMMIT
+//!  send_all([Append, ┐                 recv() blocks for the first turn
+//!           Append,  ├─ requests ────▶ drain the turns already queued
+//!           Read])   ┘                 BEGIN; every write; COMMIT
 //!                                      answer the reads (they see the commit)
 //!  try_recv() ◀────── replies ──────── Committed{upto}, Messages{ticket}
 //!  (woken by the Waker) ◀──── wake() ─ once per batch
@@ -91,6 +92,44 @@ pub struct RoomRecord {
     pub last_id: u64,
 }
 
+/// A slice of one room's history: up to `limit` messages with
+/// `after < id < before`, the NEWEST `limit` of them when `newest` is true
+/// (scroll-back, last-N history) or the OLDEST `limit` when false (resume
+/// with `?since=`, catching up), always returned sorted by id ascending.
+///
+/// The storage thread and the Redis stream answer the same ranges, so the
+/// chat asks for history the same way wherever it lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadRange {
+    /// The room to read.
+    pub room: String,
+    /// Exclusive lower bound on ids (0 for "from the start").
+    pub after: u64,
+    /// Exclusive upper bound on ids (`u64::MAX` for "up to the newest").
+    pub before: u64,
+    /// At most this many messages come back.
+    pub limit: usize,
+    /// Keep the newest `limit` of the range (true) or the oldest (false).
+    pub newest: bool,
+}
+
+impl ReadRange {
+    /// The newest `limit` messages of `room` (narrow it with [`ReadRange::before`]).
+    pub fn newest(room: &str, limit: usize) -> ReadRange {
+        ReadRange { room: room.to_string(), after: 0, before: u64::MAX, limit, newest: true }
+    }
+
+    /// The oldest `limit` messages of `room` with ids above `after`.
+    pub fn after(room: &str, after: u64, limit: usize) -> ReadRange {
+        ReadRange { room: room.to_string(), after, before: u64::MAX, limit, newest: false }
+    }
+
+    /// The same range, cut to ids below `before`.
+    pub fn before(self, before: u64) -> ReadRange {
+        ReadRange { before, ..self }
+    }
+}
+
 /// What the reactor asks of the storage thread.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request {
@@ -112,23 +151,12 @@ pub enum Request {
         /// The message itself.
         msg: StoredMessage,
     },
-    /// Read up to `limit` messages of `room` with `after < id < before`,
-    /// returning the NEWEST `limit` of them when `newest` is true
-    /// (scroll-back, last-N history) or the OLDEST `limit` when false (resume
-    /// with `?since=`), always sorted by id ascending. `ticket` is echoed back.
+    /// Read the messages `range` names. `ticket` is echoed back.
     Read {
         /// Chosen by the reactor to match the answer to whoever asked.
         ticket: u64,
-        /// The room to read.
-        room: String,
-        /// Exclusive lower bound on ids (0 for "from the start").
-        after: u64,
-        /// Exclusive upper bound on ids (`u64::MAX` for "up to the newest").
-        before: u64,
-        /// At most this many messages come back.
-        limit: usize,
-        /// Keep the newest `limit` of the range (true) or the oldest (false).
-        newest: bool,
+        /// Which messages.
+        range: ReadRange,
     },
     /// Commit what is pending and stop the thread.
     Shutdown,
@@ -190,16 +218,9 @@ trait Store: Send {
     /// all of them or none.
     fn write_batch(&mut self, writes: &[Write]) -> Result<(), String>;
 
-    /// Messages of `room` with `after < id < before`, the newest or oldest
-    /// `limit` of them, ascending by id, plus the room's oldest stored id.
-    fn read(
-        &mut self,
-        room: &str,
-        after: u64,
-        before: u64,
-        limit: usize,
-        newest: bool,
-    ) -> Result<(Vec<StoredMessage>, Option<u64>), String>;
+    /// The messages `range` names, ascending by id, plus the room's oldest
+    /// stored id.
+    fn read(&mut self, range: &ReadRange) -> Result<(Vec<StoredMessage>, Option<u64>), String>;
 
     /// Called when no request has come for a while after some writes: the
     /// moment for housekeeping that would otherwise delay a commit (SQLite
@@ -304,7 +325,7 @@ pub struct Storage {
     thread: Option<JoinHandle<Result<(), StorageError>>>,
     /// How many Appends were sent so far: the last sequence number handed out.
     appends_sent: u64,
-    /// Replies made up on this side when the thread has gone (see `send`).
+    /// Replies made up on this side when the thread has gone (see `send_all`).
     orphans: VecDeque<Reply>,
     /// To wake the reactor for those made-up replies too.
     waker: Arc<mio::Waker>,
@@ -369,12 +390,6 @@ impl Storage {
         Ok((storage, directory))
     }
 
-    /// Queue a request (never blocks; returns the Append sequence number for
-    /// Append, else 0).
-    pub fn send(&mut self, req: Request) -> u64 {
-        self.send_all(vec![req])
-    }
-
     /// Queues several requests as one message (a whole reactor turn's), so
     /// the storage thread cannot wake up halfway through them and commit a
     /// turn in pieces. Returns the sequence number of the last Append (0 if
@@ -435,7 +450,7 @@ impl Storage {
         if let Some(reply) = self.orphans.pop_front() {
             return Some(reply);
         }
-        // Empty is "nothing yet". Closed means the thread has gone; `send`
+        // Empty is "nothing yet". Closed means the thread has gone; `send_all`
         // makes up the replies from then on, so both read as None.
         self.replies.try_recv().ok().flatten()
     }

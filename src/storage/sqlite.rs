@@ -46,7 +46,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension};
 
 use super::lock::DataLock;
-use super::{RoomRecord, StorageError, Store, StoredMessage, Write};
+use super::{ReadRange, RoomRecord, StorageError, Store, StoredMessage, Write};
 
 /// The schema this build writes, kept in `PRAGMA user_version`. A file with
 /// a higher number was made by a newer chatroom, and we refuse it rather
@@ -306,15 +306,8 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    fn read(
-        &mut self,
-        room: &str,
-        after: u64,
-        before: u64,
-        limit: usize,
-        newest: bool,
-    ) -> Result<(Vec<StoredMessage>, Option<u64>), String> {
-        read(&self.conn, room, after, before, limit, newest).map_err(|e| e.to_string())
+    fn read(&mut self, range: &ReadRange) -> Result<(Vec<StoredMessage>, Option<u64>), String> {
+        read(&self.conn, range).map_err(|e| e.to_string())
     }
 
     /// A passive checkpoint: copy what the log holds into the file while
@@ -429,18 +422,12 @@ fn duplicate(room: &str, id: u64) -> rusqlite::Error {
 }
 
 /// See [`Store::read`].
-fn read(
-    conn: &Connection,
-    room: &str,
-    after: u64,
-    before: u64,
-    limit: usize,
-    newest: bool,
-) -> rusqlite::Result<(Vec<StoredMessage>, Option<u64>)> {
-    let sql = if newest { READ_NEWEST } else { READ_OLDEST };
+fn read(conn: &Connection, range: &ReadRange) -> rusqlite::Result<(Vec<StoredMessage>, Option<u64>)> {
+    let ReadRange { room, after, before, limit, newest } = range;
+    let sql = if *newest { READ_NEWEST } else { READ_OLDEST };
     let mut stmt = conn.prepare_cached(sql)?;
-    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    let rows = stmt.query_map((room, to_sql(after), to_sql(before), limit), |row| {
+    let limit = i64::try_from(*limit).unwrap_or(i64::MAX);
+    let rows = stmt.query_map((room, to_sql(*after), to_sql(*before), limit), |row| {
         Ok(StoredMessage {
             id: from_sql(row.get(0)?),
             ts: from_sql(row.get(1)?),
@@ -449,7 +436,7 @@ fn read(
         })
     })?;
     let mut messages = rows.collect::<rusqlite::Result<Vec<_>>>()?;
-    if newest {
+    if *newest {
         // Fetched newest first to stop after `limit`; the contract is ascending.
         messages.reverse();
     }

@@ -93,18 +93,10 @@ impl Reactor {
     }
 
     /// Send a Read and wait for its answer.
-    fn read(
-        &mut self,
-        storage: &mut Storage,
-        room: &str,
-        after: u64,
-        before: u64,
-        limit: usize,
-        newest: bool,
-    ) -> (Vec<u64>, Option<u64>) {
+    fn read(&mut self, storage: &mut Storage, range: ReadRange) -> (Vec<u64>, Option<u64>) {
         static TICKETS: AtomicUsize = AtomicUsize::new(1);
         let ticket = TICKETS.fetch_add(1, Ordering::Relaxed) as u64;
-        storage.send(Request::Read { ticket, room: room.to_string(), after, before, limit, newest });
+        storage.send_all(vec![Request::Read { ticket, range }]);
         loop {
             match self.next_reply(storage) {
                 Reply::Messages { ticket: got, messages, oldest_id } => {
@@ -136,30 +128,33 @@ fn appends_then_reads(backend: Backend) {
     let mut reactor = Reactor::new();
     let (mut storage, _) = reactor.open(backend).unwrap();
 
-    storage.send(Request::CreateRoom { room: "r".to_string(), created: 1 });
+    storage.send_all(vec![Request::CreateRoom { room: "r".to_string(), created: 1 }]);
     let mut last = 0;
     for id in 1..=10 {
-        last = storage.send(append("r", id));
+        last = storage.send_all(vec![append("r", id)]);
     }
     assert_eq!(last, 10);
     reactor.wait_committed(&mut storage, last);
 
     let all: Vec<u64> = (1..=10).collect();
     // Last-N history: the newest 3, ascending.
-    assert_eq!(reactor.read(&mut storage, "r", 0, u64::MAX, 3, true), (vec![8, 9, 10], Some(1)));
+    assert_eq!(reactor.read(&mut storage, ReadRange::newest("r", 3)), (vec![8, 9, 10], Some(1)));
     // Resume with ?since=4: the oldest 3 after 4.
-    assert_eq!(reactor.read(&mut storage, "r", 4, u64::MAX, 3, false), (vec![5, 6, 7], Some(1)));
+    assert_eq!(reactor.read(&mut storage, ReadRange::after("r", 4, 3)), (vec![5, 6, 7], Some(1)));
     // Scroll-back: the 4 before id 6.
-    assert_eq!(reactor.read(&mut storage, "r", 0, 6, 4, true), (vec![2, 3, 4, 5], Some(1)));
+    assert_eq!(reactor.read(&mut storage, ReadRange::newest("r", 4).before(6)), (vec![2, 3, 4, 5], Some(1)));
     // Both bounds are exclusive.
-    assert_eq!(reactor.read(&mut storage, "r", 3, 5, 10, false), (vec![4], Some(1)));
+    assert_eq!(reactor.read(&mut storage, ReadRange::after("r", 3, 10).before(5)), (vec![4], Some(1)));
     // A limit larger than the range returns the range.
-    assert_eq!(reactor.read(&mut storage, "r", 0, u64::MAX, 100, true), (all.clone(), Some(1)));
-    assert_eq!(reactor.read(&mut storage, "r", 0, u64::MAX, 100, false), (all, Some(1)));
+    assert_eq!(reactor.read(&mut storage, ReadRange::newest("r", 100)), (all.clone(), Some(1)));
+    assert_eq!(reactor.read(&mut storage, ReadRange::after("r", 0, 100)), (all, Some(1)));
     // Nothing left after the newest; an empty range; an unknown room.
-    assert_eq!(reactor.read(&mut storage, "r", 10, u64::MAX, 5, false), (vec![], Some(1)));
-    assert_eq!(reactor.read(&mut storage, "r", 5, 5, 5, true), (vec![], Some(1)));
-    assert_eq!(reactor.read(&mut storage, "nowhere", 0, u64::MAX, 5, true), (vec![], None));
+    assert_eq!(reactor.read(&mut storage, ReadRange::after("r", 10, 5)), (vec![], Some(1)));
+    assert_eq!(
+        reactor.read(&mut storage, ReadRange { after: 5, ..ReadRange::newest("r", 5).before(5) }),
+        (vec![], Some(1))
+    );
+    assert_eq!(reactor.read(&mut storage, ReadRange::newest("nowhere", 5)), (vec![], None));
 
     storage.shutdown().unwrap();
 }
@@ -181,16 +176,9 @@ fn read_sees_earlier_appends(backend: Backend) {
     let mut reactor = Reactor::new();
     let (mut storage, _) = reactor.open(backend).unwrap();
     for id in 1..=5 {
-        storage.send(append("r", id));
+        storage.send_all(vec![append("r", id)]);
     }
-    storage.send(Request::Read {
-        ticket: 77,
-        room: "r".to_string(),
-        after: 0,
-        before: u64::MAX,
-        limit: 50,
-        newest: true,
-    });
+    storage.send_all(vec![Request::Read { ticket: 77, range: ReadRange::newest("r", 50) }]);
     let mut committed = 0;
     loop {
         match reactor.next_reply(&mut storage) {
@@ -228,11 +216,11 @@ fn committed_upto_counts_every_append_once_in_order() {
     let (mut storage, _) = reactor.open(Backend::Sqlite(dir.db())).unwrap();
 
     // Non-appends do not take a sequence number.
-    assert_eq!(storage.send(Request::CreateRoom { room: "a".to_string(), created: 1 }), 0);
+    assert_eq!(storage.send_all(vec![Request::CreateRoom { room: "a".to_string(), created: 1 }]), 0);
     let mut seqs = Vec::new();
     for id in 1..=300 {
-        seqs.push(storage.send(append("a", id)));
-        seqs.push(storage.send(append("b", id)));
+        seqs.push(storage.send_all(vec![append("a", id)]));
+        seqs.push(storage.send_all(vec![append("b", id)]));
     }
     assert_eq!(seqs, (1..=600).collect::<Vec<u64>>());
 
@@ -244,7 +232,7 @@ fn committed_upto_counts_every_append_once_in_order() {
     assert_eq!(seen.last().map(|s| s.0), Some(600));
 
     // The numbering continues across batches.
-    assert_eq!(storage.send(append("a", 301)), 601);
+    assert_eq!(storage.send_all(vec![append("a", 301)]), 601);
     assert_eq!(reactor.wait_committed(&mut storage, 601), vec![(601, Ok(()))]);
     storage.shutdown().unwrap();
 }
@@ -254,7 +242,7 @@ fn a_failed_batch_reports_err_and_the_next_one_commits() {
     let dir = TempDir::new();
     let mut reactor = Reactor::new();
     let (mut storage, _) = reactor.open(Backend::Sqlite(dir.db())).unwrap();
-    let seq = storage.send(append("r", 1));
+    let seq = storage.send_all(vec![append("r", 1)]);
     reactor.wait_committed(&mut storage, seq);
 
     // Id 2, then id 1 again: the duplicate fails the batch, and the whole
@@ -267,9 +255,9 @@ fn a_failed_batch_reports_err_and_the_next_one_commits() {
 
     // The connection is usable afterwards, and id 2 was not kept (storing
     // it now would be a duplicate otherwise).
-    let seq = storage.send(append("r", 2));
+    let seq = storage.send_all(vec![append("r", 2)]);
     assert_eq!(reactor.wait_committed(&mut storage, seq), vec![(4, Ok(()))]);
-    assert_eq!(reactor.read(&mut storage, "r", 0, u64::MAX, 10, false), (vec![1, 2], Some(1)));
+    assert_eq!(reactor.read(&mut storage, ReadRange::after("r", 0, 10)), (vec![1, 2], Some(1)));
     storage.shutdown().unwrap();
 }
 
@@ -280,19 +268,19 @@ fn directory_survives_a_restart() {
 
     let (mut storage, directory) = reactor.open(Backend::Sqlite(dir.db())).unwrap();
     assert_eq!(directory, vec![]);
-    storage.send(Request::CreateRoom { room: "quiet".to_string(), created: 5 });
-    storage.send(Request::CreateRoom { room: "busy".to_string(), created: 7 });
+    storage.send_all(vec![Request::CreateRoom { room: "quiet".to_string(), created: 5 }]);
+    storage.send_all(vec![Request::CreateRoom { room: "busy".to_string(), created: 7 }]);
     // CreateRoom is idempotent: the first `created` stays.
-    storage.send(Request::CreateRoom { room: "busy".to_string(), created: 9 });
+    storage.send_all(vec![Request::CreateRoom { room: "busy".to_string(), created: 9 }]);
     let mut seq = 0;
     for id in 1..=4 {
-        seq = storage.send(Request::Append {
+        seq = storage.send_all(vec![Request::Append {
             room: "busy".to_string(),
             msg: message(id, if id % 2 == 0 { "bob" } else { "alice" }),
-        });
+        }]);
     }
     // A room first seen through a message gets a row too.
-    seq = seq.max(storage.send(append("implicit", 1)));
+    seq = seq.max(storage.send_all(vec![append("implicit", 1)]));
     reactor.wait_committed(&mut storage, seq);
     storage.shutdown().unwrap();
 
@@ -317,7 +305,7 @@ fn directory_survives_a_restart() {
             RoomRecord { name: "quiet".to_string(), created: 5, last_post: None, messages: 0, last_id: 0 },
         ]
     );
-    assert_eq!(reactor.read(&mut storage, "busy", 0, u64::MAX, 10, true), (vec![1, 2, 3, 4], Some(1)));
+    assert_eq!(reactor.read(&mut storage, ReadRange::newest("busy", 10)), (vec![1, 2, 3, 4], Some(1)));
     storage.shutdown().unwrap();
 
     // And the users table followed the posters.
@@ -340,7 +328,7 @@ fn shutdown_commits_what_is_pending() {
     let (mut storage, _) = reactor.open(Backend::Sqlite(dir.db())).unwrap();
     // Queue and leave at once, without waiting for any reply.
     for id in 1..=1_000 {
-        storage.send(append("r", id));
+        storage.send_all(vec![append("r", id)]);
     }
     storage.shutdown().unwrap();
 
@@ -357,7 +345,7 @@ fn dropping_the_handle_also_commits() {
     let reactor = Reactor::new();
     let (mut storage, _) = reactor.open(Backend::Sqlite(dir.db())).unwrap();
     for id in 1..=100 {
-        storage.send(append("r", id));
+        storage.send_all(vec![append("r", id)]);
     }
     drop(storage);
 
@@ -395,19 +383,19 @@ fn memory_keeps_the_newest_per_room_and_says_where_history_starts() {
     assert_eq!(directory, vec![]);
     let mut seq = 0;
     for id in 1..=10 {
-        seq = storage.send(append("r", id));
+        seq = storage.send_all(vec![append("r", id)]);
     }
-    storage.send(append("other", 1));
+    storage.send_all(vec![append("other", 1)]);
     seq += 1;
     reactor.wait_committed(&mut storage, seq);
 
-    assert_eq!(reactor.read(&mut storage, "r", 0, u64::MAX, 100, true), (vec![7, 8, 9, 10], Some(7)));
+    assert_eq!(reactor.read(&mut storage, ReadRange::newest("r", 100)), (vec![7, 8, 9, 10], Some(7)));
     // Asking for what was trimmed: nothing older than 7 comes back, and
     // oldest_id tells the reactor to send a gap frame.
-    assert_eq!(reactor.read(&mut storage, "r", 2, u64::MAX, 3, false), (vec![7, 8, 9], Some(7)));
-    assert_eq!(reactor.read(&mut storage, "r", 0, 7, 10, true), (vec![], Some(7)));
+    assert_eq!(reactor.read(&mut storage, ReadRange::after("r", 2, 3)), (vec![7, 8, 9], Some(7)));
+    assert_eq!(reactor.read(&mut storage, ReadRange::newest("r", 10).before(7)), (vec![], Some(7)));
     // Rooms are trimmed separately.
-    assert_eq!(reactor.read(&mut storage, "other", 0, u64::MAX, 10, true), (vec![1], Some(1)));
+    assert_eq!(reactor.read(&mut storage, ReadRange::newest("other", 10)), (vec![1], Some(1)));
     storage.shutdown().unwrap();
 }
 
@@ -475,7 +463,7 @@ fn history_spans_the_inbox_and_the_filed_messages() {
         let mut seq = 0;
         for id in ids {
             for room in rooms {
-                seq = storage.send(append(room, id));
+                seq = storage.send_all(vec![append(room, id)]);
             }
         }
         assert!(reactor.wait_committed(&mut storage, seq).iter().all(|(_, r)| r.is_ok()));
@@ -484,23 +472,26 @@ fn history_spans_the_inbox_and_the_filed_messages() {
     let check = |reactor: &mut Reactor, storage: &mut Storage| {
         for room in rooms {
             assert_eq!(
-                reactor.read(storage, room, 0, u64::MAX, 5, true),
+                reactor.read(storage, ReadRange::newest(room, 5)),
                 ((per_room - 4..=per_room).collect(), Some(1))
             );
-            assert_eq!(reactor.read(storage, room, 0, u64::MAX, 3, false), (vec![1, 2, 3], Some(1)));
-            assert_eq!(reactor.read(storage, room, 0, u64::MAX, 10_000, false), (all.clone(), Some(1)));
+            assert_eq!(reactor.read(storage, ReadRange::after(room, 0, 3)), (vec![1, 2, 3], Some(1)));
+            assert_eq!(reactor.read(storage, ReadRange::after(room, 0, 10_000)), (all.clone(), Some(1)));
             // Ranges across the boundary between the two tables, both ways.
             let (after, before) = (per_room - 15, per_room - 2);
             let middle: Vec<u64> = (after + 1..before).collect();
-            assert_eq!(reactor.read(storage, room, after, before, 100, true).0, middle);
-            assert_eq!(reactor.read(storage, room, after, before, 100, false).0, middle);
+            assert_eq!(
+                reactor.read(storage, ReadRange { after, ..ReadRange::newest(room, 100).before(before) }).0,
+                middle
+            );
+            assert_eq!(reactor.read(storage, ReadRange::after(room, after, 100).before(before)).0, middle);
         }
     };
     check(&mut reactor, &mut storage);
 
     // A second copy is refused whether the first is filed or in the inbox.
     for id in [1, per_room] {
-        let seq = storage.send(append("a", id));
+        let seq = storage.send_all(vec![append("a", id)]);
         let (_, result) = reactor.wait_committed(&mut storage, seq).pop().unwrap();
         assert!(result.unwrap_err().contains("UNIQUE"), "id {id} twice");
     }
@@ -537,9 +528,9 @@ fn a_version_1_file_is_upgraded_in_place() {
     let mut reactor = Reactor::new();
     let (mut storage, directory) = reactor.open(Backend::Sqlite(dir.db())).unwrap();
     assert_eq!((directory[0].messages, directory[0].last_id), (2, 2));
-    let seq = storage.send(append("old", 3));
+    let seq = storage.send_all(vec![append("old", 3)]);
     assert_eq!(reactor.wait_committed(&mut storage, seq), vec![(1, Ok(()))]);
-    assert_eq!(reactor.read(&mut storage, "old", 0, u64::MAX, 10, true), (vec![1, 2, 3], Some(1)));
+    assert_eq!(reactor.read(&mut storage, ReadRange::newest("old", 10)), (vec![1, 2, 3], Some(1)));
     storage.shutdown().unwrap();
     let version: i64 =
         rusqlite::Connection::open(dir.db()).unwrap().query_row("PRAGMA user_version", [], |row| row.get(0)).unwrap();

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::mailbox::{Receiver, RecvTimeoutError, Sender};
-use super::{Reply, Request, StorageError, Store, Write};
+use super::{ReadRange, Reply, Request, StorageError, Store, Write};
 
 /// Most requests taken into one batch. A bound keeps one transaction (and
 /// the wait of the reads queued behind it) short even when the reactor
@@ -29,21 +29,13 @@ const MAX_BATCH_REQUESTS: usize = 10_000;
 /// conversation is enough; long enough that a busy room never waits on it.
 const IDLE_AFTER: Duration = Duration::from_millis(250);
 
-/// A Read waiting for its batch's commit, so it sees the writes before it.
-struct PendingRead {
-    ticket: u64,
-    room: String,
-    after: u64,
-    before: u64,
-    limit: usize,
-    newest: bool,
-}
-
 /// Requests gathered for one transaction.
 #[derive(Default)]
 pub(super) struct Batch {
     writes: Vec<Write>,
-    reads: Vec<PendingRead>,
+    /// Reads (ticket, range) waiting for the batch's commit, so they see the
+    /// writes before them.
+    reads: Vec<(u64, ReadRange)>,
     appends: u64,
     /// Requests taken (for `MAX_BATCH_REQUESTS`).
     taken: usize,
@@ -62,9 +54,7 @@ impl Batch {
                     self.appends += 1;
                     self.writes.push(Write::Append { room, msg });
                 }
-                Request::Read { ticket, room, after, before, limit, newest } => {
-                    self.reads.push(PendingRead { ticket, room, after, before, limit, newest })
-                }
+                Request::Read { ticket, range } => self.reads.push((ticket, range)),
                 Request::Shutdown => {
                     // The handle sends nothing after Shutdown; stop taking.
                     self.stop = true;
@@ -100,17 +90,17 @@ impl Batch {
         // Reads run after the commit, so a read sees every append sent
         // before it (and, harmlessly, any later one of the same batch: the
         // reactor's bounds decide what it wants).
-        for read in self.reads.drain(..) {
-            let (messages, oldest_id) = match store.read(&read.room, read.after, read.before, read.limit, read.newest) {
+        for (ticket, range) in self.reads.drain(..) {
+            let (messages, oldest_id) = match store.read(&range) {
                 Ok(found) => found,
                 // There is no error in `Reply::Messages`; an empty answer
                 // keeps the asker moving, and the log says what broke.
                 Err(reason) => {
-                    log::error!("storage: reading room {:?} failed: {reason}", read.room);
+                    log::error!("storage: reading room {:?} failed: {reason}", range.room);
                     (Vec::new(), None)
                 }
             };
-            replies.push(Reply::Messages { ticket: read.ticket, messages, oldest_id });
+            replies.push(Reply::Messages { ticket, messages, oldest_id });
         }
         self.writes.clear();
         self.appends = 0;

@@ -1,0 +1,315 @@
+//! Rooms shared with other processes: what the chat hands out, and what it
+//! takes back, when it does not number its own posts.
+//!
+//! On its own ([`Mode::Local`]) the chat gives each post the room's next
+//! id, stores it, and broadcasts it once the commit is done. When several
+//! processes serve the same rooms ([`Mode::Shared`]), a room's order must
+//! be one order for all of them, so something outside the chat keeps it:
+//! the *sharer* (with `--redis`, the `cluster` module). The chat then
+//!
+//! - hands each post out as a [`PostIntent`] (no id yet), and takes every
+//!   message back, ours and the other processes', numbered and in order,
+//!   through [`Chat::accept_ordered`]; from there a message goes the usual
+//!   way: stored, then broadcast after the commit;
+//! - reads history from the sharer instead of its own storage
+//!   ([`Handoff::Read`], answered with [`Chat::on_messages`]), so a welcome
+//!   or a scroll-back is the same on every process;
+//! - counts the members the other processes report
+//!   ([`Chat::on_members_elsewhere`]) in each room's presence, and hands out
+//!   its own ([`Handoff::Presence`], [`Chat::local_members`]).
+//!
+//! The sharer takes the handoffs ([`Chat::take_handoffs`]) at least once per
+//! loop turn, in the order the chat made them. The chat knows nothing of
+//! how the sharer talks to the other processes.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use super::{Chat, Outgoing, protocol};
+use crate::storage::{ReadRange, RoomRecord, StoredMessage};
+
+/// Who numbers the posts of the chat's rooms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// This process alone: the chat gives ids and reads its own storage.
+    Local,
+    /// Shared with other processes: ids and history come from the sharer.
+    Shared,
+}
+
+/// A member's post that the chat has checked (length, rate, name) but
+/// cannot number: the sharer gives it its id and hands it back through
+/// [`Chat::accept_ordered`], or calls [`Chat::refuse_post`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PostIntent {
+    /// The room.
+    pub room: String,
+    /// The poster's name in the room.
+    pub username: String,
+    /// The text.
+    pub text: String,
+    /// When it was posted, in milliseconds since the epoch.
+    pub ts: u64,
+    /// The highest id this process knew for the room when it was posted:
+    /// the post's id must be above it.
+    pub known_last: u64,
+    /// The poster's connection (key, serial): its copy of the message is
+    /// its acknowledgement.
+    pub author: (usize, u64),
+}
+
+/// What the chat tells the sharer, in the order it happened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Handoff {
+    /// A room entered the directory here (a first join, or a message for a
+    /// room this process had not seen).
+    RoomCreated {
+        /// The room.
+        room: String,
+        /// When, in milliseconds since the epoch.
+        created: u64,
+    },
+    /// A room got its first local member: it is live here from now on.
+    FirstMember {
+        /// The room.
+        room: String,
+    },
+    /// A room's last local member left: it is no longer live here.
+    LastMemberLeft {
+        /// The room.
+        room: String,
+    },
+    /// A post waiting for its id.
+    Post(PostIntent),
+    /// History to read; the answer goes to [`Chat::on_messages`] with the
+    /// same ticket.
+    Read {
+        /// Matches the answer to whoever asked.
+        ticket: u64,
+        /// Which messages.
+        range: ReadRange,
+    },
+    /// Presence frames went out this turn for these rooms (their members
+    /// here or elsewhere changed): each with the names of its local
+    /// members now, for the other processes.
+    Presence {
+        /// Room → names of its local members.
+        rooms: HashMap<String, Vec<String>>,
+    },
+}
+
+/// Why a post handed out as a [`PostIntent`] was not sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotSent {
+    /// The sharer cannot reach the others and has no room left to wait.
+    Unreachable,
+    /// The sharer tried, and the post was refused.
+    Refused,
+}
+
+impl Chat {
+    /// Takes what the chat handed out since the last call, oldest first
+    /// (always empty in [`Mode::Local`]).
+    pub fn take_handoffs(&mut self) -> Vec<Handoff> {
+        std::mem::take(&mut self.handoffs)
+    }
+
+    /// Makes sure `room` is in the directory (and in storage): a room
+    /// another process created, say, whose message has just come.
+    pub fn ensure_room(&mut self, room: &str) {
+        self.ensure_directory(room);
+    }
+
+    /// Rooms the other processes know, as (name, created ms): listed in the
+    /// directory, without a storage row until a message arrives. Names
+    /// that are not valid room names are skipped.
+    pub fn learn_rooms(&mut self, rooms: Vec<(String, u64)>) {
+        for (name, created) in rooms {
+            if crate::route::valid_room_name(&name) && !self.directory.contains_key(&name) {
+                self.directory
+                    .insert(name.clone(), RoomRecord { name, created, last_post: None, messages: 0, last_id: 0 });
+            }
+        }
+    }
+
+    /// The highest id accepted for `room` so far (0 for none).
+    pub fn last_id(&self, room: &str) -> u64 {
+        self.directory.get(room).map_or(0, |r| r.last_id)
+    }
+
+    /// A message in its shared order: the caller hands each room's
+    /// messages over once each, in id order (above [`Chat::last_id`]).
+    /// `author` is the poster's connection when it is ours. The message is
+    /// stored, then broadcast once the commit is done.
+    pub fn accept_ordered(&mut self, room: &str, msg: StoredMessage, author: Option<(usize, u64)>) {
+        if let Some(record) = self.directory.get_mut(room) {
+            record.last_id = record.last_id.max(msg.id);
+        }
+        if let Some(&slot) = self.index.get(room)
+            && let Some(live) = self.live.get_mut(slot)
+        {
+            live.last_id = live.last_id.max(msg.id);
+        }
+        let json: Rc<str> = protocol::message_json(room, msg.id, &msg.username, &msg.text, msg.ts).into();
+        self.enqueue_commit(Rc::from(room), msg, json, author);
+    }
+
+    /// Tells the members of `room` (if it is live here) that the messages
+    /// before `resumes_at` that they have not seen are lost.
+    pub fn announce_gap(&mut self, room: &str, resumes_at: u64) {
+        if let Some(&slot) = self.index.get(room) {
+            let json: Rc<str> = protocol::gap_json(room, resumes_at).into();
+            self.out.push(Outgoing::Room { room: slot, json, is_message: false, except: None, author: None });
+        }
+    }
+
+    /// Tells a post's author that it was not sent.
+    pub fn refuse_post(&mut self, (key, serial): (usize, u64), why: NotSent) {
+        let text = match why {
+            NotSent::Unreachable => "the chat backend is unreachable; this message was not sent",
+            NotSent::Refused => "the chat backend refused this message; it was not sent",
+        };
+        let json = protocol::error_json("unavailable", text);
+        self.out.push(Outgoing::ToSerial { key, serial, json });
+    }
+
+    /// Members of `room` on other processes joined or left. They count in
+    /// the room's online figures; in a room live here they also become
+    /// join and leave events in this turn's presence frame.
+    pub fn on_members_elsewhere(&mut self, room: &str, joined: Vec<String>, left: Vec<String>) {
+        self.elsewhere.update(room, &joined, &left);
+        let Some(&slot) = self.index.get(room) else { return };
+        let Some(live) = self.live.get_mut(slot) else { return };
+        // usize::MAX: no local connection to spare from its own join event.
+        live.joined.extend(joined.into_iter().map(|n| (n, usize::MAX)));
+        live.left.extend(left);
+        self.queue_presence(slot);
+    }
+
+    /// Every room live here with the names of its local members.
+    pub fn local_members(&self) -> HashMap<String, Vec<String>> {
+        self.live
+            .iter()
+            .map(|(_, r)| (r.name.to_string(), r.online_names(usize::MAX).into_iter().map(str::to_string).collect()))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+    use crate::config::Config;
+
+    fn chat(mode: Mode) -> Chat {
+        let mut chat = Chat::new(&Config::defaults(), Vec::new(), mode);
+        chat.take_handoffs();
+        chat
+    }
+
+    /// The FirstMember and LastMemberLeft handoffs, in order.
+    fn live_changes(chat: &mut Chat) -> Vec<Handoff> {
+        chat.take_handoffs()
+            .into_iter()
+            .filter(|h| matches!(h, Handoff::FirstMember { .. } | Handoff::LastMemberLeft { .. }))
+            .collect()
+    }
+
+    #[test]
+    fn first_and_last_local_members_are_handed_out_exactly_then() {
+        let mut chat = chat(Mode::Shared);
+        let now = Instant::now();
+        let first = Handoff::FirstMember { room: "r".into() };
+        let last = Handoff::LastMemberLeft { room: "r".into() };
+        let a = chat.join((1, 1), "r", Some("a"), None, now).unwrap();
+        assert_eq!(live_changes(&mut chat), vec![first.clone()]);
+        let b = chat.join((2, 2), "r", Some("b"), None, now).unwrap();
+        chat.leave(a);
+        assert_eq!(live_changes(&mut chat), vec![], "the room had a member all along");
+        chat.leave(b);
+        assert_eq!(live_changes(&mut chat), vec![last.clone()]);
+        // The room comes back: a new first member.
+        let c = chat.join((3, 3), "r", Some("c"), None, now).unwrap();
+        chat.leave(c);
+        assert_eq!(live_changes(&mut chat), vec![first, last]);
+
+        // A join refused for a full room never made the room live.
+        let mut cfg = Config::defaults();
+        cfg.max_room_members = 0;
+        let mut full = Chat::new(&cfg, Vec::new(), Mode::Shared);
+        assert!(full.join((1, 1), "r", Some("a"), None, now).is_none());
+        assert_eq!(live_changes(&mut full), vec![]);
+    }
+
+    #[test]
+    fn a_local_chat_hands_out_nothing() {
+        let mut chat = chat(Mode::Local);
+        let now = Instant::now();
+        let mut a = chat.join((1, 1), "r", Some("a"), None, now).unwrap();
+        chat.on_text(1, &mut a, r#"{"message": "hi"}"#, now);
+        chat.flush_presence();
+        chat.leave(a);
+        assert_eq!(chat.take_handoffs(), vec![]);
+    }
+
+    #[test]
+    fn a_shared_post_is_an_intent_until_it_comes_back_in_order() {
+        let mut chat = chat(Mode::Shared);
+        let now = Instant::now();
+        let mut a = chat.join((1, 7), "r", Some("a"), None, now).unwrap();
+        chat.take_handoffs();
+        chat.requests.clear();
+        chat.on_text(1, &mut a, r#"{"message": "hi"}"#, now);
+        let intent = match chat.take_handoffs().as_slice() {
+            [Handoff::Post(intent)] => intent.clone(),
+            other => panic!("expected one post, got {other:?}"),
+        };
+        assert_eq!((intent.room.as_str(), intent.text.as_str(), intent.author), ("r", "hi", (1, 7)));
+        assert!(chat.requests.is_empty(), "nothing is stored before it has an id");
+
+        let msg = StoredMessage { id: 1, ts: intent.ts, username: intent.username, text: intent.text };
+        chat.accept_ordered("r", msg, Some(intent.author));
+        assert_eq!(chat.last_id("r"), 1);
+        assert!(matches!(chat.requests.as_slice(), [crate::storage::Request::Append { msg, .. }] if msg.id == 1));
+        chat.on_committed(1, &Ok(()));
+        let authors: Vec<Option<(usize, u64)>> = chat
+            .out
+            .iter()
+            .filter_map(|o| match o {
+                Outgoing::Room { is_message: true, author, .. } => Some(*author),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(authors, vec![Some((1, 7))], "the author's copy is its acknowledgement");
+    }
+
+    #[test]
+    fn members_elsewhere_count_in_the_room_and_in_its_presence() {
+        let mut chat = chat(Mode::Shared);
+        let now = Instant::now();
+        chat.on_members_elsewhere("quiet", vec!["x".into()], vec![]);
+        assert_eq!(chat.online("quiet", 10), (1, vec!["x".to_string()]), "not live here, still counted");
+
+        chat.join((1, 1), "r", Some("a"), None, now).unwrap();
+        chat.flush_presence();
+        chat.out.clear();
+        chat.take_handoffs();
+        chat.on_members_elsewhere("r", vec!["b".into(), "c".into()], vec![]);
+        chat.flush_presence();
+        let frames: Vec<serde_json::Value> = chat
+            .out
+            .drain(..)
+            .filter_map(|o| match o {
+                Outgoing::Room { json, .. } => serde_json::from_str(&json).ok(),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(frames.len(), 1, "{frames:?}");
+        assert_eq!(frames[0]["joined"], serde_json::json!(["b", "c"]));
+        assert_eq!(frames[0]["online_count"], 3);
+        let presence = chat.take_handoffs();
+        let rooms = HashMap::from([("r".to_string(), vec!["a".to_string()])]);
+        assert_eq!(presence, vec![Handoff::Presence { rooms }], "our own members, for the others");
+    }
+}

@@ -1,0 +1,201 @@
+//! The published messages, handed to the chat in id order without gaps.
+//!
+//! Every process receives every message through the subscription, its own
+//! posts included, and gives each room's messages to the chat strictly in
+//! id order ([`Chat::accept_ordered`]). A message that arrives with a gap
+//! before it means some were missed (the subscription dropped, say): the
+//! room reads the stream from its last id, holding what arrives meanwhile,
+//! then hands over the merge of both. On resubscribing, every live room
+//! catches up the same way, since anything published while the
+//! subscription was down was missed.
+//!
+//! A post's author learns the post's id from the script's reply, which may
+//! come before or after the message itself: the author's copy of its
+//! message is its acknowledgement, so the feed remembers whose post an id
+//! is until the message comes through.
+
+use std::collections::HashMap;
+
+use super::Commands;
+use super::layout::Published;
+use super::reads::{Reader, Reads};
+use crate::chat::{Chat, RESUME_MAX};
+use crate::storage::{ReadRange, StoredMessage};
+
+/// Posts answered but not yet seen back remembered at most (a bound
+/// against a subscription that lost them; they are only a hint).
+const OWN_POSTS_MAX: usize = 10_000;
+
+/// Messages read at most when catching a room up (the most a `?since=`
+/// resume replays, too): further behind, members get a `gap` event.
+const CATCH_UP_MAX: usize = RESUME_MAX as usize;
+
+/// What stands between the subscription and the chat.
+#[derive(Debug, Default)]
+pub(super) struct Feed {
+    /// Our own posts Redis has answered for, by (room, id), until they come
+    /// back through the subscription (their poster is its author).
+    own_posts: HashMap<(String, u64), (usize, u64)>,
+    /// Messages held, by room, while the room catches up.
+    held: HashMap<String, Vec<StoredMessage>>,
+}
+
+impl Feed {
+    /// A message from the subscription (published by any process, ours
+    /// included).
+    pub(super) fn on_published(&mut self, p: Published, chat: &mut Chat, reads: &mut Reads, commands: &mut Commands) {
+        if !crate::route::valid_room_name(&p.room) {
+            return;
+        }
+        let (room, msg) = p.into_stored();
+        if let Some(held) = self.held.get_mut(&room) {
+            held.push(msg);
+            return;
+        }
+        chat.ensure_room(&room);
+        let last = chat.last_id(&room);
+        if msg.id <= last {
+            return; // already delivered (a catch-up overlapped the live feed)
+        }
+        if msg.id > last + 1 {
+            self.held.insert(room.clone(), vec![msg]);
+            reads.read(Reader::CatchUp(room.clone()), &ReadRange::after(&room, last, CATCH_UP_MAX), commands);
+            return;
+        }
+        self.accept(&room, msg, chat);
+    }
+
+    /// Reads on from `room`'s last id (the subscription is back, and may
+    /// have missed messages), holding what is published meanwhile.
+    pub(super) fn catch_up(&mut self, room: &str, chat: &Chat, reads: &mut Reads, commands: &mut Commands) {
+        if self.held.contains_key(room) {
+            return; // already catching up
+        }
+        let last = chat.last_id(room);
+        self.held.insert(room.to_string(), Vec::new());
+        reads.read(Reader::CatchUp(room.to_string()), &ReadRange::after(room, last, CATCH_UP_MAX), commands);
+    }
+
+    /// A catch-up read came back: its messages and the held ones, merged,
+    /// go to the chat in order.
+    pub(super) fn on_caught_up(&mut self, room: &str, messages: Vec<StoredMessage>, chat: &mut Chat) {
+        let held = self.held.remove(room).unwrap_or_default();
+        let last = chat.last_id(room);
+        let mut all: Vec<StoredMessage> = messages.into_iter().chain(held).filter(|m| m.id > last).collect();
+        all.sort_by_key(|m| m.id);
+        all.dedup_by_key(|m| m.id);
+        let mut next = last;
+        for msg in all {
+            if msg.id != next + 1 {
+                // The stream no longer has what we missed (trimmed or lost):
+                // members are told, then live delivery resumes.
+                chat.announce_gap(room, msg.id);
+            }
+            next = msg.id;
+            self.accept(room, msg, chat);
+        }
+    }
+
+    /// Redis gave our post `id`: remember its author until the message
+    /// comes through, unless it came already.
+    pub(super) fn on_posted(&mut self, room: String, id: u64, author: (usize, u64), chat: &Chat) {
+        if chat.last_id(&room) >= id {
+            return;
+        }
+        if self.own_posts.len() >= OWN_POSTS_MAX {
+            self.own_posts.clear();
+        }
+        self.own_posts.insert((room, id), author);
+    }
+
+    fn accept(&mut self, room: &str, msg: StoredMessage, chat: &mut Chat) {
+        let author = self.own_posts.remove(&(room.to_string(), msg.id));
+        chat.accept_ordered(room, msg, author);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+    use crate::chat::{Mode, Outgoing};
+    use crate::config::Config;
+    use crate::storage::Request;
+
+    fn published(id: u64) -> Published {
+        Published { room: "r".into(), id, username: "u".into(), message: format!("m{id}"), ts: 5 }
+    }
+
+    /// The ids the chat handed to storage since the last call.
+    fn stored(chat: &mut Chat) -> Vec<u64> {
+        chat.requests
+            .drain(..)
+            .filter_map(|r| match r {
+                Request::Append { msg, .. } => Some(msg.id),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn gaps(chat: &mut Chat) -> Vec<String> {
+        chat.out
+            .drain(..)
+            .filter_map(|o| match o {
+                Outgoing::Room { json, .. } if json.contains(r#""type":"gap""#) => Some(json.to_string()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_gap_is_filled_from_the_stream_before_anything_after_it() {
+        let mut chat = Chat::new(&Config::defaults(), Vec::new(), Mode::Shared);
+        chat.join((1, 1), "r", Some("a"), None, Instant::now()).unwrap();
+        chat.out.clear();
+        let (mut feed, mut reads, mut commands) = (Feed::default(), Reads::default(), Commands::new());
+        feed.on_published(published(1), &mut chat, &mut reads, &mut commands);
+        feed.on_published(published(1), &mut chat, &mut reads, &mut commands);
+        assert_eq!(stored(&mut chat), vec![1], "once each");
+        assert!(commands.is_empty());
+
+        // 2 and 3 were missed: 4 waits for them, and so does 5.
+        feed.on_published(published(4), &mut chat, &mut reads, &mut commands);
+        feed.on_published(published(5), &mut chat, &mut reads, &mut commands);
+        assert_eq!(stored(&mut chat), Vec::<u64>::new());
+        assert_eq!(commands.len(), 2, "one read of the stream after 1");
+
+        // The stream has 2 (3 was trimmed), and 4 again.
+        let from_stream = [2, 4].map(|id| published(id).into_stored().1).to_vec();
+        feed.on_caught_up("r", from_stream, &mut chat);
+        assert_eq!(stored(&mut chat), vec![2, 4, 5]);
+        let gaps = gaps(&mut chat);
+        assert_eq!(gaps, vec![crate::chat::protocol::gap_json("r", 4)]);
+        feed.on_published(published(6), &mut chat, &mut reads, &mut commands);
+        assert_eq!(stored(&mut chat), vec![6], "live delivery resumes");
+    }
+
+    #[test]
+    fn our_post_is_its_authors_whichever_comes_first() {
+        let mut chat = Chat::new(&Config::defaults(), Vec::new(), Mode::Shared);
+        let (mut feed, mut reads, mut commands) = (Feed::default(), Reads::default(), Commands::new());
+        // The reply first, then the message.
+        feed.on_posted("r".into(), 1, (3, 9), &chat);
+        feed.on_published(published(1), &mut chat, &mut reads, &mut commands);
+        // The message first: the reply finds it delivered and forgets it.
+        feed.on_published(published(2), &mut chat, &mut reads, &mut commands);
+        feed.on_posted("r".into(), 2, (3, 9), &chat);
+        assert!(feed.own_posts.is_empty());
+        chat.join((3, 9), "r", Some("a"), None, Instant::now()).unwrap();
+        chat.on_committed(u64::MAX, &Ok(()));
+        let authors: Vec<Option<(usize, u64)>> = chat
+            .out
+            .iter()
+            .filter_map(|o| match o {
+                Outgoing::Room { is_message: true, author, .. } => Some(*author),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(authors, vec![Some((3, 9)), None]);
+    }
+}

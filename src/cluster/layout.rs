@@ -1,0 +1,163 @@
+//! What the processes keep in Redis, and how it reads back.
+//!
+//! | key or channel | what it holds |
+//! |---|---|
+//! | `chatroom:rooms` | hash: every room ever created → created (ms) |
+//! | `chatroom:room:<room>:id` | the room's last id (INCR) |
+//! | `chatroom:room:<room>:log` | stream: the room's messages, entry id `<id>-0`, field `m` = the JSON event |
+//! | `chatroom:post:<uid>` | the id a post got, for an hour (retries publish once) |
+//! | [`MESSAGES_CHANNEL`] | every message, as its JSON event |
+//! | [`PRESENCE_CHANNEL`] | each process's members (see `presence.rs`) |
+//!
+//! A message is the same JSON event everywhere: in the stream, on the
+//! channel, and on the WebSocket to a client. [`POST_SCRIPT`] puts the id
+//! into it, so the event is built once, by the process that took the post.
+
+use crate::bus::Value;
+use crate::storage::StoredMessage;
+
+/// The channel every process publishes messages on and subscribes to.
+pub const MESSAGES_CHANNEL: &[u8] = b"chatroom:messages";
+
+/// The channel for presence (joins, leaves, and periodic snapshots).
+pub const PRESENCE_CHANNEL: &[u8] = b"chatroom:presence";
+
+/// Entries kept in each room's stream (approximately: MAXLEN ~).
+pub const STREAM_MAXLEN: u64 = 10_000;
+
+/// How long a post's unique id is remembered for deduplication, in seconds.
+pub(super) const DEDUPE_TTL_S: u64 = 3600;
+
+/// The hash of every room ever created: name → created (ms).
+pub(super) const ROOMS_KEY: &str = "chatroom:rooms";
+
+/// The key of a room's id counter.
+pub(super) fn id_key(room: &str) -> String {
+    format!("chatroom:room:{room}:id")
+}
+
+/// The key of a room's stream.
+pub(super) fn log_key(room: &str) -> String {
+    format!("chatroom:room:{room}:log")
+}
+
+/// The key that remembers the id a post got.
+pub(super) fn post_key(uid: &str) -> String {
+    format!("chatroom:post:{uid}")
+}
+
+/// INCR + XADD + PUBLISH, atomically, at most once per post.
+///
+/// KEYS: 1 = the room's id counter, 2 = the room's stream, 3 = the post's
+/// dedupe key. ARGV: 1 = channel, 2 = highest id the caller knows,
+/// 3/4 = the JSON event before/after the id, 5 = MAXLEN, 6 = dedupe TTL.
+pub const POST_SCRIPT: &str = r#"
+local done = redis.call('GET', KEYS[3])
+if done then return tonumber(done) end
+local id = redis.call('INCR', KEYS[1])
+local known = tonumber(ARGV[2])
+if id <= known then
+  id = known + 1
+  redis.call('SET', KEYS[1], id)
+end
+local json = ARGV[3] .. id .. ARGV[4]
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], id .. '-0', 'm', json)
+redis.call('PUBLISH', ARGV[1], json)
+redis.call('SET', KEYS[3], id, 'EX', ARGV[6])
+return id
+"#;
+
+/// A published message, decoded.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub(super) struct Published {
+    /// The room.
+    pub room: String,
+    /// Its id.
+    pub id: u64,
+    /// The sender's name.
+    pub username: String,
+    /// The text.
+    pub message: String,
+    /// Milliseconds since the epoch.
+    pub ts: u64,
+}
+
+impl Published {
+    /// The message as storage keeps it (the room aside).
+    pub(super) fn into_stored(self) -> (String, StoredMessage) {
+        (self.room, StoredMessage { id: self.id, ts: self.ts, username: self.username, text: self.message })
+    }
+}
+
+/// Decodes a message from the channel (or a stream entry).
+pub(super) fn decode_published(payload: &[u8]) -> Option<Published> {
+    serde_json::from_slice(payload).ok()
+}
+
+/// XRANGE/XREVRANGE reply → messages in ascending id order.
+/// Each entry is `[entry-id, [field, value, ...]]` with field `m` = the JSON event.
+pub(super) fn stream_messages(value: &Value) -> Vec<StoredMessage> {
+    let Value::Array(entries) = value else { return Vec::new() };
+    let mut out: Vec<StoredMessage> = entries
+        .iter()
+        .filter_map(|entry| {
+            let Value::Array(parts) = entry else { return None };
+            let Some(Value::Array(fields)) = parts.get(1) else { return None };
+            let json = fields.chunks(2).find_map(|kv| match kv {
+                [k, v] if k.as_bytes() == Some(b"m") => v.as_bytes(),
+                _ => None,
+            })?;
+            Some(decode_published(json)?.into_stored().1)
+        })
+        .collect();
+    out.sort_by_key(|m| m.id);
+    out
+}
+
+/// HGETALL chatroom:rooms → (name, created).
+pub(super) fn room_list(value: &Value) -> Vec<(String, u64)> {
+    let Value::Array(items) = value else { return Vec::new() };
+    items
+        .chunks(2)
+        .filter_map(|kv| match kv {
+            [k, v] => {
+                let name = String::from_utf8(k.as_bytes()?.to_vec()).ok()?;
+                let created = std::str::from_utf8(v.as_bytes()?).ok()?.parse().ok()?;
+                Some((name, created))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_replies_decode() {
+        let entry = |id: u64| {
+            Value::Array(vec![
+                Value::Bulk(format!("{id}-0").into_bytes()),
+                Value::Array(vec![
+                    Value::Bulk(b"m".to_vec()),
+                    Value::Bulk(crate::chat::protocol::message_json("r", id, "u", "t", 5).into_bytes()),
+                ]),
+            ])
+        };
+        let msgs = stream_messages(&Value::Array(vec![entry(3), entry(2)]));
+        assert_eq!(msgs.iter().map(|m| m.id).collect::<Vec<_>>(), vec![2, 3]);
+        assert!(stream_messages(&Value::Nil).is_empty());
+    }
+
+    #[test]
+    fn room_lists_decode() {
+        let list = Value::Array(vec![
+            Value::Bulk(b"a".to_vec()),
+            Value::Bulk(b"17".to_vec()),
+            Value::Bulk(b"b".to_vec()),
+            Value::Bulk(b"not a number".to_vec()),
+        ]);
+        assert_eq!(room_list(&list), vec![("a".to_string(), 17)]);
+    }
+}

@@ -1,0 +1,158 @@
+//! Who is online on the other processes.
+//!
+//! Each process publishes its members on [`PRESENCE_CHANNEL`]: after a turn
+//! in which presence changed, the rooms that changed, each with its full
+//! list of local names; and every third of `--presence-ttl`, a snapshot of
+//! every room it has. Every process keeps what each other process last
+//! said, and turns the difference into joins and leaves for the chat
+//! ([`Chat::on_members_elsewhere`]). A process silent for `--presence-ttl`
+//! (killed with `kill -9`, say) is presumed dead: its members leave.
+//!
+//! Lists, not deltas: a note that is lost costs nothing once the next one
+//! (or the next snapshot) arrives.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use super::layout::PRESENCE_CHANNEL;
+use super::{Commands, TAG_INTERNAL};
+use crate::chat::Chat;
+
+/// The presence message a process publishes: its members per room.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(super) struct PresenceNote {
+    /// The publishing process.
+    pub proc: String,
+    /// `true`: `rooms` is everything it has (a snapshot); `false`: only the
+    /// rooms that changed, each with its full member list.
+    pub full: bool,
+    /// Room → names of that process's members there.
+    pub rooms: HashMap<String, Vec<String>>,
+}
+
+/// What another process last said about its members.
+#[derive(Debug, Default)]
+struct RemoteProcess {
+    seen: Option<Instant>,
+    rooms: HashMap<String, Vec<String>>,
+}
+
+/// Our view of the other processes' members, and our snapshot clock.
+#[derive(Debug)]
+pub(super) struct Presence {
+    /// This process's id: our own notes come back, and are ignored.
+    proc_id: String,
+    /// The other processes, by id.
+    remote: HashMap<String, RemoteProcess>,
+    /// When to publish our next full snapshot.
+    next_snapshot: Option<Instant>,
+    /// `--presence-ttl`: a process silent this long is presumed dead.
+    ttl: Duration,
+}
+
+impl Presence {
+    /// Nobody seen yet; the first snapshot goes out on the first tick.
+    pub(super) fn new(proc_id: &str, ttl: Duration) -> Presence {
+        Presence { proc_id: proc_id.to_string(), remote: HashMap::new(), next_snapshot: None, ttl }
+    }
+
+    /// A presence note from any process (ours is ignored). The difference
+    /// from what that process said before becomes join and leave events in
+    /// the chat.
+    pub(super) fn on_note(&mut self, payload: &[u8], now: Instant, chat: &mut Chat) {
+        let Ok(note) = serde_json::from_slice::<PresenceNote>(payload) else { return };
+        if note.proc == self.proc_id {
+            return;
+        }
+        let process = self.remote.entry(note.proc.clone()).or_default();
+        process.seen = Some(now);
+        let mut rooms: Vec<String> = note.rooms.keys().cloned().collect();
+        if note.full {
+            rooms.extend(process.rooms.keys().filter(|r| !note.rooms.contains_key(*r)).cloned());
+        }
+        for room in rooms {
+            let new = note.rooms.get(&room).cloned().unwrap_or_default();
+            let old = process.rooms.remove(&room).unwrap_or_default();
+            let joined: Vec<String> = new.iter().filter(|n| !old.contains(n)).cloned().collect();
+            let left: Vec<String> = old.iter().filter(|n| !new.contains(n)).cloned().collect();
+            if !new.is_empty() {
+                process.rooms.insert(room.clone(), new);
+            }
+            if !joined.is_empty() || !left.is_empty() {
+                chat.on_members_elsewhere(&room, joined, left);
+            }
+        }
+    }
+
+    /// Publishes our members in `rooms`: every room we have (`full`), or
+    /// the rooms that changed.
+    pub(super) fn publish(&self, rooms: HashMap<String, Vec<String>>, full: bool, commands: &mut Commands) {
+        let note = PresenceNote { proc: self.proc_id.clone(), full, rooms };
+        let Ok(json) = serde_json::to_vec(&note) else { return };
+        let cmd = redis::cmd("PUBLISH").arg(PRESENCE_CHANNEL).arg(json).get_packed_command();
+        commands.push((cmd, TAG_INTERNAL));
+    }
+
+    /// Once a second: publish a full snapshot every third of
+    /// `--presence-ttl`, and forget processes silent for longer than it
+    /// (their members leave).
+    pub(super) fn on_tick(&mut self, now: Instant, chat: &mut Chat, commands: &mut Commands) {
+        if self.next_snapshot.is_none_or(|t| now >= t) {
+            self.next_snapshot = Some(now + self.ttl / 3);
+            self.publish(chat.local_members(), true, commands);
+        }
+        let ttl = self.ttl;
+        let dead: Vec<String> = self
+            .remote
+            .iter()
+            .filter(|(_, p)| p.seen.is_none_or(|s| now >= s + ttl))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in dead {
+            if let Some(process) = self.remote.remove(&id) {
+                log::info!("presence: process {id} silent for {ttl:?}; its members leave");
+                for (room, names) in process.rooms {
+                    chat.on_members_elsewhere(&room, Vec::new(), names);
+                }
+            }
+        }
+    }
+
+    /// How long until [`Presence::on_tick`] has work: the next snapshot,
+    /// but at least once a second to notice silent processes.
+    pub(super) fn next_wakeup(&self, now: Instant) -> Option<Duration> {
+        self.next_snapshot.map(|t| t.saturating_duration_since(now).min(Duration::from_secs(1)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chat::Mode;
+    use crate::config::Config;
+
+    fn note(proc: &str, full: bool, rooms: &[(&str, &[&str])]) -> Vec<u8> {
+        let rooms = rooms.iter().map(|(r, names)| (r.to_string(), names.iter().map(|n| n.to_string()).collect()));
+        serde_json::to_vec(&PresenceNote { proc: proc.into(), full, rooms: rooms.collect() }).unwrap()
+    }
+
+    #[test]
+    fn notes_become_joins_and_leaves_and_silence_empties_a_process() {
+        let mut chat = Chat::new(&Config::defaults(), Vec::new(), Mode::Shared);
+        let mut presence = Presence::new("us", Duration::from_secs(3));
+        let now = Instant::now();
+        presence.on_note(&note("them", false, &[("r", &["a", "b"]), ("s", &["c"])]), now, &mut chat);
+        presence.on_note(&note("us", false, &[("r", &["mine"])]), now, &mut chat);
+        assert_eq!(chat.online("r", 10).0, 2, "our own note is not someone else's members");
+        // A snapshot without room s: c left.
+        presence.on_note(&note("them", true, &[("r", &["a"])]), now, &mut chat);
+        assert_eq!((chat.online("r", 10).0, chat.online("s", 10).0), (1, 0));
+
+        let mut commands = Commands::new();
+        presence.on_tick(now + Duration::from_secs(1), &mut chat, &mut commands);
+        assert_eq!(commands.len(), 1, "the first tick publishes a snapshot");
+        assert_eq!(chat.online("r", 10).0, 1, "still within the ttl");
+        presence.on_tick(now + Duration::from_secs(3), &mut chat, &mut commands);
+        assert_eq!(chat.online("r", 10).0, 0, "silent for the ttl: presumed dead");
+    }
+}
