@@ -242,13 +242,13 @@ pub struct Config {
     pub ping_interval: Duration,
     /// A ping unanswered this long closes the WebSocket.
     pub ping_timeout: Duration,
-    /// Open connections at most (0 until [`crate::limits`] sizes it).
+    /// Open connections at most (0 until `limits` sizes it).
     pub max_connections: usize,
     /// Connections per client address (0 = off).
     pub max_per_ip: usize,
     /// Proxies whose X-Forwarded-For is believed.
     pub trusted_proxy: Vec<Cidr>,
-    /// Extra allowed Origin host[:port] values, lowercased.
+    /// Extra allowed Origin `host[:port]` values, lowercased.
     pub allow_origin: Vec<String>,
     /// Redis URL, if scaling out.
     pub redis: Option<String>,

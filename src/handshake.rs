@@ -49,7 +49,7 @@ pub fn wants_upgrade(head: &Head) -> bool {
 
 /// Checks an upgrade request against RFC 6455 §4.2.1 and our policy.
 ///
-/// `allow_origin` holds extra Origin host[:port] values besides the
+/// `allow_origin` holds extra Origin `host[:port]` values besides the
 /// request's own Host (lowercase).
 pub fn validate(head: &Head, allow_origin: &[String]) -> Result<Upgrade, Refusal> {
     // §4.2.1 (1): "An HTTP/1.1 or higher GET request".

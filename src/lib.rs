@@ -7,34 +7,39 @@
 //!
 //! # Layout
 //!
-//! Read it in the order a byte travels:
+//! Read it in the order a byte travels, from `accept()` to every member of
+//! a room:
 //!
-//! | file | what it does |
+//! | module | what it does |
 //! |---|---|
-//! | [`server`] | the reactor: poll, accept, read, flush, timers, reap |
-//! | [`conn`] | a connection and its phases (HTTP → WebSocket) |
-//! | [`http`] | request-head parsing with httparse, its limits, and framing (bodies, pipelining) |
-//! | [`service`] | what each HTTP request gets (page, API, upgrade) |
+//! | [`server`] | the reactor: the loop, accept, read, requests, endpoints, delivery, flush, timers, shutdown (one file each) |
+//! | `conn` | a connection: its socket, its output, its phase (HTTP → WebSocket) and its life (open → closing → lingering → dead) |
+//! | [`http`] | request heads with httparse; [`http::framing`] cuts a connection's bytes into requests (bodies, pipelining, limits) |
+//! | [`route`] | which endpoint a path names; query values |
 //! | [`site`] | the static site: embedded `www/`, safe paths, ETags |
-//! | [`response`] | building HTTP responses |
+//! | `response` | building HTTP responses |
 //! | [`handshake`] | the WebSocket opening handshake (RFC 6455 §4) |
 //! | [`ws`] | a WebSocket session: tungstenite over our buffers |
 //! | [`frame`] | encoding server frames once, to share |
+//! | [`echo_room`] | the original site's echo room: greeting and replies |
+//! | [`chat`] | rooms, members, posts, presence, history and resume |
+//! | [`storage`] | the SQLite (or memory) storage thread and its mailbox |
+//! | [`cluster`] | rooms shared by several processes through Redis: ordering, catch-up, presence |
+//! | [`bus`] | non-blocking Redis connections: RESP, pub/sub, reconnects |
 //! | [`outbuf`] | a connection's output queue, sent with one `sendmsg` |
-//! | [`pacing`] | when a broadcast may wait to share a write (coalescing) |
-//! | [`endpoints`] | echo, echo room, chat, inspector, stats |
-//! | [`chat`] | rooms, members, posts, presence, history, resume |
-//! | [`storage`] | the SQLite (or memory) storage thread |
-//! | [`timer`] | deadlines without scanning connections |
-//! | [`route`] | which endpoint a path names; query values |
+//! | `pacing` | when a broadcast may wait to share a write (coalescing) |
+//! | `timer` | deadlines without scanning connections |
+//! | `inspect` | the frame inspector behind the learn page |
+//! | `metrics` | counters, rendered for Prometheus |
+//! | `limits` | descriptor limits, the listening socket, `--max-per-ip` |
 //! | [`config`] | every setting: flags, environment, config file |
-//! | [`limits`] | descriptor limits and the listening socket |
-//! | [`metrics`] | counters, rendered for Prometheus |
-//! | [`inspect`] | the frame inspector of the learn page |
 //!
-//! Pure pieces (`http`, `handshake`, `site`, `route`, `frame`, `outbuf`,
-//! `pacing`, `chat::protocol`, `chat::room`) know nothing about sockets and are tested
-//! on their own; `server` is the only file that touches a socket.
+//! Pure pieces (`http`, `route`, `site`, `response`, `handshake`, `ws`,
+//! `frame`, `echo_room`, `outbuf`, `pacing`, `timer`, `inspect`,
+//! `chat`, the data layout in `cluster`) know nothing about sockets and
+//! are tested on their own. Clients' sockets are read and written only in
+//! `server/` and `conn/`; Redis's only in `bus/`; the data file only on the
+//! storage thread (`storage/`).
 
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing))]

@@ -172,7 +172,7 @@ impl OutQueue {
         self.len = self.head.as_ref().map_or(0, |c| c.bytes().len().saturating_sub(self.offset));
     }
 
-    /// Writes as much as `w` takes, in vectored writes of up to [`MAX_IOV`]
+    /// Writes as much as `w` takes, in vectored writes of up to `MAX_IOV`
     /// chunks, until the queue is empty or `w` would block.
     ///
     /// Errors other than WouldBlock and Interrupted are returned: the peer is

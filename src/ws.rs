@@ -2,7 +2,7 @@
 //!
 //! tungstenite's [`WebSocketContext`] holds the protocol state (partial
 //! frames, fragmented messages, the close handshake) but not the socket: each
-//! call borrows a `Read + Write` stream. We hand it a [`Pipe`]: its `read`
+//! call borrows a `Read + Write` stream. We hand it a `Pipe`: its `read`
 //! side returns the bytes the reactor just read from the socket and then
 //! `WouldBlock`; its `write` side appends to the connection's
 //! [`OutQueue`] and never blocks. So tungstenite decodes, unmasks,

@@ -3,7 +3,7 @@
 //! This is the application on top of the WebSocket plumbing, and it follows
 //! one rule: **a message is broadcast only after it is durable.** A post is
 //! given the room's next id, handed to the storage thread, and parked in
-//! [`Chat::pending`]; when storage reports the batch committed
+//! `Chat::pending`; when storage reports the batch committed
 //! ([`Chat::on_committed`]) the message goes into the room's recent history
 //! and out to every member, in id order. A `kill -9` therefore can never
 //! leave a client holding a message the history lost.

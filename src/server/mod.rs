@@ -27,7 +27,7 @@
 //! `flush.rs` writes each member's queue with one `sendmsg`.
 //!
 //! Handlers never write to sockets: they queue output on a connection
-//! ([`crate::conn`], which owns the socket and the connection's state
+//! (`crate::conn`, which owns the socket and the connection's state
 //! machine) and mark it dirty, so a handler can never block.
 
 use std::io;

@@ -10,7 +10,7 @@ use crate::conn::ShutdownStep;
 
 impl Server {
     /// Routes SIGTERM and SIGINT into the poll (for the binary; tests stop
-    /// the server through a [`Handle`] instead).
+    /// the server through a [`Handle`](super::Handle) instead).
     pub fn handle_signals(&mut self) -> Result<(), StartError> {
         use signal_hook::consts::{SIGINT, SIGTERM};
         let mut signals = signal_hook_mio::v1_0::Signals::new([SIGTERM, SIGINT])

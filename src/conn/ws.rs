@@ -1,0 +1,199 @@
+//! A connection's WebSocket phase: tungstenite's session over our output
+//! queue, the endpoint and its per-connection role, and the heartbeat.
+
+use std::time::{Duration, Instant};
+
+use tungstenite::Message;
+
+use super::{Connection, Phase};
+use crate::chat::Membership;
+use crate::inspect::Inspector;
+use crate::outbuf::Chunk;
+use crate::route::Endpoint;
+use crate::ws::{Closing, Session};
+
+/// The WebSocket phase.
+#[derive(Debug)]
+pub(crate) struct WsState {
+    /// tungstenite's protocol state over our buffers.
+    pub(super) session: Session,
+    /// Which endpoint this socket was upgraded to.
+    endpoint: Endpoint,
+    /// A ping is outstanding since this instant (`--ping-timeout` runs).
+    ping_sent: Option<Instant>,
+    /// Per-endpoint state (chat membership, inspector...).
+    role: Role,
+}
+
+impl WsState {
+    /// A fresh session on `endpoint`, accepting messages up to `max_message` bytes.
+    pub(crate) fn new(endpoint: Endpoint, max_message: usize) -> WsState {
+        WsState { session: Session::new(max_message), endpoint, ping_sent: None, role: Role::None }
+    }
+
+    /// What the endpoint kept for this connection (given back at reap).
+    pub(crate) fn into_role(self) -> Role {
+        self.role
+    }
+}
+
+/// What an endpoint keeps per connection.
+#[derive(Debug, Default)]
+pub(crate) enum Role {
+    /// Nothing (echo endpoints).
+    #[default]
+    None,
+    /// A member of a chat room.
+    Member(Membership),
+    /// Receiving the stats feed.
+    StatsViewer,
+    /// Being inspected: the raw bytes of this socket are described.
+    Inspected(Box<Inspector>),
+}
+
+/// What the heartbeat found (see [`Connection::heartbeat`]).
+#[derive(Debug)]
+pub(crate) enum Heartbeat {
+    /// Not a WebSocket.
+    None,
+    /// Check again then.
+    Next(Instant),
+    /// A ping was queued: flush it; check again then.
+    Pinged(Instant),
+    /// The ping went unanswered: drop the connection.
+    Unanswered,
+}
+
+impl Connection {
+    /// Runs `bytes` (or the end of the stream) through the WebSocket
+    /// session; complete messages go to `messages`, protocol answers (pongs,
+    /// close replies) to the output queue.
+    pub(crate) fn feed_ws(&mut self, bytes: &[u8], eof: bool, messages: &mut Vec<Message>) {
+        if let Phase::WebSocket(ws) = &mut self.phase {
+            ws.session.feed(bytes, eof, &mut self.out, messages);
+        }
+    }
+
+    /// After input was handled: a finished or failed close handshake, or
+    /// the client's FIN, closes the connection. `true` if it can be
+    /// dropped at once (nothing left to send).
+    pub(crate) fn after_ws_input(&mut self, eof: bool) -> bool {
+        let Phase::WebSocket(ws) = &self.phase else { return false };
+        let over = matches!(ws.session.closing(), Closing::Done | Closing::Failed);
+        if over && eof && self.out.is_empty() {
+            return true;
+        }
+        if over || eof {
+            self.close_after_flush();
+        }
+        false
+    }
+
+    /// Whether data frames may still be sent (upgraded, no close frame sent).
+    pub(crate) fn ws_open(&self) -> bool {
+        matches!(&self.phase, Phase::WebSocket(ws) if ws.session.is_open())
+    }
+
+    /// The endpoint this WebSocket serves.
+    pub(crate) fn endpoint(&self) -> Option<&Endpoint> {
+        match &self.phase {
+            Phase::WebSocket(ws) => Some(&ws.endpoint),
+            Phase::Http(_) => None,
+        }
+    }
+
+    /// Gives the WebSocket its endpoint role. A chat member's room name
+    /// lives in the room: the endpoint forgets its copy (10,000 idle
+    /// members would each carry one).
+    pub(crate) fn set_role(&mut self, role: Role) {
+        if let Phase::WebSocket(ws) = &mut self.phase {
+            if let (Role::Member(_), Endpoint::Room(name)) = (&role, &mut ws.endpoint) {
+                *name = String::new();
+            }
+            ws.role = role;
+        }
+    }
+
+    /// The endpoint role, to act on it.
+    pub(crate) fn role_mut(&mut self) -> Option<&mut Role> {
+        match &mut self.phase {
+            Phase::WebSocket(ws) => Some(&mut ws.role),
+            Phase::Http(_) => None,
+        }
+    }
+
+    /// Whether it receives the stats feed.
+    pub(crate) fn is_stats_viewer(&self) -> bool {
+        matches!(&self.phase, Phase::WebSocket(ws) if matches!(ws.role, Role::StatsViewer))
+    }
+
+    /// A pong arrived: the outstanding ping is answered.
+    pub(crate) fn on_pong(&mut self) {
+        if let Phase::WebSocket(ws) = &mut self.phase {
+            ws.ping_sent = None;
+        }
+    }
+
+    /// Queues a text frame if data may still be sent; whether it was.
+    pub(crate) fn send_text(&mut self, payload: &[u8]) -> bool {
+        let open = self.ws_open();
+        if open {
+            self.out.push(Chunk::Owned(crate::frame::text(payload)));
+        }
+        open
+    }
+
+    /// Queues a frame to an inspected connection and lets its inspector
+    /// note the header (shown with the next description). Whether it was queued.
+    pub(crate) fn send_inspected(&mut self, frame: Vec<u8>) -> bool {
+        let Phase::WebSocket(ws) = &mut self.phase else { return false };
+        if !ws.session.is_open() {
+            return false;
+        }
+        if let Role::Inspected(inspector) = &mut ws.role {
+            inspector.sent(&frame);
+        }
+        self.out.push(Chunk::Owned(frame));
+        true
+    }
+
+    /// Starts the closing handshake with `code`; the connection closes once
+    /// the handshake is done or the output is flushed.
+    pub(crate) fn close_ws(&mut self, code: u16, reason: &str) {
+        if let Phase::WebSocket(ws) = &mut self.phase {
+            ws.session.close(code, reason, &mut self.out);
+            self.close_after_flush();
+        }
+    }
+
+    /// The WebSocket heartbeat: ping when quiet, give up when the ping goes
+    /// unanswered (any bytes from the client count as an answer).
+    pub(crate) fn heartbeat(&mut self, now: Instant, interval: Duration, timeout: Duration) -> Heartbeat {
+        let last_read = self.last_read;
+        let Phase::WebSocket(ws) = &mut self.phase else { return Heartbeat::None };
+        match ws.ping_sent {
+            Some(sent) if last_read >= sent => {
+                ws.ping_sent = None;
+                Heartbeat::Next(last_read + interval)
+            }
+            Some(sent) if now >= sent + timeout => Heartbeat::Unanswered,
+            Some(sent) => Heartbeat::Next(sent + timeout),
+            None if now >= last_read + interval => {
+                // A quiet connection: give back the queue's spare capacity too.
+                self.out.shrink();
+                ws.session.ping(b"chatroom", &mut self.out);
+                ws.ping_sent = Some(now);
+                Heartbeat::Pinged(now + timeout)
+            }
+            None => Heartbeat::Next(last_read + interval),
+        }
+    }
+
+    /// The WebSocket state, taken at reap (its role has cleaning up to do).
+    pub(crate) fn into_ws(self) -> Option<WsState> {
+        match self.phase {
+            Phase::WebSocket(ws) => Some(*ws),
+            Phase::Http(_) => None,
+        }
+    }
+}
