@@ -56,8 +56,9 @@ pub(crate) use ws::{Heartbeat, Role, WsState};
 /// Where a connection stands in its protocol.
 #[derive(Debug)]
 enum Phase {
-    /// Reading requests and answering them.
-    Http(HttpState),
+    /// Reading requests and answering them (boxed: a WebSocket, which
+    /// most connections soon are, then carries one pointer for it).
+    Http(Box<HttpState>),
     /// Speaking WebSocket frames (boxed: the larger variant, and most
     /// connections of a chat server spend their life in it).
     WebSocket(Box<WsState>),
@@ -148,7 +149,7 @@ impl Connection {
             ip_counted,
             admin,
             out: OutQueue::new(),
-            phase: Phase::Http(HttpState::new()),
+            phase: Phase::Http(Box::new(HttpState::new())),
             life: Life::Open,
             last_read: now,
             dirty: false,

@@ -52,7 +52,7 @@ fn room_json(record: &RoomRecord, online: usize) -> Value {
 
 impl Server {
     /// Answers `/api/<path>`; `None` when the answer waits for storage.
-    pub(crate) fn on_api(&mut self, key: usize, path: &str, query: &str) -> Option<Response> {
+    pub(super) fn on_api(&mut self, key: usize, path: &str, query: &str) -> Option<Response> {
         let parts: Vec<&str> = path.trim_end_matches('/').split('/').collect();
         let result = match parts.as_slice() {
             ["rooms"] => self.api_rooms(query),

@@ -78,7 +78,7 @@ impl Server {
 
     /// End of turn, before flushing: storage requests leave as one batch,
     /// and presence changes become one frame per room.
-    pub(crate) fn chat_before_flush(&mut self) {
+    pub(super) fn chat_before_flush(&mut self) {
         self.chat.flush_presence();
         self.deliver_chat();
         if let Some(storage) = &mut self.storage {
@@ -99,7 +99,7 @@ impl Server {
     }
 
     /// The storage thread has answers (it woke us through the waker).
-    pub(crate) fn on_storage_replies(&mut self) {
+    pub(super) fn on_storage_replies(&mut self) {
         while let Some(reply) = self.storage.as_mut().and_then(|s| s.try_recv()) {
             match reply {
                 Reply::Committed { upto, result } => {

@@ -68,17 +68,17 @@ mod timers;
 
 /// The listening socket. Fixed tokens sit at the top of the token space,
 /// far above any slab key (connection keys count up from 0).
-pub(crate) const LISTENER: Token = Token(usize::MAX - 1);
+const LISTENER: Token = Token(usize::MAX - 1);
 /// The waker the storage thread (and shutdown handles) use.
-pub(crate) const WAKER: Token = Token(usize::MAX - 2);
+const WAKER: Token = Token(usize::MAX - 2);
 /// SIGTERM / SIGINT.
-pub(crate) const SIGNALS: Token = Token(usize::MAX - 3);
+const SIGNALS: Token = Token(usize::MAX - 3);
 /// The separate admin listener (`--admin-bind`).
-pub(crate) const ADMIN_LISTENER: Token = Token(usize::MAX - 4);
+const ADMIN_LISTENER: Token = Token(usize::MAX - 4);
 /// Redis subscription connection.
-pub(crate) const REDIS_SUB: Token = Token(usize::MAX - 5);
+const REDIS_SUB: Token = Token(usize::MAX - 5);
 /// Redis command connection.
-pub(crate) const REDIS_CMD: Token = Token(usize::MAX - 6);
+const REDIS_CMD: Token = Token(usize::MAX - 6);
 
 /// Size of the one read buffer all connections share, in bytes. Data is
 /// copied out of it right away (into the HTTP head buffer or tungstenite's
@@ -163,26 +163,26 @@ enum RunState {
 
 /// The whole server: the poll, the sockets, and the state of every room.
 pub struct Server {
-    pub(crate) poll: Poll,
+    poll: Poll,
     listener: Option<TcpListener>,
     admin_listener: Option<TcpListener>,
     local_addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
     /// Every connection, keyed by its token.
-    pub(crate) conns: Slab<Connection>,
+    conns: Slab<Connection>,
     /// Settings.
-    pub(crate) cfg: Config,
+    cfg: Config,
     /// The static site.
-    pub(crate) site: Site,
+    site: Site,
     /// The cached `Date` header.
-    pub(crate) date: DateCache,
+    date: DateCache,
     /// The shared read buffer.
     scratch: Box<[u8]>,
     /// Connections with output to flush in `before_sleep`.
-    pub(crate) dirty: Vec<usize>,
+    dirty: Vec<usize>,
     /// Dirty connections whose own post is among this turn's output: they
     /// are flushed first (see `before_sleep`).
-    pub(crate) authors: Vec<usize>,
+    authors: Vec<usize>,
     /// Whether to hold listeners' output back (see `pacing.rs`).
     pacer: Pacer,
     /// After `before_sleep`: every connection in `dirty` is held output.
@@ -195,13 +195,13 @@ pub struct Server {
     /// Connections that still had input when their read budget ran out.
     more_to_read: Vec<(usize, u64)>,
     /// Deadlines.
-    pub(crate) timers: Timers,
+    timers: Timers,
     /// Rooms and members.
-    pub(crate) chat: Chat,
+    chat: Chat,
     /// The storage thread.
-    pub(crate) storage: Option<Storage>,
+    storage: Option<Storage>,
     /// Counters.
-    pub(crate) metrics: Metrics,
+    metrics: Metrics,
     waker: Arc<Waker>,
     stop: Arc<AtomicBool>,
     signals: Option<signal_hook_mio::v1_0::Signals>,
@@ -210,23 +210,23 @@ pub struct Server {
     /// Set when accept failed for lack of descriptors.
     accept_paused: bool,
     /// The time of the current loop turn (read once per turn).
-    pub(crate) now: Instant,
+    now: Instant,
     /// Reused buffer for messages read in one go.
     incoming: Vec<tungstenite::Message>,
     /// Connections watching `/ws/stats`.
-    pub(crate) stats_viewers: usize,
+    stats_viewers: usize,
     /// Open connections per client address (`--max-per-ip`).
-    pub(crate) per_ip: crate::limits::PerIp,
+    per_ip: crate::limits::PerIp,
     /// When each batch of appends left for storage: (last sequence, time).
-    pub(crate) commit_clock: std::collections::VecDeque<(u64, Instant)>,
+    commit_clock: std::collections::VecDeque<(u64, Instant)>,
     /// The Redis bus, with `--redis`.
-    pub(crate) bus: Option<crate::bus::Bus>,
+    bus: Option<crate::bus::Bus>,
     /// The rooms' Redis side, with `--redis` (see `redis.rs`).
-    pub(crate) cluster: Option<crate::cluster::Cluster>,
+    cluster: Option<crate::cluster::Cluster>,
     /// When the once-a-second work (stats feed) runs next.
     next_tick: Instant,
     /// Counters at the last tick, for per-second rates.
-    pub(crate) last_tick: stats::Sample,
+    last_tick: stats::Sample,
 }
 
 impl Server {
@@ -328,12 +328,12 @@ impl Server {
     }
 
     /// Whether the server is serving (not shutting down, storage open).
-    pub(crate) fn is_ready(&self) -> bool {
+    pub(super) fn is_ready(&self) -> bool {
         self.state == RunState::Serving && self.storage.is_some()
     }
 
     /// Whether a graceful shutdown is under way.
-    pub(crate) fn is_draining(&self) -> bool {
+    pub(super) fn is_draining(&self) -> bool {
         self.state != RunState::Serving
     }
 }

@@ -21,7 +21,7 @@ impl Server {
     /// With `--redis`: the bus, connecting from now on, and the cluster
     /// state. The address is resolved once, here; every (re)connect after
     /// that is non-blocking, inside the loop.
-    pub(crate) fn open_redis(cfg: &Config, registry: &Registry) -> Result<(Option<Bus>, Option<Cluster>), StartError> {
+    pub(super) fn open_redis(cfg: &Config, registry: &Registry) -> Result<(Option<Bus>, Option<Cluster>), StartError> {
         let Some(url) = &cfg.redis else { return Ok((None, None)) };
         let url = RedisUrl::parse(url).map_err(|e| StartError(format!("--redis: {e}")))?;
         let mut bus = Bus::new(url, cfg.redis_timeout);
@@ -33,7 +33,7 @@ impl Server {
     }
 
     /// Handles everything the bus produced since the last call.
-    pub(crate) fn on_bus_events(&mut self) {
+    pub(super) fn on_bus_events(&mut self) {
         let (Some(bus), Some(cluster)) = (&mut self.bus, &mut self.cluster) else { return };
         self.metrics.redis_reconnects = bus.reconnects();
         let events: Vec<BusEvent> = bus.drain_events().collect();
@@ -51,7 +51,7 @@ impl Server {
 
     /// Hands the chat's handoffs to the cluster, sends the cluster's
     /// commands, and flushes the bus (once per turn).
-    pub(crate) fn flush_bus(&mut self) {
+    pub(super) fn flush_bus(&mut self) {
         let (Some(bus), Some(cluster)) = (&mut self.bus, &mut self.cluster) else { return };
         cluster.take_handoffs(&mut self.chat);
         for (packed, tag) in cluster.drain_commands() {
@@ -65,14 +65,14 @@ impl Server {
     }
 
     /// Once a second: the cluster's presence snapshots and silent processes.
-    pub(crate) fn on_cluster_tick(&mut self) {
+    pub(super) fn on_cluster_tick(&mut self) {
         if let Some(cluster) = &mut self.cluster {
             cluster.on_tick(self.now, &mut self.chat);
         }
     }
 
     /// When the cluster needs the loop to wake without I/O.
-    pub(crate) fn cluster_wakeup(&self) -> Option<Duration> {
+    pub(super) fn cluster_wakeup(&self) -> Option<Duration> {
         self.cluster.as_ref().and_then(|c| c.next_wakeup(self.now))
     }
 }

@@ -27,7 +27,7 @@ pub struct Sample {
 
 impl Server {
     /// Samples the gauges (a scan of connections: only on cold paths).
-    pub(crate) fn gauges(&self) -> Gauges {
+    pub(super) fn gauges(&self) -> Gauges {
         let websockets = self.conns.iter().filter(|(_, c)| c.is_websocket()).count();
         let (rooms, members) = self.chat.counts();
         Gauges {
@@ -54,7 +54,7 @@ impl Server {
     }
 
     /// The stats frame: totals now, and rates over the last second.
-    pub(crate) fn stats_json(&self) -> String {
+    pub(super) fn stats_json(&self) -> String {
         let g = self.gauges();
         let (now, then) = (self.sample(), self.last_tick);
         let turns = now.turns.saturating_sub(then.turns);
@@ -82,7 +82,7 @@ impl Server {
     }
 
     /// Once a second: send the stats frame to every viewer (framed once).
-    pub(crate) fn on_tick(&mut self) {
+    pub(super) fn on_tick(&mut self) {
         self.on_cluster_tick();
         self.deliver_chat();
         if self.stats_viewers > 0 {
