@@ -169,6 +169,12 @@ const SETTINGS: &[Setting] = &[
         help: "posts held while Redis is away before senders get an error",
     },
     Setting {
+        name: "redis-batch",
+        kind: Kind::Count,
+        default: "100",
+        help: "posts to one room sent in one Redis script call at most (1 = each post alone)",
+    },
+    Setting {
         name: "redis-timeout",
         kind: Kind::Duration,
         default: "5s",
@@ -254,6 +260,8 @@ pub struct Config {
     pub redis: Option<String>,
     /// Posts held while Redis is away.
     pub redis_buffer: usize,
+    /// `--redis-batch`: posts to one room per script call, at most.
+    pub redis_batch: usize,
     /// A Redis reply (or PING answer) later than this takes the link down.
     pub redis_timeout: Duration,
     /// Presence lifetime of a silent process.
@@ -454,6 +462,7 @@ impl Config {
             allow_origin: get("allow-origin").list().into_iter().map(|o| o.to_ascii_lowercase()).collect(),
             redis: optional_text("redis"),
             redis_buffer: get("redis-buffer").count(0, 10_000_000)?,
+            redis_batch: get("redis-batch").count(1, 10_000)?,
             redis_timeout: get("redis-timeout").duration()?,
             presence_ttl: get("presence-ttl").duration()?,
             reuse_port: get("reuse-port").flag()?,

@@ -75,6 +75,8 @@ pub struct Gauges {
     pub redis_up: Option<bool>,
     /// Redis commands sent and not yet answered.
     pub redis_pipeline: usize,
+    /// Posts sent to Redis, and the script calls that carried them.
+    pub redis_posts: (u64, u64),
     /// 1 while ready for traffic.
     pub ready: bool,
 }
@@ -156,6 +158,13 @@ impl Metrics {
         metric("chatroom_rate_limited_total", "counter", "Posts refused by the rate limiter.", self.rate_limited);
         metric("chatroom_redis_reconnects_total", "counter", "Reconnections to Redis.", self.redis_reconnects);
         metric("chatroom_redis_pipeline_depth", "gauge", "Redis commands awaiting replies.", g.redis_pipeline as u64);
+        metric("chatroom_redis_posts_total", "counter", "Posts sent to Redis.", g.redis_posts.0);
+        metric(
+            "chatroom_redis_post_calls_total",
+            "counter",
+            "Script calls that carried them (posts per call: the batching).",
+            g.redis_posts.1,
+        );
         if let Some(up) = g.redis_up {
             metric("chatroom_redis_up", "gauge", "1 while Redis is connected.", u64::from(up));
         }

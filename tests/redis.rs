@@ -240,3 +240,55 @@ fn a_frozen_redis_is_noticed_within_the_timeout_and_the_chat_resumes() {
     send_text(&mut c, r#"{"message": "after"}"#);
     assert_eq!(recv_type(&mut c, "message")["message"], "after");
 }
+
+#[test]
+fn history_kept_under_the_earlier_key_names_is_moved_on_start() {
+    let redis = RedisServer::start(false);
+    // A room as an earlier chatroom left it: keys without a hash tag.
+    redis.cli(&["HSET", "chatroom:rooms", "old", "1"]);
+    redis.cli(&["SET", "chatroom:room:old:id", "2"]);
+    for id in 1..=2 {
+        let json = serde_json::json!({"type": "message", "room": "old", "id": id, "username": "u", "message": format!("m{id}"), "ts": 1});
+        redis.cli(&["XADD", "chatroom:room:old:log", &format!("{id}-0"), "m", &json.to_string()]);
+    }
+    let a = node(&redis);
+    wait_up(&a);
+    let (mut c, w) = join(&a, "old", "?username=a");
+    let ids: Vec<u64> = w["history"].as_array().unwrap().iter().map(|m| m["id"].as_u64().unwrap()).collect();
+    assert_eq!(ids, vec![1, 2], "the history under the earlier names is the room's");
+    send_text(&mut c, r#"{"message": "next"}"#);
+    let next = loop {
+        let m = recv_type(&mut c, "message");
+        if m["message"] == "next" {
+            break m;
+        }
+    };
+    assert_eq!(next["id"], 3, "ids go on from where they were");
+    assert_eq!(redis.cli(&["EXISTS", "chatroom:room:old:log"]), "0");
+    assert_eq!(redis.cli(&["XLEN", "chatroom:{old}:log"]), "3");
+}
+
+#[test]
+fn a_turn_s_posts_to_a_room_share_one_script_call() {
+    let redis = RedisServer::start(false);
+    let a = node(&redis);
+    wait_up(&a);
+    let (mut c, _) = join(&a, "batch", "?username=a");
+    // 50 posts in one write: they are read and handed to Redis in the
+    // same loop turn (or a few), far fewer calls than posts.
+    let mut frames = Vec::new();
+    for i in 0..50 {
+        frames.extend(client_frame(1, true, format!(r#"{{"message": "p{i}"}}"#).as_bytes(), true));
+    }
+    let stream = c.get_mut();
+    match stream {
+        tungstenite::stream::MaybeTlsStream::Plain(s) => std::io::Write::write_all(s, &frames).unwrap(),
+        _ => unreachable!("plain TCP"),
+    }
+    let ids: Vec<u64> = (0..50).map(|_| recv_type(&mut c, "message")["id"].as_u64().unwrap()).collect();
+    assert_eq!(ids, (1..=50).collect::<Vec<_>>());
+    let posts = metric(a.addr, "chatroom_redis_posts_total");
+    let calls = metric(a.addr, "chatroom_redis_post_calls_total");
+    assert_eq!(posts, 50.0);
+    assert!(calls <= 10.0, "{calls} script calls for 50 posts sent at once");
+}

@@ -3,11 +3,16 @@
 //! | key or channel | what it holds |
 //! |---|---|
 //! | `chatroom:rooms` | hash: every room ever created → created (ms) |
-//! | `chatroom:room:<room>:id` | the room's last id (INCR) |
-//! | `chatroom:room:<room>:log` | stream: the room's messages, entry id `<id>-0`, field `m` = the JSON event |
-//! | `chatroom:post:<uid>` | the id a post got, for an hour (retries publish once) |
-//! | [`MESSAGES_CHANNEL`] | every message, as its JSON event |
+//! | `chatroom:{ROOM}:id` | the room's last id (INCR) |
+//! | `chatroom:{ROOM}:log` | stream: the room's messages, entry id `<id>-0`, field `m` = the JSON event |
+//! | `chatroom:{ROOM}:seq` | hash: process id → the sequence number of its last post applied to the room (retries apply once) |
+//! | [`MESSAGES_CHANNEL`] | every message: one or more JSON events, one per line |
 //! | [`PRESENCE_CHANNEL`] | each process's members (see `presence.rs`) |
+//!
+//! Every key of a room carries the room's name in braces, the *hash tag*:
+//! Redis Cluster places a key by the part between the first `{` and `}`,
+//! so a room's keys share one slot, which is what lets one script touch
+//! them all. (Room names hold no braces: `route::valid_room_name`.)
 //!
 //! A message is the same JSON event everywhere: in the stream, on the
 //! channel, and on the WebSocket to a client. [`POST_SCRIPT`] puts the id
@@ -25,46 +30,94 @@ pub const PRESENCE_CHANNEL: &[u8] = b"chatroom:presence";
 /// Entries kept in each room's stream (approximately: MAXLEN ~).
 pub const STREAM_MAXLEN: u64 = 10_000;
 
-/// How long a post's unique id is remembered for deduplication, in seconds.
-pub(super) const DEDUPE_TTL_S: u64 = 3600;
+/// How long a room's sequence marks outlive its last post, in seconds: a
+/// retry comes within seconds of its first try, and an hour keeps the hash
+/// from collecting the marks of processes long gone.
+pub(super) const SEQ_TTL_S: u64 = 3600;
 
 /// The hash of every room ever created: name → created (ms).
 pub(super) const ROOMS_KEY: &str = "chatroom:rooms";
 
 /// The key of a room's id counter.
 pub(super) fn id_key(room: &str) -> String {
-    format!("chatroom:room:{room}:id")
+    format!("chatroom:{{{room}}}:id")
 }
 
 /// The key of a room's stream.
 pub(super) fn log_key(room: &str) -> String {
-    format!("chatroom:room:{room}:log")
+    format!("chatroom:{{{room}}}:log")
 }
 
-/// The key that remembers the id a post got.
-pub(super) fn post_key(uid: &str) -> String {
-    format!("chatroom:post:{uid}")
+/// The key of a room's sequence marks.
+pub(super) fn seq_key(room: &str) -> String {
+    format!("chatroom:{{{room}}}:seq")
 }
 
-/// INCR + XADD + PUBLISH, atomically, at most once per post.
+/// Posts to one room, in order, atomically; each at most once.
 ///
-/// KEYS: 1 = the room's id counter, 2 = the room's stream, 3 = the post's
-/// dedupe key. ARGV: 1 = channel, 2 = highest id the caller knows,
-/// 3/4 = the JSON event before/after the id, 5 = MAXLEN, 6 = dedupe TTL.
+/// KEYS: 1 = the room's id counter, 2 = its stream, 3 = its sequence
+/// marks. ARGV: 1 = channel, 2 = highest id the caller knows (a Redis that
+/// restarted empty never hands out an id at or below it), 3 = the caller's
+/// process id, 4 = MAXLEN, 5 = the marks' TTL, then three per post: its
+/// sequence number, and the JSON event before and after the id.
+///
+/// A process numbers its posts to a room 1, 2, 3… and sends them in that
+/// order, retries included; the room remembers the last number it applied
+/// from each process, so a post sent again after a lost reply is answered
+/// 0 ("applied before") instead of being posted twice. The posts that are
+/// new leave in one PUBLISH, one event per line. Returns each post's id
+/// (0 for a repeat), in order.
 pub const POST_SCRIPT: &str = r#"
-local done = redis.call('GET', KEYS[3])
-if done then return tonumber(done) end
-local id = redis.call('INCR', KEYS[1])
+local last = tonumber(redis.call('HGET', KEYS[3], ARGV[3]) or '0')
 local known = tonumber(ARGV[2])
-if id <= known then
-  id = known + 1
-  redis.call('SET', KEYS[1], id)
+local ids = {}
+local events = {}
+for i = 6, #ARGV, 3 do
+  local seq = tonumber(ARGV[i])
+  if seq <= last then
+    ids[#ids + 1] = 0
+  else
+    local id = redis.call('INCR', KEYS[1])
+    if id <= known then
+      id = known + 1
+      redis.call('SET', KEYS[1], id)
+    end
+    local json = ARGV[i + 1] .. id .. ARGV[i + 2]
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], id .. '-0', 'm', json)
+    events[#events + 1] = json
+    ids[#ids + 1] = id
+    last = seq
+  end
 end
-local json = ARGV[3] .. id .. ARGV[4]
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], id .. '-0', 'm', json)
-redis.call('PUBLISH', ARGV[1], json)
-redis.call('SET', KEYS[3], id, 'EX', ARGV[6])
-return id
+if #events > 0 then
+  redis.call('PUBLISH', ARGV[1], table.concat(events, '\n'))
+  redis.call('HSET', KEYS[3], ARGV[3], last)
+  redis.call('EXPIRE', KEYS[3], ARGV[5])
+end
+return ids
+"#;
+
+/// Moves every room's keys from the names without a hash tag
+/// (`chatroom:room:ROOM:id`, `…:log`) to today's, once per Redis: a
+/// single Redis that served an earlier chatroom keeps its history. Runs
+/// before any post of the process (same connection, in order), marks the
+/// Redis as done (`chatroom:layout` = 2), and costs one GET after that.
+/// Only for a single Redis: in a cluster the old and new names of a room
+/// may sit on different nodes, and a cluster never held the old layout.
+pub const MIGRATE_SCRIPT: &str = r#"
+if redis.call('GET', 'chatroom:layout') == '2' then return 0 end
+local moved = 0
+for _, room in ipairs(redis.call('HKEYS', 'chatroom:rooms')) do
+  for _, part in ipairs({'id', 'log'}) do
+    local old = 'chatroom:room:' .. room .. ':' .. part
+    if redis.call('EXISTS', old) == 1 then
+      redis.call('RENAMENX', old, 'chatroom:{' .. room .. '}:' .. part)
+      moved = moved + 1
+    end
+  end
+end
+redis.call('SET', 'chatroom:layout', '2')
+return moved
 "#;
 
 /// A published message, decoded.
@@ -89,9 +142,17 @@ impl Published {
     }
 }
 
-/// Decodes a message from the channel (or a stream entry).
+/// Decodes one message event (a stream entry, or a line of a channel's payload).
 pub(super) fn decode_published(payload: &[u8]) -> Option<Published> {
     serde_json::from_slice(payload).ok()
+}
+
+/// Decodes a channel's payload: one or more events, one per line (a JSON
+/// event holds no raw newline: serde escapes it in strings). A line that
+/// does not decode is skipped; the gap it leaves is caught up from the
+/// stream like any other.
+pub(super) fn decode_batch(payload: &[u8]) -> Vec<Published> {
+    payload.split(|&b| b == b'\n').filter(|line| !line.is_empty()).filter_map(decode_published).collect()
 }
 
 /// XRANGE/XREVRANGE reply → messages in ascending id order.
@@ -148,6 +209,22 @@ mod tests {
         let msgs = stream_messages(&Value::Array(vec![entry(3), entry(2)]));
         assert_eq!(msgs.iter().map(|m| m.id).collect::<Vec<_>>(), vec![2, 3]);
         assert!(stream_messages(&Value::Nil).is_empty());
+    }
+
+    #[test]
+    fn a_batch_is_one_event_per_line() {
+        let one = |id| crate::chat::protocol::message_json("r", id, "u", "a\nb", 5);
+        let payload = format!("{}\n{}\nnot json\n\n{}", one(1), one(2), one(3));
+        let ids: Vec<u64> = decode_batch(payload.as_bytes()).iter().map(|p| p.id).collect();
+        assert_eq!(ids, vec![1, 2, 3]);
+        assert_eq!(decode_batch(one(7).as_bytes()).first().map(|p| p.message.as_str()), Some("a\nb"));
+    }
+
+    #[test]
+    fn a_room_s_keys_share_its_hash_tag() {
+        for key in [id_key("team-a"), log_key("team-a"), seq_key("team-a")] {
+            assert!(key.starts_with("chatroom:{team-a}:"), "{key}");
+        }
     }
 
     #[test]

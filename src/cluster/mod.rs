@@ -72,7 +72,7 @@ use log::{info, warn};
 use crate::bus::{BusEvent, Value, Which};
 use crate::chat::{Chat, Handoff, NotSent};
 use feed::Feed;
-use layout::decode_published;
+use layout::decode_batch;
 pub use layout::{MESSAGES_CHANNEL, POST_SCRIPT, PRESENCE_CHANNEL, STREAM_MAXLEN};
 use posts::Posts;
 use presence::Presence;
@@ -114,9 +114,9 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Redis-mode state; `backlog_cap` is `--redis-buffer`, `presence_ttl`
-    /// is `--presence-ttl`.
-    pub fn new(backlog_cap: usize, presence_ttl: Duration) -> Cluster {
+    /// Redis-mode state; `backlog_cap` is `--redis-buffer`, `batch` is
+    /// `--redis-batch`, `presence_ttl` is `--presence-ttl`.
+    pub fn new(backlog_cap: usize, batch: usize, presence_ttl: Duration) -> Cluster {
         let seed =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
                 ^ u128::from(std::process::id()) << 64;
@@ -125,7 +125,7 @@ impl Cluster {
         Cluster {
             commands: Commands::new(),
             up: false,
-            posts: Posts::new(&proc_id, backlog_cap),
+            posts: Posts::new(&proc_id, backlog_cap, batch),
             reads: Reads::default(),
             feed: Feed::default(),
             presence: Presence::new(&proc_id, presence_ttl),
@@ -151,7 +151,7 @@ impl Cluster {
                 }
                 Handoff::Post(intent) => {
                     let author = intent.author;
-                    if !self.posts.post(intent, self.up, &mut self.commands) {
+                    if !self.posts.post(intent, self.up) {
                         chat.refuse_post(author, NotSent::Unreachable);
                     }
                 }
@@ -168,9 +168,9 @@ impl Cluster {
                 info!("redis: command connection up");
                 // Load the script, learn the rooms, then send what waited.
                 self.up = true;
-                Posts::load_script(&mut self.commands);
+                Posts::on_connected(&mut self.commands, true);
                 self.commands.push((redis::cmd("HGETALL").arg(layout::ROOMS_KEY).get_packed_command(), TAG_ROOMS));
-                self.posts.send_backlog(&mut self.commands);
+                self.posts.send(&mut self.commands);
                 self.reads.send_deferred(&mut self.commands);
             }
             BusEvent::SubscribedUp => {
@@ -190,7 +190,7 @@ impl Cluster {
             BusEvent::Failed { tag } => self.on_failed(tag, chat),
             BusEvent::Message { channel, payload } => {
                 if channel == MESSAGES_CHANNEL {
-                    if let Some(p) = decode_published(&payload) {
+                    for p in decode_batch(&payload) {
                         self.feed.on_published(p, chat, &mut self.reads, &mut self.commands);
                     }
                 } else if channel == PRESENCE_CHANNEL {
@@ -210,22 +210,35 @@ impl Cluster {
         self.presence.next_wakeup(now)
     }
 
-    /// The commands for the bus, oldest first.
+    /// The commands for the bus, oldest first: the turn's posts go with
+    /// them, one script call per room (while Redis is away they wait).
     pub fn drain_commands(&mut self) -> std::vec::Drain<'_, (Vec<u8>, u64)> {
+        if self.up {
+            self.posts.send(&mut self.commands);
+        }
         self.commands.drain(..)
+    }
+
+    /// Posts sent to Redis and the script calls that carried them, since
+    /// the start (`/metrics`: posts per call shows the batching).
+    pub fn posts_sent(&self) -> (u64, u64) {
+        self.posts.sent()
     }
 
     /// Redis answered one of our commands.
     fn on_reply(&mut self, tag: u64, value: Value, chat: &mut Chat) {
         match tag & TAG_KIND {
-            TAG_POST => match self.posts.on_reply(tag, value, &mut self.commands) {
-                posts::Answer::Posted { room, id, author } => self.feed.on_posted(room, id, author, chat),
-                posts::Answer::Failed { author, reason } => {
-                    warn!("post refused: {reason}");
-                    chat.refuse_post(author, NotSent::Refused);
+            TAG_POST => {
+                for answer in self.posts.on_reply(tag, value, &mut self.commands) {
+                    match answer {
+                        posts::Answer::Posted { room, id, author } => self.feed.on_posted(room, id, author, chat),
+                        posts::Answer::Failed { author, reason } => {
+                            warn!("post refused: {reason}");
+                            chat.refuse_post(author, NotSent::Refused);
+                        }
+                    }
                 }
-                posts::Answer::Nothing => {}
-            },
+            }
             TAG_READ => {
                 let Some(answer) = self.reads.on_reply(tag, &value) else { return };
                 match answer.reader {
@@ -247,7 +260,7 @@ impl Cluster {
     fn on_failed(&mut self, tag: u64, chat: &mut Chat) {
         match tag & TAG_KIND {
             TAG_POST => {
-                if let Some(author) = self.posts.on_failed(tag) {
+                for author in self.posts.on_failed(tag) {
                     warn!("post refused: Redis is unavailable");
                     chat.refuse_post(author, NotSent::Refused);
                 }
@@ -270,7 +283,7 @@ mod tests {
     #[test]
     fn a_resubscribe_catches_up_the_rooms_live_here() {
         let mut chat = Chat::new(&Config::defaults(), Vec::new(), crate::chat::Mode::Shared);
-        let mut cluster = Cluster::new(10, Duration::from_secs(30));
+        let mut cluster = Cluster::new(10, 100, Duration::from_secs(30));
         let now = Instant::now();
         let a = chat.join((1, 1), "a", Some("x"), None, now).unwrap();
         chat.join((2, 2), "b", Some("y"), None, now).unwrap();
@@ -287,7 +300,7 @@ mod tests {
     #[test]
     fn a_post_with_no_room_left_to_wait_is_refused() {
         let mut chat = Chat::new(&Config::defaults(), Vec::new(), crate::chat::Mode::Shared);
-        let mut cluster = Cluster::new(0, Duration::from_secs(30));
+        let mut cluster = Cluster::new(0, 100, Duration::from_secs(30));
         let now = Instant::now();
         let mut m = chat.join((1, 1), "r", Some("x"), None, now).unwrap();
         chat.out.clear();

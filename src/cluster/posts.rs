@@ -1,30 +1,42 @@
-//! Posting through Redis: every post runs [`POST_SCRIPT`] once, whatever
+//! Posting through Redis: the posts of one loop turn leave together, one
+//! [`POST_SCRIPT`] call per room (up to `--redis-batch` posts each), all of
+//! them pipelined in one write; each post is applied exactly once, whatever
 //! happens to the connection on the way.
 //!
-//! A post waits in a bounded backlog while the command connection is down
-//! (`--redis-buffer`), and is sent again if the connection drops before the
-//! answer: the outcome is unknown then, and the script answers a repeat of
-//! the same uid with the id it already gave, so a retry never publishes
-//! twice. Only a full backlog, or Redis refusing the script, makes a post
-//! fail, and then its author is told.
+//! Why batch: a script call has a fixed cost in Redis (parsing, the Lua
+//! call, a PUBLISH that every subscriber must read) far above the cost of
+//! one more XADD inside it, so a busy room's posts are much cheaper
+//! together, and every subscriber reads one message per call instead of
+//! one per post.
+//!
+//! Exactly once: a process numbers its posts to each room 1, 2, 3… and
+//! always sends them in that order; the script remembers the last number
+//! it applied from this process, and answers a post sent again (after a
+//! lost reply) with 0 instead of posting it twice. So a post waits in a
+//! bounded backlog while the command connection is down (`--redis-buffer`),
+//! and goes again if the connection drops before the answer. Only a full
+//! backlog, or Redis refusing the script, makes a post fail, and then its
+//! author is told.
 
 use std::collections::{HashMap, VecDeque};
 
 use data_encoding::HEXLOWER;
 use sha1::{Digest, Sha1};
 
-use super::layout::{DEDUPE_TTL_S, MESSAGES_CHANNEL, POST_SCRIPT, STREAM_MAXLEN, id_key, log_key, post_key};
-use super::{Commands, TAG_KIND, TAG_POST, TAG_SCRIPT};
+use super::layout::{
+    MESSAGES_CHANNEL, MIGRATE_SCRIPT, POST_SCRIPT, SEQ_TTL_S, STREAM_MAXLEN, id_key, log_key, seq_key,
+};
+use super::{Commands, TAG_INTERNAL, TAG_KIND, TAG_POST, TAG_SCRIPT};
 use crate::bus::Value;
 use crate::chat::PostIntent;
 
 /// A post on its way to Redis.
 #[derive(Debug, Clone)]
 struct Post {
-    /// Unique over all processes and restarts: process id + counter.
-    uid: String,
     /// The room.
     room: String,
+    /// Its number among this process's posts to the room (from 1).
+    seq: u64,
     /// JSON before the id.
     prefix: String,
     /// JSON after the id.
@@ -35,7 +47,7 @@ struct Post {
     known_last: u64,
 }
 
-/// What a reply to a post means.
+/// What a reply to a script call means for one of its posts.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Answer {
     /// Published with this id (its message arrives through the
@@ -55,50 +67,72 @@ pub(super) enum Answer {
         /// Why, for the log.
         reason: String,
     },
-    /// Nothing to do (sent again, or not a post of ours).
-    Nothing,
 }
 
-/// Posts waiting for Redis and posts waiting for its answer.
+/// Posts waiting for the turn's end, for Redis, or for its answer.
 #[derive(Debug)]
 pub(super) struct Posts {
-    /// This process's id: the first half of every uid.
+    /// This process's id: the script keeps a sequence mark per process.
     proc_id: String,
-    /// Counts posts (the second half of their uids) and their tags.
-    next: u64,
     /// SHA1 of [`POST_SCRIPT`], for EVALSHA.
     script_sha: String,
-    /// Posts sent and not yet answered, by tag.
-    in_flight: HashMap<u64, Post>,
-    /// Posts waiting for Redis, oldest first (bounded by `--redis-buffer`).
-    backlog: VecDeque<Post>,
+    /// Counts script calls, for their tags.
+    calls: u64,
+    /// The number of this process's last post to each room.
+    seqs: HashMap<String, u64>,
+    /// Posts waiting to be sent: this turn's, and those that waited for
+    /// Redis or must go again, in the order they were first sent.
+    waiting: VecDeque<Post>,
+    /// Script calls sent and not answered yet, by tag.
+    in_flight: HashMap<u64, Vec<Post>>,
+    /// `--redis-buffer`: posts that may wait while Redis is away.
     backlog_cap: usize,
+    /// `--redis-batch`: posts per script call at most.
+    batch: usize,
+    /// Posts sent, and script calls that carried them (for `/metrics`).
+    sent: (u64, u64),
 }
 
 impl Posts {
-    /// No posts yet; `backlog_cap` is `--redis-buffer`.
-    pub(super) fn new(proc_id: &str, backlog_cap: usize) -> Posts {
+    /// No posts yet; `backlog_cap` is `--redis-buffer`, `batch` is `--redis-batch`.
+    pub(super) fn new(proc_id: &str, backlog_cap: usize, batch: usize) -> Posts {
         Posts {
             proc_id: proc_id.to_string(),
-            next: 0,
             script_sha: HEXLOWER.encode(&Sha1::digest(POST_SCRIPT.as_bytes())),
+            calls: 0,
+            seqs: HashMap::new(),
+            waiting: VecDeque::new(),
             in_flight: HashMap::new(),
-            backlog: VecDeque::new(),
             backlog_cap,
+            batch: batch.max(1),
+            sent: (0, 0),
         }
+    }
+
+    /// After every connect: moves keys of an older layout (a single Redis
+    /// only), then loads the script; both before any post on the connection.
+    pub(super) fn on_connected(commands: &mut Commands, single: bool) {
+        if single {
+            let migrate = redis::cmd("EVAL").arg(MIGRATE_SCRIPT).arg(0).get_packed_command();
+            commands.push((migrate, TAG_INTERNAL));
+        }
+        Posts::load_script(commands);
     }
 
     /// Loads the script into Redis's cache (after every connect, and when
     /// Redis says it lost it).
-    pub(super) fn load_script(commands: &mut Commands) {
+    fn load_script(commands: &mut Commands) {
         let load = redis::cmd("SCRIPT").arg("LOAD").arg(POST_SCRIPT).get_packed_command();
         commands.push((load, TAG_SCRIPT));
     }
 
-    /// Sends a member's post now if `up`, else keeps it in the backlog.
-    /// `false` means the backlog is full: the post was not taken.
-    pub(super) fn post(&mut self, intent: PostIntent, up: bool, commands: &mut Commands) -> bool {
-        self.next += 1;
+    /// Takes a member's post; it leaves at the turn's end ([`Posts::send`])
+    /// or, while Redis is away (`up` false), when it is back. `false` means
+    /// Redis is away and too many posts wait already: the post was not taken.
+    pub(super) fn post(&mut self, intent: PostIntent, up: bool) -> bool {
+        if !up && self.waiting.len() >= self.backlog_cap {
+            return false;
+        }
         let PostIntent { room, username, text, ts, known_last, author } = intent;
         let mut prefix = String::from(r#"{"type":"message","room":"#);
         prefix.push_str(&serde_json::Value::from(room.as_str()).to_string());
@@ -108,72 +142,128 @@ impl Posts {
             serde_json::Value::from(username),
             serde_json::Value::from(text)
         );
-        let post = Post { uid: format!("{}:{}", self.proc_id, self.next), room, prefix, suffix, author, known_last };
-        if up {
-            self.send(post, commands);
-            true
-        } else if self.backlog.len() < self.backlog_cap {
-            self.backlog.push_back(post);
-            true
-        } else {
-            false
+        let seq = self.seqs.entry(room.clone()).or_insert(0);
+        *seq += 1;
+        self.waiting.push_back(Post { room, seq: *seq, prefix, suffix, author, known_last });
+        true
+    }
+
+    /// Sends every waiting post, one script call per room and per
+    /// `--redis-batch` posts, each room's posts in their order. The calls
+    /// are pipelined: the bus writes them all in one go.
+    pub(super) fn send(&mut self, commands: &mut Commands) {
+        if self.waiting.is_empty() {
+            return;
+        }
+        // Group by room, keeping each room's order (rooms in order of
+        // their first waiting post, so the oldest post leaves first).
+        let mut order: Vec<String> = Vec::new();
+        let mut by_room: HashMap<String, Vec<Post>> = HashMap::new();
+        for post in self.waiting.drain(..) {
+            let posts = by_room.entry(post.room.clone()).or_insert_with(|| {
+                order.push(post.room.clone());
+                Vec::new()
+            });
+            posts.push(post);
+        }
+        for room in order {
+            let Some(mut posts) = by_room.remove(&room) else { continue };
+            // A retried post and a newer one may meet here: numbers in order.
+            posts.sort_by_key(|p| p.seq);
+            while !posts.is_empty() {
+                let rest = posts.split_off(self.batch.min(posts.len()));
+                self.send_call(posts, commands);
+                posts = rest;
+            }
         }
     }
 
-    /// The command connection is up: sends what waited, oldest first.
-    pub(super) fn send_backlog(&mut self, commands: &mut Commands) {
-        while let Some(post) = self.backlog.pop_front() {
-            self.send(post, commands);
-        }
-    }
-
-    fn send(&mut self, post: Post, commands: &mut Commands) {
-        self.next += 1;
-        let tag = TAG_POST | (self.next & !TAG_KIND);
-        let cmd = redis::cmd("EVALSHA")
-            .arg(&self.script_sha)
+    /// One script call for `posts`, all to one room, in order.
+    fn send_call(&mut self, posts: Vec<Post>, commands: &mut Commands) {
+        let Some(first) = posts.first() else { return };
+        self.calls += 1;
+        let tag = TAG_POST | (self.calls & !TAG_KIND);
+        let known_last = posts.iter().map(|p| p.known_last).max().unwrap_or(0);
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(&self.script_sha)
             .arg(3)
-            .arg(id_key(&post.room))
-            .arg(log_key(&post.room))
-            .arg(post_key(&post.uid))
+            .arg(id_key(&first.room))
+            .arg(log_key(&first.room))
+            .arg(seq_key(&first.room))
             .arg(MESSAGES_CHANNEL)
-            .arg(post.known_last)
-            .arg(&post.prefix)
-            .arg(&post.suffix)
+            .arg(known_last)
+            .arg(&self.proc_id)
             .arg(STREAM_MAXLEN)
-            .arg(DEDUPE_TTL_S)
-            .get_packed_command();
-        commands.push((cmd, tag));
-        self.in_flight.insert(tag, post);
-    }
-
-    /// A post's command failed without an answer (the connection dropped,
-    /// or the bus was down): it goes back to the backlog, to be sent again
-    /// (the script makes that safe). Returns its author if the backlog is
-    /// full and the post is given up.
-    pub(super) fn on_failed(&mut self, tag: u64) -> Option<(usize, u64)> {
-        let post = self.in_flight.remove(&tag)?;
-        if self.backlog.len() < self.backlog_cap {
-            self.backlog.push_back(post);
-            return None;
+            .arg(SEQ_TTL_S);
+        for post in &posts {
+            cmd.arg(post.seq).arg(&post.prefix).arg(&post.suffix);
         }
-        Some(post.author)
+        commands.push((cmd.get_packed_command(), tag));
+        self.sent.0 += posts.len() as u64;
+        self.sent.1 += 1;
+        self.in_flight.insert(tag, posts);
     }
 
-    /// Redis answered a post.
-    pub(super) fn on_reply(&mut self, tag: u64, value: Value, commands: &mut Commands) -> Answer {
-        let Some(post) = self.in_flight.remove(&tag) else { return Answer::Nothing };
+    /// A script call failed without an answer (the connection dropped, or
+    /// the bus was down): its posts wait to go again (the sequence marks
+    /// make that safe). Returns the authors of those given up because too
+    /// many posts wait already.
+    pub(super) fn on_failed(&mut self, tag: u64) -> Vec<(usize, u64)> {
+        let Some(posts) = self.in_flight.remove(&tag) else { return Vec::new() };
+        let mut given_up = Vec::new();
+        for post in posts {
+            if self.waiting.len() < self.backlog_cap {
+                self.waiting.push_back(post);
+            } else {
+                given_up.push(post.author);
+            }
+        }
+        given_up
+    }
+
+    /// Redis answered a script call: one answer per post of it that is
+    /// new to the chat (repeats of posts applied before say nothing).
+    pub(super) fn on_reply(&mut self, tag: u64, value: Value, commands: &mut Commands) -> Vec<Answer> {
+        let Some(posts) = self.in_flight.remove(&tag) else { return Vec::new() };
         match value {
-            Value::Int(id) => Answer::Posted { room: post.room, id: id.max(0) as u64, author: post.author },
-            // The script cache was emptied (Redis restarted between our
-            // SCRIPT LOAD and this call): load it and go again.
+            Value::Array(ids) => posts
+                .into_iter()
+                .zip(ids.into_iter().map(Some).chain(std::iter::repeat(None)))
+                .filter_map(|(post, id)| match id {
+                    Some(Value::Int(id)) if id > 0 => {
+                        Some(Answer::Posted { room: post.room, id: id as u64, author: post.author })
+                    }
+                    // Applied by an earlier try whose answer was lost: its
+                    // message came (or comes) through the subscription.
+                    Some(Value::Int(_)) => None,
+                    other => Some(Answer::Failed {
+                        author: post.author,
+                        reason: format!("unexpected answer to a post: {other:?}"),
+                    }),
+                })
+                .collect(),
+            // The script cache was emptied (Redis restarted, or a replica
+            // took over, since our SCRIPT LOAD): load it and go again. Later
+            // calls pipelined behind this one fail the same way and come
+            // back here in order, so each room's posts keep their order.
             Value::Error(e) if e.starts_with("NOSCRIPT") => {
                 Posts::load_script(commands);
-                self.send(post, commands);
-                Answer::Nothing
+                self.send_call(posts, commands);
+                Vec::new()
             }
-            other => Answer::Failed { author: post.author, reason: format!("Redis refused the post: {other:?}") },
+            other => posts
+                .into_iter()
+                .map(|post| Answer::Failed {
+                    author: post.author,
+                    reason: format!("Redis refused the post: {other:?}"),
+                })
+                .collect(),
         }
+    }
+
+    /// Posts sent and script calls that carried them, since the start.
+    pub(super) fn sent(&self) -> (u64, u64) {
+        self.sent
     }
 }
 
@@ -181,17 +271,30 @@ impl Posts {
 mod tests {
     use super::*;
 
-    fn intent(text: &str) -> PostIntent {
-        PostIntent { room: "r".into(), username: "a".into(), text: text.into(), ts: 0, known_last: 0, author: (1, 1) }
+    fn intent(room: &str, text: &str) -> PostIntent {
+        PostIntent { room: room.into(), username: "a".into(), text: text.into(), ts: 0, known_last: 0, author: (1, 1) }
+    }
+
+    /// The (tag, room, sequence numbers) of each call in `commands`.
+    fn calls(posts: &Posts, commands: &Commands) -> Vec<(u64, String, Vec<u64>)> {
+        commands
+            .iter()
+            .filter_map(|(_, tag)| {
+                let call = posts.in_flight.get(tag)?;
+                let room = call.first()?.room.clone();
+                Some((*tag, room, call.iter().map(|p| p.seq).collect()))
+            })
+            .collect()
     }
 
     #[test]
     fn post_json_halves_make_a_message_event() {
-        let mut posts = Posts::new("p", 10);
+        let mut posts = Posts::new("p", 10, 100);
         let mut commands = Commands::new();
-        let post = PostIntent { username: "al\"ice".into(), ts: 17, known_last: 3, ..intent("hi <b>") };
-        assert!(posts.post(post, true, &mut commands));
-        let post = posts.in_flight.values().next().unwrap();
+        let post = PostIntent { username: "al\"ice".into(), ts: 17, known_last: 3, ..intent("r", "hi <b>") };
+        assert!(posts.post(post, true));
+        posts.send(&mut commands);
+        let post = posts.in_flight.values().next().and_then(|c| c.first()).unwrap();
         let json = format!("{}{}{}", post.prefix, 42, post.suffix);
         assert_eq!(json, crate::chat::protocol::message_json("r", 42, "al\"ice", "hi <b>", 17));
         let p = super::super::layout::decode_published(json.as_bytes()).unwrap();
@@ -199,38 +302,61 @@ mod tests {
     }
 
     #[test]
-    fn backlog_is_bounded_and_failed_posts_are_retried() {
-        let mut posts = Posts::new("p", 2);
+    fn a_turn_s_posts_leave_one_call_per_room_and_batch() {
+        let mut posts = Posts::new("p", 100, 2);
         let mut commands = Commands::new();
-        assert!(posts.post(intent("1"), false, &mut commands));
-        assert!(posts.post(intent("2"), false, &mut commands));
-        assert!(!posts.post(intent("3"), false, &mut commands), "backlog full: the author is told");
-        assert!(commands.is_empty());
-        posts.send_backlog(&mut commands);
-        assert_eq!((posts.backlog.len(), posts.in_flight.len(), commands.len()), (0, 2, 2));
-        let (_, tag) = commands[0];
-        assert_eq!(posts.on_failed(tag), None);
-        assert_eq!(posts.backlog.len(), 1, "an unanswered post is sent again");
-        // The backlog full again: a post that fails now is given up.
-        assert!(posts.post(intent("4"), false, &mut commands));
-        let (_, tag) = commands[1];
-        assert_eq!(posts.on_failed(tag), Some((1, 1)));
+        for (room, text) in [("a", "1"), ("b", "1"), ("a", "2"), ("a", "3"), ("b", "2")] {
+            assert!(posts.post(intent(room, text), true));
+        }
+        posts.send(&mut commands);
+        let got: Vec<(String, Vec<u64>)> = calls(&posts, &commands).into_iter().map(|(_, r, s)| (r, s)).collect();
+        assert_eq!(
+            got,
+            vec![("a".into(), vec![1, 2]), ("a".into(), vec![3]), ("b".into(), vec![1, 2])],
+            "rooms in order of their first post; at most 2 posts a call"
+        );
+        assert_eq!(posts.sent(), (5, 3));
     }
 
     #[test]
-    fn a_lost_script_is_loaded_again_and_the_post_resent() {
-        let mut posts = Posts::new("p", 2);
+    fn a_failed_call_goes_again_in_order_and_the_backlog_is_bounded() {
+        let mut posts = Posts::new("p", 3, 100);
         let mut commands = Commands::new();
-        assert!(posts.post(intent("1"), true, &mut commands));
+        assert!(posts.post(intent("r", "1"), true));
+        assert!(posts.post(intent("r", "2"), true));
+        posts.send(&mut commands);
+        let (_, tag) = commands.remove(0);
+        // A newer post waits while the first call fails.
+        assert!(posts.post(intent("r", "3"), true));
+        assert_eq!(posts.on_failed(tag), Vec::<(usize, u64)>::new());
+        posts.send(&mut commands);
+        let got: Vec<Vec<u64>> = calls(&posts, &commands).into_iter().map(|(_, _, s)| s).collect();
+        assert_eq!(got, vec![vec![1, 2, 3]], "the retried posts first, numbers in order");
+        // Three wait now: a fourth is refused, and a failed call's posts
+        // beyond the bound are given up (their authors told).
+        let (_, tag) = commands.remove(0);
+        assert!(posts.post(intent("r", "4"), false));
+        assert_eq!(posts.on_failed(tag).len(), 1);
+        assert!(!posts.post(intent("r", "5"), false), "Redis away and too many posts wait: the author is told");
+        assert!(posts.post(intent("r", "6"), true), "while Redis is up a turn's posts are all taken");
+    }
+
+    #[test]
+    fn repeats_say_nothing_and_a_lost_script_is_loaded_again() {
+        let mut posts = Posts::new("p", 10, 100);
+        let mut commands = Commands::new();
+        assert!(posts.post(intent("r", "1"), true));
+        assert!(posts.post(intent("r", "2"), true));
+        posts.send(&mut commands);
         let (_, tag) = commands.remove(0);
         let answer = posts.on_reply(tag, Value::Error("NOSCRIPT No matching script".into()), &mut commands);
-        assert_eq!(answer, Answer::Nothing);
+        assert!(answer.is_empty());
         assert_eq!(
             commands.iter().map(|(_, t)| *t & TAG_KIND).collect::<Vec<_>>(),
             vec![TAG_SCRIPT & TAG_KIND, TAG_POST]
         );
         let (_, tag) = commands[1];
-        let posted = posts.on_reply(tag, Value::Int(5), &mut commands);
-        assert_eq!(posted, Answer::Posted { room: "r".into(), id: 5, author: (1, 1) });
+        let answers = posts.on_reply(tag, Value::Array(vec![Value::Int(0), Value::Int(5)]), &mut commands);
+        assert_eq!(answers, vec![Answer::Posted { room: "r".into(), id: 5, author: (1, 1) }]);
     }
 }

@@ -29,7 +29,7 @@ impl Server {
             bus.subscribe(channel);
         }
         bus.start(registry, REDIS_CMD, REDIS_SUB, Instant::now());
-        Ok((Some(bus), Some(Cluster::new(cfg.redis_buffer, cfg.presence_ttl))))
+        Ok((Some(bus), Some(Cluster::new(cfg.redis_buffer, cfg.redis_batch, cfg.presence_ttl))))
     }
 
     /// Handles everything the bus produced since the last call.

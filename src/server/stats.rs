@@ -38,6 +38,7 @@ impl Server {
             queued_bytes: self.conns.iter().map(|(_, c)| c.out_len()).sum(),
             redis_up: self.bus.as_ref().map(|b| b.is_up()),
             redis_pipeline: self.bus.as_ref().map_or(0, |b| b.pipeline_depth()),
+            redis_posts: self.cluster.as_ref().map_or((0, 0), |c| c.posts_sent()),
             ready: self.is_ready(),
         }
     }
