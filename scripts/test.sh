@@ -17,17 +17,21 @@ cd "$(dirname "$0")/.."
 passed=0
 failed=0
 failures=()
+times=()
 step() {
     local name=$1
     shift
     echo
     echo "=== $name: $*"
+    local start=$SECONDS
     if "$@"; then
         passed=$((passed + 1))
     else
         failed=$((failed + 1))
         failures+=("$name")
     fi
+    times+=("$name $((SECONDS - start)) s")
+    echo "=== $name took $((SECONDS - start)) s"
 }
 
 bash scripts/install-deps.sh
@@ -43,6 +47,7 @@ step browser env CHATROOM_BIN=target/release/chatroom bash tests/browser/run.sh
 step fuzz bash scripts/fuzz.sh 60
 
 echo
+echo "suite times: ${times[*]/%/;} total ${SECONDS} s"
 if [ "$failed" -gt 0 ]; then
     echo "failed suites: ${failures[*]}"
 fi

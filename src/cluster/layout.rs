@@ -67,9 +67,17 @@ pub(super) fn seq_key(room: &str) -> String {
 /// 0 ("applied before") instead of being posted twice. The posts that are
 /// new leave in one PUBLISH, one event per line. Returns each post's id
 /// (0 for a repeat), in order.
+///
+/// The per-post work is one XADD: the counter is read and written once
+/// per call, and the stream trimmed once (MAXLEN ~ trims whole nodes, so
+/// the trim is cheap and the stream stays close to its cap).
 pub const POST_SCRIPT: &str = r#"
 local last = tonumber(redis.call('HGET', KEYS[3], ARGV[3]) or '0')
+local id = tonumber(redis.call('GET', KEYS[1]) or '0')
 local known = tonumber(ARGV[2])
+if id < known then
+  id = known
+end
 local ids = {}
 local events = {}
 for i = 6, #ARGV, 3 do
@@ -77,19 +85,17 @@ for i = 6, #ARGV, 3 do
   if seq <= last then
     ids[#ids + 1] = 0
   else
-    local id = redis.call('INCR', KEYS[1])
-    if id <= known then
-      id = known + 1
-      redis.call('SET', KEYS[1], id)
-    end
+    id = id + 1
     local json = ARGV[i + 1] .. id .. ARGV[i + 2]
-    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], id .. '-0', 'm', json)
+    redis.call('XADD', KEYS[2], id .. '-0', 'm', json)
     events[#events + 1] = json
     ids[#ids + 1] = id
     last = seq
   end
 end
 if #events > 0 then
+  redis.call('SET', KEYS[1], id)
+  redis.call('XTRIM', KEYS[2], 'MAXLEN', '~', ARGV[4])
   redis.call('PUBLISH', ARGV[1], table.concat(events, '\n'))
   redis.call('HSET', KEYS[3], ARGV[3], last)
   redis.call('EXPIRE', KEYS[3], ARGV[5])
