@@ -89,7 +89,7 @@ for batch in 1 100; do
     db=$((db + 1))
     wait_port "$port"
     for _ in $(seq 100); do grep -q "redis: subscribed" "$TMP/pub$batch.log" && break; sleep 0.1; done
-    r=$(taskset -c 1 "$LOADGEN" --url "ws://127.0.0.1:$port" --clients 200 --rooms 200 --senders 200 --messages 200 --window 32 --json || true)
+    r=$(taskset -c 1 "$LOADGEN" --url "ws://127.0.0.1:$port" --clients 200 --rooms 200 --senders 200 --messages 1000 --window 32 --json || true)
     echo "$r" >&2
     POSTS[$batch]=$(echo "$r" | json_get deliveries_per_sec)
     calls=$(curl -s "http://127.0.0.1:$port/metrics" | awk '/^chatroom_redis_posts_total /{p=$2} /^chatroom_redis_post_calls_total /{c=$2} END{if (c>0) printf "%.1f", p/c; else print "n/a"}')
