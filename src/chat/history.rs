@@ -107,6 +107,16 @@ impl Chat {
         let Some(read) = self.reads.remove(&ticket) else { return };
         match read {
             PendingRead::RoomCache { room } => {
+                if self.mode == Mode::Shared
+                    && let Some(newest) = messages.last()
+                {
+                    // The welcome comes from this read, so the room's
+                    // shared order carries on from its newest message: a
+                    // process that stopped hearing the room (no members
+                    // here for a while) must neither replay nor skip what
+                    // was posted meanwhile (see `Chat::learn_newest`).
+                    self.learn_newest(&room, newest.id, newest.ts);
+                }
                 let Some(&slot) = self.index.get(&room) else { return };
                 let loaded = messages.iter().map(|m| (m.id, event_json(&room, m))).collect();
                 let Some(r) = self.live.get_mut(slot) else { return };

@@ -1,14 +1,26 @@
 //! The published messages, handed to the chat in id order without gaps.
 //!
-//! Every process receives every message through the subscription, its own
-//! posts included, and gives each room's messages to the chat strictly in
-//! id order ([`Chat::accept_ordered`]). A message that arrives with a gap
-//! before it means some were missed (the subscription dropped, say): the
-//! room reads the stream from its last id, holding what arrives meanwhile,
-//! then hands over the merge of both. On resubscribing, every live room
-//! catches up the same way, since anything published while the
-//! subscription was down was missed.
+//! A process receives the messages of the rooms it subscribes to (those
+//! with members here, see `channels.rs`), its own posts included, and
+//! gives each room's messages to the chat strictly in id order
+//! ([`Chat::accept_ordered`]). A message that arrives with a gap before it
+//! means some were missed (the subscription dropped, say): the room reads
+//! the stream from its last id, holding what arrives meanwhile, then hands
+//! over the merge of both.
 //!
+//! A room whose subscription has just been confirmed catches up the same
+//! way ([`Feed::catch_up`]): on a resubscribe, anything published while
+//! the subscription was down was missed; on a first subscribe, anything
+//! published between the room's welcome read and the subscription. Its
+//! last id may be long out of date then (nobody here heard the room for a
+//! while), and only the welcome read's answer brings it up to date
+//! ([`Chat::learn_newest`]). That read may still be on its way, so a
+//! catch-up first asks for the stream's newest entry: replies on the
+//! command connection come in order, so when that answer arrives the
+//! welcome's has been handled, and the range is read from the last id as
+//! it is then, not as it was.
+//!
+//! [`Chat::learn_newest`]: crate::chat::Chat
 //! A post's author learns the post's id from the script's reply, which may
 //! come before or after the message itself: the author's copy of its
 //! message is its acknowledgement, so the feed remembers whose post an id
@@ -65,15 +77,36 @@ impl Feed {
         self.accept(&room, msg, chat);
     }
 
-    /// Reads on from `room`'s last id (the subscription is back, and may
-    /// have missed messages), holding what is published meanwhile.
-    pub(super) fn catch_up(&mut self, room: &str, chat: &Chat, reads: &mut Reads, commands: &mut Commands) {
+    /// `room`'s subscription is (back) in place and may have missed
+    /// messages: holds what is published from now on, and asks for the
+    /// stream's newest entry ([`Feed::on_newest`] goes on from there).
+    pub(super) fn catch_up(&mut self, room: &str, reads: &mut Reads, commands: &mut Commands) {
         if self.held.contains_key(room) {
             return; // already catching up
         }
-        let last = chat.last_id(room);
         self.held.insert(room.to_string(), Vec::new());
-        reads.read(Reader::CatchUp(room.to_string()), &ReadRange::after(room, last, CATCH_UP_MAX), commands);
+        reads.newest(room, commands);
+    }
+
+    /// The stream's newest id came back for a catch-up: every read sent
+    /// before has been answered, so `room`'s last id is as current as it
+    /// gets. Reads on from it if the stream has more, else hands over
+    /// what was held.
+    pub(super) fn on_newest(
+        &mut self,
+        room: &str,
+        newest: Option<u64>,
+        chat: &mut Chat,
+        reads: &mut Reads,
+        commands: &mut Commands,
+    ) {
+        let last = chat.last_id(room);
+        match newest {
+            Some(newest) if newest > last => {
+                reads.read(Reader::CatchUp(room.to_string()), &ReadRange::after(room, last, CATCH_UP_MAX), commands);
+            }
+            _ => self.on_caught_up(room, Vec::new(), chat),
+        }
     }
 
     /// A catch-up read came back: its messages and the held ones, merged,

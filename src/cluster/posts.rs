@@ -13,7 +13,7 @@ use std::collections::{HashMap, VecDeque};
 use data_encoding::HEXLOWER;
 use sha1::{Digest, Sha1};
 
-use super::layout::{DEDUPE_TTL_S, MESSAGES_CHANNEL, POST_SCRIPT, STREAM_MAXLEN, id_key, log_key, post_key};
+use super::layout::{DEDUPE_TTL_S, POST_SCRIPT, STREAM_MAXLEN, id_key, log_key, post_key, room_channel};
 use super::{Commands, TAG_KIND, TAG_POST, TAG_SCRIPT};
 use crate::bus::Value;
 use crate::chat::PostIntent;
@@ -136,7 +136,7 @@ impl Posts {
             .arg(id_key(&post.room))
             .arg(log_key(&post.room))
             .arg(post_key(&post.uid))
-            .arg(MESSAGES_CHANNEL)
+            .arg(room_channel(&post.room))
             .arg(post.known_last)
             .arg(&post.prefix)
             .arg(&post.suffix)
