@@ -26,7 +26,7 @@
 //! message is its acknowledgement, so the feed remembers whose post an id
 //! is until the message comes through.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use super::Commands;
 use super::layout::Published;
@@ -50,6 +50,10 @@ pub(super) struct Feed {
     own_posts: HashMap<(String, u64), (usize, u64)>,
     /// Messages held, by room, while the room catches up.
     held: HashMap<String, Vec<StoredMessage>>,
+    /// Rooms whose subscription came (back) while they were catching up:
+    /// the read on its way may have run before the subscription took
+    /// effect, so they read once more before handing anything over.
+    again: HashSet<String>,
 }
 
 impl Feed {
@@ -82,7 +86,8 @@ impl Feed {
     /// stream's newest entry ([`Feed::on_newest`] goes on from there).
     pub(super) fn catch_up(&mut self, room: &str, reads: &mut Reads, commands: &mut Commands) {
         if self.held.contains_key(room) {
-            return; // already catching up
+            self.again.insert(room.to_string());
+            return;
         }
         self.held.insert(room.to_string(), Vec::new());
         reads.newest(room, commands);
@@ -105,13 +110,27 @@ impl Feed {
             Some(newest) if newest > last => {
                 reads.read(Reader::CatchUp(room.to_string()), &ReadRange::after(room, last, CATCH_UP_MAX), commands);
             }
-            _ => self.on_caught_up(room, Vec::new(), chat),
+            _ => self.on_caught_up(room, Vec::new(), chat, reads, commands),
         }
     }
 
     /// A catch-up read came back: its messages and the held ones, merged,
     /// go to the chat in order.
-    pub(super) fn on_caught_up(&mut self, room: &str, messages: Vec<StoredMessage>, chat: &mut Chat) {
+    pub(super) fn on_caught_up(
+        &mut self,
+        room: &str,
+        messages: Vec<StoredMessage>,
+        chat: &mut Chat,
+        reads: &mut Reads,
+        commands: &mut Commands,
+    ) {
+        if self.again.remove(room) {
+            // Keep what this read found with the held messages (the merge
+            // drops doubles), and read on once more.
+            self.held.entry(room.to_string()).or_default().extend(messages);
+            reads.newest(room, commands);
+            return;
+        }
         let held = self.held.remove(room).unwrap_or_default();
         let last = chat.last_id(room);
         let mut all: Vec<StoredMessage> = messages.into_iter().chain(held).filter(|m| m.id > last).collect();
@@ -200,12 +219,36 @@ mod tests {
 
         // The stream has 2 (3 was trimmed), and 4 again.
         let from_stream = [2, 4].map(|id| published(id).into_stored().1).to_vec();
-        feed.on_caught_up("r", from_stream, &mut chat);
+        feed.on_caught_up("r", from_stream, &mut chat, &mut reads, &mut commands);
         assert_eq!(stored(&mut chat), vec![2, 4, 5]);
         let gaps = gaps(&mut chat);
         assert_eq!(gaps, vec![crate::chat::protocol::gap_json("r", 4)]);
         feed.on_published(published(6), &mut chat, &mut reads, &mut commands);
         assert_eq!(stored(&mut chat), vec![6], "live delivery resumes");
+    }
+
+    #[test]
+    fn a_subscription_that_comes_back_mid_catch_up_reads_once_more() {
+        let mut chat = Chat::new(&Config::defaults(), Vec::new(), Mode::Shared);
+        chat.join((1, 1), "r", Some("a"), None, Instant::now()).unwrap();
+        let (mut feed, mut reads, mut commands) = (Feed::default(), Reads::default(), Commands::new());
+        feed.on_published(published(1), &mut chat, &mut reads, &mut commands);
+        feed.on_published(published(4), &mut chat, &mut reads, &mut commands);
+        stored(&mut chat);
+        // The subscription is (re)confirmed while that read is out, and
+        // 7 is heard: 5 and 6 came when nothing listened.
+        feed.catch_up("r", &mut reads, &mut commands);
+        feed.on_published(published(7), &mut chat, &mut reads, &mut commands);
+        commands.clear();
+        let first_read = [2, 3, 4].map(|id| published(id).into_stored().1).to_vec();
+        feed.on_caught_up("r", first_read, &mut chat, &mut reads, &mut commands);
+        assert_eq!(stored(&mut chat), Vec::<u64>::new(), "nothing yet: it reads again");
+        assert_eq!(commands.len(), 1, "the stream's newest entry");
+        feed.on_newest("r", Some(7), &mut chat, &mut reads, &mut commands);
+        let second_read = (2..=7).map(|id| published(id).into_stored().1).collect();
+        feed.on_caught_up("r", second_read, &mut chat, &mut reads, &mut commands);
+        assert_eq!(stored(&mut chat), vec![2, 3, 4, 5, 6, 7]);
+        assert_eq!(gaps(&mut chat), Vec::<String>::new());
     }
 
     #[test]

@@ -314,7 +314,9 @@ impl Cluster {
                 let Some(answer) = self.reads.on_reply(tag, &value) else { return };
                 match answer.reader {
                     Reader::Chat(ticket) => chat.on_messages(ticket, answer.messages, answer.oldest),
-                    Reader::CatchUp(room) => self.feed.on_caught_up(&room, answer.messages, chat),
+                    Reader::CatchUp(room) => {
+                        self.feed.on_caught_up(&room, answer.messages, chat, &mut self.reads, &mut self.commands);
+                    }
                     Reader::Newest(room) => {
                         let newest = answer.messages.last().map(|m| m.id);
                         self.feed.on_newest(&room, newest, chat, &mut self.reads, &mut self.commands);
