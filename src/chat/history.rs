@@ -107,6 +107,7 @@ impl Chat {
         let Some(read) = self.reads.remove(&ticket) else { return };
         match read {
             PendingRead::RoomCache { room } => {
+                let Some(&slot) = self.index.get(&room) else { return };
                 if self.mode == Mode::Shared
                     && let Some(newest) = messages.last()
                 {
@@ -117,7 +118,6 @@ impl Chat {
                     // was posted meanwhile (see `Chat::learn_newest`).
                     self.learn_newest(&room, newest.id, newest.ts);
                 }
-                let Some(&slot) = self.index.get(&room) else { return };
                 let loaded = messages.iter().map(|m| (m.id, event_json(&room, m))).collect();
                 let Some(r) = self.live.get_mut(slot) else { return };
                 r.prepend_loaded(loaded);
