@@ -14,6 +14,17 @@
 #    bus pipelines its script calls; once with `--redis-batch 1` (each post
 #    its own EVALSHA) and once with the default (a turn's posts to a room in
 #    one call); next to `redis-benchmark -P 16 publish` on the same machine.
+# 3. Rooms served by one process only (writes bench/redis-rooms.md): two
+#    processes on one Redis; every member of the busy rooms sits on A (200
+#    clients over 20 rooms, 20 senders, 2,000 messages/s offered, open
+#    loop), while B serves 50 idle members in rooms of its own. Reports A's
+#    and B's CPU during the run, and B's CPU over as long again with no
+#    traffic anywhere (its idle level). With BASELINE_BIN set, the same run
+#    with that binary too, for comparison: e.g. a build that subscribes every
+#    process to every message. ROOMS_ONLY=1 runs this scenario alone:
+#
+#   ROOMS_ONLY=1 BASELINE_BIN=/tmp/chatroom-base-35c38a0 scripts/bench_redis.sh
+#
 # Loopback only; every run bounded by loadgen's --timeout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,7 +40,19 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 json_get() { python3 -c "import json,sys; d=json.loads(sys.stdin.read()); print(d.get('$1'))"; }
+# metric PORT NAME: a value from the server's /metrics ("n/a" if it has none).
+metric() {
+    python3 - "$1" "$2" <<'PY'
+import sys, urllib.request
+text = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics", timeout=5).read().decode()
+print(next((l.split()[1] for l in text.splitlines() if l.startswith(sys.argv[2] + " ")), "n/a"))
+PY
+}
+wait_subscribed() { for _ in $(seq 100); do grep -q "redis: subscribed" "$1" 2>/dev/null && return 0; sleep 0.1; done; return 1; }
+secs() { python3 -c "print(round($1/$hz,2))"; }
 hz=$(getconf CLK_TCK)
+
+if [ -z "${ROOMS_ONLY:-}" ]; then
 
 out=bench/redis.md
 mkdir -p bench
@@ -111,3 +134,55 @@ echo
 echo "Loadgen result lines (JSON) are in the script's output."
 } >> "$out"
 cat "$out"
+fi
+
+# 3. Busy rooms on A only: what B pays for them. One row per binary.
+rooms_on_a() {  # rooms_on_a BINARY LABEL
+    local bin=$1 label=$2
+    local rport pa pb rpid apid bpid ipid
+    rport=$(free_port)
+    redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no --daemonize no >/dev/null &
+    rpid=$!; PIDS+=($rpid)
+    wait_port "$rport"
+    pa=$(free_port); pb=$(free_port)
+    taskset -c 0 "$bin" --bind "127.0.0.1:$pa" --redis "redis://127.0.0.1:$rport" --data none --rate-limit 0 2>"$TMP/a.log" &
+    apid=$!; PIDS+=($apid)
+    taskset -c 0 "$bin" --bind "127.0.0.1:$pb" --redis "redis://127.0.0.1:$rport" --data none --rate-limit 0 2>"$TMP/b.log" &
+    bpid=$!; PIDS+=($bpid)
+    wait_port "$pa"; wait_port "$pb"
+    wait_subscribed "$TMP/a.log"; wait_subscribed "$TMP/b.log"
+    # B's own members: idle, in rooms idle-0..4, for the whole measurement.
+    taskset -c 1 "$LOADGEN" --url "ws://127.0.0.1:$pb" --mode idle --clients 50 --rooms 5 --duration 120 --json \
+        >"$TMP/idle.json" 2>&1 &
+    ipid=$!; PIDS+=($ipid)
+    for _ in $(seq 100); do [ "$(metric "$pb" chatroom_room_members)" = 50 ] && break; sleep 0.1; done
+    local a0 b0 r0 t0 a1 b1 r1 t1 b2 b3 r
+    a0=$(cpu_ticks "$apid"); b0=$(cpu_ticks "$bpid"); r0=$(cpu_ticks "$rpid"); t0=$(date +%s.%N)
+    r=$(taskset -c 1 "$LOADGEN" --url "ws://127.0.0.1:$pa" --clients 200 --rooms 20 --senders 20 --rate 2000 \
+        --messages 500 --json || true)
+    a1=$(cpu_ticks "$apid"); b1=$(cpu_ticks "$bpid"); r1=$(cpu_ticks "$rpid"); t1=$(date +%s.%N)
+    echo "$label: $r" >&2
+    local took; took=$(python3 -c "print(round($t1-$t0,2))")
+    # B's idle level: as long again, with no traffic anywhere (a measuring
+    # window, not a wait for anything).
+    b2=$(cpu_ticks "$bpid"); sleep "$took"; b3=$(cpu_ticks "$bpid")
+    echo "| $label | $(echo "$r" | json_get deliveries_per_sec) | $(echo "$r" | json_get lost) | $took | $(secs $((a1-a0))) | $(secs $((b1-b0))) | $(secs $((b3-b2))) | $(metric "$pb" chatroom_history_writes_total) | $(secs $((r1-r0))) |" >> "$rooms_out"
+    kill "$ipid" "$apid" "$bpid" "$rpid" 2>/dev/null || true
+    wait "$ipid" "$apid" "$bpid" "$rpid" 2>/dev/null || true
+}
+
+rooms_out=bench/redis-rooms.md
+mkdir -p bench
+{
+echo "# Busy rooms on one process: what the other pays (measured $(date -u +%Y-%m-%d), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg))"
+echo
+echo "Command: \`ROOMS_ONLY=1 ${BASELINE_BIN:+BASELINE_BIN=$BASELINE_BIN }bash scripts/bench_redis.sh\`. A and B on core 0, loadgen on core 1, redis-server unpinned."
+echo "Traffic: 200 clients of A in 20 rooms, 20 senders, 2,000 messages/s offered (10,000 in all, 100-byte texts); B serves 50 idle members in 5 rooms of its own."
+echo "CPU is utime+stime from /proc, in seconds over the run; B idle is B over as long again with no traffic."
+echo
+echo "| binary | deliveries/s | lost | run (s) | A CPU (s) | B CPU during run (s) | B CPU idle (s) | messages B stored (heard) | Redis CPU (s) |"
+echo "|---|---|---|---|---|---|---|---|---|"
+} > "$rooms_out"
+if [ -n "${BASELINE_BIN:-}" ]; then rooms_on_a "$BASELINE_BIN" "baseline ($(basename "$BASELINE_BIN"))"; fi
+rooms_on_a "$BIN" "this build (per-room channels)"
+cat "$rooms_out"

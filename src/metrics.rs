@@ -56,6 +56,12 @@ pub struct Metrics {
     pub turns: u64,
     /// Redis reconnects.
     pub redis_reconnects: u64,
+    /// Chat messages received on Redis room channels.
+    pub redis_messages_received: u64,
+    /// Room channels subscribed to (SUBSCRIBE), resubscriptions included.
+    pub redis_subscribes: u64,
+    /// UNSUBSCRIBE commands sent.
+    pub redis_unsubscribes: u64,
 }
 
 /// Gauges sampled when `/metrics` is rendered.
@@ -157,6 +163,24 @@ impl Metrics {
         metric("chatroom_slow_consumers_total", "counter", "Clients dropped for unread output.", self.slow_consumers);
         metric("chatroom_rate_limited_total", "counter", "Posts refused by the rate limiter.", self.rate_limited);
         metric("chatroom_redis_reconnects_total", "counter", "Reconnections to Redis.", self.redis_reconnects);
+        metric(
+            "chatroom_redis_messages_received_total",
+            "counter",
+            "Chat messages received from Redis (the channels of rooms with members here).",
+            self.redis_messages_received,
+        );
+        metric(
+            "chatroom_redis_subscribes_total",
+            "counter",
+            "Redis channels subscribed to, resubscriptions after a reconnect included.",
+            self.redis_subscribes,
+        );
+        metric(
+            "chatroom_redis_unsubscribes_total",
+            "counter",
+            "Redis channels unsubscribed from.",
+            self.redis_unsubscribes,
+        );
         metric("chatroom_redis_pipeline_depth", "gauge", "Redis commands awaiting replies.", g.redis_pipeline as u64);
         metric("chatroom_redis_posts_total", "counter", "Posts sent to Redis.", g.redis_posts.0);
         metric(

@@ -10,14 +10,38 @@ use common::*;
 use serde_json::Value;
 
 fn node(redis: &RedisServer) -> TestServer {
+    node_with(redis, Duration::from_secs(10))
+}
+
+/// A process whose rooms stay subscribed for `room_grace` after their last
+/// member here left.
+fn node_with(redis: &RedisServer, room_grace: Duration) -> TestServer {
     let mut cfg = config();
     cfg.redis = Some(redis.url());
     cfg.rate_limit = 0;
     cfg.presence_ttl = Duration::from_secs(2);
+    cfg.room_grace = room_grace;
     TestServer::with(cfg)
 }
 
-/// Joins once the process is subscribed (the welcome proves the room is live).
+/// A counter of `/metrics`, as a whole number.
+fn count(server: &TestServer, name: &str) -> u64 {
+    metric(server.addr, name) as u64
+}
+
+/// Sends `n` messages `<tag>1`, `<tag>2`... and waits for each to come back.
+fn post(c: &mut Client, tag: &str, n: usize) -> Vec<Value> {
+    (1..=n).for_each(|i| send_text(c, &format!(r#"{{"message": "{tag}{i}"}}"#)));
+    (0..n).map(|_| recv_type(c, "message")).collect()
+}
+
+/// The ids in a welcome's history.
+fn history_ids(welcome: &Value) -> Vec<u64> {
+    welcome["history"].as_array().unwrap().iter().map(|m| m["id"].as_u64().unwrap()).collect()
+}
+
+/// Joins, and waits for the welcome (the room is live on that process; its
+/// subscription may still be on its way, and the catch-up covers that).
 fn join(server: &TestServer, room: &str, query: &str) -> (Client, Value) {
     let mut c = ws(server.addr, &format!("/ws/chatroom/{room}{query}"));
     let w = recv_type(&mut c, "welcome");
@@ -291,4 +315,154 @@ fn a_turn_s_posts_to_a_room_share_one_script_call() {
     let calls = metric(a.addr, "chatroom_redis_post_calls_total");
     assert_eq!(posts, 50.0);
     assert!(calls <= 10.0, "{calls} script calls for 50 posts sent at once");
+}
+
+/// Rooms are heard only where they have members: process B never receives
+/// the posts of a room served by A, yet B's API lists the room with its
+/// message count, last post and online count.
+#[test]
+fn a_process_hears_only_its_rooms_and_still_lists_the_others() {
+    let redis = RedisServer::start(false);
+    let a = node(&redis);
+    let b = node(&redis);
+    wait_up(&a);
+    wait_up(&b);
+    let (mut ann, _) = join(&a, "busy", "?username=ann");
+    let sent = post(&mut ann, "busy", 20);
+    let last_ts = sent.last().unwrap()["ts"].as_u64().unwrap();
+
+    // Posts in B's own room, after all of those: the subscription link
+    // delivers in order, so had B been subscribed to "busy" its twenty
+    // posts would have come first. (A post made before B's subscription
+    // took effect reaches B through the catch-up, not the channel: post
+    // until one comes through the channel.)
+    let (mut bob, _) = join(&b, "mine", "?username=bob");
+    let mut mine = 0;
+    while count(&b, "chatroom_redis_messages_received_total") == 0 {
+        assert!(mine < 50, "B never heard its own room");
+        post(&mut bob, "mine", 1);
+        mine += 1;
+    }
+    assert!(count(&b, "chatroom_redis_messages_received_total") <= mine, "B heard its own room only");
+    assert_eq!(count(&a, "chatroom_redis_messages_received_total"), 20);
+
+    // B's API still knows "busy": created by A, posted in on A, online on A.
+    let busy_on_b = || {
+        let rooms = get(b.addr, "/api/rooms").json();
+        rooms["rooms"].as_array().unwrap().iter().find(|r| r["name"] == "busy").cloned()
+    };
+    assert!(eventually(IO_TIMEOUT, || busy_on_b().is_some_and(|r| r["online"] == 1)), "{:?}", busy_on_b());
+    let busy = busy_on_b().unwrap();
+    assert_eq!((busy["messages"].as_u64(), busy["last_post"].as_u64()), (Some(20), Some(last_ts)), "{busy}");
+    assert_eq!(busy["status"], "active");
+    let room = get(b.addr, "/api/rooms/busy").json();
+    assert_eq!(room["online_names"], serde_json::json!(["ann"]), "{room}");
+    assert_eq!((room["messages"].as_u64(), room["last_post"].as_u64()), (Some(20), Some(last_ts)));
+
+    // Busiest first: two rooms with one member each, the later post first.
+    let names: Vec<String> = get(b.addr, "/api/rooms").json()["rooms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(&names[..2], ["mine", "busy"]);
+
+    // A room created on A after B's last refresh is found too (its figures
+    // are read again once they are two seconds old).
+    let (_ann2, _) = join(&a, "newer", "?username=ann");
+    assert!(eventually(IO_TIMEOUT, || get(b.addr, "/api/rooms/newer").status == 200));
+    assert_eq!(get(b.addr, "/api/rooms/newer/messages").status, 200);
+    assert!(count(&b, "chatroom_redis_messages_received_total") <= mine, "and still none of A's posts");
+}
+
+/// A member joining on B a room served until then by A alone gets the
+/// room's history, then every later message once and in order, while A
+/// keeps posting through the moment B subscribes.
+#[test]
+fn a_member_joining_elsewhere_gets_the_history_then_every_message_in_order() {
+    let redis = RedisServer::start(false);
+    let a = node(&redis);
+    let b = node(&redis);
+    wait_up(&a);
+    wait_up(&b);
+    let (mut ann, _) = join(&a, "late", "?username=ann");
+    post(&mut ann, "before", 30);
+    let poster = std::thread::spawn(move || {
+        post(&mut ann, "during", 100);
+        ann
+    });
+    let (mut bob, welcome) = join(&b, "late", "?username=bob");
+    let mut ids = history_ids(&welcome);
+    assert!(ids.len() >= 30, "the welcome's history: {ids:?}");
+    while ids.last() != Some(&130) {
+        let v = recv_json(&mut bob);
+        assert_ne!(v["type"], "gap", "nothing was lost: {v}");
+        if v["type"] == "message" {
+            ids.push(v["id"].as_u64().unwrap());
+        }
+    }
+    let first = ids[0];
+    assert_eq!(ids, (first..=130).collect::<Vec<_>>(), "gapless, once each, in order");
+    poster.join().unwrap();
+}
+
+/// A room B has not served for a while: B unsubscribed after the grace and
+/// its idea of the room's last id fell far behind. A member coming back on
+/// B gets the newest history in the welcome and then only new messages:
+/// no replay of what was posted meanwhile, and nothing skipped.
+#[test]
+fn a_room_not_heard_for_a_while_carries_on_from_its_welcome() {
+    let redis = RedisServer::start(false);
+    let a = node(&redis);
+    let b = node_with(&redis, Duration::from_millis(200));
+    wait_up(&a);
+    wait_up(&b);
+    let (mut ann, _) = join(&a, "away", "?username=ann");
+    post(&mut ann, "first", 3);
+    let (bob, w) = join(&b, "away", "?username=bob");
+    assert_eq!(history_ids(&w), [1, 2, 3]);
+    drop(bob);
+    assert!(
+        eventually(IO_TIMEOUT, || count(&b, "chatroom_redis_unsubscribes_total") == 1),
+        "B never unsubscribed after the grace"
+    );
+    // More than a catch-up reads at once (1,000), posted while B is away.
+    post(&mut ann, "meanwhile", 1100);
+    let (mut bob, w) = join(&b, "away", "?username=bob");
+    assert_eq!(history_ids(&w), (1054..=1103).collect::<Vec<_>>());
+    post(&mut ann, "after", 5);
+    let mut later = Vec::new();
+    while later.len() < 5 {
+        let v = recv_json(&mut bob);
+        assert_ne!(v["type"], "gap", "{v}");
+        if v["type"] == "message" {
+            later.push(v["id"].as_u64().unwrap());
+        }
+    }
+    assert_eq!(later, (1104..=1108).collect::<Vec<_>>(), "new messages only, once each");
+}
+
+/// A member who leaves and comes back within the grace finds the room
+/// still subscribed: no UNSUBSCRIBE, no new SUBSCRIBE, and messages flow.
+#[test]
+fn leaving_and_coming_back_within_the_grace_keeps_the_subscription() {
+    let redis = RedisServer::start(false);
+    let a = node(&redis);
+    let b = node(&redis);
+    wait_up(&a);
+    wait_up(&b);
+    let (mut ann, _) = join(&a, "blip", "?username=ann");
+    let before = count(&b, "chatroom_redis_subscribes_total");
+    let (bob, _) = join(&b, "blip", "?username=bob");
+    assert!(eventually(IO_TIMEOUT, || count(&b, "chatroom_redis_subscribes_total") == before + 1));
+    let online_on_b = || get(b.addr, "/api/rooms/blip").json()["online"].as_u64();
+    assert!(eventually(IO_TIMEOUT, || online_on_b() == Some(2)), "ann and bob: {:?}", online_on_b());
+    drop(bob);
+    assert!(eventually(IO_TIMEOUT, || online_on_b() == Some(1)), "bob's leave was never seen: {:?}", online_on_b());
+    let (mut bob, _) = join(&b, "blip", "?username=bob");
+    post(&mut ann, "hi", 1);
+    assert_eq!(recv_type(&mut bob, "message")["message"], "hi1");
+    assert_eq!(count(&b, "chatroom_redis_subscribes_total"), before + 1);
+    assert_eq!(count(&b, "chatroom_redis_unsubscribes_total"), 0);
 }

@@ -9,6 +9,8 @@
 //!   caller ──command(packed, tag)──▶ cmd link ──▶ Redis      (PUBLISH, INCR…)
 //!   caller ◀──Reply{tag, value}───── cmd link ◀── Redis      (in order: FIFO of tags)
 //!   caller ──subscribe(channel)────▶ sub link ──▶ Redis      (remembered)
+//!   caller ──unsubscribe(channel)──▶ sub link ──▶ Redis      (forgotten)
+//!   caller ◀──Subscribed{channel}─── sub link ◀── Redis      (confirmed)
 //!   caller ◀──Message{channel, payload}── sub link ◀── Redis
 //! ```
 //!
@@ -121,6 +123,14 @@ pub enum BusEvent {
     /// The subscription connection is up and (re)subscribed to every
     /// channel/pattern asked so far.
     SubscribedUp,
+    /// Redis confirmed a subscription asked for while the subscription
+    /// connection was already up: messages on `channel` come from now on.
+    /// (Subscriptions confirmed during a (re)connect's handshake are all
+    /// covered by the one `SubscribedUp` that ends it.)
+    Subscribed {
+        /// The channel (or pattern) now subscribed.
+        channel: Vec<u8>,
+    },
     /// A connection went down (which, and why); commands sent and not
     /// answered are reported as Failed first. Emitted once per outage:
     /// retries that fail while it is already down are only logged.
@@ -191,6 +201,9 @@ pub struct Bus {
     values: Vec<Value>,
     started: bool,
     reconnects: u64,
+    /// Channels sent in SUBSCRIBE commands, and UNSUBSCRIBE commands sent.
+    subscribes_sent: u64,
+    unsubscribes_sent: u64,
 }
 
 /// A summary for logs. Not derived: `hello` holds the packed AUTH, password
@@ -249,6 +262,8 @@ impl Bus {
             values: Vec::new(),
             started: false,
             reconnects: 0,
+            subscribes_sent: 0,
+            unsubscribes_sent: 0,
         }
     }
 
@@ -321,6 +336,20 @@ impl Bus {
         if self.sub.has_socket() {
             self.sub.queue(&redis::cmd("SUBSCRIBE").arg(channel).get_packed_command());
             self.sub_pending += 1;
+            self.subscribes_sent += 1;
+        }
+    }
+
+    /// Forgets `channel`: it is not resubscribed after a reconnect, and an
+    /// UNSUBSCRIBE goes now if connected. Messages already on their way may
+    /// still arrive. Forgetting a channel never asked for is a no-op.
+    pub fn unsubscribe(&mut self, channel: &[u8]) {
+        if !self.channels.remove(channel) {
+            return;
+        }
+        if self.sub.has_socket() {
+            self.sub.queue(&redis::cmd("UNSUBSCRIBE").arg(channel).get_packed_command());
+            self.unsubscribes_sent += 1;
         }
     }
 
@@ -427,6 +456,17 @@ impl Bus {
         self.reconnects
     }
 
+    /// Channels sent in SUBSCRIBE commands so far, resubscriptions after a
+    /// reconnect included.
+    pub fn subscribes_sent(&self) -> u64 {
+        self.subscribes_sent
+    }
+
+    /// UNSUBSCRIBE commands sent so far.
+    pub fn unsubscribes_sent(&self) -> u64 {
+        self.unsubscribes_sent
+    }
+
     fn link(&self, which: Which) -> &Link {
         match which {
             Which::Command => &self.cmd,
@@ -477,6 +517,7 @@ impl Bus {
                     link.queue(&cmd.get_packed_command());
                 }
             }
+            self.subscribes_sent += self.channels.len() as u64;
             self.sub_pending = self.channels.len() + self.patterns.len();
             // A new connection has said nothing yet, and owes no pong.
             self.sub_heard_at = now;
@@ -600,11 +641,21 @@ impl Bus {
             }
             Some(b"subscribe" | b"psubscribe") => {
                 self.sub_pending = self.sub_pending.saturating_sub(1);
-                self.check_up(Which::Subscription);
+                if self.sub.is_up() {
+                    // Asked for after the handshake: the caller learns that
+                    // this one channel is in place (it may have to catch up
+                    // on what was published before it was).
+                    let Some(Value::Bulk(channel)) = items.next() else {
+                        return Err("malformed subscribe confirmation".into());
+                    };
+                    self.events.push(BusEvent::Subscribed { channel });
+                } else {
+                    self.check_up(Which::Subscription);
+                }
             }
             // The answer to our keepalive PING: Redis is alive.
             Some(b"pong") => self.ping_sent_at = None,
-            // Answers to things we never send, harmless if they come.
+            // The confirmation of an UNSUBSCRIBE: nothing more to do.
             Some(b"unsubscribe" | b"punsubscribe") => {}
             _ => return Err(format!("unexpected push on the subscription link: {kind:?}")),
         }

@@ -681,3 +681,54 @@ fn the_subscription_links_ping_finds_a_silent_server() {
     assert!(!h.seen.iter().any(is_down(Which::Command)), "{:#?}", h.seen);
     assert!(h.bus.cmd.is_up());
 }
+
+#[test]
+fn a_channel_added_while_up_is_confirmed_on_its_own_and_one_dropped_goes_quiet() {
+    let redis = Redis::start(free_port(), &[]);
+    let mut h = Harness::new(&format!("redis://127.0.0.1:{}", redis.port));
+    h.bus.subscribe(b"room:a");
+    h.wait_up();
+    // The handshake's subscriptions are covered by SubscribedUp alone.
+    assert!(!h.seen.iter().any(|e| matches!(e, BusEvent::Subscribed { .. })), "{:#?}", h.seen);
+
+    h.bus.subscribe(b"room:b");
+    let confirmed = BusEvent::Subscribed { channel: b"room:b".to_vec() };
+    h.run_until("room:b confirmed", |seen| seen.contains(&confirmed));
+    // Confirmed means in place: the first publish already reaches it.
+    assert_eq!(h.ask(&["PUBLISH", "room:b", "hello b"], 1), Value::Int(1));
+    h.run_until("the message", |seen| seen.iter().any(|e| matches!(e, BusEvent::Message { .. })));
+    assert_eq!(h.messages(), [("room:b".to_string(), "hello b".to_string())]);
+
+    h.bus.unsubscribe(b"room:b");
+    h.bus.unsubscribe(b"room:never"); // never asked for: nothing is sent
+    assert_eq!(h.bus.unsubscribes_sent(), 1);
+    h.seen.clear();
+    h.publish_reaching("room:b", "nobody hears", 0);
+    h.seen.clear(); // what was published before the UNSUBSCRIBE took effect
+    assert_eq!(h.ask(&["PUBLISH", "room:a", "still here"], 2), Value::Int(1));
+    h.run_until("room:a's message", |seen| seen.iter().any(|e| matches!(e, BusEvent::Message { .. })));
+    assert_eq!(h.messages(), [("room:a".to_string(), "still here".to_string())]);
+    assert!(h.bus.is_up(), "an UNSUBSCRIBE's confirmation is no reason to fail");
+    assert_eq!(h.bus.subscribes_sent(), 2);
+}
+
+#[test]
+fn a_dropped_channel_is_not_resubscribed_after_a_restart() {
+    let mut redis = Redis::start(free_port(), &[]);
+    let mut h = Harness::new(&format!("redis://127.0.0.1:{}", redis.port));
+    for channel in [&b"room:a"[..], b"room:b", b"room:c"] {
+        h.bus.subscribe(channel);
+    }
+    h.wait_up();
+    h.bus.unsubscribe(b"room:b"); // while up: UNSUBSCRIBE goes at once
+    redis.kill();
+    h.run_until("the subscription link down", |seen| seen.iter().any(is_down(Which::Subscription)));
+    h.bus.unsubscribe(b"room:c"); // while down: only forgotten
+    assert_eq!(h.bus.unsubscribes_sent(), 1);
+    redis.restart();
+    h.seen.clear();
+    h.wait_up();
+    let Value::Array(channels) = h.ask(&["PUBSUB", "CHANNELS", "room:*"], 1) else { panic!("PUBSUB CHANNELS") };
+    assert_eq!(channels, [Value::Bulk(b"room:a".to_vec())]);
+    assert!(!h.seen.iter().any(|e| matches!(e, BusEvent::Subscribed { .. })), "{:#?}", h.seen);
+}

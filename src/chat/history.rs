@@ -108,6 +108,16 @@ impl Chat {
         match read {
             PendingRead::RoomCache { room } => {
                 let Some(&slot) = self.index.get(&room) else { return };
+                if self.mode == Mode::Shared
+                    && let Some(newest) = messages.last()
+                {
+                    // The welcome comes from this read, so the room's
+                    // shared order carries on from its newest message: a
+                    // process that stopped hearing the room (no members
+                    // here for a while) must neither replay nor skip what
+                    // was posted meanwhile (see `Chat::learn_newest`).
+                    self.learn_newest(&room, newest.id, newest.ts);
+                }
                 let loaded = messages.iter().map(|m| (m.id, event_json(&room, m))).collect();
                 let Some(r) = self.live.get_mut(slot) else { return };
                 r.prepend_loaded(loaded);

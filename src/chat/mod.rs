@@ -465,12 +465,22 @@ impl Chat {
                 Ok(()) => {
                     committed += 1;
                     if let Some(record) = self.directory.get_mut(&*post.room) {
-                        record.messages += 1;
+                        // Shared ids run 1, 2, 3... over every process, so
+                        // the newest is the count (see `Chat::learn_activity`).
+                        record.messages = match self.mode {
+                            Mode::Local => record.messages + 1,
+                            Mode::Shared => record.messages.max(post.id),
+                        };
                         record.last_id = record.last_id.max(post.id);
                         record.last_post = Some(post.ts);
                     }
+                    // Commits come in id order: a room whose history
+                    // already holds this id had it from a read that
+                    // overtook the commit (a shared room's welcome read),
+                    // and its members had it in their welcome.
                     if let Some(&slot) = self.index.get(&post.room)
                         && let Some(room) = self.live.get_mut(slot)
+                        && room.recent.back().is_none_or(|(newest, _)| *newest < post.id)
                     {
                         room.remember(post.id, post.json.clone());
                         let author = post.sender;

@@ -132,9 +132,40 @@ impl Chat {
         }
     }
 
-    /// The highest id accepted for `room` so far (0 for none).
+    /// The highest id accepted for `room` so far (0 for none): the sharer
+    /// hands over the room's messages from the next one on.
     pub fn last_id(&self, room: &str) -> u64 {
         self.directory.get(room).map_or(0, |r| r.last_id)
+    }
+
+    /// The room's newest message in the shared history, as another
+    /// process may have posted it (for `/api/rooms`): `id` is also the
+    /// room's message count, since shared ids run 1, 2, 3... over every
+    /// process, and `ts` its last post. Never moves the figures back, and
+    /// leaves [`Chat::last_id`] alone: what has been handed over is a
+    /// different question from what exists.
+    pub fn learn_activity(&mut self, room: &str, id: u64, ts: u64) {
+        if let Some(record) = self.directory.get_mut(room) {
+            record.messages = record.messages.max(id);
+            record.last_post = record.last_post.max(Some(ts));
+        }
+    }
+
+    /// A room's welcome history was read up to its newest message `id`:
+    /// its order carries on from there. While a room has no members here
+    /// the sharer may stop handing over its messages, so [`Chat::last_id`]
+    /// falls behind; the members' history now comes from the read, so the
+    /// messages up to `id` must not be handed over (again) after it.
+    pub(super) fn learn_newest(&mut self, room: &str, id: u64, ts: u64) {
+        self.learn_activity(room, id, ts);
+        if let Some(record) = self.directory.get_mut(room) {
+            record.last_id = record.last_id.max(id);
+        }
+        if let Some(&slot) = self.index.get(room)
+            && let Some(live) = self.live.get_mut(slot)
+        {
+            live.last_id = live.last_id.max(id);
+        }
     }
 
     /// A message in its shared order: the caller hands each room's

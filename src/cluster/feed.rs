@@ -1,20 +1,32 @@
 //! The published messages, handed to the chat in id order without gaps.
 //!
-//! Every process receives every message through the subscription, its own
-//! posts included, and gives each room's messages to the chat strictly in
-//! id order ([`Chat::accept_ordered`]). A message that arrives with a gap
-//! before it means some were missed (the subscription dropped, say): the
-//! room reads the stream from its last id, holding what arrives meanwhile,
-//! then hands over the merge of both. On resubscribing, every live room
-//! catches up the same way, since anything published while the
-//! subscription was down was missed.
+//! A process receives the messages of the rooms it subscribes to (those
+//! with members here, see `channels.rs`), its own posts included, and
+//! gives each room's messages to the chat strictly in id order
+//! ([`Chat::accept_ordered`]). A message that arrives with a gap before it
+//! means some were missed (the subscription dropped, say): the room reads
+//! the stream from its last id, holding what arrives meanwhile, then hands
+//! over the merge of both.
 //!
+//! A room whose subscription has just been confirmed catches up the same
+//! way ([`Feed::catch_up`]): on a resubscribe, anything published while
+//! the subscription was down was missed; on a first subscribe, anything
+//! published between the room's welcome read and the subscription. Its
+//! last id may be long out of date then (nobody here heard the room for a
+//! while), and only the welcome read's answer brings it up to date
+//! ([`Chat::learn_newest`]). That read may still be on its way, so a
+//! catch-up first asks for the stream's newest entry: replies on the
+//! command connection come in order, so when that answer arrives the
+//! welcome's has been handled, and the range is read from the last id as
+//! it is then, not as it was.
+//!
+//! [`Chat::learn_newest`]: crate::chat::Chat
 //! A post's author learns the post's id from the script's reply, which may
 //! come before or after the message itself: the author's copy of its
 //! message is its acknowledgement, so the feed remembers whose post an id
 //! is until the message comes through.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use super::Commands;
 use super::layout::Published;
@@ -38,6 +50,10 @@ pub(super) struct Feed {
     own_posts: HashMap<(String, u64), (usize, u64)>,
     /// Messages held, by room, while the room catches up.
     held: HashMap<String, Vec<StoredMessage>>,
+    /// Rooms whose subscription came (back) while they were catching up:
+    /// the read on its way may have run before the subscription took
+    /// effect, so they read once more before handing anything over.
+    again: HashSet<String>,
 }
 
 impl Feed {
@@ -65,20 +81,56 @@ impl Feed {
         self.accept(&room, msg, chat);
     }
 
-    /// Reads on from `room`'s last id (the subscription is back, and may
-    /// have missed messages), holding what is published meanwhile.
-    pub(super) fn catch_up(&mut self, room: &str, chat: &Chat, reads: &mut Reads, commands: &mut Commands) {
+    /// `room`'s subscription is (back) in place and may have missed
+    /// messages: holds what is published from now on, and asks for the
+    /// stream's newest entry ([`Feed::on_newest`] goes on from there).
+    pub(super) fn catch_up(&mut self, room: &str, reads: &mut Reads, commands: &mut Commands) {
         if self.held.contains_key(room) {
-            return; // already catching up
+            self.again.insert(room.to_string());
+            return;
         }
-        let last = chat.last_id(room);
         self.held.insert(room.to_string(), Vec::new());
-        reads.read(Reader::CatchUp(room.to_string()), &ReadRange::after(room, last, CATCH_UP_MAX), commands);
+        reads.newest(room, commands);
+    }
+
+    /// The stream's newest id came back for a catch-up: every read sent
+    /// before has been answered, so `room`'s last id is as current as it
+    /// gets. Reads on from it if the stream has more, else hands over
+    /// what was held.
+    pub(super) fn on_newest(
+        &mut self,
+        room: &str,
+        newest: Option<u64>,
+        chat: &mut Chat,
+        reads: &mut Reads,
+        commands: &mut Commands,
+    ) {
+        let last = chat.last_id(room);
+        match newest {
+            Some(newest) if newest > last => {
+                reads.read(Reader::CatchUp(room.to_string()), &ReadRange::after(room, last, CATCH_UP_MAX), commands);
+            }
+            _ => self.on_caught_up(room, Vec::new(), chat, reads, commands),
+        }
     }
 
     /// A catch-up read came back: its messages and the held ones, merged,
     /// go to the chat in order.
-    pub(super) fn on_caught_up(&mut self, room: &str, messages: Vec<StoredMessage>, chat: &mut Chat) {
+    pub(super) fn on_caught_up(
+        &mut self,
+        room: &str,
+        messages: Vec<StoredMessage>,
+        chat: &mut Chat,
+        reads: &mut Reads,
+        commands: &mut Commands,
+    ) {
+        if self.again.remove(room) {
+            // Keep what this read found with the held messages (the merge
+            // drops doubles), and read on once more.
+            self.held.entry(room.to_string()).or_default().extend(messages);
+            reads.newest(room, commands);
+            return;
+        }
         let held = self.held.remove(room).unwrap_or_default();
         let last = chat.last_id(room);
         let mut all: Vec<StoredMessage> = messages.into_iter().chain(held).filter(|m| m.id > last).collect();
@@ -167,12 +219,36 @@ mod tests {
 
         // The stream has 2 (3 was trimmed), and 4 again.
         let from_stream = [2, 4].map(|id| published(id).into_stored().1).to_vec();
-        feed.on_caught_up("r", from_stream, &mut chat);
+        feed.on_caught_up("r", from_stream, &mut chat, &mut reads, &mut commands);
         assert_eq!(stored(&mut chat), vec![2, 4, 5]);
         let gaps = gaps(&mut chat);
         assert_eq!(gaps, vec![crate::chat::protocol::gap_json("r", 4)]);
         feed.on_published(published(6), &mut chat, &mut reads, &mut commands);
         assert_eq!(stored(&mut chat), vec![6], "live delivery resumes");
+    }
+
+    #[test]
+    fn a_subscription_that_comes_back_mid_catch_up_reads_once_more() {
+        let mut chat = Chat::new(&Config::defaults(), Vec::new(), Mode::Shared);
+        chat.join((1, 1), "r", Some("a"), None, Instant::now()).unwrap();
+        let (mut feed, mut reads, mut commands) = (Feed::default(), Reads::default(), Commands::new());
+        feed.on_published(published(1), &mut chat, &mut reads, &mut commands);
+        feed.on_published(published(4), &mut chat, &mut reads, &mut commands);
+        stored(&mut chat);
+        // The subscription is (re)confirmed while that read is out, and
+        // 7 is heard: 5 and 6 came when nothing listened.
+        feed.catch_up("r", &mut reads, &mut commands);
+        feed.on_published(published(7), &mut chat, &mut reads, &mut commands);
+        commands.clear();
+        let first_read = [2, 3, 4].map(|id| published(id).into_stored().1).to_vec();
+        feed.on_caught_up("r", first_read, &mut chat, &mut reads, &mut commands);
+        assert_eq!(stored(&mut chat), Vec::<u64>::new(), "nothing yet: it reads again");
+        assert_eq!(commands.len(), 1, "the stream's newest entry");
+        feed.on_newest("r", Some(7), &mut chat, &mut reads, &mut commands);
+        let second_read = (2..=7).map(|id| published(id).into_stored().1).collect();
+        feed.on_caught_up("r", second_read, &mut chat, &mut reads, &mut commands);
+        assert_eq!(stored(&mut chat), vec![2, 3, 4, 5, 6, 7]);
+        assert_eq!(gaps(&mut chat), Vec::<String>::new());
     }
 
     #[test]

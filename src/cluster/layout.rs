@@ -6,7 +6,7 @@
 //! | `chatroom:{ROOM}:id` | the room's last id (INCR) |
 //! | `chatroom:{ROOM}:log` | stream: the room's messages, entry id `<id>-0`, field `m` = the JSON event |
 //! | `chatroom:{ROOM}:seq` | hash: process id → the sequence number of its last post applied to the room (retries apply once) |
-//! | [`MESSAGES_CHANNEL`] | every message: one or more JSON events, one per line |
+//! | `chatroom:{ROOM}:msgs` | channel: the room's messages, one or more JSON events per message, one per line ([`room_channel`]) |
 //! | [`PRESENCE_CHANNEL`] | each process's members (see `presence.rs`) |
 //!
 //! Every key of a room carries the room's name in braces, the *hash tag*:
@@ -17,12 +17,14 @@
 //! A message is the same JSON event everywhere: in the stream, on the
 //! channel, and on the WebSocket to a client. [`POST_SCRIPT`] puts the id
 //! into it, so the event is built once, by the process that took the post.
+//! One payload on a room's channel may carry several events, one per line
+//! ([`decode_batch`]): a batch of posts published together.
+//!
+//! The braces in a room channel's name are a Redis Cluster hash tag: only
+//! the `{<room>}` part is hashed, so every key of a room can share one slot.
 
 use crate::bus::Value;
 use crate::storage::StoredMessage;
-
-/// The channel every process publishes messages on and subscribes to.
-pub const MESSAGES_CHANNEL: &[u8] = b"chatroom:messages";
 
 /// The channel for presence (joins, leaves, and periodic snapshots).
 pub const PRESENCE_CHANNEL: &[u8] = b"chatroom:presence";
@@ -51,6 +53,18 @@ pub(super) fn log_key(room: &str) -> String {
 /// The key of a room's sequence marks.
 pub(super) fn seq_key(room: &str) -> String {
     format!("chatroom:{{{room}}}:seq")
+}
+
+/// The channel a room's messages are published on: a process subscribes to
+/// it while the room has members there (see `channels.rs`).
+pub(super) fn room_channel(room: &str) -> String {
+    format!("chatroom:{{{room}}}:msgs")
+}
+
+/// The room whose channel `channel` is, if it is a room channel.
+pub(super) fn channel_room(channel: &[u8]) -> Option<&str> {
+    let name = std::str::from_utf8(channel).ok()?;
+    name.strip_prefix("chatroom:{")?.strip_suffix("}:msgs")
 }
 
 /// Posts to one room, in order, atomically; each at most once.
@@ -153,10 +167,9 @@ pub(super) fn decode_published(payload: &[u8]) -> Option<Published> {
     serde_json::from_slice(payload).ok()
 }
 
-/// Decodes a channel's payload: one or more events, one per line (a JSON
-/// event holds no raw newline: serde escapes it in strings). A line that
-/// does not decode is skipped; the gap it leaves is caught up from the
-/// stream like any other.
+/// Decodes a payload from a room's channel: one or more JSON events, one
+/// per line (a batch of posts published together). Lines that are empty
+/// or do not decode are skipped; the rest keep their order.
 pub(super) fn decode_batch(payload: &[u8]) -> Vec<Published> {
     payload.split(|&b| b == b'\n').filter(|line| !line.is_empty()).filter_map(decode_published).collect()
 }
@@ -218,19 +231,25 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_is_one_event_per_line() {
-        let one = |id| crate::chat::protocol::message_json("r", id, "u", "a\nb", 5);
-        let payload = format!("{}\n{}\nnot json\n\n{}", one(1), one(2), one(3));
+    fn batches_decode_in_order_and_skip_what_is_not_a_message() {
+        let one = |id: u64| crate::chat::protocol::message_json("r", id, "u", "line\nbreak", 5);
+        // A text's newline is escaped in its JSON, so it never splits an event.
+        let payload = format!("{}\n\n{}\nnot json\n{}\n", one(3), one(4), one(5));
         let ids: Vec<u64> = decode_batch(payload.as_bytes()).iter().map(|p| p.id).collect();
-        assert_eq!(ids, vec![1, 2, 3]);
-        assert_eq!(decode_batch(one(7).as_bytes()).first().map(|p| p.message.as_str()), Some("a\nb"));
+        assert_eq!(ids, vec![3, 4, 5]);
+        assert_eq!(decode_batch(one(7).as_bytes()).first().map(|p| p.message.as_str()), Some("line\nbreak"));
+        assert!(decode_batch(b"").is_empty());
     }
 
     #[test]
-    fn a_room_s_keys_share_its_hash_tag() {
-        for key in [id_key("team-a"), log_key("team-a"), seq_key("team-a")] {
+    fn a_room_s_keys_and_channel_share_its_hash_tag() {
+        for key in [id_key("team-a"), log_key("team-a"), seq_key("team-a"), room_channel("team-a")] {
             assert!(key.starts_with("chatroom:{team-a}:"), "{key}");
         }
+        assert_eq!(room_channel("lobby"), "chatroom:{lobby}:msgs");
+        assert_eq!(channel_room(room_channel("a-b_c").as_bytes()), Some("a-b_c"));
+        assert_eq!(channel_room(PRESENCE_CHANNEL), None);
+        assert_eq!(channel_room(b"chatroom:{x}:other"), None);
     }
 
     #[test]

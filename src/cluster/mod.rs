@@ -4,12 +4,21 @@
 //! no longer hand out ids by itself. The order of the conversation comes from
 //! Redis instead: a post runs one Lua script ([`POST_SCRIPT`]) that takes the
 //! room's next id (INCR), appends the message to the room's stream (XADD
-//! with the id as the entry id, capped by MAXLEN), and PUBLISHes it. Redis
-//! runs scripts one at a time, so every process receives every message in
-//! the same order, with the same gapless ids. Each process then treats a
-//! published message exactly as the embedded mode treats a local post: it
-//! stores it in its own `--data`, and broadcasts it to its local members once
-//! that commit is done.
+//! with the id as the entry id, capped by MAXLEN), and PUBLISHes it on the
+//! room's own channel. Redis runs scripts one at a time, so every process
+//! that listens to a room receives its messages in the same order, with the
+//! same gapless ids. Each process then treats a published message exactly
+//! as the embedded mode treats a local post: it stores it in its own
+//! `--data`, and broadcasts it to its local members once that commit is done.
+//!
+//! A process listens only to the rooms it serves: it subscribes to a
+//! room's channel when the room gets its first member here, and
+//! unsubscribes once the room has had none for `--room-grace`
+//! (`channels.rs`). A process whose members sit in quiet rooms so stays
+//! idle however busy the others are. The first subscription misses what
+//! was posted before it took effect; the room's welcome read covers what
+//! came before the read, and a catch-up from the stream, once Redis
+//! confirms the subscription, covers the moment between (`feed.rs`).
 //!
 //! What can go wrong, and what happens:
 //!
@@ -21,15 +30,29 @@
 //!   an hour and answers a repeat with the id it already gave, so a retry
 //!   never publishes twice.
 //! - The subscription drops: messages published meanwhile were missed. On
-//!   resubscribing, every live room reads its stream from the last id it
-//!   delivered, so members catch up without a gap. A message that arrives
-//!   with a gap at any other time triggers the same catch-up.
+//!   resubscribing, every room listened to reads its stream from the last
+//!   id it delivered, so members catch up without a gap. A message that
+//!   arrives with a gap at any other time triggers the same catch-up.
 //! - Redis restarts empty: the script is given the highest id this process
 //!   knows for the room and never hands out an id at or below it.
 //!
 //! History (welcome, `?since=`, scroll-back) is read from the room's stream,
 //! so it is the same whichever process a client lands on, including one
 //! started after the messages were sent.
+//!
+//! What used to come from hearing every message, and where it comes from
+//! now that a process hears only its rooms:
+//!
+//! - `/api/rooms` and `/api/rooms/<room>`: the room list, message counts
+//!   and last posts of rooms served elsewhere are read from Redis (the
+//!   rooms hash, and each room stream's newest entry) when the API is
+//!   asked and the figures are more than two seconds old; the request waits
+//!   for the read (`directory.rs`). Online counts and names come from
+//!   presence, which every process still hears (`presence.rs`), so they
+//!   are right without it.
+//! - `/ws/stats` and `/metrics` count this process's own connections,
+//!   members, posts and deliveries: nothing in them came from other
+//!   processes' messages.
 //!
 //! # Where this sits
 //!
@@ -56,30 +79,36 @@
 //! - `posts.rs`: posting, the backlog, retries.
 //! - `reads.rs`: history reads from a room's stream.
 //! - `feed.rs`: published messages to the chat in id order; catching up.
+//! - `channels.rs`: which rooms' channels this process listens to.
+//! - `directory.rs`: the API's figures for rooms served elsewhere.
 //! - `presence.rs`: the other processes' members.
 
+mod channels;
+mod directory;
 mod feed;
 mod layout;
 mod posts;
 mod presence;
 mod reads;
 
-use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use log::{info, warn};
 
 use crate::bus::{BusEvent, Value, Which};
 use crate::chat::{Chat, Handoff, NotSent};
+use channels::RoomChannels;
+pub use channels::Subscription;
+use directory::Directory;
 use feed::Feed;
-use layout::decode_batch;
-pub use layout::{MESSAGES_CHANNEL, POST_SCRIPT, PRESENCE_CHANNEL, STREAM_MAXLEN};
+pub use layout::{POST_SCRIPT, PRESENCE_CHANNEL, STREAM_MAXLEN};
+use layout::{channel_room, decode_batch};
 use posts::Posts;
 use presence::Presence;
 use reads::{Reader, Reads};
 
-/// The channels every process subscribes to.
-pub const CHANNELS: [&[u8]; 2] = [MESSAGES_CHANNEL, PRESENCE_CHANNEL];
+/// The channels every process subscribes to, whatever rooms it serves.
+pub const CHANNELS: [&[u8]; 1] = [PRESENCE_CHANNEL];
 
 /// Packed commands for the bus, with their tags, in order.
 type Commands = Vec<(Vec<u8>, u64)>;
@@ -96,6 +125,9 @@ const TAG_KIND: u64 = 3 << 62;
 const TAG_SCRIPT: u64 = TAG_INTERNAL | 1;
 /// Tag of the HGETALL that learns rooms other processes created.
 const TAG_ROOMS: u64 = TAG_INTERNAL | 2;
+/// With `TAG_INTERNAL`: the commands of a directory refresh (the low bits
+/// are `directory.rs`'s).
+const TAG_DIRECTORY: u64 = TAG_INTERNAL | 1 << 61;
 
 /// Redis-mode state: what is on its way to Redis, and what came back.
 #[derive(Debug)]
@@ -108,15 +140,26 @@ pub struct Cluster {
     reads: Reads,
     feed: Feed,
     presence: Presence,
-    /// Rooms with local members (from the chat's `FirstMember` and
-    /// `LastMemberLeft`): the ones to catch up after a resubscribe.
-    live: BTreeSet<String>,
+    /// The rooms whose channels this process listens to (those with local
+    /// members, from the chat's `FirstMember` and `LastMemberLeft`).
+    channels: RoomChannels,
+    directory: Directory,
+    /// Chat messages received on room channels (for `/metrics`).
+    received: u64,
+}
+
+/// What the cluster counted, for `/metrics`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClusterCounts {
+    /// Chat messages received on room channels.
+    pub received: u64,
 }
 
 impl Cluster {
     /// Redis-mode state; `backlog_cap` is `--redis-buffer`, `batch` is
-    /// `--redis-batch`, `presence_ttl` is `--presence-ttl`.
-    pub fn new(backlog_cap: usize, batch: usize, presence_ttl: Duration) -> Cluster {
+    /// `--redis-batch`, `presence_ttl` is `--presence-ttl`, `room_grace`
+    /// is `--room-grace`.
+    pub fn new(backlog_cap: usize, batch: usize, presence_ttl: Duration, room_grace: Duration) -> Cluster {
         let seed =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
                 ^ u128::from(std::process::id()) << 64;
@@ -129,14 +172,16 @@ impl Cluster {
             reads: Reads::default(),
             feed: Feed::default(),
             presence: Presence::new(&proc_id, presence_ttl),
-            live: BTreeSet::new(),
+            channels: RoomChannels::new(room_grace),
+            directory: Directory::default(),
+            received: 0,
         }
     }
 
     /// Takes what the chat handed out since the last call. Runs before the
     /// bus's events are handled and before the commands leave, so the
     /// cluster's view of the chat (its live rooms) is current for both.
-    pub fn take_handoffs(&mut self, chat: &mut Chat) {
+    pub fn take_handoffs(&mut self, chat: &mut Chat, now: Instant) {
         for handoff in chat.take_handoffs() {
             match handoff {
                 Handoff::RoomCreated { room, created } => {
@@ -144,10 +189,10 @@ impl Cluster {
                     self.commands.push((cmd, TAG_INTERNAL));
                 }
                 Handoff::FirstMember { room } => {
-                    self.live.insert(room);
+                    self.channels.on_first_member(&room);
                 }
                 Handoff::LastMemberLeft { room } => {
-                    self.live.remove(&room);
+                    self.channels.on_last_member_left(&room, now);
                 }
                 Handoff::Post(intent) => {
                     let author = intent.author;
@@ -175,8 +220,15 @@ impl Cluster {
             }
             BusEvent::SubscribedUp => {
                 info!("redis: subscribed");
-                for room in &self.live {
-                    self.feed.catch_up(room, chat, &mut self.reads, &mut self.commands);
+                for room in self.channels.rooms() {
+                    self.feed.catch_up(room, &mut self.reads, &mut self.commands);
+                }
+            }
+            BusEvent::Subscribed { channel } => {
+                // A room's first subscription: what was posted since its
+                // welcome read, and before this, was not heard.
+                if let Some(room) = channel_room(&channel).filter(|room| self.channels.hears(room)) {
+                    self.feed.catch_up(room, &mut self.reads, &mut self.commands);
                 }
             }
             BusEvent::Down { which, reason } => {
@@ -186,28 +238,33 @@ impl Cluster {
                     self.up = false;
                 }
             }
-            BusEvent::Reply { tag, value } => self.on_reply(tag, value, chat),
+            BusEvent::Reply { tag, value } => self.on_reply(tag, value, chat, now),
             BusEvent::Failed { tag } => self.on_failed(tag, chat),
             BusEvent::Message { channel, payload } => {
-                if channel == MESSAGES_CHANNEL {
-                    for p in decode_batch(&payload) {
+                if channel == PRESENCE_CHANNEL {
+                    self.presence.on_note(&payload, now, chat);
+                } else if let Some(room) = channel_room(&channel) {
+                    // A room's channel carries that room's messages only.
+                    for p in decode_batch(&payload).into_iter().filter(|p| p.room == room) {
+                        self.received += 1;
                         self.feed.on_published(p, chat, &mut self.reads, &mut self.commands);
                     }
-                } else if channel == PRESENCE_CHANNEL {
-                    self.presence.on_note(&payload, now, chat);
                 }
             }
         }
     }
 
-    /// Once a second: presence snapshots and silent processes.
+    /// Once a second: presence snapshots and silent processes, and the
+    /// rooms whose grace is over.
     pub fn on_tick(&mut self, now: Instant, chat: &mut Chat) {
         self.presence.on_tick(now, chat, &mut self.commands);
+        self.channels.on_tick(now);
     }
 
     /// How long the loop may sleep before [`Cluster::on_tick`] has work.
     pub fn next_wakeup(&self, now: Instant) -> Option<Duration> {
-        self.presence.next_wakeup(now)
+        let grace = self.channels.next_deadline().map(|at| at.saturating_duration_since(now));
+        [self.presence.next_wakeup(now), grace].into_iter().flatten().min()
     }
 
     /// The commands for the bus, oldest first: the turn's posts go with
@@ -225,8 +282,36 @@ impl Cluster {
         self.posts.sent()
     }
 
+    /// The subscriptions to change on the bus, oldest first.
+    pub fn drain_subscriptions(&mut self) -> std::vec::Drain<'_, Subscription> {
+        self.channels.drain()
+    }
+
+    /// Whether the chat's directory can answer `/api/rooms` now: it was
+    /// refreshed from Redis lately, or Redis is away (then what we have is
+    /// the best answer). If not, a refresh is on its way, and
+    /// [`Cluster::take_directory_settled`] says when it is done.
+    pub fn directory_ready(&mut self, now: Instant) -> bool {
+        if !self.up || self.directory.is_fresh(now) {
+            return true;
+        }
+        self.directory.refresh(&mut self.commands);
+        false
+    }
+
+    /// Whether a directory refresh ended (or was given up) since the last
+    /// call: the API requests waiting for it can be answered.
+    pub fn take_directory_settled(&mut self) -> bool {
+        self.directory.take_settled()
+    }
+
+    /// What the cluster counted so far.
+    pub fn counts(&self) -> ClusterCounts {
+        ClusterCounts { received: self.received }
+    }
+
     /// Redis answered one of our commands.
-    fn on_reply(&mut self, tag: u64, value: Value, chat: &mut Chat) {
+    fn on_reply(&mut self, tag: u64, value: Value, chat: &mut Chat, now: Instant) {
         match tag & TAG_KIND {
             TAG_POST => {
                 for answer in self.posts.on_reply(tag, value, &mut self.commands) {
@@ -243,10 +328,19 @@ impl Cluster {
                 let Some(answer) = self.reads.on_reply(tag, &value) else { return };
                 match answer.reader {
                     Reader::Chat(ticket) => chat.on_messages(ticket, answer.messages, answer.oldest),
-                    Reader::CatchUp(room) => self.feed.on_caught_up(&room, answer.messages, chat),
+                    Reader::CatchUp(room) => {
+                        self.feed.on_caught_up(&room, answer.messages, chat, &mut self.reads, &mut self.commands);
+                    }
+                    Reader::Newest(room) => {
+                        let newest = answer.messages.last().map(|m| m.id);
+                        self.feed.on_newest(&room, newest, chat, &mut self.reads, &mut self.commands);
+                    }
                 }
             }
             _ if tag == TAG_ROOMS => chat.learn_rooms(layout::room_list(&value)),
+            _ if tag & TAG_DIRECTORY == TAG_DIRECTORY => {
+                self.directory.on_reply(tag, &value, chat, &mut self.commands, now);
+            }
             _ => {
                 if let Value::Error(e) = value {
                     warn!("redis: {e}");
@@ -266,6 +360,7 @@ impl Cluster {
                 }
             }
             TAG_READ => self.reads.on_failed(tag),
+            _ if tag & TAG_DIRECTORY == TAG_DIRECTORY => self.directory.on_failed(tag),
             _ => {}
         }
     }
@@ -274,38 +369,142 @@ impl Cluster {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chat::Outgoing;
     use crate::config::Config;
+    use crate::storage::{Request, RoomRecord};
+
+    fn cluster() -> Cluster {
+        Cluster::new(10, 100, Duration::from_secs(30), Duration::from_secs(10))
+    }
 
     fn read_tags(cluster: &mut Cluster) -> Vec<u64> {
         cluster.drain_commands().map(|(_, tag)| tag).filter(|tag| tag & TAG_KIND == TAG_READ).collect()
     }
 
+    /// A stream reply (XRANGE or XREVRANGE) holding messages `ids` of `room`.
+    fn entries(room: &str, ids: impl IntoIterator<Item = u64>) -> Value {
+        Value::Array(
+            ids.into_iter()
+                .map(|id| {
+                    Value::Array(vec![
+                        Value::Bulk(format!("{id}-0").into_bytes()),
+                        Value::Array(vec![Value::Bulk(b"m".to_vec()), Value::Bulk(message(room, id).into_bytes())]),
+                    ])
+                })
+                .collect(),
+        )
+    }
+
+    fn message(room: &str, id: u64) -> String {
+        crate::chat::protocol::message_json(room, id, "u", &format!("m{id}"), 5)
+    }
+
+    /// The ids the chat handed to storage since the last call.
+    fn stored(chat: &mut Chat) -> Vec<u64> {
+        let ids = chat.requests.iter().filter_map(|r| match r {
+            Request::Append { msg, .. } => Some(msg.id),
+            _ => None,
+        });
+        let ids = ids.collect();
+        chat.requests.clear();
+        ids
+    }
+
+    /// The last command for the bus, as text (RESP, `\r\n` and all).
+    fn last_command(cluster: &mut Cluster) -> (String, u64) {
+        let commands: Vec<(Vec<u8>, u64)> = cluster.drain_commands().collect();
+        let Some((packed, tag)) = commands.last() else { panic!("no command") };
+        (String::from_utf8_lossy(packed).into_owned(), *tag)
+    }
+
     #[test]
-    fn a_resubscribe_catches_up_the_rooms_live_here() {
+    fn a_resubscribe_catches_up_the_rooms_listened_to() {
         let mut chat = Chat::new(&Config::defaults(), Vec::new(), crate::chat::Mode::Shared);
-        let mut cluster = Cluster::new(10, 100, Duration::from_secs(30));
+        let mut cluster = cluster();
         let now = Instant::now();
         let a = chat.join((1, 1), "a", Some("x"), None, now).unwrap();
         chat.join((2, 2), "b", Some("y"), None, now).unwrap();
         chat.leave(a);
-        cluster.take_handoffs(&mut chat);
-        assert_eq!(cluster.live, BTreeSet::from(["b".to_string()]));
+        cluster.take_handoffs(&mut chat, now);
         cluster.drain_commands();
+        // a emptied, but is listened to until its grace is over.
         cluster.on_event(BusEvent::SubscribedUp, &mut chat, now);
-        assert_eq!(read_tags(&mut cluster).len(), 2, "one read (first entry and range) for room b");
+        assert_eq!(read_tags(&mut cluster).len(), 2, "one newest-entry read each for a and b");
+        cluster.on_tick(now + Duration::from_secs(10), &mut chat);
+        let unsubscribed: Vec<Subscription> = cluster.drain_subscriptions().collect();
+        assert_eq!(unsubscribed.last(), Some(&Subscription::Unsubscribe(b"chatroom:{a}:msgs".to_vec())));
         cluster.on_event(BusEvent::SubscribedUp, &mut chat, now);
-        assert_eq!(read_tags(&mut cluster).len(), 0, "b is still catching up");
+        assert_eq!(read_tags(&mut cluster).len(), 0, "b is still catching up, and a is not heard");
+    }
+
+    /// A room this process has not heard for a while: its last id is far
+    /// behind. The subscription is confirmed before the welcome read's
+    /// answer is in, and messages arrive meanwhile: the catch-up must read
+    /// on from the welcome's newest message, neither from the stale id
+    /// (replaying history to the member) nor past what was missed.
+    #[test]
+    fn a_first_subscription_catches_up_from_the_welcome_not_from_a_stale_id() {
+        let stale = RoomRecord { name: "r".into(), created: 1, last_post: Some(1), messages: 5, last_id: 5 };
+        let mut chat = Chat::new(&Config::defaults(), vec![stale], crate::chat::Mode::Shared);
+        chat.take_handoffs();
+        let mut cluster = cluster();
+        let now = Instant::now();
+        chat.join((1, 1), "r", Some("x"), None, now).unwrap();
+        cluster.take_handoffs(&mut chat, now);
+        let welcome: Vec<u64> = read_tags(&mut cluster);
+        assert_eq!(welcome.len(), 2, "the welcome read: first entry, then the newest page");
+        let channel = b"chatroom:{r}:msgs".to_vec();
+        assert_eq!(cluster.drain_subscriptions().collect::<Vec<_>>(), [Subscription::Subscribe(channel.clone())]);
+
+        // Redis confirms the subscription before the welcome read's answer
+        // arrives; messages 2002 and 2003 follow, in one payload.
+        cluster.on_event(BusEvent::Subscribed { channel: channel.clone() }, &mut chat, now);
+        let (newest, newest_tag) = last_command(&mut cluster);
+        assert!(newest.contains("XREVRANGE") && newest.contains("COUNT"), "{newest}");
+        let payload = format!("{}\n{}", message("r", 2002), message("r", 2003)).into_bytes();
+        cluster.on_event(BusEvent::Message { channel, payload }, &mut chat, now);
+        assert_eq!(stored(&mut chat), Vec::<u64>::new(), "held while the room catches up");
+
+        // The welcome read's answers, then the newest entry's.
+        let reply = |tag, value| BusEvent::Reply { tag, value };
+        cluster.on_event(reply(welcome[0], entries("r", [1])), &mut chat, now);
+        cluster.on_event(reply(welcome[1], entries("r", (1801..=2000).rev())), &mut chat, now);
+        assert_eq!(chat.last_id("r"), 2000);
+        cluster.on_event(reply(newest_tag, entries("r", [2003])), &mut chat, now);
+        let (range, range_tag) = last_command(&mut cluster);
+        assert!(range.contains("(2000-0"), "read on from the welcome's newest: {range}");
+        cluster.on_event(reply(range_tag, entries("r", 2001..=2003)), &mut chat, now);
+        assert_eq!(stored(&mut chat), vec![2001, 2002, 2003]);
+
+        chat.on_committed(u64::MAX, &Ok(()));
+        let mut delivered = Vec::new();
+        for out in chat.out.drain(..) {
+            let json = match out {
+                Outgoing::To { json, .. } => json,
+                Outgoing::Room { json, .. } => json.to_string(),
+                _ => continue,
+            };
+            let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+            match v["type"].as_str() {
+                Some("welcome") => delivered.extend(v["history"].as_array().unwrap().iter().map(|m| m["id"].clone())),
+                Some("message") => delivered.push(v["id"].clone()),
+                Some("gap") => panic!("no gap: {v}"),
+                _ => {}
+            }
+        }
+        let ids: Vec<u64> = delivered.iter().filter_map(|id| id.as_u64()).collect();
+        assert_eq!(ids, (1951..=2003).collect::<Vec<_>>(), "the welcome's 50, then every later one once");
     }
 
     #[test]
     fn a_post_with_no_room_left_to_wait_is_refused() {
         let mut chat = Chat::new(&Config::defaults(), Vec::new(), crate::chat::Mode::Shared);
-        let mut cluster = Cluster::new(0, 100, Duration::from_secs(30));
+        let mut cluster = Cluster::new(0, 100, Duration::from_secs(30), Duration::from_secs(10));
         let now = Instant::now();
         let mut m = chat.join((1, 1), "r", Some("x"), None, now).unwrap();
         chat.out.clear();
         chat.on_text(1, &mut m, r#"{"message": "hi"}"#, now);
-        cluster.take_handoffs(&mut chat);
+        cluster.take_handoffs(&mut chat, now);
         let refused = chat.out.iter().any(|o| {
             matches!(o, crate::chat::Outgoing::ToSerial { key: 1, serial: 1, json } if json.contains("unavailable"))
         });

@@ -23,9 +23,7 @@ use std::collections::{HashMap, VecDeque};
 use data_encoding::HEXLOWER;
 use sha1::{Digest, Sha1};
 
-use super::layout::{
-    MESSAGES_CHANNEL, MIGRATE_SCRIPT, POST_SCRIPT, SEQ_TTL_S, STREAM_MAXLEN, id_key, log_key, seq_key,
-};
+use super::layout::{MIGRATE_SCRIPT, POST_SCRIPT, SEQ_TTL_S, STREAM_MAXLEN, id_key, log_key, room_channel, seq_key};
 use super::{Commands, TAG_INTERNAL, TAG_KIND, TAG_POST, TAG_SCRIPT};
 use crate::bus::Value;
 use crate::chat::PostIntent;
@@ -190,7 +188,7 @@ impl Posts {
             .arg(id_key(&first.room))
             .arg(log_key(&first.room))
             .arg(seq_key(&first.room))
-            .arg(MESSAGES_CHANNEL)
+            .arg(room_channel(&first.room))
             .arg(known_last)
             .arg(&self.proc_id)
             .arg(STREAM_MAXLEN)

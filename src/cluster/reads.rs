@@ -25,6 +25,9 @@ pub(super) enum Reader {
     Chat(u64),
     /// Catching a live room up on what the subscription missed.
     CatchUp(String),
+    /// The first step of a catch-up: the stream's newest entry, read after
+    /// every read sent before it has been answered (see `feed.rs`).
+    Newest(String),
 }
 
 /// An answered read.
@@ -53,10 +56,24 @@ pub(super) struct Reads {
 }
 
 impl Reads {
+    /// Reads `room`'s newest stream entry (its answer's `messages` hold
+    /// it, or nothing for an empty stream). Replies come in order, so when
+    /// this one arrives every read sent before it has been answered.
+    pub(super) fn newest(&mut self, room: &str, commands: &mut Commands) {
+        let tag = self.next_tag();
+        let cmd = redis::cmd("XREVRANGE").arg(log_key(room)).arg("+").arg("-").arg("COUNT").arg(1).get_packed_command();
+        commands.push((cmd.clone(), tag));
+        self.pending.insert(tag, (Reader::Newest(room.to_string()), cmd));
+    }
+
+    fn next_tag(&mut self) -> u64 {
+        self.next += 1;
+        TAG_READ | (self.next & !(TAG_KIND | TAG_OLDEST))
+    }
+
     /// Reads `range` from the room's stream for `reader`.
     pub(super) fn read(&mut self, reader: Reader, range: &ReadRange, commands: &mut Commands) {
-        self.next += 1;
-        let tag = TAG_READ | (self.next & !(TAG_KIND | TAG_OLDEST));
+        let tag = self.next_tag();
         let ReadRange { room, after, before, limit, newest } = range;
         let key = log_key(room);
         let first = redis::cmd("XRANGE").arg(&key).arg("-").arg("+").arg("COUNT").arg(1).get_packed_command();

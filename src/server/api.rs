@@ -5,6 +5,12 @@
 //! rooms). Scroll-back reads older messages, which lives on disk, so the
 //! request goes to the storage thread and the connection is parked until
 //! the answer comes back; pipelined requests behind it wait their turn.
+//!
+//! With `--redis`, this process knows the figures of the rooms it serves,
+//! but not those of rooms served elsewhere (it does not hear their
+//! messages): the directory is refreshed from Redis when it is more than a
+//! couple of seconds old, and the request is parked the same way until the
+//! refresh is in (see `cluster/directory.rs`).
 
 use serde_json::{Value, json};
 
@@ -23,16 +29,28 @@ const PAGE_MAX: usize = 200;
 const SCROLLBACK_DEFAULT: usize = 50;
 const SCROLLBACK_MAX: usize = 200;
 
-fn not_found() -> Response {
-    Response::json(404, br#"{"error":"not_found"}"#.to_vec())
+/// An API answer: status and JSON body.
+type Json = (u16, Vec<u8>);
+
+/// An API request waiting for the directory refresh (with `--redis`).
+#[derive(Debug)]
+pub(super) struct ApiWaiter {
+    key: usize,
+    serial: u64,
+    path: String,
+    query: String,
 }
 
-fn bad_request(what: &str) -> Response {
-    Response::json(400, json!({"error": "bad_request", "message": what}).to_string().into_bytes())
+fn not_found() -> Json {
+    (404, br#"{"error":"not_found"}"#.to_vec())
+}
+
+fn bad_request(what: &str) -> Json {
+    (400, json!({"error": "bad_request", "message": what}).to_string().into_bytes())
 }
 
 /// A number from the query, or the default; `Err` if present but not a number.
-fn number(query: &str, key: &str, default: u64) -> Result<u64, Response> {
+fn number(query: &str, key: &str, default: u64) -> Result<u64, Json> {
     match query_value(query, key) {
         None => Ok(default),
         Some(v) => v.parse().map_err(|_| bad_request(&format!("`{key}` must be a whole number"))),
@@ -51,10 +69,44 @@ fn room_json(record: &RoomRecord, online: usize) -> Value {
 }
 
 impl Server {
-    /// Answers `/api/<path>`; `None` when the answer waits for storage.
+    /// Answers `/api/<path>`; `None` when the answer waits (for storage, or
+    /// for the directory's refresh from Redis).
     pub(super) fn on_api(&mut self, key: usize, path: &str, query: &str) -> Option<Response> {
-        let parts: Vec<&str> = path.trim_end_matches('/').split('/').collect();
-        let result = match parts.as_slice() {
+        if self.needs_directory(path) && !self.directory_ready() {
+            let serial = self.conns.get(key)?.serial();
+            self.directory_waiters.push(ApiWaiter { key, serial, path: path.to_string(), query: query.to_string() });
+            return None;
+        }
+        self.api_answer(key, path, query).map(|(status, body)| Response::json(status, body))
+    }
+
+    /// The directory was refreshed: answers a request that waited for it
+    /// (unless its connection is gone).
+    pub(super) fn answer_waiter(&mut self, waiter: ApiWaiter) {
+        let ApiWaiter { key, serial, path, query } = waiter;
+        if self.conns.get(key).is_none_or(|c| c.serial() != serial) {
+            return;
+        }
+        // `None`: a scroll-back read went out, and its answer unparks the connection.
+        if let Some((status, body)) = self.api_answer(key, &path, &query) {
+            self.answer_parked(key, serial, status, body);
+        }
+    }
+
+    /// Whether answering `path` needs what only the directory knows: the
+    /// rooms and their figures, or whether a room exists at all.
+    fn needs_directory(&self, path: &str) -> bool {
+        match split(path).as_slice() {
+            ["rooms"] | ["rooms", _] => true,
+            ["rooms", room, "messages"] => !self.chat.directory.contains_key(*room),
+            _ => false,
+        }
+    }
+
+    /// The answer to `/api/<path>` from what is known now; `None` when it
+    /// waits for storage.
+    fn api_answer(&mut self, key: usize, path: &str, query: &str) -> Option<Json> {
+        let result = match split(path).as_slice() {
             ["rooms"] => self.api_rooms(query),
             ["rooms", room] => self.api_room(room),
             ["rooms", room, "messages"] => return self.api_messages(key, room, query),
@@ -63,7 +115,7 @@ impl Server {
         Some(result.unwrap_or_else(|e| e))
     }
 
-    fn api_rooms(&self, query: &str) -> Result<Response, Response> {
+    fn api_rooms(&self, query: &str) -> Result<Json, Json> {
         let offset = number(query, "offset", 0)? as usize;
         let limit = (number(query, "limit", PAGE_DEFAULT as u64)? as usize).clamp(1, PAGE_MAX);
         let mut rooms: Vec<(&RoomRecord, usize)> =
@@ -74,20 +126,20 @@ impl Server {
         });
         let page: Vec<Value> = rooms.iter().skip(offset).take(limit).map(|(r, online)| room_json(r, *online)).collect();
         let body = json!({"rooms": page, "total": rooms.len(), "offset": offset, "limit": limit});
-        Ok(Response::json(200, body.to_string().into_bytes()))
+        Ok((200, body.to_string().into_bytes()))
     }
 
-    fn api_room(&self, room: &str) -> Result<Response, Response> {
+    fn api_room(&self, room: &str) -> Result<Json, Json> {
         let record = self.chat.directory.get(room).ok_or_else(not_found)?;
         let (online, names) = self.chat.online(room, ONLINE_LIST_MAX);
         let mut body = room_json(record, online);
         if let Some(obj) = body.as_object_mut() {
             obj.insert("online_names".into(), json!(names));
         }
-        Ok(Response::json(200, body.to_string().into_bytes()))
+        Ok((200, body.to_string().into_bytes()))
     }
 
-    fn api_messages(&mut self, key: usize, room: &str, query: &str) -> Option<Response> {
+    fn api_messages(&mut self, key: usize, room: &str, query: &str) -> Option<Json> {
         if !valid_room_name(room) || !self.chat.directory.contains_key(room) {
             return Some(not_found());
         }
@@ -103,4 +155,9 @@ impl Server {
         self.chat.read_for_http(key, serial, room, before, limit);
         None
     }
+}
+
+/// `rooms/<room>/messages/` → `["rooms", "<room>", "messages"]`.
+fn split(path: &str) -> Vec<&str> {
+    path.trim_end_matches('/').split('/').collect()
 }

@@ -223,6 +223,8 @@ pub struct Server {
     bus: Option<crate::bus::Bus>,
     /// The rooms' Redis side, with `--redis` (see `redis.rs`).
     cluster: Option<crate::cluster::Cluster>,
+    /// API requests parked until the cluster's directory refresh is in.
+    directory_waiters: Vec<api::ApiWaiter>,
     /// When the once-a-second work (stats feed) runs next.
     next_tick: Instant,
     /// Counters at the last tick, for per-second rates.
@@ -307,6 +309,7 @@ impl Server {
             commit_clock: std::collections::VecDeque::new(),
             bus,
             cluster,
+            directory_waiters: Vec::new(),
             next_tick: now + TICK,
             last_tick: stats::Sample::default(),
         })

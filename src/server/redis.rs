@@ -1,6 +1,6 @@
 //! The reactor's side of Redis (`--redis`): the bus's events and the chat's
-//! handoffs go to the cluster, and the cluster's commands leave through the
-//! bus once per turn.
+//! handoffs go to the cluster, and the cluster's commands and changes of
+//! subscription leave through the bus once per turn.
 //!
 //! The bus ([`crate::bus`]) moves bytes and knows nothing of rooms; the chat
 //! ([`crate::chat`]) knows rooms but not Redis; the cluster
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use mio::Registry;
 
 use crate::bus::{Bus, BusEvent, RedisUrl};
-use crate::cluster::{CHANNELS, Cluster};
+use crate::cluster::{CHANNELS, Cluster, Subscription};
 use crate::config::Config;
 use crate::server::{REDIS_CMD, REDIS_SUB, Server, StartError};
 
@@ -29,31 +29,44 @@ impl Server {
             bus.subscribe(channel);
         }
         bus.start(registry, REDIS_CMD, REDIS_SUB, Instant::now());
-        Ok((Some(bus), Some(Cluster::new(cfg.redis_buffer, cfg.redis_batch, cfg.presence_ttl))))
+        Ok((Some(bus), Some(Cluster::new(cfg.redis_buffer, cfg.redis_batch, cfg.presence_ttl, cfg.room_grace))))
     }
 
     /// Handles everything the bus produced since the last call.
     pub(super) fn on_bus_events(&mut self) {
         let (Some(bus), Some(cluster)) = (&mut self.bus, &mut self.cluster) else { return };
         self.metrics.redis_reconnects = bus.reconnects();
+        self.metrics.redis_subscribes = bus.subscribes_sent();
+        self.metrics.redis_unsubscribes = bus.unsubscribes_sent();
         let events: Vec<BusEvent> = bus.drain_events().collect();
         if events.is_empty() {
             return;
         }
         // The chat's handoffs first: a resubscribe catches up the rooms
-        // live here, so the cluster must know them all.
-        cluster.take_handoffs(&mut self.chat);
+        // listened to, so the cluster must know them all.
+        cluster.take_handoffs(&mut self.chat, self.now);
         for event in events {
             cluster.on_event(event, &mut self.chat, self.now);
         }
+        self.metrics.redis_messages_received = cluster.counts().received;
+        let settled = cluster.take_directory_settled();
         self.deliver_chat();
+        if settled {
+            self.answer_directory_waiters();
+        }
     }
 
     /// Hands the chat's handoffs to the cluster, sends the cluster's
     /// commands, and flushes the bus (once per turn).
     pub(super) fn flush_bus(&mut self) {
         let (Some(bus), Some(cluster)) = (&mut self.bus, &mut self.cluster) else { return };
-        cluster.take_handoffs(&mut self.chat);
+        cluster.take_handoffs(&mut self.chat, self.now);
+        for change in cluster.drain_subscriptions() {
+            match change {
+                Subscription::Subscribe(channel) => bus.subscribe(&channel),
+                Subscription::Unsubscribe(channel) => bus.unsubscribe(&channel),
+            }
+        }
         for (packed, tag) in cluster.drain_commands() {
             bus.command(packed, tag);
         }
@@ -64,7 +77,9 @@ impl Server {
         self.on_bus_events();
     }
 
-    /// Once a second: the cluster's presence snapshots and silent processes.
+    /// Once a second: the cluster's presence snapshots, silent processes,
+    /// and rooms whose grace is over (their unsubscriptions leave with this
+    /// turn's flush).
     pub(super) fn on_cluster_tick(&mut self) {
         if let Some(cluster) = &mut self.cluster {
             cluster.on_tick(self.now, &mut self.chat);
@@ -74,5 +89,23 @@ impl Server {
     /// When the cluster needs the loop to wake without I/O.
     pub(super) fn cluster_wakeup(&self) -> Option<Duration> {
         self.cluster.as_ref().and_then(|c| c.next_wakeup(self.now))
+    }
+}
+
+impl Server {
+    /// Whether `/api/rooms` may answer from the chat's directory now. With
+    /// Redis, the figures of rooms served elsewhere are read from it first
+    /// when they are older than a couple of seconds (see
+    /// `cluster/directory.rs`): then this is false, and the request waits.
+    pub(super) fn directory_ready(&mut self) -> bool {
+        let now = self.now;
+        self.cluster.as_mut().is_none_or(|c| c.directory_ready(now))
+    }
+
+    /// The directory refresh ended: answers the API requests that waited.
+    fn answer_directory_waiters(&mut self) {
+        for waiter in std::mem::take(&mut self.directory_waiters) {
+            self.answer_waiter(waiter);
+        }
     }
 }

@@ -1,0 +1,203 @@
+//! What `/api/rooms` says about rooms this process does not hear.
+//!
+//! The API answers from the chat's directory: every room, when it was
+//! created, its message count and last post. A process learns those
+//! figures from the messages it handles, which are only those of its own
+//! rooms (see `channels.rs`); for the others it asks Redis, at most once
+//! every [`DIRECTORY_MAX_AGE`] and only when someone asks the API. The
+//! request waits (parked, as scroll-back does) while the refresh runs:
+//!
+//! - `HGETALL chatroom:rooms`: every room, and when it was created;
+//! - then, pipelined, one `XREVRANGE <room's stream> + - COUNT 1` per room:
+//!   its newest message, whose id is the room's message count (shared ids
+//!   run 1, 2, 3...) and whose `ts` is its last post.
+//!
+//! Nothing is written per post for this: the stream the post script
+//! appends to already holds the answer, and each command touches one key
+//! (Redis Cluster routes each to its room's slot; there is no global key
+//! that every post would hit). The cost is one small read per room per
+//! refresh, paid only while someone watches the rooms list.
+//!
+//! Online counts need none of this: presence is still published to every
+//! process (`presence.rs`).
+
+use std::time::{Duration, Instant};
+
+use super::layout::{ROOMS_KEY, log_key, room_list, stream_messages};
+use super::{Commands, TAG_DIRECTORY};
+use crate::bus::Value;
+use crate::chat::Chat;
+
+/// How old the directory may be when `/api/rooms` answers from it: the
+/// rooms page asks every few seconds, so two seconds is as fresh as anyone
+/// sees, while a crowd of viewers still costs one refresh per two seconds.
+pub(super) const DIRECTORY_MAX_AGE: Duration = Duration::from_secs(2);
+
+/// The low 32 bits of a directory tag: 0 for the room list, `i + 1` for
+/// the `i`th room's newest entry. Above them, the refresh's number.
+const INDEX_BITS: u32 = 32;
+
+/// A refresh's number, as its tags carry it: the bits between the index
+/// and the bits of [`TAG_DIRECTORY`] (bit 61 and up).
+const NUMBER_MASK: u64 = ((1 << 61) - 1) >> INDEX_BITS;
+
+/// A refresh in flight.
+#[derive(Debug)]
+struct Refresh {
+    /// Its number (the high bits of its tags).
+    number: u64,
+    /// The rooms whose newest entries were asked for, by index.
+    rooms: Vec<String>,
+    /// Replies still to come.
+    left: usize,
+}
+
+/// When the directory was last refreshed from Redis, and the refresh on
+/// its way.
+#[derive(Debug, Default)]
+pub(super) struct Directory {
+    refreshed_at: Option<Instant>,
+    refresh: Option<Refresh>,
+    /// Refreshes started: numbers them.
+    started: u64,
+    /// A refresh ended (done, or given up) since [`Directory::take_settled`].
+    settled: bool,
+}
+
+impl Directory {
+    /// Whether the directory was refreshed less than [`DIRECTORY_MAX_AGE`] ago.
+    pub(super) fn is_fresh(&self, now: Instant) -> bool {
+        self.refreshed_at.is_some_and(|at| now < at + DIRECTORY_MAX_AGE)
+    }
+
+    /// Starts a refresh, unless one is on its way.
+    pub(super) fn refresh(&mut self, commands: &mut Commands) {
+        if self.refresh.is_some() {
+            return;
+        }
+        self.started += 1;
+        let number = self.started & NUMBER_MASK;
+        commands.push((redis::cmd("HGETALL").arg(ROOMS_KEY).get_packed_command(), tag_of(number, 0)));
+        self.refresh = Some(Refresh { number, rooms: Vec::new(), left: 1 });
+    }
+
+    /// A reply to one of our commands (`tag` has [`TAG_DIRECTORY`]).
+    pub(super) fn on_reply(&mut self, tag: u64, value: &Value, chat: &mut Chat, commands: &mut Commands, now: Instant) {
+        let Some(refresh) = self.refresh.as_mut().filter(|r| tag_number(tag) == r.number) else { return };
+        match tag_index(tag) {
+            0 => {
+                let list = room_list(value);
+                refresh.rooms = list.iter().map(|(name, _)| name.clone()).collect();
+                chat.learn_rooms(list);
+                for (i, room) in refresh.rooms.iter().enumerate() {
+                    let newest = redis::cmd("XREVRANGE")
+                        .arg(log_key(room))
+                        .arg("+")
+                        .arg("-")
+                        .arg("COUNT")
+                        .arg(1)
+                        .get_packed_command();
+                    commands.push((newest, tag_of(refresh.number, i as u64 + 1)));
+                }
+                refresh.left = refresh.rooms.len();
+            }
+            index => {
+                let room = usize::try_from(index - 1).ok().and_then(|i| refresh.rooms.get(i));
+                if let (Some(room), Some(newest)) = (room, stream_messages(value).last()) {
+                    chat.learn_activity(room, newest.id, newest.ts);
+                }
+                refresh.left = refresh.left.saturating_sub(1);
+            }
+        }
+        if refresh.left == 0 {
+            self.refresh = None;
+            self.refreshed_at = Some(now);
+            self.settled = true;
+        }
+    }
+
+    /// One of our commands failed (Redis went away): the refresh is given
+    /// up, and whoever waits is answered from what the directory has.
+    pub(super) fn on_failed(&mut self, tag: u64) {
+        if self.refresh.as_ref().is_some_and(|r| tag_number(tag) == r.number) {
+            self.refresh = None;
+            self.settled = true;
+        }
+    }
+
+    /// Whether a refresh ended since the last call: the requests waiting
+    /// for it can be answered.
+    pub(super) fn take_settled(&mut self) -> bool {
+        std::mem::take(&mut self.settled)
+    }
+}
+
+fn tag_of(number: u64, index: u64) -> u64 {
+    TAG_DIRECTORY | number << INDEX_BITS | index
+}
+
+fn tag_number(tag: u64) -> u64 {
+    (tag >> INDEX_BITS) & NUMBER_MASK
+}
+
+fn tag_index(tag: u64) -> u64 {
+    tag & ((1 << INDEX_BITS) - 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chat::Mode;
+    use crate::config::Config;
+
+    fn entry(room: &str, id: u64, ts: u64) -> Value {
+        Value::Array(vec![Value::Array(vec![
+            Value::Bulk(format!("{id}-0").into_bytes()),
+            Value::Array(vec![
+                Value::Bulk(b"m".to_vec()),
+                Value::Bulk(crate::chat::protocol::message_json(room, id, "u", "t", ts).into_bytes()),
+            ]),
+        ])])
+    }
+
+    #[test]
+    fn a_refresh_learns_rooms_and_their_newest_messages() {
+        let mut chat = Chat::new(&Config::defaults(), Vec::new(), Mode::Shared);
+        let mut directory = Directory::default();
+        let mut commands = Commands::new();
+        let now = Instant::now();
+        assert!(!directory.is_fresh(now));
+        directory.refresh(&mut commands);
+        directory.refresh(&mut commands);
+        assert_eq!(commands.len(), 1, "one refresh at a time");
+        let (_, list_tag) = commands.remove(0);
+        let rooms = Value::Array(["busy", "17", "quiet", "18"].map(|s| Value::Bulk(s.as_bytes().to_vec())).to_vec());
+        directory.on_reply(list_tag, &rooms, &mut chat, &mut commands, now);
+        assert_eq!(commands.len(), 2, "one read per room");
+        let (busy, quiet) = (commands[0].1, commands[1].1);
+        directory.on_reply(busy, &entry("busy", 40, 1234), &mut chat, &mut commands, now);
+        assert!(!directory.take_settled());
+        directory.on_reply(quiet, &Value::Array(Vec::new()), &mut chat, &mut commands, now);
+        assert!(directory.take_settled() && directory.is_fresh(now));
+        assert!(!directory.is_fresh(now + DIRECTORY_MAX_AGE));
+        let busy = &chat.directory["busy"];
+        assert_eq!((busy.created, busy.messages, busy.last_post), (17, 40, Some(1234)));
+        assert_eq!(busy.last_id, 0, "what exists is not what was handed over");
+        assert_eq!((chat.directory["quiet"].messages, chat.directory["quiet"].last_post), (0, None));
+    }
+
+    #[test]
+    fn a_failed_refresh_settles_and_a_stale_reply_is_ignored() {
+        let mut chat = Chat::new(&Config::defaults(), Vec::new(), Mode::Shared);
+        let mut directory = Directory::default();
+        let mut commands = Commands::new();
+        let now = Instant::now();
+        directory.refresh(&mut commands);
+        let (_, first) = commands.remove(0);
+        directory.on_failed(first);
+        assert!(directory.take_settled() && !directory.is_fresh(now));
+        directory.refresh(&mut commands);
+        directory.on_reply(first, &Value::Array(Vec::new()), &mut chat, &mut commands, now);
+        assert!(!directory.take_settled(), "a reply of the refresh given up");
+    }
+}
