@@ -1,6 +1,7 @@
 //! Stopping: SIGTERM/SIGINT (or a [`Handle`]) start a graceful shutdown;
 //! the loop ends when every client has gone or the grace period is over,
-//! and the storage thread commits what it holds.
+//! and the storage thread commits what it holds. The signals that should
+//! not stop a server do not: SIGHUP is logged, SIGXFSZ ignored.
 
 use log::info;
 use mio::Interest;
@@ -9,11 +10,26 @@ use super::{RunState, SHUTDOWN_GRACE, SIGNALS, Server, StartError};
 use crate::conn::ShutdownStep;
 
 impl Server {
-    /// Routes SIGTERM and SIGINT into the poll (for the binary; tests stop
-    /// the server through a [`Handle`](super::Handle) instead).
+    /// Routes SIGTERM, SIGINT and SIGHUP into the poll, and ignores
+    /// SIGXFSZ (for the binary; tests stop the server through a
+    /// [`Handle`](super::Handle) instead).
+    ///
+    /// SIGXFSZ comes when a write passes the file-size limit
+    /// (`RLIMIT_FSIZE`: systemd's `LimitFSIZE=`, a shell's `ulimit -f`), and
+    /// by default it kills the process, every connection with it. Ignored,
+    /// the write fails with EFBIG instead, and the storage thread answers
+    /// that commit as it answers a full disk: the posts in it are refused
+    /// with `unavailable`, and posting works again once the limit is raised.
+    /// (SIGPIPE is ignored already: Rust's runtime does it at start, so a
+    /// write to a reset socket is an EPIPE error for that peer alone.)
     pub fn handle_signals(&mut self) -> Result<(), StartError> {
-        use signal_hook::consts::{SIGINT, SIGTERM};
-        let mut signals = signal_hook_mio::v1_0::Signals::new([SIGTERM, SIGINT])
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGXFSZ};
+        // SAFETY: SIG_IGN installs no handler code; nothing else in the
+        // process relies on SIGXFSZ's default action.
+        if unsafe { libc::signal(SIGXFSZ, libc::SIG_IGN) } == libc::SIG_ERR {
+            return Err(StartError("cannot ignore SIGXFSZ".into()));
+        }
+        let mut signals = signal_hook_mio::v1_0::Signals::new([SIGTERM, SIGINT, SIGHUP])
             .map_err(|e| StartError(format!("cannot install signal handlers: {e}")))?;
         self.poll
             .registry()
@@ -23,11 +39,17 @@ impl Server {
         Ok(())
     }
 
-    /// SIGTERM or SIGINT.
+    /// SIGTERM or SIGINT: shut down. SIGHUP (`systemctl reload`, a
+    /// closed terminal): logged, and the server goes on; there is nothing
+    /// to reload yet.
     pub(super) fn on_signal(&mut self) {
         let mut got = false;
         if let Some(signals) = &mut self.signals {
             for signal in signals.pending() {
+                if signal == signal_hook::consts::SIGHUP {
+                    info!("received SIGHUP; nothing to reload, still serving");
+                    continue;
+                }
                 info!("received signal {signal}; shutting down");
                 got = true;
             }
