@@ -108,3 +108,83 @@ fn bad_settings_are_refused_with_the_setting_named() {
     assert!(help.status.success());
     assert!(String::from_utf8_lossy(&help.stdout).contains("--bind ADDR"));
 }
+
+/// Runs the binary on data file `db` and returns its exit code and the
+/// lines it wrote to stderr other than INFO logs.
+fn start_on(db: &std::path::Path) -> (Option<i32>, Vec<String>) {
+    let out = Command::new(env!("CARGO_BIN_EXE_chatroom"))
+        .args(["--bind", "127.0.0.1:0", "--data", db.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    (out.status.code(), err.lines().filter(|l| !l.contains(" INFO ")).map(str::to_string).collect())
+}
+
+#[test]
+fn a_data_file_that_is_not_a_database_is_a_one_line_error() {
+    let dir = temp_dir("notdb");
+    let db = dir.join("chat.db");
+    std::fs::write(&db, b"these are not the bytes of an SQLite database, not even its header\n".repeat(64)).unwrap();
+    let (code, lines) = start_on(&db);
+    assert_eq!(code, Some(1), "{lines:?}");
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("not a database"), "{lines:?}");
+    assert!(lines[0].contains("chat.db"), "the line names the file: {lines:?}");
+}
+
+#[test]
+fn a_data_file_from_a_newer_chatroom_is_a_one_line_error() {
+    let dir = temp_dir("newer");
+    let db = dir.join("chat.db");
+    {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.pragma_update(None, "user_version", 9999).unwrap();
+    }
+    let (code, lines) = start_on(&db);
+    assert_eq!(code, Some(1), "{lines:?}");
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("9999") || lines[0].contains("newer"), "{lines:?}");
+}
+
+/// Posts `text` and returns the first answer that is either its message or
+/// an error frame.
+fn post_answer(c: &mut Client, text: &str) -> serde_json::Value {
+    send_text(c, &format!(r#"{{"message": "{text}"}}"#));
+    loop {
+        let frame = recv_json(c);
+        if frame["type"] == "error" || (frame["type"] == "message" && frame["message"] == text) {
+            return frame;
+        }
+    }
+}
+
+#[test]
+fn a_data_file_deleted_or_replaced_underneath_stops_writes_not_the_server() {
+    for replace in [false, true] {
+        let dir = temp_dir("lostdb");
+        let server = TestServer::with_sqlite(config(), &dir);
+        let mut c = ws(server.addr, "/ws/chatroom/lost?username=a");
+        recv_type(&mut c, "welcome");
+        assert_eq!(post_answer(&mut c, "kept")["id"], 1);
+        let db = dir.join("chatroom.db");
+        if replace {
+            let other = dir.join("other.db");
+            std::fs::write(&other, b"").unwrap();
+            std::fs::rename(&other, &db).unwrap();
+        } else {
+            std::fs::remove_file(&db).unwrap();
+        }
+        // Posts are refused, not written to a file nobody will read.
+        let refused = post_answer(&mut c, "lost");
+        assert_eq!(refused["code"], "unavailable", "replace={replace}: {refused}");
+        assert!(
+            eventually(IO_TIMEOUT, || get(server.addr, "/readyz").status == 503),
+            "replace={replace}: /readyz stays 200"
+        );
+        assert_eq!(get(server.addr, "/readyz").json()["storage"], "lost");
+        // Everything else is served.
+        assert_eq!(get(server.addr, "/healthz").status, 200);
+        let mut other = ws(server.addr, "/ws/chatroom/elsewhere?username=b");
+        recv_type(&mut other, "welcome");
+    }
+}

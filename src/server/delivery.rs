@@ -116,6 +116,7 @@ impl Server {
                     }
                 }
                 Reply::Messages { ticket, messages, oldest_id } => self.chat.on_messages(ticket, messages, oldest_id),
+                Reply::DataFile { problem } => self.storage_problem = problem,
             }
         }
         self.deliver_chat();

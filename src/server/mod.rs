@@ -219,6 +219,9 @@ pub struct Server {
     per_ip: crate::limits::PerIp,
     /// When each batch of appends left for storage: (last sequence, time).
     commit_clock: std::collections::VecDeque<(u64, Instant)>,
+    /// Why the data file cannot take writes now (deleted or replaced
+    /// underneath), as the storage thread last said.
+    storage_problem: Option<String>,
     /// The Redis bus, with `--redis`.
     bus: Option<crate::bus::Bus>,
     /// The rooms' Redis side, with `--redis` (see `redis.rs`).
@@ -307,6 +310,7 @@ impl Server {
             stats_viewers: 0,
             per_ip: crate::limits::PerIp::new(cfg_max_per_ip),
             commit_clock: std::collections::VecDeque::new(),
+            storage_problem: None,
             bus,
             cluster,
             directory_waiters: Vec::new(),
@@ -332,7 +336,7 @@ impl Server {
 
     /// Whether the server is serving (not shutting down, storage open).
     pub(super) fn is_ready(&self) -> bool {
-        self.state == RunState::Serving && self.storage.is_some()
+        self.state == RunState::Serving && self.storage.is_some() && self.storage_problem.is_none()
     }
 
     /// Whether a graceful shutdown is under way.

@@ -132,7 +132,8 @@ impl Server {
         }
     }
 
-    /// `/readyz`: 200 while serving, 503 while shutting down or without storage.
+    /// `/readyz`: 200 while serving, 503 while shutting down, without
+    /// storage, or with its data file deleted or replaced (`"storage": "lost"`).
     fn readiness(&self) -> Response {
         let ready = self.is_ready();
         let redis = match self.gauges().redis_up {
@@ -142,7 +143,11 @@ impl Server {
         };
         let body = serde_json::json!({
             "ready": ready,
-            "storage": if self.storage.is_some() { "open" } else { "closed" },
+            "storage": match (&self.storage, &self.storage_problem) {
+                (None, _) => "closed",
+                (Some(_), Some(_)) => "lost",
+                (Some(_), None) => "open",
+            },
             "redis": redis,
         });
         Response::json(if ready { 200 } else { 503 }, body.to_string().into_bytes())

@@ -193,6 +193,13 @@ pub enum Reply {
         /// The smallest id still stored for the room.
         oldest_id: Option<u64>,
     },
+    /// The data file's state changed: `Some(why)` when it was deleted or
+    /// replaced underneath (writes are refused from then on, and the
+    /// server is not ready), `None` when it is back.
+    DataFile {
+        /// What is wrong, or `None`.
+        problem: Option<String>,
+    },
 }
 
 /// Where history lives.
@@ -221,6 +228,13 @@ trait Store: Send {
     /// The messages `range` names, ascending by id, plus the room's oldest
     /// stored id.
     fn read(&mut self, range: &ReadRange) -> Result<(Vec<StoredMessage>, Option<u64>), String>;
+
+    /// Why writes must stop, if they must: the data file was deleted or
+    /// replaced underneath the open connection. Checked before each batch
+    /// of writes; a batch is refused while this says so.
+    fn file_problem(&mut self) -> Option<String> {
+        None
+    }
 
     /// Called when no request has come for a while after some writes: the
     /// moment for housekeeping that would otherwise delay a commit (SQLite

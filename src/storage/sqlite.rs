@@ -208,6 +208,17 @@ pub(super) struct SqliteStore {
     last_ids: HashMap<String, u64>,
     /// Rows in the inbox now.
     inbox_rows: usize,
+    /// The data file's path, and the file it named when it was opened
+    /// (device, inode): see [`Store::file_problem`].
+    path: std::path::PathBuf,
+    identity: (u64, u64),
+}
+
+/// The (device, inode) `path` names now.
+fn identity(path: &Path) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path)?;
+    Ok((meta.dev(), meta.ino()))
 }
 
 /// Pages in the write-ahead log before SQLite checkpoints on its own (its
@@ -292,7 +303,11 @@ impl SqliteStore {
 
         let directory = load_directory(&conn).map_err(fail("load the room directory"))?;
         let last_ids = directory.iter().map(|r| (r.name.clone(), r.last_id)).collect();
-        let store = SqliteStore { conn, _lock: lock, last_ids, inbox_rows: 0 };
+        let identity = identity(path).map_err(|source| StorageError::Io {
+            context: format!("cannot read data file {}", path.display()),
+            source,
+        })?;
+        let store = SqliteStore { conn, _lock: lock, last_ids, inbox_rows: 0, path: path.to_path_buf(), identity };
         Ok((store, directory))
     }
 }
@@ -308,6 +323,18 @@ impl Store for SqliteStore {
 
     fn read(&mut self, range: &ReadRange) -> Result<(Vec<StoredMessage>, Option<u64>), String> {
         read(&self.conn, range).map_err(|e| e.to_string())
+    }
+
+    /// The open connection keeps writing to the file it opened even after
+    /// someone deletes it or moves another file in its place: history
+    /// would go to a file nobody will ever read. One `stat` per batch
+    /// notices.
+    fn file_problem(&mut self) -> Option<String> {
+        match identity(&self.path) {
+            Ok(now) if now == self.identity => None,
+            Ok(_) => Some(format!("data file {} was replaced by another file", self.path.display())),
+            Err(e) => Some(format!("data file {} is gone ({e})", self.path.display())),
+        }
     }
 
     /// A passive checkpoint: copy what the log holds into the file while

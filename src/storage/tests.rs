@@ -104,7 +104,7 @@ impl Reactor {
                     return (messages.iter().map(|m| m.id).collect(), oldest_id);
                 }
                 // A Committed from an earlier batch may still be queued.
-                Reply::Committed { .. } => {}
+                Reply::Committed { .. } | Reply::DataFile { .. } => {}
             }
         }
     }
@@ -193,6 +193,7 @@ fn read_sees_earlier_appends(backend: Backend) {
                 assert_eq!(messages, (1..=5).map(|id| message(id, "alice")).collect::<Vec<_>>());
                 break;
             }
+            Reply::DataFile { problem } => panic!("the data file is where it was: {problem:?}"),
         }
     }
     storage.shutdown().unwrap();

@@ -41,6 +41,8 @@ pub(super) struct Batch {
     taken: usize,
     /// A Shutdown was among them: nothing after it is taken.
     pub(super) stop: bool,
+    /// What `Store::file_problem` said last (reported when it changes).
+    file_problem: Option<String>,
 }
 
 impl Batch {
@@ -78,11 +80,26 @@ impl Batch {
         // outcome of each Append in it: a failure (disk full, a duplicate id
         // from a reactor bug) fails them all, and the reactor tells each
         // sender rather than broadcasting something that is not stored.
-        let result = if self.writes.is_empty() { Ok(()) } else { store.write_batch(&self.writes) };
-        if let Err(reason) = &result {
+        let mut replies = Vec::with_capacity(1 + self.reads.len());
+        let problem = if self.writes.is_empty() { None } else { store.file_problem() };
+        if problem != self.file_problem && !self.writes.is_empty() {
+            match &problem {
+                Some(why) => log::error!("storage: {why}; posts are refused until it is back"),
+                None => log::info!("storage: the data file is back; posts are stored again"),
+            }
+            self.file_problem = problem.clone();
+            replies.push(Reply::DataFile { problem: problem.clone() });
+        }
+        let result = match problem {
+            Some(why) => Err(why),
+            None if self.writes.is_empty() => Ok(()),
+            None => store.write_batch(&self.writes),
+        };
+        if let Err(reason) = &result
+            && self.file_problem.is_none()
+        {
             log::error!("storage: a batch of {} writes failed: {reason}", self.writes.len());
         }
-        let mut replies = Vec::with_capacity(1 + self.reads.len());
         if self.appends > 0 {
             *appends_done += self.appends;
             replies.push(Reply::Committed { upto: *appends_done, result: result.clone() });
