@@ -121,7 +121,7 @@ fn append_batch(c: &mut Criterion) {
         group.throughput(Throughput::Elements(n));
 
         // A new file per size, so one size's rows do not slow the next.
-        let mut sqlite = Bench::new(Backend::Sqlite(dir.join(format!("{n}.db"))));
+        let mut sqlite = Bench::new(Backend::sqlite(dir.join(format!("{n}.db"))));
         group.bench_with_input(BenchmarkId::new("sqlite", n), &n, |b, &n| {
             b.iter(|| sqlite.append_batch(n));
         });

@@ -65,6 +65,12 @@ const SETTINGS: &[Setting] = &[
         help: "SQLite file for users, rooms and messages; `none` keeps history in memory only",
     },
     Setting {
+        name: "max-data-size",
+        kind: Kind::Size,
+        default: "0",
+        help: "the size the SQLite file may grow to (0 = no limit); past it posts are refused as on a full disk",
+    },
+    Setting {
         name: "history",
         kind: Kind::Count,
         default: "50",
@@ -228,6 +234,8 @@ pub struct Config {
     pub www: Option<PathBuf>,
     /// `Some(path)`: SQLite file; `None`: memory only.
     pub data: Option<PathBuf>,
+    /// `--max-data-size`: the SQLite file's size limit, if any.
+    pub max_data_size: Option<u64>,
     /// Messages in a welcome frame.
     pub history: usize,
     /// Live rooms at most.
@@ -448,6 +456,10 @@ impl Config {
             bind: get("bind").addr()?,
             www: optional_text("www").map(PathBuf::from),
             data,
+            max_data_size: match get("max-data-size").size(0, usize::MAX)? {
+                0 => None,
+                n => Some(n as u64),
+            },
             history: get("history").count(0, 1000)?,
             max_rooms: get("max-rooms").count(1, 10_000_000)?,
             max_room_members: get("max-room-members").count(1, 10_000_000)?,

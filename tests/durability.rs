@@ -190,3 +190,32 @@ fn a_data_file_deleted_or_replaced_underneath_stops_writes_not_the_server() {
         recv_type(&mut other, "welcome");
     }
 }
+
+#[test]
+fn a_full_disk_refuses_those_posts_and_nothing_else() {
+    // `--max-data-size` makes the data file full the way a full disk does
+    // (SQLITE_FULL), without needing a small filesystem.
+    let dir = temp_dir("fulldb");
+    let db = dir.join("chatroom.db");
+    let server =
+        RealServer::spawn(&[], &["--data", db.to_str().unwrap(), "--max-data-size", "96KiB", "--rate-limit", "0"]);
+    let mut c = ws(server.addr, "/ws/chatroom/full?username=a");
+    recv_type(&mut c, "welcome");
+    let long = "x".repeat(4000);
+    let mut stored = 0;
+    let refused = loop {
+        let answer = post_answer(&mut c, &format!("{long}{stored}"));
+        if answer["type"] == "error" {
+            break answer;
+        }
+        stored += 1;
+        assert_eq!(answer["id"], stored, "ids stay gapless");
+        assert!(stored < 1000, "the file never filled");
+    };
+    assert_eq!(refused["code"], "unavailable", "{refused}");
+    assert!(stored > 0, "a few posts fit before the limit");
+    // The process serves everyone else, and the history it kept reads back.
+    assert_eq!(get(server.addr, "/healthz").status, 200);
+    let page = get(server.addr, &format!("/api/rooms/full/messages?limit={stored}")).json();
+    assert_eq!(page["messages"].as_array().map(Vec::len), Some(stored as usize));
+}

@@ -268,7 +268,7 @@ impl Server {
             None => (None, None),
         };
         let backend = match &cfg.data {
-            Some(path) => Backend::Sqlite(path.clone()),
+            Some(path) => Backend::Sqlite { path: path.clone(), max_size: cfg.max_data_size },
             None => Backend::Memory { keep_per_room: 1000 },
         };
         let (storage, rooms) = Storage::open(backend, waker.clone()).map_err(|e| StartError(e.to_string()))?;

@@ -207,13 +207,26 @@ pub enum Reply {
 pub enum Backend {
     /// A SQLite file (`--data PATH`, default `./data/chatroom.db`); its
     /// parent folder is created if missing.
-    Sqlite(PathBuf),
+    Sqlite {
+        /// The file.
+        path: PathBuf,
+        /// `--max-data-size`: the size the file may grow to, in bytes; past
+        /// it a batch fails as on a full disk (SQLite's `max_page_count`).
+        max_size: Option<u64>,
+    },
     /// Memory only (`--data none`): the last `keep_per_room` messages of
     /// each room, gone when the process exits.
     Memory {
         /// How many of each room's newest messages to keep.
         keep_per_room: usize,
     },
+}
+
+impl Backend {
+    /// A SQLite file with no size limit of its own.
+    pub fn sqlite(path: PathBuf) -> Backend {
+        Backend::Sqlite { path, max_size: None }
+    }
 }
 
 /// What a backend must do; the storage thread drives one of these.
@@ -359,8 +372,8 @@ impl Storage {
     pub fn open(backend: Backend, waker: Arc<mio::Waker>) -> Result<(Storage, Vec<RoomRecord>), StorageError> {
         let backend_is_memory = matches!(backend, Backend::Memory { .. });
         let (store, directory): (Box<dyn Store>, Vec<RoomRecord>) = match backend {
-            Backend::Sqlite(path) => {
-                let (store, directory) = sqlite::SqliteStore::open(&path)?;
+            Backend::Sqlite { path, max_size } => {
+                let (store, directory) = sqlite::SqliteStore::open(&path, max_size)?;
                 log::info!("storage: {} opened, {} rooms in the directory", path.display(), directory.len());
                 (Box::new(store), directory)
             }

@@ -227,7 +227,7 @@ const WAL_AUTOCHECKPOINT_PAGES: i64 = 10_000;
 
 impl SqliteStore {
     /// Lock, open and prepare `path`, and load the room directory.
-    pub(super) fn open(path: &Path) -> Result<(SqliteStore, Vec<RoomRecord>), StorageError> {
+    pub(super) fn open(path: &Path, max_size: Option<u64>) -> Result<(SqliteStore, Vec<RoomRecord>), StorageError> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|source| StorageError::Io {
                 context: format!(
@@ -269,6 +269,14 @@ impl SqliteStore {
             log::warn!("storage: {} runs in journal_mode={mode}, not WAL; commits will be slower", path.display());
         }
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(fail("set synchronous=NORMAL"))?;
+        if let Some(max_size) = max_size {
+            // SQLite counts pages, and never sets the limit below the file's
+            // current size: a file already past it opens and cannot grow.
+            let page: i64 =
+                conn.pragma_query_value(None, "page_size", |row| row.get(0)).map_err(fail("read page_size"))?;
+            let pages = i64::try_from(max_size / page.max(1) as u64).unwrap_or(i64::MAX).max(1);
+            conn.pragma_update(None, "max_page_count", pages).map_err(fail("set max_page_count"))?;
+        }
         // Checkpoints (copying the log's pages into the file, then fsync)
         // run when the storage thread is idle (`Store::idle`). The automatic
         // one is only the backstop for a server that is never idle, so it

@@ -162,7 +162,7 @@ fn appends_then_reads(backend: Backend) {
 #[test]
 fn sqlite_appends_then_reads() {
     let dir = TempDir::new();
-    appends_then_reads(Backend::Sqlite(dir.db()));
+    appends_then_reads(Backend::sqlite(dir.db()));
 }
 
 #[test]
@@ -202,7 +202,7 @@ fn read_sees_earlier_appends(backend: Backend) {
 #[test]
 fn sqlite_read_sees_earlier_appends() {
     let dir = TempDir::new();
-    read_sees_earlier_appends(Backend::Sqlite(dir.db()));
+    read_sees_earlier_appends(Backend::sqlite(dir.db()));
 }
 
 #[test]
@@ -214,7 +214,7 @@ fn memory_read_sees_earlier_appends() {
 fn committed_upto_counts_every_append_once_in_order() {
     let dir = TempDir::new();
     let mut reactor = Reactor::new();
-    let (mut storage, _) = reactor.open(Backend::Sqlite(dir.db())).unwrap();
+    let (mut storage, _) = reactor.open(Backend::sqlite(dir.db())).unwrap();
 
     // Non-appends do not take a sequence number.
     assert_eq!(storage.send_all(vec![Request::CreateRoom { room: "a".to_string(), created: 1 }]), 0);
@@ -242,7 +242,7 @@ fn committed_upto_counts_every_append_once_in_order() {
 fn a_failed_batch_reports_err_and_the_next_one_commits() {
     let dir = TempDir::new();
     let mut reactor = Reactor::new();
-    let (mut storage, _) = reactor.open(Backend::Sqlite(dir.db())).unwrap();
+    let (mut storage, _) = reactor.open(Backend::sqlite(dir.db())).unwrap();
     let seq = storage.send_all(vec![append("r", 1)]);
     reactor.wait_committed(&mut storage, seq);
 
@@ -267,7 +267,7 @@ fn directory_survives_a_restart() {
     let dir = TempDir::new();
     let mut reactor = Reactor::new();
 
-    let (mut storage, directory) = reactor.open(Backend::Sqlite(dir.db())).unwrap();
+    let (mut storage, directory) = reactor.open(Backend::sqlite(dir.db())).unwrap();
     assert_eq!(directory, vec![]);
     storage.send_all(vec![Request::CreateRoom { room: "quiet".to_string(), created: 5 }]);
     storage.send_all(vec![Request::CreateRoom { room: "busy".to_string(), created: 7 }]);
@@ -285,7 +285,7 @@ fn directory_survives_a_restart() {
     reactor.wait_committed(&mut storage, seq);
     storage.shutdown().unwrap();
 
-    let (mut storage, directory) = reactor.open(Backend::Sqlite(dir.db())).unwrap();
+    let (mut storage, directory) = reactor.open(Backend::sqlite(dir.db())).unwrap();
     assert_eq!(
         directory,
         vec![
@@ -326,14 +326,14 @@ fn directory_survives_a_restart() {
 fn shutdown_commits_what_is_pending() {
     let dir = TempDir::new();
     let reactor = Reactor::new();
-    let (mut storage, _) = reactor.open(Backend::Sqlite(dir.db())).unwrap();
+    let (mut storage, _) = reactor.open(Backend::sqlite(dir.db())).unwrap();
     // Queue and leave at once, without waiting for any reply.
     for id in 1..=1_000 {
         storage.send_all(vec![append("r", id)]);
     }
     storage.shutdown().unwrap();
 
-    let (storage, directory) = reactor.open(Backend::Sqlite(dir.db())).unwrap();
+    let (storage, directory) = reactor.open(Backend::sqlite(dir.db())).unwrap();
     assert_eq!(directory.len(), 1);
     assert_eq!(directory[0].messages, 1_000);
     assert_eq!(directory[0].last_id, 1_000);
@@ -344,13 +344,13 @@ fn shutdown_commits_what_is_pending() {
 fn dropping_the_handle_also_commits() {
     let dir = TempDir::new();
     let reactor = Reactor::new();
-    let (mut storage, _) = reactor.open(Backend::Sqlite(dir.db())).unwrap();
+    let (mut storage, _) = reactor.open(Backend::sqlite(dir.db())).unwrap();
     for id in 1..=100 {
         storage.send_all(vec![append("r", id)]);
     }
     drop(storage);
 
-    let (storage, directory) = reactor.open(Backend::Sqlite(dir.db())).unwrap();
+    let (storage, directory) = reactor.open(Backend::sqlite(dir.db())).unwrap();
     assert_eq!(directory[0].last_id, 100);
     storage.shutdown().unwrap();
 }
@@ -359,9 +359,9 @@ fn dropping_the_handle_also_commits() {
 fn a_second_open_of_the_same_file_is_refused() {
     let dir = TempDir::new();
     let reactor = Reactor::new();
-    let (first, _) = reactor.open(Backend::Sqlite(dir.db())).unwrap();
+    let (first, _) = reactor.open(Backend::sqlite(dir.db())).unwrap();
 
-    let Err(err) = reactor.open(Backend::Sqlite(dir.db())) else {
+    let Err(err) = reactor.open(Backend::sqlite(dir.db())) else {
         panic!("a second open of a locked file must fail");
     };
     assert!(matches!(err, StorageError::InUse { .. }), "{err:?}");
@@ -373,7 +373,7 @@ fn a_second_open_of_the_same_file_is_refused() {
 
     // Once the first lets go, the file opens again.
     first.shutdown().unwrap();
-    let (again, _) = reactor.open(Backend::Sqlite(dir.db())).unwrap();
+    let (again, _) = reactor.open(Backend::sqlite(dir.db())).unwrap();
     again.shutdown().unwrap();
 }
 
@@ -409,7 +409,7 @@ fn a_newer_schema_is_refused_with_a_way_out() {
     drop(conn);
 
     let reactor = Reactor::new();
-    let Err(err) = reactor.open(Backend::Sqlite(dir.db())) else {
+    let Err(err) = reactor.open(Backend::sqlite(dir.db())) else {
         panic!("a newer schema must be refused");
     };
     let text = err.to_string();
@@ -424,7 +424,7 @@ fn a_file_that_is_not_a_database_is_refused_with_its_name() {
     std::fs::write(dir.db(), vec![b'x'; 4096]).unwrap();
 
     let reactor = Reactor::new();
-    let Err(err) = reactor.open(Backend::Sqlite(dir.db())) else {
+    let Err(err) = reactor.open(Backend::sqlite(dir.db())) else {
         panic!("garbage must be refused");
     };
     let text = err.to_string();
@@ -441,7 +441,7 @@ fn an_unwritable_folder_is_refused_with_its_name() {
     std::fs::write(dir.0.join("data"), b"not a folder").unwrap();
 
     let reactor = Reactor::new();
-    let Err(err) = reactor.open(Backend::Sqlite(dir.db())) else {
+    let Err(err) = reactor.open(Backend::sqlite(dir.db())) else {
         panic!("an impossible folder must be refused");
     };
     let text = err.to_string();
@@ -456,7 +456,7 @@ fn an_unwritable_folder_is_refused_with_its_name() {
 fn history_spans_the_inbox_and_the_filed_messages() {
     let dir = TempDir::new();
     let mut reactor = Reactor::new();
-    let (mut storage, _) = reactor.open(Backend::Sqlite(dir.db())).unwrap();
+    let (mut storage, _) = reactor.open(Backend::sqlite(dir.db())).unwrap();
     let rooms = ["a", "b", "c"];
     let per_room = (sqlite::MERGE_ROWS / rooms.len() + 50) as u64;
     // Enough to be filed at least once, then a few that stay in the inbox.
@@ -498,7 +498,7 @@ fn history_spans_the_inbox_and_the_filed_messages() {
     }
     storage.shutdown().unwrap();
 
-    let (mut storage, directory) = reactor.open(Backend::Sqlite(dir.db())).unwrap();
+    let (mut storage, directory) = reactor.open(Backend::sqlite(dir.db())).unwrap();
     for record in &directory {
         assert_eq!((record.messages, record.last_id), (per_room, per_room), "{record:?}");
     }
@@ -527,7 +527,7 @@ fn a_version_1_file_is_upgraded_in_place() {
         .unwrap();
     }
     let mut reactor = Reactor::new();
-    let (mut storage, directory) = reactor.open(Backend::Sqlite(dir.db())).unwrap();
+    let (mut storage, directory) = reactor.open(Backend::sqlite(dir.db())).unwrap();
     assert_eq!((directory[0].messages, directory[0].last_id), (2, 2));
     let seq = storage.send_all(vec![append("old", 3)]);
     assert_eq!(reactor.wait_committed(&mut storage, seq), vec![(1, Ok(()))]);
