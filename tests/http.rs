@@ -261,21 +261,17 @@ fn get_body_with_content_length_is_skipped_exactly() {
 }
 
 #[test]
-fn get_body_split_across_writes_is_read_whole_and_ignored() {
+fn get_body_split_across_writes_is_still_skipped() {
     let server = TestServer::start();
     let a = server.addr;
     let mut s = tcp(a);
-    s.set_nodelay(true).unwrap();
-    // The body's first 4 bytes come with the head; the last 6 in a second
-    // write, glued to the next request. The answer waits for the whole body
-    // (the framing's unit tests cut it at every byte), and the next request
-    // starts exactly after it.
     s.write_all(format!("GET /favicon.svg HTTP/1.1\r\nHost: {a}\r\nContent-Length: 10\r\n\r\nGET ").as_bytes())
-        .unwrap();
-    s.write_all(format!("/ HTTPGET /js/room.js HTTP/1.1\r\nHost: {a}\r\nConnection: close\r\n\r\n").as_bytes())
         .unwrap();
     let mut buf = Vec::new();
     assert_serves(&read_response(&mut s, &mut buf, false), "favicon.svg", "image/svg+xml");
+    // The last 6 bytes of the body arrive after the first answer.
+    s.write_all(format!("/ HTTPGET /js/room.js HTTP/1.1\r\nHost: {a}\r\nConnection: close\r\n\r\n").as_bytes())
+        .unwrap();
     assert_serves(&read_response(&mut s, &mut buf, false), "js/room.js", "text/javascript; charset=utf-8");
     assert!(rest_until_close(&mut s, &mut buf).is_empty());
 }
@@ -478,4 +474,30 @@ fn www_dir_refuses_symlinks_and_traversal_outside_the_root() {
     }
     let r = request(server.addr, "GET /secret.txt\0/../../secret.txt HTTP/1.1\r\nHost: h\r\n\r\n");
     assert_eq!(r.status, 400);
+}
+
+#[test]
+fn an_answer_that_waits_for_storage_after_the_client_s_fin_is_still_sent() {
+    let mut cfg = config();
+    cfg.max_pending = 16 * 1024;
+    let server = TestServer::with(cfg);
+    let a = server.addr;
+    let mut s = tcp(a);
+    // Pages whose answers pass --max-pending (so the rest waits unread
+    // while they leave), then a scroll-back (answered by the storage
+    // thread, later), then the client's FIN.
+    let mut all = String::new();
+    for _ in 0..4 {
+        all += &get_keep_alive(a, "/js/learn.js");
+    }
+    all += &get_keep_alive(a, "/api/rooms/welcome/messages");
+    s.write_all(all.as_bytes()).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut buf = Vec::new();
+    for _ in 0..4 {
+        assert_serves(&read_response(&mut s, &mut buf, false), "js/learn.js", "text/javascript; charset=utf-8");
+    }
+    let r = read_response(&mut s, &mut buf, false);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["room"], "welcome");
 }

@@ -75,7 +75,10 @@ pub(crate) enum HttpDeadline {
 impl HttpState {
     /// A fresh connection's: nothing read yet.
     pub(super) fn new() -> HttpState {
-        HttpState { reader: RequestReader::with_raw_head(keeps_raw_head), ..HttpState::default() }
+        // No endpoint takes a request body: every body is skipped as it
+        // arrives, and its request answered at the head.
+        let reader = RequestReader::with_raw_head(keeps_raw_head).with_bodies(|_| false);
+        HttpState { reader, ..HttpState::default() }
     }
 }
 
@@ -102,7 +105,11 @@ impl Connection {
             return HttpStep::Wait;
         }
         if http.reader.is_empty() {
-            http.started = None;
+            // Nothing to parse. The request's deadline keeps running while
+            // its body is due (read or skipped); it ends between requests.
+            if !http.reader.in_request() {
+                http.started = None;
+            }
             return HttpStep::Wait;
         }
         if self.out.len() >= max_pending {
@@ -153,7 +160,13 @@ impl Connection {
     /// reads). The rest stays in the kernel's buffer, which pushes back on
     /// the client, until the flush or the parked answer resumes us.
     pub(crate) fn http_input_paused(&self, cap: usize) -> bool {
-        matches!(&self.phase, Phase::Http(http) if http.parked.is_some() || http.reader.buffered() > cap)
+        self.is_parked() || matches!(&self.phase, Phase::Http(http) if http.reader.buffered() > cap)
+    }
+
+    /// Whether an answer waits for storage: the connection must not close
+    /// before it is sent.
+    pub(crate) fn is_parked(&self) -> bool {
+        matches!(&self.phase, Phase::Http(http) if http.parked.is_some())
     }
 
     /// Queues an HTTP answer. Returns whether the connection just stopped

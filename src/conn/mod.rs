@@ -208,9 +208,9 @@ impl Connection {
         first
     }
 
-    /// Finishes once the queued output is flushed; requests already
-    /// buffered are still answered (the client sent its FIN).
-    /// `true` if it was open until now.
+    /// Finishes once the queued output is flushed (after the client's FIN,
+    /// a close frame, a shutdown); HTTP requests already buffered are still
+    /// answered. `true` if it was open until now.
     pub(crate) fn close_after_flush(&mut self) -> bool {
         match self.life {
             Life::Open => {
@@ -268,7 +268,7 @@ impl Connection {
                 } else if !self.out.is_empty() {
                     self.close_after_flush();
                     ShutdownStep::Flush
-                } else if http.reader.is_empty() && http.served > 0 {
+                } else if !http.reader.in_request() && http.served > 0 {
                     ShutdownStep::Drop
                 } else {
                     // A first request (or the rest of one) may be on its
@@ -361,7 +361,7 @@ impl Connection {
     /// Whether the output is flushed and the connection only waits to finish
     /// (closing, not yet lingering).
     pub(crate) fn done_sending(&self) -> bool {
-        matches!(self.life, Life::Closing { .. }) && self.out.is_empty()
+        matches!(self.life, Life::Closing { .. }) && self.out.is_empty() && !self.is_parked()
     }
 
     /// A client that leaves too much unread: its backlog is dropped and a
@@ -387,7 +387,7 @@ impl Connection {
                 // The client's FIN. If our answer is still queued (a client
                 // that half-closed after sending, like `nc -N`), let it
                 // finish: the deadline armed at closing bounds it.
-                Ok(0) => return self.out.is_empty() || self.life == Life::Lingering,
+                Ok(0) => return (self.out.is_empty() && !self.is_parked()) || self.life == Life::Lingering,
                 // Our last words are sent; what the client still says (its
                 // close frame, pipelined requests) needs no answer.
                 Ok(_) => {}

@@ -69,6 +69,9 @@ pub struct RequestReader {
     stage: Stage,
     /// Which heads get a copy of their raw bytes in `head.raw`.
     keep_raw: fn(&Head) -> bool,
+    /// Which requests' bodies are read and handed out; the others' are
+    /// skipped (see [`RequestReader::with_bodies`]).
+    keep_body: fn(&Head) -> bool,
 }
 
 /// Where the reader is inside the current request.
@@ -84,6 +87,12 @@ enum Stage {
         len: usize,
         /// The client waits for a 100 Continue that we have not sent yet.
         continue_due: bool,
+    },
+    /// The request was handed out at its head; `left` bytes of its body are
+    /// still to come, and are thrown away as they arrive.
+    Skip {
+        /// Body bytes not arrived yet.
+        left: usize,
     },
     /// A request was refused: every later call says so again.
     Rejected {
@@ -120,7 +129,20 @@ impl RequestReader {
     /// allocation, and naming that endpoint here would tie framing to
     /// routing. So the server says which heads, and only those are copied.
     pub fn with_raw_head(keep: fn(&Head) -> bool) -> Self {
-        RequestReader { buf: Vec::new(), start: 0, stage: Stage::Head, keep_raw: keep }
+        RequestReader { buf: Vec::new(), start: 0, stage: Stage::Head, keep_raw: keep, keep_body: |_| true }
+    }
+
+    /// Reads and hands out the body only of the requests `keep(&head)`
+    /// names; any other request is handed out as soon as its head is in,
+    /// with an empty body, and its body is thrown away as it arrives.
+    ///
+    /// Why: a body nobody reads should cost nothing. A server that serves
+    /// GET pages holds no 64 KiB per connection for bodies it ignores, and
+    /// answers at the head as a client expects; only the requests that
+    /// take a body wait for it, bounded by `max_body` all the same.
+    pub fn with_bodies(mut self, keep: fn(&Head) -> bool) -> Self {
+        self.keep_body = keep;
+        self
     }
 
     /// Appends what a read returned.
@@ -162,6 +184,7 @@ impl RequestReader {
         match std::mem::replace(&mut self.stage, Stage::Head) {
             Stage::Head => self.read_head(max_body),
             Stage::Body { head, len, continue_due } => self.read_body(head, len, continue_due),
+            Stage::Skip { left } => self.skip_body(left, max_body),
             Stage::Rejected { status, reason } => self.reject(status, reason),
         }
     }
@@ -178,12 +201,13 @@ impl RequestReader {
     }
 
     /// Whether a request has started arriving and is not whole yet: some of
-    /// its head, or a head whose body is due. While this holds, the header
-    /// timeout runs; it is false when idle between requests and once refused.
+    /// its head, or a head whose body is due (read or skipped). While this
+    /// holds the request's deadline runs (the caller's header timeout); it
+    /// is false when idle between requests and once refused.
     pub fn in_request(&self) -> bool {
         match self.stage {
             Stage::Head => !self.is_empty(),
-            Stage::Body { .. } => true,
+            Stage::Body { .. } | Stage::Skip { .. } => true,
             Stage::Rejected { .. } => false,
         }
     }
@@ -194,7 +218,7 @@ impl RequestReader {
     pub fn clear(&mut self) {
         self.buf = Vec::new();
         self.start = 0;
-        if let Stage::Body { .. } = self.stage {
+        if let Stage::Body { .. } | Stage::Skip { .. } = self.stage {
             self.stage = Stage::Head;
         }
     }
@@ -242,7 +266,37 @@ impl RequestReader {
             Ok(expects) => expects && len > 0 && head.minor_version >= 1,
             Err((status, reason)) => return self.reject(status, reason),
         };
+        // A client waiting for 100 Continue is answered the way it asked
+        // (its body read, bounded by `max_body`): answered at the head, it
+        // could not tell whether to send the body or close (RFC 9110 §10.1.1
+        // leaves it either), and a body arriving late would be read as the
+        // next request.
+        if len > 0 && !continue_due && !(self.keep_body)(&head) {
+            // Answered now; its body is thrown away as it comes.
+            let left = self.discard(len);
+            self.stage = if left > 0 { Stage::Skip { left } } else { Stage::Head };
+            return Framed::Request(Request { head, body: Vec::new() });
+        }
         self.read_body(head, len, continue_due)
+    }
+
+    /// Stage::Skip: throws away what arrived of a body nobody reads, then
+    /// goes on with the next request once the body is over.
+    fn skip_body(&mut self, left: usize, max_body: usize) -> Framed {
+        let left = self.discard(left);
+        if left > 0 {
+            self.stage = Stage::Skip { left };
+            return Framed::Incomplete;
+        }
+        self.read_head(max_body)
+    }
+
+    /// Throws away up to `left` buffered bytes; how many are still to come.
+    fn discard(&mut self, left: usize) -> usize {
+        let taken = left.min(self.buffered());
+        self.start += taken;
+        self.release_if_read();
+        left - taken
     }
 
     /// Stage::Body: hands out the request once its `len` body bytes are in.
@@ -602,6 +656,47 @@ mod tests {
         assert!(reader.in_request(), "the next head has started");
         reader.clear();
         assert!(!reader.in_request() && reader.is_empty());
+    }
+
+    #[test]
+    fn a_body_nobody_reads_is_answered_at_its_head_and_skipped() {
+        let path = |f: &Framed| match f {
+            Framed::Request(r) => format!("{} {}", r.head.path(), String::from_utf8_lossy(&r.body)),
+            other => format!("{other:?}"),
+        };
+        let mut reader = RequestReader::new().with_bodies(|head| head.path() == "/keep");
+        reader.push(b"GET /a HTTP/1.1\r\nContent-Length: 5\r\n\r\nhe");
+        assert_eq!(path(&reader.next(LIMIT)), "/a ", "handed out at the head");
+        assert_eq!(reader.next(LIMIT), Framed::Incomplete);
+        assert!(reader.in_request() && reader.is_empty(), "its body is still due");
+        reader.push(b"lloGET /keep HTTP/1.1\r\nContent-Length: 2\r\n\r\nokGET /b HTTP/1.1\r\n\r\n");
+        assert_eq!(path(&reader.next(LIMIT)), "/keep ok");
+        assert_eq!(path(&reader.next(LIMIT)), "/b ");
+        assert!(!reader.in_request() && reader.is_empty());
+        // A client that waits for 100 Continue gets it, and its body is read.
+        reader.push(b"GET /d HTTP/1.1\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n");
+        assert_eq!(reader.next(LIMIT), Framed::Continue);
+        reader.push(b"hi");
+        assert_eq!(path(&reader.next(LIMIT)), "/d hi");
+        // The limit still holds for a skipped body: refused before it comes.
+        reader.push(b"GET /c HTTP/1.1\r\nContent-Length: 17\r\n\r\n");
+        assert!(matches!(reader.next(LIMIT), Framed::Reject { status: 413, .. }));
+        // Every cut of the same bytes gives the same requests.
+        let bytes = b"GET /a HTTP/1.1\r\nContent-Length: 3\r\n\r\nxyzGET /b HTTP/1.1\r\n\r\n";
+        for cut in 0..=bytes.len() {
+            let mut reader = RequestReader::new().with_bodies(|_| false);
+            let mut got = Vec::new();
+            for piece in [&bytes[..cut], &bytes[cut..]] {
+                reader.push(piece);
+                loop {
+                    match reader.next(LIMIT) {
+                        Framed::Incomplete => break,
+                        other => got.push(path(&other)),
+                    }
+                }
+            }
+            assert_eq!(got, ["/a ", "/b "], "cut at {cut}");
+        }
     }
 
     #[test]

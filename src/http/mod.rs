@@ -119,7 +119,7 @@ impl Head {
 pub enum Body {
     /// No body: the next byte starts the next request.
     None,
-    /// `Content-Length: n`: skip exactly n bytes.
+    /// `Content-Length: n`: n bytes of body follow.
     Length(u64),
     /// `Transfer-Encoding: chunked` (or an unparseable length): we refuse it
     /// (400 and close) instead of decoding chunks we would throw away.

@@ -19,7 +19,7 @@
 //! | `timers.rs` | deadlines: 408, idle keep-alive, heartbeat, linger |
 //! | `stats.rs` | gauges, and the stats page's once-a-second feed |
 //! | `flush.rs` | the end of the turn: write, hold, linger, reap |
-//! | `shutdown.rs` | SIGTERM/SIGINT: drain and stop |
+//! | `shutdown.rs` | signals: SIGTERM/SIGINT drain and stop; SIGHUP, SIGXFSZ do not |
 //!
 //! A post travels down this table: `read.rs` reads it, `endpoints.rs`
 //! hands it to the chat, `delivery.rs` sends the turn's posts to storage
@@ -71,7 +71,7 @@ mod timers;
 const LISTENER: Token = Token(usize::MAX - 1);
 /// The waker the storage thread (and shutdown handles) use.
 const WAKER: Token = Token(usize::MAX - 2);
-/// SIGTERM / SIGINT.
+/// SIGTERM, SIGINT and SIGHUP.
 const SIGNALS: Token = Token(usize::MAX - 3);
 /// The separate admin listener (`--admin-bind`).
 const ADMIN_LISTENER: Token = Token(usize::MAX - 4);

@@ -5,8 +5,10 @@
 //! mio registers sockets edge-triggered. The rule from mio's `Poll` docs we
 //! rely on: "With edge-triggered events, operations **must** be performed on
 //! the `Source` until `WouldBlock` is returned." Every read loop here runs
-//! until `WouldBlock`, or parks the connection in `more_to_read` to be
-//! resumed next turn, so one fast sender cannot starve the others.
+//! until `WouldBlock`, or stops early only where something is sure to bring
+//! it back: a spent read budget (`more_to_read`, resumed next turn, so one
+//! fast sender cannot starve the others), or an HTTP connection paused
+//! behind an answer (the answer's flush or storage's reply resumes it).
 
 use log::debug;
 
@@ -77,7 +79,11 @@ impl Server {
                         let (serial, at) = (conn.serial(), self.now + self.cfg.idle_timeout);
                         self.timers.arm(Timer { at, key, serial, kind: TimerKind::Linger });
                     }
-                    let _ = self.process_http(key);
+                    if let Some(leftover) = self.process_http(key) {
+                        // An upgrade whose frames came before the FIN.
+                        self.feed_ws(key, &leftover, false);
+                        return self.feed_ws(key, &[], true);
+                    }
                     self.mark_dirty(key);
                     return;
                 }

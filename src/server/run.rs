@@ -8,7 +8,7 @@
 //!      zero-timeout poll finds ready meanwhile):                 // dispatch
 //!          LISTENER → accept until WouldBlock           (accept.rs)
 //!          WAKER    → storage replies, shutdown request (delivery.rs)
-//!          SIGNALS  → SIGTERM/SIGINT: graceful shutdown (shutdown.rs)
+//!          SIGNALS  → SIGTERM/SIGINT: shutdown; SIGHUP: logged  (shutdown.rs)
 //!          REDIS_*  → the bus                           (redis.rs)
 //!          key      → a connection: read until WouldBlock and handle
 //!                     what arrived                      (read.rs)
