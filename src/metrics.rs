@@ -221,3 +221,33 @@ impl Metrics {
         out
     }
 }
+
+/// The Redis Cluster's nodes (`--redis-cluster`), one labelled sample per
+/// node and metric: whether its links are up, the redirects it answered,
+/// and the channels subscribed at it again after their slot moved. Empty
+/// without a cluster.
+pub fn render_cluster_nodes(nodes: &[crate::bus::NodeState]) -> String {
+    let mut out = String::new();
+    if nodes.is_empty() {
+        return out;
+    }
+    type Field = fn(&crate::bus::NodeState) -> u64;
+    let families: [(&str, &str, &str, Field); 3] = [
+        ("chatroom_redis_node_up", "gauge", "1 while both links to the cluster node are up.", |n| u64::from(n.up)),
+        ("chatroom_redis_node_redirects_total", "counter", "MOVED and ASK answers from the node.", |n| n.redirects),
+        (
+            "chatroom_redis_node_resubscribes_total",
+            "counter",
+            "Channels subscribed at the node again after their slot moved.",
+            |n| n.resubscribes,
+        ),
+    ];
+    for (name, kind, help, value) in families {
+        let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
+        for node in nodes {
+            let role = if node.master { "master" } else { "other" };
+            let _ = writeln!(out, "{name}{{node=\"{}\",role=\"{role}\"}} {}", node.addr, value(node));
+        }
+    }
+    out
+}

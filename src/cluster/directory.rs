@@ -23,7 +23,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::layout::{ROOMS_KEY, log_key, room_list, stream_messages};
+use super::layout::{ROOMS_KEY, log_key, room_list, route, stream_messages};
 use super::{Commands, TAG_DIRECTORY};
 use crate::bus::Value;
 use crate::chat::Chat;
@@ -77,7 +77,7 @@ impl Directory {
         }
         self.started += 1;
         let number = self.started & NUMBER_MASK;
-        commands.push((redis::cmd("HGETALL").arg(ROOMS_KEY).get_packed_command(), tag_of(number, 0)));
+        commands.push((redis::cmd("HGETALL").arg(ROOMS_KEY).get_packed_command(), tag_of(number, 0), route(ROOMS_KEY)));
         self.refresh = Some(Refresh { number, rooms: Vec::new(), left: 1 });
     }
 
@@ -97,7 +97,7 @@ impl Directory {
                         .arg("COUNT")
                         .arg(1)
                         .get_packed_command();
-                    commands.push((newest, tag_of(refresh.number, i as u64 + 1)));
+                    commands.push((newest, tag_of(refresh.number, i as u64 + 1), route(&log_key(room))));
                 }
                 refresh.left = refresh.rooms.len();
             }
@@ -170,7 +170,7 @@ mod tests {
         directory.refresh(&mut commands);
         directory.refresh(&mut commands);
         assert_eq!(commands.len(), 1, "one refresh at a time");
-        let (_, list_tag) = commands.remove(0);
+        let (_, list_tag, _) = commands.remove(0);
         let rooms = Value::Array(["busy", "17", "quiet", "18"].map(|s| Value::Bulk(s.as_bytes().to_vec())).to_vec());
         directory.on_reply(list_tag, &rooms, &mut chat, &mut commands, now);
         assert_eq!(commands.len(), 2, "one read per room");
@@ -193,7 +193,7 @@ mod tests {
         let mut commands = Commands::new();
         let now = Instant::now();
         directory.refresh(&mut commands);
-        let (_, first) = commands.remove(0);
+        let (_, first, _) = commands.remove(0);
         directory.on_failed(first);
         assert!(directory.take_settled() && !directory.is_fresh(now));
         directory.refresh(&mut commands);

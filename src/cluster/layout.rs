@@ -40,6 +40,12 @@ pub(super) const SEQ_TTL_S: u64 = 3600;
 /// The hash of every room ever created: name → created (ms).
 pub(super) const ROOMS_KEY: &str = "chatroom:rooms";
 
+/// The hash slot a command on `key` routes by (a Redis Cluster sends it to
+/// that slot's master; a single Redis has every slot).
+pub(super) fn route(key: &str) -> Option<u16> {
+    Some(crate::bus::key_slot(key.as_bytes()))
+}
+
 /// The key of a room's id counter.
 pub(super) fn id_key(room: &str) -> String {
     format!("chatroom:{{{room}}}:id")

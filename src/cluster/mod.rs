@@ -110,8 +110,9 @@ use reads::{Reader, Reads};
 /// The channels every process subscribes to, whatever rooms it serves.
 pub const CHANNELS: [&[u8]; 1] = [PRESENCE_CHANNEL];
 
-/// Packed commands for the bus, with their tags, in order.
-type Commands = Vec<(Vec<u8>, u64)>;
+/// Packed commands for the bus, with their tags and the hash slot each
+/// routes by (`None`: no key; any node of a cluster will do), in order.
+type Commands = Vec<(Vec<u8>, u64, Option<u16>)>;
 
 /// Tags are the bus's names for our commands; the top two bits say what a
 /// reply is for.
@@ -186,7 +187,7 @@ impl Cluster {
             match handoff {
                 Handoff::RoomCreated { room, created } => {
                     let cmd = redis::cmd("HSETNX").arg(layout::ROOMS_KEY).arg(room).arg(created).get_packed_command();
-                    self.commands.push((cmd, TAG_INTERNAL));
+                    self.commands.push((cmd, TAG_INTERNAL, layout::route(layout::ROOMS_KEY)));
                 }
                 Handoff::FirstMember { room } => {
                     self.channels.on_first_member(&room);
@@ -213,8 +214,9 @@ impl Cluster {
                 info!("redis: command connection up");
                 // Load the script, learn the rooms, then send what waited.
                 self.up = true;
-                Posts::on_connected(&mut self.commands, true);
-                self.commands.push((redis::cmd("HGETALL").arg(layout::ROOMS_KEY).get_packed_command(), TAG_ROOMS));
+                self.posts.on_connected(&mut self.commands);
+                let rooms = redis::cmd("HGETALL").arg(layout::ROOMS_KEY).get_packed_command();
+                self.commands.push((rooms, TAG_ROOMS, layout::route(layout::ROOMS_KEY)));
                 self.posts.send(&mut self.commands);
                 self.reads.send_deferred(&mut self.commands);
             }
@@ -229,8 +231,12 @@ impl Cluster {
                 // welcome read, and before this, was not heard.
                 if let Some(room) = channel_room(&channel).filter(|room| self.channels.hears(room)) {
                     self.feed.catch_up(room, &mut self.reads, &mut self.commands);
+                    // In a cluster, presence too travels on the room's channel.
+                    self.presence.ask(room, chat, &mut self.commands);
                 }
             }
+            // Only a cluster's bus says this, and it handles it itself.
+            BusEvent::Unsubscribed { .. } => {}
             BusEvent::Down { which, reason } => {
                 let name = if which == Which::Command { "command" } else { "subscription" };
                 warn!("redis: {name} connection down: {reason}");
@@ -241,8 +247,8 @@ impl Cluster {
             BusEvent::Reply { tag, value } => self.on_reply(tag, value, chat, now),
             BusEvent::Failed { tag } => self.on_failed(tag, chat),
             BusEvent::Message { channel, payload } => {
-                if channel == PRESENCE_CHANNEL {
-                    self.presence.on_note(&payload, now, chat);
+                if channel == PRESENCE_CHANNEL || payload.starts_with(presence::NOTE_START) {
+                    self.presence.on_note(&payload, now, chat, &mut self.commands);
                 } else if let Some(room) = channel_room(&channel) {
                     // A room's channel carries that room's messages only.
                     for p in decode_batch(&payload).into_iter().filter(|p| p.room == room) {
@@ -269,7 +275,7 @@ impl Cluster {
 
     /// The commands for the bus, oldest first: the turn's posts go with
     /// them, one script call per room (while Redis is away they wait).
-    pub fn drain_commands(&mut self) -> std::vec::Drain<'_, (Vec<u8>, u64)> {
+    pub fn drain_commands(&mut self) -> std::vec::Drain<'_, (Vec<u8>, u64, Option<u16>)> {
         if self.up {
             self.posts.send(&mut self.commands);
         }
@@ -303,6 +309,15 @@ impl Cluster {
     /// call: the API requests waiting for it can be answered.
     pub fn take_directory_settled(&mut self) -> bool {
         self.directory.take_settled()
+    }
+
+    /// The same for a Redis Cluster (`--redis-cluster`): posts SPUBLISH,
+    /// one script call in flight per room; presence travels per room on
+    /// the room's channel; no migration of an older layout.
+    pub fn sharded(mut self) -> Cluster {
+        self.posts = self.posts.sharded();
+        self.presence = self.presence.sharded();
+        self
     }
 
     /// What the cluster counted so far.
@@ -378,7 +393,7 @@ mod tests {
     }
 
     fn read_tags(cluster: &mut Cluster) -> Vec<u64> {
-        cluster.drain_commands().map(|(_, tag)| tag).filter(|tag| tag & TAG_KIND == TAG_READ).collect()
+        cluster.drain_commands().map(|(_, tag, _)| tag).filter(|tag| tag & TAG_KIND == TAG_READ).collect()
     }
 
     /// A stream reply (XRANGE or XREVRANGE) holding messages `ids` of `room`.
@@ -412,8 +427,8 @@ mod tests {
 
     /// The last command for the bus, as text (RESP, `\r\n` and all).
     fn last_command(cluster: &mut Cluster) -> (String, u64) {
-        let commands: Vec<(Vec<u8>, u64)> = cluster.drain_commands().collect();
-        let Some((packed, tag)) = commands.last() else { panic!("no command") };
+        let commands: Commands = cluster.drain_commands().collect();
+        let Some((packed, tag, _)) = commands.last() else { panic!("no command") };
         (String::from_utf8_lossy(packed).into_owned(), *tag)
     }
 

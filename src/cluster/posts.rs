@@ -17,13 +17,23 @@
 //! and goes again if the connection drops before the answer. Only a full
 //! backlog, or Redis refusing the script, makes a post fail, and then its
 //! author is told.
+//!
+//! In a Redis Cluster (`--redis-cluster`) the script publishes with
+//! SPUBLISH on the room's sharded channel, and a room has one script call
+//! in flight at a time: a call that is redirected (MOVED, ASK) or told to
+//! try again goes again later than it first went, and a later call of the
+//! same room must not overtake it (the room would take the later posts'
+//! numbers first, and answer the earlier ones as repeats). Posts that come
+//! meanwhile wait, and leave together in the next call.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use data_encoding::HEXLOWER;
 use sha1::{Digest, Sha1};
 
-use super::layout::{MIGRATE_SCRIPT, POST_SCRIPT, SEQ_TTL_S, STREAM_MAXLEN, id_key, log_key, room_channel, seq_key};
+use super::layout::{
+    MIGRATE_SCRIPT, POST_SCRIPT, SEQ_TTL_S, STREAM_MAXLEN, id_key, log_key, room_channel, route, seq_key,
+};
 use super::{Commands, TAG_INTERNAL, TAG_KIND, TAG_POST, TAG_SCRIPT};
 use crate::bus::Value;
 use crate::chat::PostIntent;
@@ -72,8 +82,14 @@ pub(super) enum Answer {
 pub(super) struct Posts {
     /// This process's id: the script keeps a sequence mark per process.
     proc_id: String,
-    /// SHA1 of [`POST_SCRIPT`], for EVALSHA.
+    /// The script: [`POST_SCRIPT`], or in a cluster its SPUBLISH variant.
+    script: String,
+    /// Its SHA1, for EVALSHA.
     script_sha: String,
+    /// In a cluster: SPUBLISH, and one call in flight per room.
+    sharded: bool,
+    /// In a cluster: the rooms with a call in flight.
+    busy: HashSet<String>,
     /// Counts script calls, for their tags.
     calls: u64,
     /// The number of this process's last post to each room.
@@ -96,7 +112,10 @@ impl Posts {
     pub(super) fn new(proc_id: &str, backlog_cap: usize, batch: usize) -> Posts {
         Posts {
             proc_id: proc_id.to_string(),
+            script: POST_SCRIPT.to_string(),
             script_sha: HEXLOWER.encode(&Sha1::digest(POST_SCRIPT.as_bytes())),
+            sharded: false,
+            busy: HashSet::new(),
             calls: 0,
             seqs: HashMap::new(),
             waiting: VecDeque::new(),
@@ -107,21 +126,34 @@ impl Posts {
         }
     }
 
-    /// After every connect: moves keys of an older layout (a single Redis
-    /// only), then loads the script; both before any post on the connection.
-    pub(super) fn on_connected(commands: &mut Commands, single: bool) {
-        if single {
-            let migrate = redis::cmd("EVAL").arg(MIGRATE_SCRIPT).arg(0).get_packed_command();
-            commands.push((migrate, TAG_INTERNAL));
-        }
-        Posts::load_script(commands);
+    /// The same for a Redis Cluster: the script publishes with SPUBLISH
+    /// (on the room's sharded channel, in the room's slot like its keys),
+    /// and each room has one call in flight at a time.
+    pub(super) fn sharded(mut self) -> Posts {
+        self.script = POST_SCRIPT.replace("'PUBLISH'", "'SPUBLISH'");
+        self.script_sha = HEXLOWER.encode(&Sha1::digest(self.script.as_bytes()));
+        self.sharded = true;
+        self
     }
 
-    /// Loads the script into Redis's cache (after every connect, and when
-    /// Redis says it lost it).
-    fn load_script(commands: &mut Commands) {
-        let load = redis::cmd("SCRIPT").arg("LOAD").arg(POST_SCRIPT).get_packed_command();
-        commands.push((load, TAG_SCRIPT));
+    /// After every connect: moves keys of an older layout (a single Redis
+    /// only: a cluster's masters each hold part of the keys, and a cluster
+    /// never held the old layout), then loads the script; both before any
+    /// post on the connection. In a cluster this load reaches one master;
+    /// the others load it when they first answer NOSCRIPT.
+    pub(super) fn on_connected(&self, commands: &mut Commands) {
+        if !self.sharded {
+            let migrate = redis::cmd("EVAL").arg(MIGRATE_SCRIPT).arg(0).get_packed_command();
+            commands.push((migrate, TAG_INTERNAL, None));
+        }
+        self.load_script(commands, None);
+    }
+
+    /// Loads the script into the cache of the Redis that serves `slot`
+    /// (after every connect, and when Redis says it lost it).
+    fn load_script(&self, commands: &mut Commands, slot: Option<u16>) {
+        let load = redis::cmd("SCRIPT").arg("LOAD").arg(&self.script).get_packed_command();
+        commands.push((load, TAG_SCRIPT, slot));
     }
 
     /// Takes a member's post; it leaves at the turn's end ([`Posts::send`])
@@ -157,7 +189,13 @@ impl Posts {
         // their first waiting post, so the oldest post leaves first).
         let mut order: Vec<String> = Vec::new();
         let mut by_room: HashMap<String, Vec<Post>> = HashMap::new();
+        let mut held = VecDeque::new();
         for post in self.waiting.drain(..) {
+            // A cluster's room with a call in flight: wait for its answer.
+            if self.busy.contains(&post.room) {
+                held.push_back(post);
+                continue;
+            }
             let posts = by_room.entry(post.room.clone()).or_insert_with(|| {
                 order.push(post.room.clone());
                 Vec::new()
@@ -172,8 +210,13 @@ impl Posts {
                 let rest = posts.split_off(self.batch.min(posts.len()));
                 self.send_call(posts, commands);
                 posts = rest;
+                if self.sharded {
+                    // One call at a time: the rest wait for its answer.
+                    held.extend(posts.drain(..));
+                }
             }
         }
+        self.waiting = held;
     }
 
     /// One script call for `posts`, all to one room, in order.
@@ -182,6 +225,10 @@ impl Posts {
         self.calls += 1;
         let tag = TAG_POST | (self.calls & !TAG_KIND);
         let known_last = posts.iter().map(|p| p.known_last).max().unwrap_or(0);
+        if self.sharded {
+            self.busy.insert(first.room.clone());
+        }
+        let slot = route(&id_key(&first.room));
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(&self.script_sha)
             .arg(3)
@@ -196,7 +243,7 @@ impl Posts {
         for post in &posts {
             cmd.arg(post.seq).arg(&post.prefix).arg(&post.suffix);
         }
-        commands.push((cmd.get_packed_command(), tag));
+        commands.push((cmd.get_packed_command(), tag, slot));
         self.sent.0 += posts.len() as u64;
         self.sent.1 += 1;
         self.in_flight.insert(tag, posts);
@@ -208,6 +255,7 @@ impl Posts {
     /// many posts wait already.
     pub(super) fn on_failed(&mut self, tag: u64) -> Vec<(usize, u64)> {
         let Some(posts) = self.in_flight.remove(&tag) else { return Vec::new() };
+        self.release(&posts);
         let mut given_up = Vec::new();
         for post in posts {
             if self.waiting.len() < self.backlog_cap {
@@ -223,6 +271,7 @@ impl Posts {
     /// new to the chat (repeats of posts applied before say nothing).
     pub(super) fn on_reply(&mut self, tag: u64, value: Value, commands: &mut Commands) -> Vec<Answer> {
         let Some(posts) = self.in_flight.remove(&tag) else { return Vec::new() };
+        self.release(&posts);
         match value {
             Value::Array(ids) => posts
                 .into_iter()
@@ -244,8 +293,11 @@ impl Posts {
             // took over, since our SCRIPT LOAD): load it and go again. Later
             // calls pipelined behind this one fail the same way and come
             // back here in order, so each room's posts keep their order.
+            // In a cluster the load goes to the room's master (a replica
+            // promoted to master has an empty cache).
             Value::Error(e) if e.starts_with("NOSCRIPT") => {
-                Posts::load_script(commands);
+                let slot = posts.first().and_then(|p| route(&id_key(&p.room)));
+                self.load_script(commands, slot);
                 self.send_call(posts, commands);
                 Vec::new()
             }
@@ -256,6 +308,14 @@ impl Posts {
                     reason: format!("Redis refused the post: {other:?}"),
                 })
                 .collect(),
+        }
+    }
+
+    /// A call of a cluster's room was answered (or failed): the room's
+    /// next call may go.
+    fn release(&mut self, posts: &[Post]) {
+        if let Some(post) = posts.first() {
+            self.busy.remove(&post.room);
         }
     }
 
@@ -277,7 +337,7 @@ mod tests {
     fn calls(posts: &Posts, commands: &Commands) -> Vec<(u64, String, Vec<u64>)> {
         commands
             .iter()
-            .filter_map(|(_, tag)| {
+            .filter_map(|(_, tag, _)| {
                 let call = posts.in_flight.get(tag)?;
                 let room = call.first()?.room.clone();
                 Some((*tag, room, call.iter().map(|p| p.seq).collect()))
@@ -323,7 +383,7 @@ mod tests {
         assert!(posts.post(intent("r", "1"), true));
         assert!(posts.post(intent("r", "2"), true));
         posts.send(&mut commands);
-        let (_, tag) = commands.remove(0);
+        let (_, tag, _) = commands.remove(0);
         // A newer post waits while the first call fails.
         assert!(posts.post(intent("r", "3"), true));
         assert_eq!(posts.on_failed(tag), Vec::<(usize, u64)>::new());
@@ -332,7 +392,7 @@ mod tests {
         assert_eq!(got, vec![vec![1, 2, 3]], "the retried posts first, numbers in order");
         // Three wait now: a fourth is refused, and a failed call's posts
         // beyond the bound are given up (their authors told).
-        let (_, tag) = commands.remove(0);
+        let (_, tag, _) = commands.remove(0);
         assert!(posts.post(intent("r", "4"), false));
         assert_eq!(posts.on_failed(tag).len(), 1);
         assert!(!posts.post(intent("r", "5"), false), "Redis away and too many posts wait: the author is told");
@@ -346,14 +406,14 @@ mod tests {
         assert!(posts.post(intent("r", "1"), true));
         assert!(posts.post(intent("r", "2"), true));
         posts.send(&mut commands);
-        let (_, tag) = commands.remove(0);
+        let (_, tag, _) = commands.remove(0);
         let answer = posts.on_reply(tag, Value::Error("NOSCRIPT No matching script".into()), &mut commands);
         assert!(answer.is_empty());
         assert_eq!(
-            commands.iter().map(|(_, t)| *t & TAG_KIND).collect::<Vec<_>>(),
+            commands.iter().map(|(_, t, _)| *t & TAG_KIND).collect::<Vec<_>>(),
             vec![TAG_SCRIPT & TAG_KIND, TAG_POST]
         );
-        let (_, tag) = commands[1];
+        let (_, tag, _) = commands[1];
         let answers = posts.on_reply(tag, Value::Array(vec![Value::Int(0), Value::Int(5)]), &mut commands);
         assert_eq!(answers, vec![Answer::Posted { room: "r".into(), id: 5, author: (1, 1) }]);
     }

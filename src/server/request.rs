@@ -90,7 +90,10 @@ impl Server {
             "/healthz" => return Some(Response::json(200, br#"{"status":"alive"}"#.to_vec())),
             "/readyz" => return Some(self.readiness()),
             "/metrics" => {
-                let body = self.metrics.render(&self.gauges());
+                let mut body = self.metrics.render(&self.gauges());
+                if let Some(bus) = &self.bus {
+                    body.push_str(&crate::metrics::render_cluster_nodes(&bus.node_states()));
+                }
                 return Some(
                     Response::new(200)
                         .header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
@@ -140,11 +143,16 @@ impl Server {
             Some(true) => "up",
             Some(false) => "down",
         };
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "ready": ready,
             "storage": if self.storage.is_some() { "open" } else { "closed" },
             "redis": redis,
         });
+        // With --redis-cluster: ok, degraded (a master away, or slots
+        // without one) or down (no slot map yet).
+        if let (Some(state), Some(fields)) = (self.bus.as_ref().and_then(|b| b.cluster_state()), body.as_object_mut()) {
+            fields.insert("redis_cluster".into(), state.into());
+        }
         Response::json(if ready { 200 } else { 503 }, body.to_string().into_bytes())
     }
 

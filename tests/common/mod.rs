@@ -749,3 +749,117 @@ impl Drop for RemoveOnDrop {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// A real Redis Cluster on loopback: three masters and a replica each,
+/// every node a `redis-server --cluster-enabled yes` in its own folder
+/// (with its own `nodes.conf`), joined by `redis-cli --cluster create`.
+///
+/// A node listens on its port p and on p + 10000, the cluster bus port
+/// (fixed by Redis: port 0 cannot be used), so both are picked free.
+/// `cluster-node-timeout` is 1000 ms so that a failover in a test takes
+/// seconds, and `cluster-require-full-coverage no` keeps the slots that
+/// are still served answering while one is not.
+pub struct RedisCluster {
+    /// The nodes, masters first as `--cluster create` was given them (it
+    /// makes the first three masters and the other three their replicas).
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts six nodes, creates the cluster (three masters, one replica
+    /// each) and waits for `cluster_state:ok` on every node.
+    pub fn start() -> RedisCluster {
+        let ports = cluster_ports(6);
+        let nodes: Vec<RedisServer> = ports.iter().map(|&port| RedisServer::start_cluster_node(port)).collect();
+        let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        // Without --cluster-yes, redis-cli waits at a prompt for a "yes".
+        let out = std::process::Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .expect("redis-cli runs");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let cluster = RedisCluster { nodes };
+        let ok = eventually(Duration::from_secs(30), || {
+            cluster.nodes.iter().all(|n| n.cli(&["cluster", "info"]).contains("cluster_state:ok"))
+        });
+        assert!(ok, "the cluster never reached cluster_state:ok on every node");
+        cluster
+    }
+
+    /// The seed list for `--redis-cluster`: every node, `HOST:PORT,...`.
+    pub fn seeds(&self) -> String {
+        self.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect::<Vec<_>>().join(",")
+    }
+
+    /// The node that serves `key` now (a master), asked of the cluster.
+    pub fn owner_of(&self, key: &str) -> &RedisServer {
+        let slot: u16 = self.nodes[0].cli(&["cluster", "keyslot", key]).parse().unwrap();
+        let slots = self.nodes[0].cli(&["cluster", "slots"]);
+        // redis-cli prints the nested reply flat: start, end, then each
+        // node's ip, port, id (and more with Redis 7); masters come first.
+        let lines: Vec<&str> = slots.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let (Ok(start), Some(Ok(end))) = (line.parse::<u16>(), lines.get(i + 1).map(|l| l.parse::<u16>())) else {
+                continue;
+            };
+            if (start..=end).contains(&slot) {
+                let port: u16 = lines[i + 3].parse().unwrap();
+                return self.nodes.iter().find(|n| n.port == port).unwrap();
+            }
+        }
+        panic!("no node serves slot {slot}: {slots}");
+    }
+}
+
+/// `n` ports p, each with p + 10000 free too (a cluster node's bus port).
+fn cluster_ports(n: usize) -> Vec<u16> {
+    let mut ports = Vec::new();
+    let mut held = Vec::new();
+    while ports.len() < n {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let Some(bus) = port.checked_add(10_000) else { continue };
+        let Ok(bus_listener) = std::net::TcpListener::bind(("127.0.0.1", bus)) else { continue };
+        ports.push(port);
+        // Held until all are chosen, so no two picks collide.
+        held.push((listener, bus_listener));
+    }
+    ports
+}
+
+impl RedisServer {
+    /// Starts one empty cluster node on `port` (its bus on port + 10000).
+    fn start_cluster_node(port: u16) -> RedisServer {
+        let dir = temp_dir("redis-cluster");
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
+            .args(["--cluster-node-timeout", "1000", "--cluster-require-full-coverage", "no"])
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server not found: run scripts/install-deps.sh");
+        let node = RedisServer { port, child: Some(child), dir, appendonly: false };
+        assert!(eventually(IO_TIMEOUT, || node.ping()), "cluster node {port} did not start");
+        node
+    }
+
+    /// Whether it answers PING.
+    fn ping(&self) -> bool {
+        let addr: SocketAddr = format!("127.0.0.1:{}", self.port).parse().unwrap();
+        let Ok(mut s) = TcpStream::connect(addr) else { return false };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+        s.write_all(b"PING\r\n").is_ok() && {
+            let mut b = [0u8; 7];
+            s.read(&mut b).map(|n| &b[..n] == b"+PONG\r\n").unwrap_or(false)
+        }
+    }
+}
