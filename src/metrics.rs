@@ -232,9 +232,15 @@ pub fn render_cluster_nodes(nodes: &[crate::bus::NodeState]) -> String {
         return out;
     }
     type Field = fn(&crate::bus::NodeState) -> u64;
-    let families: [(&str, &str, &str, Field); 3] = [
+    let families: [(&str, &str, &str, Field); 4] = [
         ("chatroom_redis_node_up", "gauge", "1 while both links to the cluster node are up.", |n| u64::from(n.up)),
         ("chatroom_redis_node_redirects_total", "counter", "MOVED and ASK answers from the node.", |n| n.redirects),
+        (
+            "chatroom_redis_node_retries_total",
+            "counter",
+            "TRYAGAIN and CLUSTERDOWN answers from the node (the command went again later).",
+            |n| n.retries,
+        ),
         (
             "chatroom_redis_node_resubscribes_total",
             "counter",

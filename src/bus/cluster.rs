@@ -125,6 +125,8 @@ struct Node {
     started: bool,
     /// Redirects (MOVED, ASK) this node answered.
     redirects: u64,
+    /// TRYAGAIN and CLUSTERDOWN answers: commands sent again later.
+    retries: u64,
     /// Channels subscribed here again after a slot moved.
     resubscribes: u64,
     /// Whether the map says it is a master.
@@ -144,6 +146,8 @@ pub struct NodeState {
     pub up: bool,
     /// Redirects it answered.
     pub redirects: u64,
+    /// TRYAGAIN and CLUSTERDOWN answers it gave.
+    pub retries: u64,
     /// Channels subscribed at it again after a slot moved.
     pub resubscribes: u64,
 }
@@ -366,6 +370,7 @@ impl ClusterBus {
                 master: n.master,
                 up: n.bus.is_up(),
                 redirects: n.redirects,
+                retries: n.retries,
                 resubscribes: n.resubscribes,
             })
             .collect()
@@ -384,7 +389,16 @@ impl ClusterBus {
         let mut url = self.login.clone();
         url.addr = addr;
         let bus = Bus::new(url, self.reply_timeout).sharded();
-        self.nodes.push(Node { addr, bus, started: false, redirects: 0, resubscribes: 0, master: false, down: false });
+        self.nodes.push(Node {
+            addr,
+            bus,
+            started: false,
+            redirects: 0,
+            retries: 0,
+            resubscribes: 0,
+            master: false,
+            down: false,
+        });
         Some(self.nodes.len() - 1)
     }
 
@@ -603,6 +617,7 @@ impl ClusterBus {
                 self.route(pending);
             }
             None if error.starts_with("TRYAGAIN") || error.starts_with("CLUSTERDOWN") => {
+                node.retries += 1;
                 self.retries.push((now + RETRY_AFTER, pending));
             }
             // Any other error (NOSCRIPT included: the caller loads the

@@ -140,20 +140,15 @@ impl Posts {
     /// only: a cluster's masters each hold part of the keys, and a cluster
     /// never held the old layout), then loads the script; both before any
     /// post on the connection. In a cluster this load reaches one master;
-    /// the others load it when they first answer NOSCRIPT.
+    /// a post to another is answered NOSCRIPT once, and goes again with
+    /// the script itself (see `on_reply`).
     pub(super) fn on_connected(&self, commands: &mut Commands) {
         if !self.sharded {
             let migrate = redis::cmd("EVAL").arg(MIGRATE_SCRIPT).arg(0).get_packed_command();
             commands.push((migrate, TAG_INTERNAL, None));
         }
-        self.load_script(commands, None);
-    }
-
-    /// Loads the script into the cache of the Redis that serves `slot`
-    /// (after every connect, and when Redis says it lost it).
-    fn load_script(&self, commands: &mut Commands, slot: Option<u16>) {
         let load = redis::cmd("SCRIPT").arg("LOAD").arg(&self.script).get_packed_command();
-        commands.push((load, TAG_SCRIPT, slot));
+        commands.push((load, TAG_SCRIPT, None));
     }
 
     /// Takes a member's post; it leaves at the turn's end ([`Posts::send`])
@@ -208,7 +203,7 @@ impl Posts {
             posts.sort_by_key(|p| p.seq);
             while !posts.is_empty() {
                 let rest = posts.split_off(self.batch.min(posts.len()));
-                self.send_call(posts, commands);
+                self.send_call(posts, false, commands);
                 posts = rest;
                 if self.sharded {
                     // One call at a time: the rest wait for its answer.
@@ -219,8 +214,9 @@ impl Posts {
         self.waiting = held;
     }
 
-    /// One script call for `posts`, all to one room, in order.
-    fn send_call(&mut self, posts: Vec<Post>, commands: &mut Commands) {
+    /// One script call for `posts`, all to one room, in order: EVALSHA, or
+    /// with `body` EVAL with the whole script (which also caches it there).
+    fn send_call(&mut self, posts: Vec<Post>, body: bool, commands: &mut Commands) {
         let Some(first) = posts.first() else { return };
         self.calls += 1;
         let tag = TAG_POST | (self.calls & !TAG_KIND);
@@ -229,8 +225,8 @@ impl Posts {
             self.busy.insert(first.room.clone());
         }
         let slot = route(&id_key(&first.room));
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(&self.script_sha)
+        let mut cmd = if body { redis::cmd("EVAL") } else { redis::cmd("EVALSHA") };
+        cmd.arg(if body { &self.script } else { &self.script_sha })
             .arg(3)
             .arg(id_key(&first.room))
             .arg(log_key(&first.room))
@@ -290,15 +286,15 @@ impl Posts {
                 })
                 .collect(),
             // The script cache was emptied (Redis restarted, or a replica
-            // took over, since our SCRIPT LOAD): load it and go again. Later
-            // calls pipelined behind this one fail the same way and come
-            // back here in order, so each room's posts keep their order.
-            // In a cluster the load goes to the room's master (a replica
-            // promoted to master has an empty cache).
+            // took over, since our SCRIPT LOAD), or in a cluster this
+            // master never had it: the call goes again as EVAL, with the
+            // script itself, which runs it and caches it wherever the call
+            // ends up (even through an ASK redirect, which a separate
+            // SCRIPT LOAD would not follow). Later calls pipelined behind
+            // this one fail the same way and come back here in order, so
+            // each room's posts keep their order.
             Value::Error(e) if e.starts_with("NOSCRIPT") => {
-                let slot = posts.first().and_then(|p| route(&id_key(&p.room)));
-                self.load_script(commands, slot);
-                self.send_call(posts, commands);
+                self.send_call(posts, true, commands);
                 Vec::new()
             }
             other => posts
@@ -400,7 +396,7 @@ mod tests {
     }
 
     #[test]
-    fn repeats_say_nothing_and_a_lost_script_is_loaded_again() {
+    fn repeats_say_nothing_and_a_lost_script_goes_again_with_the_call() {
         let mut posts = Posts::new("p", 10, 100);
         let mut commands = Commands::new();
         assert!(posts.post(intent("r", "1"), true));
@@ -409,11 +405,13 @@ mod tests {
         let (_, tag, _) = commands.remove(0);
         let answer = posts.on_reply(tag, Value::Error("NOSCRIPT No matching script".into()), &mut commands);
         assert!(answer.is_empty());
-        assert_eq!(
-            commands.iter().map(|(_, t, _)| *t & TAG_KIND).collect::<Vec<_>>(),
-            vec![TAG_SCRIPT & TAG_KIND, TAG_POST]
+        assert_eq!(commands.iter().map(|(_, t, _)| *t & TAG_KIND).collect::<Vec<_>>(), vec![TAG_POST]);
+        let (packed, tag, _) = &commands[0];
+        assert!(
+            packed.starts_with(b"*") && String::from_utf8_lossy(packed).contains("\r\nEVAL\r\n"),
+            "the script itself"
         );
-        let (_, tag, _) = commands[1];
+        let tag = *tag;
         let answers = posts.on_reply(tag, Value::Array(vec![Value::Int(0), Value::Int(5)]), &mut commands);
         assert_eq!(answers, vec![Answer::Posted { room: "r".into(), id: 5, author: (1, 1) }]);
     }

@@ -863,3 +863,94 @@ impl RedisServer {
         }
     }
 }
+
+impl RedisCluster {
+    /// The node's id in the cluster (`CLUSTER MYID`).
+    pub fn id_of(node: &RedisServer) -> String {
+        node.cli(&["cluster", "myid"])
+    }
+
+    /// The masters, as the cluster sees them now.
+    pub fn masters(&self) -> Vec<&RedisServer> {
+        self.nodes.iter().filter(|n| n.cli(&["role"]).starts_with("master")).collect()
+    }
+
+    /// A replica of `master`.
+    pub fn replica_of(&self, master: &RedisServer) -> &RedisServer {
+        let id = RedisCluster::id_of(master);
+        let replicas = master.cli(&["cluster", "replicas", &id]);
+        let port: u16 = replicas
+            .split_whitespace()
+            .nth(1)
+            .and_then(|addr| addr.split('@').next())
+            .and_then(|addr| addr.rsplit(':').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no replica of {}: {replicas}", master.port));
+        self.nodes.iter().find(|n| n.port == port).unwrap()
+    }
+
+    /// Moves `slot` from `from` to `to` the way `redis-cli --cluster
+    /// reshard` does, in steps a test can interleave with traffic:
+    /// [`SlotMove::begin`] marks the slot migrating/importing, `move_keys`
+    /// moves some of its keys, [`SlotMove::move_rest`] the rest, and
+    /// [`SlotMove::assign`] gives the slot to `to` on every master.
+    pub fn move_slot<'a>(&'a self, slot: u16, from: &'a RedisServer, to: &'a RedisServer) -> SlotMove<'a> {
+        SlotMove { cluster: self, slot, from, to }
+    }
+}
+
+/// A slot on its way from one master to another (see [`RedisCluster::move_slot`]).
+pub struct SlotMove<'a> {
+    cluster: &'a RedisCluster,
+    slot: u16,
+    from: &'a RedisServer,
+    to: &'a RedisServer,
+}
+
+impl SlotMove<'_> {
+    /// `to` imports the slot, `from` migrates it: keys still at `from` are
+    /// served there, the others are answered `ASK`.
+    pub fn begin(&self) {
+        let slot = self.slot.to_string();
+        let (from_id, to_id) = (RedisCluster::id_of(self.from), RedisCluster::id_of(self.to));
+        assert_eq!(self.to.cli(&["cluster", "setslot", &slot, "importing", &from_id]), "OK");
+        assert_eq!(self.from.cli(&["cluster", "setslot", &slot, "migrating", &to_id]), "OK");
+    }
+
+    /// Moves these keys (of the slot) to `to` now.
+    pub fn move_keys(&self, keys: &[&str]) {
+        let port = self.to.port.to_string();
+        let mut args = vec!["migrate", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+        args.extend_from_slice(keys);
+        let out = self.from.cli(&args);
+        assert!(out == "OK" || out == "NOKEY", "MIGRATE: {out}");
+    }
+
+    /// Moves every key left: commands on the slot's keys are answered
+    /// ASK by `from` from now on.
+    pub fn move_rest(&self) {
+        let slot = self.slot.to_string();
+        loop {
+            let keys = self.from.cli(&["cluster", "getkeysinslot", &slot, "100"]);
+            let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
+            if keys.is_empty() {
+                break;
+            }
+            self.move_keys(&keys);
+        }
+    }
+
+    /// Gives the slot to `to` (on `to` first, then `from`, then the other
+    /// masters, as redis-cli does): `from` answers MOVED from now on.
+    pub fn assign(&self) {
+        let slot = self.slot.to_string();
+        let to_id = RedisCluster::id_of(self.to);
+        assert_eq!(self.to.cli(&["cluster", "setslot", &slot, "node", &to_id]), "OK");
+        assert_eq!(self.from.cli(&["cluster", "setslot", &slot, "node", &to_id]), "OK");
+        for master in self.cluster.masters() {
+            if master.port != self.to.port && master.port != self.from.port {
+                master.cli(&["cluster", "setslot", &slot, "node", &to_id]);
+            }
+        }
+    }
+}
