@@ -259,3 +259,31 @@ fn a_failover_mid_conversation_loses_nothing() {
         replica.cli(&["pubsub", "shardnumsub", &channel])
     );
 }
+
+/// The room list is spread over sixteen hashes (no master holds all of
+/// it); a process lists a room served elsewhere from them, with its
+/// message count and last post read from the room's stream.
+#[test]
+fn rooms_served_elsewhere_are_listed_from_the_spread_room_list() {
+    let cluster = RedisCluster::start();
+    let (a, b) = (node(&cluster), node(&cluster));
+    wait_up(&a);
+    wait_up(&b);
+    let (mut ann, _) = join(&a, "listed", "?username=ann");
+    send(&mut ann, "m", 4);
+    let sent = receive(&mut ann, 4);
+    assert_eq!(sent.last().map(|(id, _)| *id), Some(4));
+    let listed_on_b = || {
+        let rooms = get(b.addr, "/api/rooms").json();
+        rooms["rooms"].as_array().unwrap().iter().find(|r| r["name"] == "listed").cloned()
+    };
+    assert!(eventually(IO_TIMEOUT, || listed_on_b().is_some_and(|r| r["messages"] == 4)), "{:?}", listed_on_b());
+    // Where the entry is: one of the sixteen lists, not the one global hash.
+    let lists: Vec<String> = (0..16).map(|n| format!("chatroom:rooms:{{r{n}}}")).collect();
+    let holding: Vec<&String> =
+        lists.iter().filter(|key| cluster.owner_of(key).cli(&["hexists", key, "listed"]) == "1").collect();
+    assert_eq!(holding.len(), 1, "{holding:?}");
+    assert_eq!(cluster.owner_of("chatroom:rooms").cli(&["exists", "chatroom:rooms"]), "0");
+    let owners: HashSet<u16> = lists.iter().map(|key| cluster.owner_of(key).port).collect();
+    assert_eq!(owners.len(), 3, "the lists sit on every master");
+}

@@ -147,6 +147,8 @@ pub struct Cluster {
     directory: Directory,
     /// Chat messages received on room channels (for `/metrics`).
     received: u64,
+    /// A Redis Cluster: sharded channels, the room list spread.
+    sharded: bool,
 }
 
 /// What the cluster counted, for `/metrics`.
@@ -176,6 +178,7 @@ impl Cluster {
             channels: RoomChannels::new(room_grace),
             directory: Directory::default(),
             received: 0,
+            sharded: false,
         }
     }
 
@@ -186,8 +189,9 @@ impl Cluster {
         for handoff in chat.take_handoffs() {
             match handoff {
                 Handoff::RoomCreated { room, created } => {
-                    let cmd = redis::cmd("HSETNX").arg(layout::ROOMS_KEY).arg(room).arg(created).get_packed_command();
-                    self.commands.push((cmd, TAG_INTERNAL, layout::route(layout::ROOMS_KEY)));
+                    let key = layout::rooms_key(&room, self.sharded);
+                    let cmd = redis::cmd("HSETNX").arg(&key).arg(room).arg(created).get_packed_command();
+                    self.commands.push((cmd, TAG_INTERNAL, layout::route(&key)));
                 }
                 Handoff::FirstMember { room } => {
                     self.channels.on_first_member(&room);
@@ -215,8 +219,10 @@ impl Cluster {
                 // Load the script, learn the rooms, then send what waited.
                 self.up = true;
                 self.posts.on_connected(&mut self.commands);
-                let rooms = redis::cmd("HGETALL").arg(layout::ROOMS_KEY).get_packed_command();
-                self.commands.push((rooms, TAG_ROOMS, layout::route(layout::ROOMS_KEY)));
+                for key in layout::rooms_keys(self.sharded) {
+                    let rooms = redis::cmd("HGETALL").arg(&key).get_packed_command();
+                    self.commands.push((rooms, TAG_ROOMS, layout::route(&key)));
+                }
                 self.posts.send(&mut self.commands);
                 self.reads.send_deferred(&mut self.commands);
             }
@@ -301,7 +307,7 @@ impl Cluster {
         if !self.up || self.directory.is_fresh(now) {
             return true;
         }
-        self.directory.refresh(&mut self.commands);
+        self.directory.refresh(&layout::rooms_keys(self.sharded), &mut self.commands);
         false
     }
 
@@ -313,10 +319,12 @@ impl Cluster {
 
     /// The same for a Redis Cluster (`--redis-cluster`): posts SPUBLISH,
     /// one script call in flight per room; presence travels per room on
-    /// the room's channel; no migration of an older layout.
+    /// the room's channel; the room list is spread over 16 hashes; no
+    /// migration of an older layout.
     pub fn sharded(mut self) -> Cluster {
         self.posts = self.posts.sharded();
         self.presence = self.presence.sharded();
+        self.sharded = true;
         self
     }
 
