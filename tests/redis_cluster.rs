@@ -287,3 +287,31 @@ fn rooms_served_elsewhere_are_listed_from_the_spread_room_list() {
     let owners: HashSet<u16> = lists.iter().map(|key| cluster.owner_of(key).port).collect();
     assert_eq!(owners.len(), 3, "the lists sit on every master");
 }
+
+/// A cluster that requires a password: the seeds carry it as URLs
+/// (`redis://user:pass@host:port`, as `--redis` takes), and every node the
+/// map names later is logged in to with it.
+#[test]
+fn seeds_with_a_user_and_password_log_in_to_every_node() {
+    let cluster = RedisCluster::start_with_password(Some("s3cret"));
+    let seeds: Vec<String> =
+        cluster.nodes.iter().take(1).map(|n| format!("redis://default:s3cret@127.0.0.1:{}", n.port)).collect();
+    let nodes: Vec<TestServer> = (0..2)
+        .map(|_| {
+            let mut cfg = config();
+            cfg.redis_cluster = seeds.clone();
+            cfg.rate_limit = 0;
+            TestServer::with(cfg)
+        })
+        .collect();
+    nodes.iter().for_each(wait_up);
+    let rooms = rooms_on_every_master(&cluster, "locked", 1);
+    for room in &rooms {
+        let (mut ca, _) = join(&nodes[0], room, "?username=ann");
+        let (mut cb, _) = join(&nodes[1], room, "?username=bob");
+        send(&mut ca, "a", 2);
+        send(&mut cb, "b", 2);
+        let seen = [receive(&mut ca, 4), receive(&mut cb, 4)];
+        assert_one_gapless_order(&seen, 4);
+    }
+}

@@ -155,7 +155,8 @@ pub struct NodeState {
 /// The bus over a Redis Cluster. See the module documentation.
 #[derive(Debug)]
 pub struct ClusterBus {
-    /// The credentials every node is logged in with (the first seed's).
+    /// The credentials every node is logged in with: the first seed's (a
+    /// cluster's nodes share their users).
     login: RedisUrl,
     seeds: Vec<SocketAddr>,
     reply_timeout: Duration,
@@ -673,5 +674,36 @@ impl ClusterBus {
             self.events.push(BusEvent::CommandUp);
         }
         self.unpark();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
+    use super::*;
+
+    #[test]
+    fn seeds_are_addresses_or_urls_with_credentials() {
+        let list = SeedList::parse("127.0.0.1:7000, redis://app:pw@127.0.0.1:7001,").unwrap();
+        assert_eq!(list.seeds.len(), 2);
+        assert_eq!(list.seeds[0].addr, "127.0.0.1:7000".parse().unwrap());
+        assert_eq!(list.seeds[0].password, None);
+        assert_eq!(list.seeds[1].username.as_deref(), Some("app"));
+        assert_eq!(list.seeds[1].password.as_deref(), Some("pw"));
+        let e = SeedList::parse("redis://127.0.0.1:7000/2").unwrap_err();
+        assert!(e.contains("only database 0"), "{e}");
+        assert!(SeedList::parse(" , ").is_err());
+        assert!(SeedList::parse("rediss://127.0.0.1:7000").is_err());
+    }
+
+    #[test]
+    fn a_bus_owns_its_range_of_tokens() {
+        let list = SeedList::parse("127.0.0.1:7000").unwrap();
+        let bus = ClusterBus::new(list, Duration::from_secs(1), 1000, 4);
+        assert!(!bus.owns(Token(999)));
+        assert!(bus.owns(Token(1000)) && bus.owns(Token(1007)));
+        assert!(!bus.owns(Token(1008)));
+        assert_eq!(bus.state(), "down", "no map before the first CLUSTER SLOTS");
     }
 }

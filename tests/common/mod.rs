@@ -662,6 +662,8 @@ pub struct RedisServer {
     child: Option<std::process::Child>,
     dir: PathBuf,
     appendonly: bool,
+    /// The password it requires (`--requirepass`), if any: `cli` gives it.
+    password: Option<String>,
 }
 
 impl RedisServer {
@@ -669,7 +671,7 @@ impl RedisServer {
     pub fn start(appendonly: bool) -> RedisServer {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let dir = temp_dir("redis");
-        let mut r = RedisServer { port, child: None, dir, appendonly };
+        let mut r = RedisServer { port, child: None, dir, appendonly, password: None };
         r.restart();
         r
     }
@@ -681,7 +683,11 @@ impl RedisServer {
 
     /// Runs one command with `redis-cli` and returns what it printed.
     pub fn cli(&self, args: &[&str]) -> String {
-        let out = std::process::Command::new("redis-cli")
+        let mut cli = std::process::Command::new("redis-cli");
+        if let Some(password) = &self.password {
+            cli.args(["-a", password, "--no-auth-warning"]);
+        }
+        let out = cli
             .args(["-p", &self.port.to_string()])
             .args(args)
             .output()
@@ -769,11 +775,22 @@ impl RedisCluster {
     /// Starts six nodes, creates the cluster (three masters, one replica
     /// each) and waits for `cluster_state:ok` on every node.
     pub fn start() -> RedisCluster {
+        RedisCluster::start_with_password(None)
+    }
+
+    /// The same, every node requiring `password` (of the `default` user;
+    /// replicas log in to their masters with it too).
+    pub fn start_with_password(password: Option<&str>) -> RedisCluster {
         let ports = cluster_ports(6);
-        let nodes: Vec<RedisServer> = ports.iter().map(|&port| RedisServer::start_cluster_node(port)).collect();
+        let nodes: Vec<RedisServer> =
+            ports.iter().map(|&port| RedisServer::start_cluster_node(port, password)).collect();
         let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
         // Without --cluster-yes, redis-cli waits at a prompt for a "yes".
-        let out = std::process::Command::new("redis-cli")
+        let mut create = std::process::Command::new("redis-cli");
+        if let Some(password) = password {
+            create.args(["-a", password, "--no-auth-warning"]);
+        }
+        let out = create
             .args(["--cluster", "create"])
             .args(&addrs)
             .args(["--cluster-replicas", "1", "--cluster-yes"])
@@ -836,9 +853,13 @@ fn cluster_ports(n: usize) -> Vec<u16> {
 
 impl RedisServer {
     /// Starts one empty cluster node on `port` (its bus on port + 10000).
-    fn start_cluster_node(port: u16) -> RedisServer {
+    fn start_cluster_node(port: u16, password: Option<&str>) -> RedisServer {
         let dir = temp_dir("redis-cluster");
-        let child = std::process::Command::new("redis-server")
+        let mut server = std::process::Command::new("redis-server");
+        if let Some(password) = password {
+            server.args(["--requirepass", password, "--masterauth", password]);
+        }
+        let child = server
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
             .args(["--cluster-node-timeout", "1000", "--cluster-require-full-coverage", "no"])
@@ -847,19 +868,21 @@ impl RedisServer {
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("redis-server not found: run scripts/install-deps.sh");
-        let node = RedisServer { port, child: Some(child), dir, appendonly: false };
+        let password = password.map(str::to_string);
+        let node = RedisServer { port, child: Some(child), dir, appendonly: false, password };
         assert!(eventually(IO_TIMEOUT, || node.ping()), "cluster node {port} did not start");
         node
     }
 
-    /// Whether it answers PING.
+    /// Whether it answers PING (or refuses it for want of a password:
+    /// it is up either way).
     fn ping(&self) -> bool {
         let addr: SocketAddr = format!("127.0.0.1:{}", self.port).parse().unwrap();
         let Ok(mut s) = TcpStream::connect(addr) else { return false };
         let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
         s.write_all(b"PING\r\n").is_ok() && {
             let mut b = [0u8; 7];
-            s.read(&mut b).map(|n| &b[..n] == b"+PONG\r\n").unwrap_or(false)
+            s.read(&mut b).map(|n| &b[..n] == b"+PONG\r\n" || b[..n].starts_with(b"-NOAUTH")).unwrap_or(false)
         }
     }
 }
