@@ -115,6 +115,24 @@ fn three_processes_many_rooms_over_three_masters() {
         assert_eq!(owner.cli(&["pubsub", "shardnumsub", &channel]), format!("{channel}\n3"));
         assert_eq!(owner.cli(&["pubsub", "numsub", &channel]), format!("{channel}\n0"));
     }
+    // Each process's posts, by the master of their room: every master has
+    // some (two rooms each), and calls carry one or more.
+    let per_master = |name: &str| -> Vec<u64> {
+        let text = get(nodes[0].addr, "/metrics").text();
+        let prefix = format!("{name}{{");
+        text.lines()
+            .filter(|l| l.starts_with(&prefix) && l.contains("role=\"master\""))
+            .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+            .collect()
+    };
+    let (posts, calls) =
+        (per_master("chatroom_redis_node_posts_total"), per_master("chatroom_redis_node_post_calls_total"));
+    assert_eq!(posts.len(), 3);
+    assert!(posts.iter().all(|&p| p >= 2 * ROUNDS as u64 / 2), "{posts:?}");
+    // At least every post once: a call a master answered NOSCRIPT (the
+    // script was loaded at another) went again, and counts again.
+    assert!(posts.iter().sum::<u64>() >= (rooms.len() * ROUNDS) as u64, "{posts:?}");
+    assert!(calls.iter().zip(&posts).all(|(c, p)| *c >= 1 && c <= p), "{calls:?} {posts:?}");
     // Each process talks to all three masters.
     let metrics = get(nodes[0].addr, "/metrics").text();
     let up = metrics.lines().filter(|l| l.starts_with("chatroom_redis_node_up{") && l.contains("role=\"master\""));

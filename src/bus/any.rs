@@ -110,11 +110,12 @@ impl AnyBus {
         }
     }
 
-    /// Each node's state for `/metrics` (empty for a single Redis).
-    pub fn node_states(&self) -> Vec<NodeState> {
+    /// Each node's state for `/metrics` (empty for a single Redis), with
+    /// the caller's per-slot counts added up by node.
+    pub fn node_states(&self, by_slot: &std::collections::HashMap<u16, (u64, u64)>) -> Vec<NodeState> {
         match self {
             AnyBus::Single(_) => Vec::new(),
-            AnyBus::Cluster(bus) => bus.node_states(),
+            AnyBus::Cluster(bus) => bus.node_states(by_slot),
         }
     }
 

@@ -150,6 +150,9 @@ pub struct NodeState {
     pub retries: u64,
     /// Channels subscribed at it again after a slot moved.
     pub resubscribes: u64,
+    /// The caller's per-slot counts (posts, script calls) added up over
+    /// the slots it serves now: batching per shard.
+    pub posts: (u64, u64),
 }
 
 /// The bus over a Redis Cluster. See the module documentation.
@@ -362,11 +365,22 @@ impl ClusterBus {
         self.nodes.iter().map(|n| n.bus.unsubscribes_sent()).sum()
     }
 
-    /// Each node's state, for `/metrics`.
-    pub fn node_states(&self) -> Vec<NodeState> {
+    /// Each node's state, for `/metrics`; `by_slot` holds the caller's
+    /// counts per hash slot (posts and script calls), added up here by the
+    /// master that serves each slot now.
+    pub fn node_states(&self, by_slot: &HashMap<u16, (u64, u64)>) -> Vec<NodeState> {
+        let mut posts: HashMap<SocketAddr, (u64, u64)> = HashMap::new();
+        for (slot, (items, calls)) in by_slot {
+            if let Some(owner) = self.map.as_ref().and_then(|m| m.owner(*slot)) {
+                let sum = posts.entry(owner).or_default();
+                sum.0 += items;
+                sum.1 += calls;
+            }
+        }
         self.nodes
             .iter()
             .map(|n| NodeState {
+                posts: posts.get(&n.addr).copied().unwrap_or_default(),
                 addr: n.addr.to_string(),
                 master: n.master,
                 up: n.bus.is_up(),

@@ -294,6 +294,12 @@ impl Cluster {
         self.posts.sent()
     }
 
+    /// In a Redis Cluster: posts sent and script calls, by the hash slot
+    /// of their room (`/metrics` adds them up by master).
+    pub fn posts_sent_by_slot(&self) -> &std::collections::HashMap<u16, (u64, u64)> {
+        self.posts.sent_by_slot()
+    }
+
     /// The subscriptions to change on the bus, oldest first.
     pub fn drain_subscriptions(&mut self) -> std::vec::Drain<'_, Subscription> {
         self.channels.drain()

@@ -105,6 +105,9 @@ pub(super) struct Posts {
     batch: usize,
     /// Posts sent, and script calls that carried them (for `/metrics`).
     sent: (u64, u64),
+    /// In a cluster, the same by hash slot: `/metrics` adds them up by
+    /// the master that serves each slot (batching per shard).
+    sent_by_slot: HashMap<u16, (u64, u64)>,
 }
 
 impl Posts {
@@ -123,6 +126,7 @@ impl Posts {
             backlog_cap,
             batch: batch.max(1),
             sent: (0, 0),
+            sent_by_slot: HashMap::new(),
         }
     }
 
@@ -242,6 +246,11 @@ impl Posts {
         commands.push((cmd.get_packed_command(), tag, slot));
         self.sent.0 += posts.len() as u64;
         self.sent.1 += 1;
+        if let Some(slot) = slot.filter(|_| self.sharded) {
+            let by_slot = self.sent_by_slot.entry(slot).or_default();
+            by_slot.0 += posts.len() as u64;
+            by_slot.1 += 1;
+        }
         self.in_flight.insert(tag, posts);
     }
 
@@ -318,6 +327,11 @@ impl Posts {
     /// Posts sent and script calls that carried them, since the start.
     pub(super) fn sent(&self) -> (u64, u64) {
         self.sent
+    }
+
+    /// The same by hash slot (in a cluster; empty with one Redis).
+    pub(super) fn sent_by_slot(&self) -> &HashMap<u16, (u64, u64)> {
+        &self.sent_by_slot
     }
 }
 

@@ -91,8 +91,9 @@ impl Server {
             "/readyz" => return Some(self.readiness()),
             "/metrics" => {
                 let mut body = self.metrics.render(&self.gauges());
-                if let Some(bus) = &self.bus {
-                    body.push_str(&crate::metrics::render_cluster_nodes(&bus.node_states()));
+                if let (Some(bus), Some(cluster)) = (&self.bus, &self.cluster) {
+                    let nodes = bus.node_states(cluster.posts_sent_by_slot());
+                    body.push_str(&crate::metrics::render_cluster_nodes(&nodes));
                 }
                 return Some(
                     Response::new(200)
