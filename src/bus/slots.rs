@@ -12,7 +12,7 @@
 //! alone: "if the key contains a `{` character and if there is a `}`
 //! character to the right of `{` and if there are one or more characters
 //! between the first occurrence of `{` and the first occurrence of `}`,
-//! then instead of hashing the key, only what is between [them] is
+//! then instead of hashing the key, only what is between \[them\] is
 //! hashed". That is what puts a room's keys and channel in one slot.
 //!
 //! Which master serves which slots comes from `CLUSTER SLOTS`, asked of any

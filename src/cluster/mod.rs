@@ -1,4 +1,5 @@
-//! Rooms shared by several processes through Redis (`--redis`).
+//! Rooms shared by several processes through Redis (`--redis`), or a Redis
+//! Cluster (`--redis-cluster`: see "On a Redis Cluster" below).
 //!
 //! With Redis, a room's members may sit on any process, so one process can
 //! no longer hand out ids by itself. The order of the conversation comes from
@@ -49,10 +50,28 @@
 //!   asked and the figures are more than two seconds old; the request waits
 //!   for the read (`directory.rs`). Online counts and names come from
 //!   presence, which every process still hears (`presence.rs`), so they
-//!   are right without it.
+//!   are right without it (with one Redis; on a cluster presence is per
+//!   room, and heard only by the processes that serve the room).
 //! - `/ws/stats` and `/metrics` count this process's own connections,
 //!   members, posts and deliveries: nothing in them came from other
 //!   processes' messages.
+//!
+//! # On a Redis Cluster
+//!
+//! The same layout works on a cluster because every key and the channel
+//! of a room carry its hash tag `{ROOM}`: one script call touches one
+//! slot, on one master, and each command here says which slot it routes
+//! by (the third part of `Commands`; the bus, [`crate::bus::ClusterBus`],
+//! sends it to that slot's master). What changes ([`Cluster::sharded`]):
+//!
+//! - the post script publishes with SPUBLISH, and the room channels are
+//!   subscribed with SSUBSCRIBE at the room's master;
+//! - a room has one script call in flight at a time (`posts.rs`), so a
+//!   call redirected or retried is never overtaken by a later one;
+//! - nothing global sits on one master: the room list is sixteen hashes
+//!   (`layout.rs`), and presence travels per room on the room's channel
+//!   (`presence.rs`) instead of `chatroom:presence`;
+//! - no migration of an older layout (a cluster never held one).
 //!
 //! # Where this sits
 //!
