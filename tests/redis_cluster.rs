@@ -333,3 +333,36 @@ fn seeds_with_a_user_and_password_log_in_to_every_node() {
         assert_one_gapless_order(&seen, 4);
     }
 }
+
+/// A master is killed (SIGKILL) mid-conversation: posts made while its
+/// slots have no master wait, the replica is promoted after the node
+/// timeout, the map names it, and the waiting posts go there; the
+/// conversation goes on, gapless.
+#[test]
+fn a_master_killed_mid_conversation_is_replaced_and_nothing_is_lost() {
+    let mut cluster = RedisCluster::start();
+    let (a, b) = (node(&cluster), node(&cluster));
+    wait_up(&a);
+    wait_up(&b);
+    let room = "killed";
+    let master = cluster.owner_of(&format!("chatroom:{{{room}}}:id")).port;
+    let replica = cluster.replica_of(cluster.nodes.iter().find(|n| n.port == master).unwrap()).port;
+    let (mut ca, _) = join(&a, room, "?username=ann");
+    let (mut cb, _) = join(&b, room, "?username=bob");
+    let mut seen = [Vec::new(), Vec::new()];
+    send(&mut ca, "before", 3);
+    for (c, s) in [&mut ca, &mut cb].into_iter().zip(seen.iter_mut()) {
+        s.extend(receive(c, 3));
+    }
+    cluster.nodes.iter_mut().find(|n| n.port == master).unwrap().stop();
+    send(&mut ca, "during-a", 2);
+    send(&mut cb, "during-b", 2);
+    let replica = cluster.nodes.iter().find(|n| n.port == replica).unwrap();
+    assert!(eventually(Duration::from_secs(20), || replica.cli(&["role"]).starts_with("master")), "no failover");
+    send(&mut ca, "after-a", 2);
+    for (c, s) in [&mut ca, &mut cb].into_iter().zip(seen.iter_mut()) {
+        s.extend(receive(c, 6));
+    }
+    assert_one_gapless_order(&seen, 9);
+    assert_eq!(replica.cli(&["xlen", &format!("chatroom:{{{room}}}:log")]), "9");
+}

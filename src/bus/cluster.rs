@@ -11,8 +11,9 @@
 //! adds stays in here:
 //!
 //! - **The slot map.** `CLUSTER SLOTS`, asked of a node as soon as one is
-//!   up, then every [`REFRESH_EVERY`] and after every redirect or lost
-//!   node ([`super::slots`] reads it). Until the first map, commands wait.
+//!   up, then every [`REFRESH_EVERY`] ([`REFRESH_DEGRADED`] while a
+//!   master is away) and after every redirect or lost node
+//!   ([`super::slots`] reads it). Until the first map, commands wait.
 //! - **Redirects.** A command answered `-MOVED` goes again to the master
 //!   named (the map learns the slot at once, and a refresh follows);
 //!   `-ASK` goes once to the node named, after `ASKING`; `-TRYAGAIN` (a
@@ -52,6 +53,12 @@ use super::{Bus, BusEvent, RedisUrl, Value, Which};
 /// failover or a resharding shows itself by redirects anyway, so this only
 /// bounds how long a quiet process keeps a stale map.
 pub const REFRESH_EVERY: Duration = Duration::from_secs(5);
+
+/// How often the map is read while the cluster is degraded (a master's
+/// link down, or slots without a master): a failover completes about a
+/// second after the node timeout, and commands for the lost master's slots
+/// wait until the map names its successor.
+pub const REFRESH_DEGRADED: Duration = Duration::from_millis(250);
 
 /// The wait before a command answered `TRYAGAIN` or `CLUSTERDOWN` goes
 /// again: a slot's keys move in milliseconds, a failover takes about the
@@ -482,7 +489,7 @@ impl ClusterBus {
 
     /// Asks a node that is up for `CLUSTER SLOTS` (a seed if none is).
     fn refresh(&mut self, now: Instant) {
-        self.refresh_at = now + REFRESH_EVERY;
+        self.refresh_at = now + self.refresh_interval();
         // Prefer a master the map knows, then any node that is up.
         let up = |n: &Node| n.bus.command_is_up();
         let index = self.nodes.iter().position(|n| n.master && up(n)).or_else(|| self.nodes.iter().position(up));
@@ -655,11 +662,12 @@ impl ClusterBus {
         for node in &mut self.nodes {
             node.master = masters.contains(&node.addr);
         }
+        let changed = self.map.as_ref().is_some_and(|old| *old != map);
         if self.map.as_ref() != Some(&map) {
             info!("redis cluster: {} masters: {masters:?}", masters.len());
         }
         self.map = Some(map);
-        self.refresh_at = now + REFRESH_EVERY;
+        self.refresh_at = now + self.refresh_interval();
         // Channels at a node that no longer owns their slot, or not placed.
         let moved: Vec<(Vec<u8>, Option<usize>)> = self
             .channels
@@ -686,8 +694,20 @@ impl ClusterBus {
         if !self.announced && self.nodes.iter().any(|n| n.bus.command_is_up()) {
             self.announced = true;
             self.events.push(BusEvent::CommandUp);
+        } else if changed && self.announced {
+            // Slots moved (a failover, a resharding): what the caller kept
+            // back after commands failed can go now, to the new owners,
+            // even when no link came up again to say so.
+            self.events.push(BusEvent::CommandUp);
         }
         self.unpark();
+    }
+
+    /// The wait until the next refresh: short while the cluster is
+    /// degraded, so that commands parked for a lost master go to its
+    /// successor soon after the failover.
+    fn refresh_interval(&self) -> Duration {
+        if self.is_up() { REFRESH_EVERY } else { REFRESH_DEGRADED }
     }
 }
 

@@ -773,7 +773,8 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     /// Starts six nodes, creates the cluster (three masters, one replica
-    /// each) and waits for `cluster_state:ok` on every node.
+    /// each) and waits for `cluster_state:ok` on every node and for every
+    /// replica to be in sync.
     pub fn start() -> RedisCluster {
         RedisCluster::start_with_password(None)
     }
@@ -807,6 +808,15 @@ impl RedisCluster {
             cluster.nodes.iter().all(|n| n.cli(&["cluster", "info"]).contains("cluster_state:ok"))
         });
         assert!(ok, "the cluster never reached cluster_state:ok on every node");
+        // Every replica in sync with its master, so that a failover in a
+        // test has a replica that can take over.
+        let synced = eventually(Duration::from_secs(30), || {
+            cluster.nodes.iter().all(|n| {
+                let replication = n.cli(&["info", "replication"]);
+                replication.contains("role:master") || replication.contains("master_link_status:up")
+            })
+        });
+        assert!(synced, "a replica never synced with its master");
         cluster
     }
 
@@ -863,6 +873,11 @@ impl RedisServer {
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
             .args(["--cluster-node-timeout", "1000", "--cluster-require-full-coverage", "no"])
+            // A replica syncs at once (the default waits 5 s for more
+            // replicas to share a diskless transfer), and may always take
+            // over: a test kills a master seconds after the start, when
+            // the replica's link is young.
+            .args(["--repl-diskless-sync-delay", "0", "--cluster-replica-validity-factor", "0"])
             .arg("--dir")
             .arg(&dir)
             .stdout(std::process::Stdio::null())
