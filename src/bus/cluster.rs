@@ -71,9 +71,9 @@ const RETRY_AFTER: Duration = Duration::from_millis(50);
 const MAX_ATTEMPTS: u32 = 40;
 
 /// Commands that may wait for a node to come up (or for the map to name
-/// one) before new ones fail at once: the same bound as one Redis's
-/// output buffer, in commands (a post batch is a few KiB at most).
-const MAX_PARKED: usize = 100_000;
+/// one) before new ones fail at once (a post's call then goes back to the
+/// caller's bounded backlog): `--redis-buffer`'s default, in commands.
+const MAX_PARKED: usize = 10_000;
 
 /// Tags of the cluster bus's own commands (CLUSTER SLOTS, ASKING) on a
 /// node's bus; the caller's commands get tags below this.
@@ -199,6 +199,9 @@ pub struct ClusterBus {
     started: bool,
     /// Whether the caller was told `CommandUp` (the map is known).
     announced: bool,
+    /// Whether the caller was told `Down` for commands: no master's
+    /// command link is up (until one is again).
+    all_down: bool,
 }
 
 impl ClusterBus {
@@ -231,6 +234,7 @@ impl ClusterBus {
             events: Vec::new(),
             started: false,
             announced: false,
+            all_down: false,
         }
     }
 
@@ -285,12 +289,13 @@ impl ClusterBus {
         }
     }
 
-    /// Once per turn: starts nodes named since, sends what waited, and
-    /// flushes every node.
+    /// Once per turn: starts nodes named since and flushes every node.
+    /// (Parked commands go when a node comes up or the map changes, not
+    /// here: a master that stays away would cost a pass over them every
+    /// turn.)
     pub fn flush(&mut self, registry: &Registry) {
         let now = Instant::now();
         self.start_nodes(registry, now);
-        self.unpark();
         for node in &mut self.nodes {
             node.bus.flush(registry);
         }
@@ -529,6 +534,7 @@ impl ClusterBus {
                 if let Some(node) = self.nodes.get_mut(index) {
                     node.down = false;
                 }
+                self.all_down = false;
                 if self.map.is_none() {
                     self.refresh_soon(now);
                 } else {
@@ -576,6 +582,15 @@ impl ClusterBus {
                             } else {
                                 debug!("redis cluster: node down: {reason}");
                             }
+                        }
+                        // No master left to send to: the caller keeps its
+                        // posts in its own bounded backlog until one is back
+                        // (and tells their authors when it is full).
+                        let none_up = !self.nodes.iter().any(|n| n.master && n.bus.command_is_up());
+                        if self.announced && none_up && !self.all_down {
+                            self.all_down = true;
+                            self.events
+                                .push(BusEvent::Down { which, reason: format!("every master is away: {reason}") });
                         }
                     }
                     Which::Subscription => {
