@@ -169,6 +169,12 @@ const SETTINGS: &[Setting] = &[
         help: "redis://HOST:PORT[/DB] to share rooms between processes",
     },
     Setting {
+        name: "redis-cluster",
+        kind: Kind::List,
+        default: "",
+        help: "seed nodes HOST:PORT[,HOST:PORT...] (or redis://user:pass@HOST:PORT) of a Redis Cluster (>= 7) to share rooms through, instead of --redis",
+    },
+    Setting {
         name: "redis-buffer",
         kind: Kind::Count,
         default: "10000",
@@ -272,6 +278,9 @@ pub struct Config {
     pub allow_origin: Vec<String>,
     /// Redis URL, if scaling out.
     pub redis: Option<String>,
+    /// `--redis-cluster`: seed nodes of a Redis Cluster, if scaling out
+    /// over one (never together with `redis`).
+    pub redis_cluster: Vec<String>,
     /// Posts held while Redis is away.
     pub redis_buffer: usize,
     /// `--redis-batch`: posts to one room per script call, at most.
@@ -484,6 +493,7 @@ impl Config {
                 .collect::<Result<_, _>>()?,
             allow_origin: get("allow-origin").list().into_iter().map(|o| o.to_ascii_lowercase()).collect(),
             redis: optional_text("redis"),
+            redis_cluster: get("redis-cluster").list(),
             redis_buffer: get("redis-buffer").count(0, 10_000_000)?,
             redis_batch: get("redis-batch").count(1, 10_000)?,
             redis_timeout: get("redis-timeout").duration()?,
@@ -500,6 +510,17 @@ impl Config {
             && !url.starts_with("redis://")
         {
             return Err(get("redis").invalid("a URL of the form redis://HOST:PORT[/DB]"));
+        }
+        if config.redis.is_some() && !config.redis_cluster.is_empty() {
+            return Err(ConfigError(
+                "--redis and --redis-cluster exclude each other: give one Redis, or the seeds of one cluster"
+                    .to_string(),
+            ));
+        }
+        if config.redis_cluster.iter().any(|s| s.contains("://") && !s.starts_with("redis://")) {
+            return Err(
+                get("redis-cluster").invalid("HOST:PORT or redis://[user:pass@]HOST:PORT seeds, comma-separated")
+            );
         }
         // The output cap must hold at least two of the largest messages, or an
         // echo of one maximum-size message would already count as slow.
@@ -787,6 +808,33 @@ mod tests {
         let e = load(&["--config", p], &[]).unwrap_err();
         assert!(e.0.contains("unknown setting `max_mesage`"), "{e}");
         std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn redis_cluster_from_every_source_and_never_with_redis() {
+        assert!(Config::defaults().redis_cluster.is_empty());
+        let seeds = vec!["127.0.0.1:7000".to_string(), "redis://u:p@127.0.0.1:7001".to_string()];
+        let cli = run(&["--redis-cluster", "127.0.0.1:7000, redis://u:p@127.0.0.1:7001"], &[]);
+        assert_eq!(cli.redis_cluster, seeds);
+        let env = run(&[], &[("CHATROOM_REDIS_CLUSTER", "127.0.0.1:7000,redis://u:p@127.0.0.1:7001")]);
+        assert_eq!(env.redis_cluster, seeds);
+        let path = std::env::temp_dir().join(format!("chatroom-redis-cluster-{}.toml", std::process::id()));
+        std::fs::write(&path, "redis-cluster = \"127.0.0.1:7000,redis://u:p@127.0.0.1:7001\"\n").unwrap();
+        let p = path.to_str().unwrap();
+        assert_eq!(run(&["--config", p], &[]).redis_cluster, seeds);
+        match load(&["--config", p, "--print-config"], &[]).unwrap() {
+            Loaded::Print(text) => assert!(
+                text.contains("redis-cluster = \"127.0.0.1:7000,redis://u:p@127.0.0.1:7001\"  # config file"),
+                "{text}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        let _ = std::fs::remove_file(&path);
+        let e = load(&["--redis", "redis://127.0.0.1:6379", "--redis-cluster", "127.0.0.1:7000"], &[]).unwrap_err();
+        assert!(e.0.contains("--redis and --redis-cluster exclude each other"), "{e}");
+        let e = load(&["--redis-cluster", "rediss://127.0.0.1:7000"], &[]).unwrap_err();
+        assert!(e.0.starts_with("--redis-cluster: `rediss://127.0.0.1:7000` is not valid"), "{e}");
+        assert!(help_text().contains("--redis-cluster"));
     }
 
     #[test]

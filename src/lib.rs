@@ -25,7 +25,7 @@
 //! | [`chat`] | rooms, members, posts, presence, history and resume |
 //! | [`storage`] | the SQLite (or memory) storage thread and its mailbox |
 //! | [`cluster`] | rooms shared by several processes through Redis: ordering, catch-up, presence |
-//! | [`bus`] | non-blocking Redis connections: RESP, pub/sub, reconnects |
+//! | [`bus`] | non-blocking Redis connections: RESP, pub/sub, reconnects; a Redis Cluster's slots, redirects and sharded pub/sub |
 //! | [`outbuf`] | a connection's output queue, sent with one `sendmsg` |
 //! | `pacing` | when a broadcast may wait to share a write (coalescing) |
 //! | `timer` | deadlines without scanning connections |

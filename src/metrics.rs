@@ -221,3 +221,47 @@ impl Metrics {
         out
     }
 }
+
+/// The Redis Cluster's nodes (`--redis-cluster`), one labelled sample per
+/// node and metric: whether its links are up, the redirects and retries it
+/// answered, the channels subscribed at it again after their slot moved,
+/// and the posts and script calls to the rooms it serves (posts per call
+/// per shard). Empty without a cluster.
+pub fn render_cluster_nodes(nodes: &[crate::bus::NodeState]) -> String {
+    let mut out = String::new();
+    if nodes.is_empty() {
+        return out;
+    }
+    type Field = fn(&crate::bus::NodeState) -> u64;
+    let families: [(&str, &str, &str, Field); 6] = [
+        ("chatroom_redis_node_up", "gauge", "1 while both links to the cluster node are up.", |n| u64::from(n.up)),
+        ("chatroom_redis_node_redirects_total", "counter", "MOVED and ASK answers from the node.", |n| n.redirects),
+        (
+            "chatroom_redis_node_retries_total",
+            "counter",
+            "TRYAGAIN and CLUSTERDOWN answers from the node (the command went again later).",
+            |n| n.retries,
+        ),
+        (
+            "chatroom_redis_node_resubscribes_total",
+            "counter",
+            "Channels subscribed at the node again after their slot moved.",
+            |n| n.resubscribes,
+        ),
+        ("chatroom_redis_node_posts_total", "counter", "Posts sent to rooms the node serves.", |n| n.posts.0),
+        (
+            "chatroom_redis_node_post_calls_total",
+            "counter",
+            "Script calls that carried them (posts per call: the batching, per shard).",
+            |n| n.posts.1,
+        ),
+    ];
+    for (name, kind, help, value) in families {
+        let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
+        for node in nodes {
+            let role = if node.master { "master" } else { "other" };
+            let _ = writeln!(out, "{name}{{node=\"{}\",role=\"{role}\"}} {}", node.addr, value(node));
+        }
+    }
+    out
+}

@@ -1,5 +1,7 @@
 //! Several processes sharing rooms through a real redis-server that the
-//! tests start on a free port.
+//! tests start on a free port. The tests that do not depend on there being
+//! one Redis (restarting it, freezing it, its key names of old) run again
+//! on a real Redis Cluster (`mod on_cluster`, `--redis-cluster`).
 
 mod common;
 
@@ -9,15 +11,41 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::Value;
 
-fn node(redis: &RedisServer) -> TestServer {
+/// What a test's processes share rooms through: one Redis, or a cluster.
+trait Backend {
+    /// Points `cfg` at it.
+    fn configure(&self, cfg: &mut chatroom::Config);
+    /// The flag and value that do the same on a command line.
+    fn flag(&self) -> [String; 2];
+}
+
+impl Backend for RedisServer {
+    fn configure(&self, cfg: &mut chatroom::Config) {
+        cfg.redis = Some(self.url());
+    }
+    fn flag(&self) -> [String; 2] {
+        ["--redis".into(), self.url()]
+    }
+}
+
+impl Backend for RedisCluster {
+    fn configure(&self, cfg: &mut chatroom::Config) {
+        cfg.redis_cluster = vec![self.seeds()];
+    }
+    fn flag(&self) -> [String; 2] {
+        ["--redis-cluster".into(), self.seeds()]
+    }
+}
+
+fn node(redis: &impl Backend) -> TestServer {
     node_with(redis, Duration::from_secs(10))
 }
 
 /// A process whose rooms stay subscribed for `room_grace` after their last
 /// member here left.
-fn node_with(redis: &RedisServer, room_grace: Duration) -> TestServer {
+fn node_with(redis: &impl Backend, room_grace: Duration) -> TestServer {
     let mut cfg = config();
-    cfg.redis = Some(redis.url());
+    redis.configure(&mut cfg);
     cfg.rate_limit = 0;
     cfg.presence_ttl = Duration::from_secs(2);
     cfg.room_grace = room_grace;
@@ -54,8 +82,11 @@ fn wait_up(server: &TestServer) {
 
 #[test]
 fn three_processes_one_conversation() {
-    let redis = RedisServer::start(false);
-    let nodes: Vec<TestServer> = (0..3).map(|_| node(&redis)).collect();
+    three_processes_one_conversation_on(&RedisServer::start(false));
+}
+
+fn three_processes_one_conversation_on(redis: &impl Backend) {
+    let nodes: Vec<TestServer> = (0..3).map(|_| node(redis)).collect();
     nodes.iter().for_each(wait_up);
     let mut clients: Vec<Client> =
         (0..6).map(|i| join(&nodes[i % 3], "shared", &format!("?username=c{i}")).0).collect();
@@ -80,8 +111,11 @@ fn three_processes_one_conversation() {
 
 #[test]
 fn history_and_resume_work_on_any_process_even_a_late_one() {
-    let redis = RedisServer::start(false);
-    let a = node(&redis);
+    history_and_resume_work_on_any_process_even_a_late_one_on(&RedisServer::start(false));
+}
+
+fn history_and_resume_work_on_any_process_even_a_late_one_on(redis: &impl Backend) {
+    let a = node(redis);
     wait_up(&a);
     let (mut ca, _) = join(&a, "hist", "?username=a");
     for i in 1..=12 {
@@ -89,7 +123,7 @@ fn history_and_resume_work_on_any_process_even_a_late_one() {
         recv_type(&mut ca, "message");
     }
     // A process started after the messages were sent.
-    let late = node(&redis);
+    let late = node(redis);
     wait_up(&late);
     let (_cb, wb) = join(&late, "hist", "?username=b");
     let ids: Vec<u64> = wb["history"].as_array().unwrap().iter().map(|m| m["id"].as_u64().unwrap()).collect();
@@ -173,9 +207,12 @@ fn redis_restart_with_appendonly() {
 
 #[test]
 fn presence_spans_processes() {
-    let redis = RedisServer::start(false);
-    let a = node(&redis);
-    let b = node(&redis);
+    presence_spans_processes_on(&RedisServer::start(false));
+}
+
+fn presence_spans_processes_on(redis: &impl Backend) {
+    let a = node(redis);
+    let b = node(redis);
     wait_up(&a);
     wait_up(&b);
     let (mut ca, _) = join(&a, "pres", "?username=ann");
@@ -193,9 +230,12 @@ fn presence_spans_processes() {
 
 #[test]
 fn kill_9_of_one_process_heals_presence_and_the_rest_carry_on() {
-    let redis = RedisServer::start(false);
-    let url = redis.url();
-    let args = ["--redis", url.as_str(), "--data", "none", "--presence-ttl", "2s", "--rate-limit", "0"];
+    kill_9_of_one_process_heals_presence_and_the_rest_carry_on_on(&RedisServer::start(false));
+}
+
+fn kill_9_of_one_process_heals_presence_and_the_rest_carry_on_on(redis: &impl Backend) {
+    let [flag, value] = redis.flag();
+    let args = [flag.as_str(), value.as_str(), "--data", "none", "--presence-ttl", "2s", "--rate-limit", "0"];
     let a = RealServer::spawn(&[], &args);
     let mut b = RealServer::spawn(&[], &args);
     for addr in [a.addr, b.addr] {
@@ -294,8 +334,11 @@ fn history_kept_under_the_earlier_key_names_is_moved_on_start() {
 
 #[test]
 fn a_turn_s_posts_to_a_room_share_one_script_call() {
-    let redis = RedisServer::start(false);
-    let a = node(&redis);
+    a_turn_s_posts_to_a_room_share_one_script_call_on(&RedisServer::start(false));
+}
+
+fn a_turn_s_posts_to_a_room_share_one_script_call_on(redis: &impl Backend) {
+    let a = node(redis);
     wait_up(&a);
     let (mut c, _) = join(&a, "batch", "?username=a");
     // 50 posts in one write: they are read and handed to Redis in the
@@ -381,9 +424,12 @@ fn a_process_hears_only_its_rooms_and_still_lists_the_others() {
 /// keeps posting through the moment B subscribes.
 #[test]
 fn a_member_joining_elsewhere_gets_the_history_then_every_message_in_order() {
-    let redis = RedisServer::start(false);
-    let a = node(&redis);
-    let b = node(&redis);
+    a_member_joining_elsewhere_gets_the_history_then_every_message_in_order_on(&RedisServer::start(false));
+}
+
+fn a_member_joining_elsewhere_gets_the_history_then_every_message_in_order_on(redis: &impl Backend) {
+    let a = node(redis);
+    let b = node(redis);
     wait_up(&a);
     wait_up(&b);
     let (mut ann, _) = join(&a, "late", "?username=ann");
@@ -413,9 +459,12 @@ fn a_member_joining_elsewhere_gets_the_history_then_every_message_in_order() {
 /// no replay of what was posted meanwhile, and nothing skipped.
 #[test]
 fn a_room_not_heard_for_a_while_carries_on_from_its_welcome() {
-    let redis = RedisServer::start(false);
-    let a = node(&redis);
-    let b = node_with(&redis, Duration::from_millis(200));
+    a_room_not_heard_for_a_while_carries_on_from_its_welcome_on(&RedisServer::start(false));
+}
+
+fn a_room_not_heard_for_a_while_carries_on_from_its_welcome_on(redis: &impl Backend) {
+    let a = node(redis);
+    let b = node_with(redis, Duration::from_millis(200));
     wait_up(&a);
     wait_up(&b);
     let (mut ann, _) = join(&a, "away", "?username=ann");
@@ -447,9 +496,12 @@ fn a_room_not_heard_for_a_while_carries_on_from_its_welcome() {
 /// still subscribed: no UNSUBSCRIBE, no new SUBSCRIBE, and messages flow.
 #[test]
 fn leaving_and_coming_back_within_the_grace_keeps_the_subscription() {
-    let redis = RedisServer::start(false);
-    let a = node(&redis);
-    let b = node(&redis);
+    leaving_and_coming_back_within_the_grace_keeps_the_subscription_on(&RedisServer::start(false));
+}
+
+fn leaving_and_coming_back_within_the_grace_keeps_the_subscription_on(redis: &impl Backend) {
+    let a = node(redis);
+    let b = node(redis);
     wait_up(&a);
     wait_up(&b);
     let (mut ann, _) = join(&a, "blip", "?username=ann");
@@ -465,4 +517,50 @@ fn leaving_and_coming_back_within_the_grace_keeps_the_subscription() {
     assert_eq!(recv_type(&mut bob, "message")["message"], "hi1");
     assert_eq!(count(&b, "chatroom_redis_subscribes_total"), before + 1);
     assert_eq!(count(&b, "chatroom_redis_unsubscribes_total"), 0);
+}
+
+/// The tests above that do not depend on there being one Redis, on a
+/// real cluster of three masters and three replicas.
+mod on_cluster {
+    use super::*;
+
+    #[test]
+    fn three_processes_one_conversation() {
+        three_processes_one_conversation_on(&RedisCluster::start());
+    }
+
+    #[test]
+    fn history_and_resume_work_on_any_process_even_a_late_one() {
+        history_and_resume_work_on_any_process_even_a_late_one_on(&RedisCluster::start());
+    }
+
+    #[test]
+    fn presence_spans_processes() {
+        presence_spans_processes_on(&RedisCluster::start());
+    }
+
+    #[test]
+    fn kill_9_of_one_process_heals_presence_and_the_rest_carry_on() {
+        kill_9_of_one_process_heals_presence_and_the_rest_carry_on_on(&RedisCluster::start());
+    }
+
+    #[test]
+    fn a_turn_s_posts_to_a_room_share_one_script_call() {
+        a_turn_s_posts_to_a_room_share_one_script_call_on(&RedisCluster::start());
+    }
+
+    #[test]
+    fn a_member_joining_elsewhere_gets_the_history_then_every_message_in_order() {
+        a_member_joining_elsewhere_gets_the_history_then_every_message_in_order_on(&RedisCluster::start());
+    }
+
+    #[test]
+    fn a_room_not_heard_for_a_while_carries_on_from_its_welcome() {
+        a_room_not_heard_for_a_while_carries_on_from_its_welcome_on(&RedisCluster::start());
+    }
+
+    #[test]
+    fn leaving_and_coming_back_within_the_grace_keeps_the_subscription() {
+        leaving_and_coming_back_within_the_grace_keeps_the_subscription_on(&RedisCluster::start());
+    }
 }

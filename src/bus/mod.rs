@@ -60,11 +60,21 @@
 //! the kernel accepts the TCP connection for it, but the command link's
 //! handshake ends with a PING, and the handshake has its own 2 s limit.
 //!
+//! With `--redis-cluster` one such pair of connections goes to each master
+//! ([`ClusterBus`], `cluster.rs`), its subscription link in *sharded* mode
+//! (`SSUBSCRIBE`: a channel lives on the master of its slot); [`AnyBus`]
+//! is whichever of the two the server runs.
+//!
 //! Files: [`resp`] decodes RESP, `conn.rs` moves one connection's bytes,
-//! `url.rs` parses the URL; this file gives replies their meaning.
+//! `url.rs` parses the URL, [`slots`] places keys in a cluster,
+//! `cluster.rs` routes commands over a cluster's masters, `any.rs` is the
+//! one face the server sees; this file gives replies their meaning.
 
+mod any;
+mod cluster;
 mod conn;
 pub mod resp;
+pub mod slots;
 mod url;
 
 #[cfg(test)]
@@ -76,8 +86,11 @@ use std::time::{Duration, Instant};
 use log::debug;
 use mio::{Registry, Token};
 
+pub use any::AnyBus;
+pub use cluster::{ClusterBus, NodeState, SeedList};
 use conn::Link;
 pub use resp::{RespError, Value, decode};
+pub use slots::key_slot;
 pub use url::RedisUrl;
 
 /// Output waiting for a slow (or stuck) Redis beyond this many bytes makes
@@ -154,7 +167,15 @@ pub enum BusEvent {
         /// The tag given to [`Bus::command`].
         tag: u64,
     },
-    /// A pub/sub message (from SUBSCRIBE or PSUBSCRIBE).
+    /// Redis ended a subscription nobody asked to end: a sharded channel
+    /// whose slot migrated to another master (`sunsubscribe` pushed
+    /// unasked). The bus has forgotten the channel; the caller (the
+    /// cluster bus) subscribes again where the slot lives now.
+    Unsubscribed {
+        /// The channel no longer subscribed.
+        channel: Vec<u8>,
+    },
+    /// A pub/sub message (from SUBSCRIBE, PSUBSCRIBE or SSUBSCRIBE).
     Message {
         /// The channel it was published to.
         channel: Vec<u8>,
@@ -204,6 +225,9 @@ pub struct Bus {
     /// Channels sent in SUBSCRIBE commands, and UNSUBSCRIBE commands sent.
     subscribes_sent: u64,
     unsubscribes_sent: u64,
+    /// Sharded pub/sub (a cluster node): SSUBSCRIBE and SUNSUBSCRIBE, one
+    /// channel per command (a command's channels must share a slot).
+    sharded: bool,
 }
 
 /// A summary for logs. Not derived: `hello` holds the packed AUTH, password
@@ -264,7 +288,31 @@ impl Bus {
             reconnects: 0,
             subscribes_sent: 0,
             unsubscribes_sent: 0,
+            sharded: false,
         }
+    }
+
+    /// The same bus for one node of a Redis Cluster: its subscriptions are
+    /// sharded (`SSUBSCRIBE`), and an unasked `sunsubscribe` (the slot
+    /// moved) becomes [`BusEvent::Unsubscribed`].
+    pub fn sharded(mut self) -> Bus {
+        self.sharded = true;
+        self
+    }
+
+    /// Whether the command link is up: commands given now are sent.
+    pub fn command_is_up(&self) -> bool {
+        self.cmd.is_up()
+    }
+
+    /// Whether the subscription link is up.
+    pub fn subscription_is_up(&self) -> bool {
+        self.sub.is_up()
+    }
+
+    /// The subscribe command's name: sharded or not.
+    fn subscribe_name(&self) -> &'static str {
+        if self.sharded { "SSUBSCRIBE" } else { "SUBSCRIBE" }
     }
 
     /// Starts both connections (non-blocking connect) and registers them with
@@ -334,7 +382,7 @@ impl Bus {
             return;
         }
         if self.sub.has_socket() {
-            self.sub.queue(&redis::cmd("SUBSCRIBE").arg(channel).get_packed_command());
+            self.sub.queue(&redis::cmd(self.subscribe_name()).arg(channel).get_packed_command());
             self.sub_pending += 1;
             self.subscribes_sent += 1;
         }
@@ -348,7 +396,8 @@ impl Bus {
             return;
         }
         if self.sub.has_socket() {
-            self.sub.queue(&redis::cmd("UNSUBSCRIBE").arg(channel).get_packed_command());
+            let name = if self.sharded { "SUNSUBSCRIBE" } else { "UNSUBSCRIBE" };
+            self.sub.queue(&redis::cmd(name).arg(channel).get_packed_command());
             self.unsubscribes_sent += 1;
         }
     }
@@ -507,9 +556,13 @@ impl Bus {
             link.hello_left += 1;
         }
         if which == Which::Subscription {
-            for (name, keys) in [("SUBSCRIBE", &self.channels), ("PSUBSCRIBE", &self.patterns)] {
+            // Sharded: one channel per SSUBSCRIBE, as channels of one
+            // command must share a slot.
+            let batch_size = if self.sharded { 1 } else { SUBSCRIBE_BATCH };
+            let name = if self.sharded { "SSUBSCRIBE" } else { "SUBSCRIBE" };
+            for (name, keys) in [(name, &self.channels), ("PSUBSCRIBE", &self.patterns)] {
                 let keys: Vec<&Vec<u8>> = keys.iter().collect();
-                for batch in keys.chunks(SUBSCRIBE_BATCH) {
+                for batch in keys.chunks(batch_size) {
                     let mut cmd = redis::cmd(name);
                     for key in batch {
                         cmd.arg(key.as_slice());
@@ -625,7 +678,7 @@ impl Bus {
         let mut items = items.into_iter();
         let kind = items.next();
         match kind.as_ref().and_then(Value::as_bytes) {
-            Some(b"message") => {
+            Some(b"message" | b"smessage") => {
                 let (Some(Value::Bulk(channel)), Some(Value::Bulk(payload))) = (items.next(), items.next()) else {
                     return Err("malformed message push".into());
                 };
@@ -639,7 +692,7 @@ impl Bus {
                 };
                 self.events.push(BusEvent::Message { channel, payload });
             }
-            Some(b"subscribe" | b"psubscribe") => {
+            Some(b"subscribe" | b"psubscribe" | b"ssubscribe") => {
                 self.sub_pending = self.sub_pending.saturating_sub(1);
                 if self.sub.is_up() {
                     // Asked for after the handshake: the caller learns that
@@ -657,6 +710,18 @@ impl Bus {
             Some(b"pong") => self.ping_sent_at = None,
             // The confirmation of an UNSUBSCRIBE: nothing more to do.
             Some(b"unsubscribe" | b"punsubscribe") => {}
+            // A sharded channel's end: asked for (it is forgotten already),
+            // or not: the slot moved to another master, which says so to
+            // every subscriber of the slot's channels.
+            Some(b"sunsubscribe") => {
+                let Some(Value::Bulk(channel)) = items.next() else {
+                    return Err("malformed sunsubscribe push".into());
+                };
+                if self.channels.remove(&channel) {
+                    debug!("redis: {} ended by the server (slot moved)", String::from_utf8_lossy(&channel));
+                    self.events.push(BusEvent::Unsubscribed { channel });
+                }
+            }
             _ => return Err(format!("unexpected push on the subscription link: {kind:?}")),
         }
         Ok(())

@@ -732,3 +732,46 @@ fn a_dropped_channel_is_not_resubscribed_after_a_restart() {
     assert_eq!(channels, [Value::Bulk(b"room:a".to_vec())]);
     assert!(!h.seen.iter().any(|e| matches!(e, BusEvent::Subscribed { .. })), "{:#?}", h.seen);
 }
+
+/// A cluster node's bus (`sharded`), here on a standalone Redis 7, which
+/// has sharded pub/sub too: SSUBSCRIBE for every channel (before and after
+/// the link is up), `smessage` pushes delivered as messages, and the
+/// confirmation of our own SUNSUBSCRIBE is not taken for the server
+/// ending a subscription (which would be [`BusEvent::Unsubscribed`]).
+#[test]
+fn a_sharded_bus_subscribes_with_ssubscribe_and_hears_spublish() {
+    let redis = Redis::start(free_port(), &[]);
+    let poll = Poll::new().unwrap();
+    let url = RedisUrl::parse(&format!("redis://127.0.0.1:{}", redis.port)).unwrap();
+    let mut bus = Bus::new(url, Duration::from_secs(5)).sharded();
+    bus.subscribe(b"chatroom:{a}:msgs");
+    bus.subscribe(b"chatroom:{b}:msgs");
+    bus.start(poll.registry(), CMD, SUB, Instant::now());
+    let mut h = Harness { poll, events: Events::with_capacity(64), bus, seen: Vec::new() };
+    h.wait_up();
+    let Value::Array(channels) = h.ask(&["PUBSUB", "SHARDCHANNELS"], 1) else { panic!("PUBSUB SHARDCHANNELS") };
+    assert_eq!(channels.len(), 2, "{channels:?}");
+
+    h.bus.subscribe(b"chatroom:{c}:msgs");
+    let confirmed = BusEvent::Subscribed { channel: b"chatroom:{c}:msgs".to_vec() };
+    h.run_until("the new channel confirmed", |seen| seen.contains(&confirmed));
+    assert_eq!(h.ask(&["SPUBLISH", "chatroom:{c}:msgs", "hi"], 2), Value::Int(1));
+    assert_eq!(h.ask(&["PUBLISH", "chatroom:{c}:msgs", "not sharded"], 3), Value::Int(0));
+    h.run_until("the message", |seen| seen.iter().any(|e| matches!(e, BusEvent::Message { .. })));
+    assert_eq!(h.messages(), [("chatroom:{c}:msgs".to_string(), "hi".to_string())]);
+
+    h.bus.unsubscribe(b"chatroom:{a}:msgs");
+    let deadline = Instant::now() + PATIENCE;
+    while h.ask(&["PUBSUB", "SHARDNUMSUB", "chatroom:{a}:msgs"], 4)
+        != Value::Array(vec![Value::Bulk(b"chatroom:{a}:msgs".to_vec()), Value::Int(0)])
+    {
+        assert!(Instant::now() < deadline, "SUNSUBSCRIBE never took effect");
+    }
+    // The confirmation left before this message, on the same connection:
+    // once the message is here, the confirmation has been handled.
+    h.seen.clear();
+    assert_eq!(h.ask(&["SPUBLISH", "chatroom:{b}:msgs", "after"], 5), Value::Int(1));
+    h.run_until("the later message", |seen| seen.iter().any(|e| matches!(e, BusEvent::Message { .. })));
+    assert!(!h.seen.iter().any(|e| matches!(e, BusEvent::Unsubscribed { .. })), "{:#?}", h.seen);
+    assert!(h.bus.is_up());
+}

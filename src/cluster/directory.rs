@@ -7,7 +7,8 @@
 //! every [`DIRECTORY_MAX_AGE`] and only when someone asks the API. The
 //! request waits (parked, as scroll-back does) while the refresh runs:
 //!
-//! - `HGETALL chatroom:rooms`: every room, and when it was created;
+//! - `HGETALL chatroom:rooms`: every room, and when it was created (in a
+//!   cluster, one HGETALL per hash of the spread list: `layout.rs`);
 //! - then, pipelined, one `XREVRANGE <room's stream> + - COUNT 1` per room:
 //!   its newest message, whose id is the room's message count (shared ids
 //!   run 1, 2, 3...) and whose `ts` is its last post.
@@ -23,7 +24,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::layout::{ROOMS_KEY, log_key, room_list, stream_messages};
+use super::layout::{log_key, room_list, route, stream_messages};
 use super::{Commands, TAG_DIRECTORY};
 use crate::bus::Value;
 use crate::chat::Chat;
@@ -70,15 +71,18 @@ impl Directory {
         self.refreshed_at.is_some_and(|at| now < at + DIRECTORY_MAX_AGE)
     }
 
-    /// Starts a refresh, unless one is on its way.
-    pub(super) fn refresh(&mut self, commands: &mut Commands) {
+    /// Starts a refresh, unless one is on its way: reads every hash of the
+    /// room list (`lists`).
+    pub(super) fn refresh(&mut self, lists: &[String], commands: &mut Commands) {
         if self.refresh.is_some() {
             return;
         }
         self.started += 1;
         let number = self.started & NUMBER_MASK;
-        commands.push((redis::cmd("HGETALL").arg(ROOMS_KEY).get_packed_command(), tag_of(number, 0)));
-        self.refresh = Some(Refresh { number, rooms: Vec::new(), left: 1 });
+        for key in lists {
+            commands.push((redis::cmd("HGETALL").arg(key).get_packed_command(), tag_of(number, 0), route(key)));
+        }
+        self.refresh = Some(Refresh { number, rooms: Vec::new(), left: lists.len() });
     }
 
     /// A reply to one of our commands (`tag` has [`TAG_DIRECTORY`]).
@@ -86,10 +90,13 @@ impl Directory {
         let Some(refresh) = self.refresh.as_mut().filter(|r| tag_number(tag) == r.number) else { return };
         match tag_index(tag) {
             0 => {
+                // One hash of the list (of one, or of 16 in a cluster): its
+                // rooms are numbered on from those of the hashes before.
                 let list = room_list(value);
-                refresh.rooms = list.iter().map(|(name, _)| name.clone()).collect();
+                let first = refresh.rooms.len();
+                refresh.rooms.extend(list.iter().map(|(name, _)| name.clone()));
                 chat.learn_rooms(list);
-                for (i, room) in refresh.rooms.iter().enumerate() {
+                for (i, room) in refresh.rooms.iter().enumerate().skip(first) {
                     let newest = redis::cmd("XREVRANGE")
                         .arg(log_key(room))
                         .arg("+")
@@ -97,9 +104,9 @@ impl Directory {
                         .arg("COUNT")
                         .arg(1)
                         .get_packed_command();
-                    commands.push((newest, tag_of(refresh.number, i as u64 + 1)));
+                    commands.push((newest, tag_of(refresh.number, i as u64 + 1), route(&log_key(room))));
                 }
-                refresh.left = refresh.rooms.len();
+                refresh.left = refresh.left.saturating_sub(1) + (refresh.rooms.len() - first);
             }
             index => {
                 let room = usize::try_from(index - 1).ok().and_then(|i| refresh.rooms.get(i));
@@ -160,6 +167,37 @@ mod tests {
         ])])
     }
 
+    /// The room list of one Redis.
+    fn one_list() -> Vec<String> {
+        vec!["chatroom:rooms".to_string()]
+    }
+
+    #[test]
+    fn a_refresh_of_a_spread_list_reads_every_hash_and_every_room() {
+        let mut chat = Chat::new(&Config::defaults(), Vec::new(), Mode::Shared);
+        let mut directory = Directory::default();
+        let mut commands = Commands::new();
+        let now = Instant::now();
+        directory.refresh(&["l1".to_string(), "l2".to_string()], &mut commands);
+        let lists: Vec<u64> = commands.drain(..).map(|(_, tag, _)| tag).collect();
+        assert_eq!(lists.len(), 2);
+        let list = |names: &[&str]| {
+            Value::Array(
+                names.iter().flat_map(|n| [Value::Bulk(n.as_bytes().to_vec()), Value::Bulk(b"1".to_vec())]).collect(),
+            )
+        };
+        directory.on_reply(lists[0], &list(&["a", "b"]), &mut chat, &mut commands, now);
+        directory.on_reply(lists[1], &list(&["c"]), &mut chat, &mut commands, now);
+        let reads: Vec<u64> = commands.drain(..).map(|(_, tag, _)| tag).collect();
+        assert_eq!(reads.len(), 3, "one read per room of either hash");
+        for (i, tag) in reads.into_iter().enumerate() {
+            assert!(!directory.take_settled(), "settled before read {i}");
+            directory.on_reply(tag, &Value::Array(Vec::new()), &mut chat, &mut commands, now);
+        }
+        assert!(directory.take_settled() && directory.is_fresh(now));
+        assert!(["a", "b", "c"].iter().all(|r| chat.directory.contains_key(*r)));
+    }
+
     #[test]
     fn a_refresh_learns_rooms_and_their_newest_messages() {
         let mut chat = Chat::new(&Config::defaults(), Vec::new(), Mode::Shared);
@@ -167,10 +205,10 @@ mod tests {
         let mut commands = Commands::new();
         let now = Instant::now();
         assert!(!directory.is_fresh(now));
-        directory.refresh(&mut commands);
-        directory.refresh(&mut commands);
+        directory.refresh(&one_list(), &mut commands);
+        directory.refresh(&one_list(), &mut commands);
         assert_eq!(commands.len(), 1, "one refresh at a time");
-        let (_, list_tag) = commands.remove(0);
+        let (_, list_tag, _) = commands.remove(0);
         let rooms = Value::Array(["busy", "17", "quiet", "18"].map(|s| Value::Bulk(s.as_bytes().to_vec())).to_vec());
         directory.on_reply(list_tag, &rooms, &mut chat, &mut commands, now);
         assert_eq!(commands.len(), 2, "one read per room");
@@ -192,11 +230,11 @@ mod tests {
         let mut directory = Directory::default();
         let mut commands = Commands::new();
         let now = Instant::now();
-        directory.refresh(&mut commands);
-        let (_, first) = commands.remove(0);
+        directory.refresh(&one_list(), &mut commands);
+        let (_, first, _) = commands.remove(0);
         directory.on_failed(first);
         assert!(directory.take_settled() && !directory.is_fresh(now));
-        directory.refresh(&mut commands);
+        directory.refresh(&one_list(), &mut commands);
         directory.on_reply(first, &Value::Array(Vec::new()), &mut chat, &mut commands, now);
         assert!(!directory.take_settled(), "a reply of the refresh given up");
     }

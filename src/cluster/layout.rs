@@ -2,7 +2,7 @@
 //!
 //! | key or channel | what it holds |
 //! |---|---|
-//! | `chatroom:rooms` | hash: every room ever created → created (ms) |
+//! | `chatroom:rooms` | hash: every room ever created → created (ms); in a cluster, [`ROOM_LISTS`] hashes `chatroom:rooms:{rN}` instead ([`rooms_key`]) |
 //! | `chatroom:{ROOM}:id` | the room's last id (INCR) |
 //! | `chatroom:{ROOM}:log` | stream: the room's messages, entry id `<id>-0`, field `m` = the JSON event |
 //! | `chatroom:{ROOM}:seq` | hash: process id → the sequence number of its last post applied to the room (retries apply once) |
@@ -39,6 +39,39 @@ pub(super) const SEQ_TTL_S: u64 = 3600;
 
 /// The hash of every room ever created: name → created (ms).
 pub(super) const ROOMS_KEY: &str = "chatroom:rooms";
+
+/// In a Redis Cluster the room list is split into this many hashes, each
+/// with a hash tag of its own, so that no master holds all of it (and
+/// takes every room's creation and every directory read): with 16, three
+/// masters get about five each. A room's entry is in list
+/// `CRC16(room) mod 16`.
+pub(super) const ROOM_LISTS: u16 = 16;
+
+/// The hash that lists `room`: [`ROOMS_KEY`] with one Redis, one of
+/// [`ROOM_LISTS`] hashes in a cluster.
+pub(super) fn rooms_key(room: &str, sharded: bool) -> String {
+    if sharded {
+        format!("chatroom:rooms:{{r{}}}", crate::bus::slots::crc16(room.as_bytes()) % ROOM_LISTS)
+    } else {
+        ROOMS_KEY.to_string()
+    }
+}
+
+/// Every hash of the room list: one with one Redis, [`ROOM_LISTS`] in a
+/// cluster.
+pub(super) fn rooms_keys(sharded: bool) -> Vec<String> {
+    if sharded {
+        (0..ROOM_LISTS).map(|n| format!("chatroom:rooms:{{r{n}}}")).collect()
+    } else {
+        vec![ROOMS_KEY.to_string()]
+    }
+}
+
+/// The hash slot a command on `key` routes by (a Redis Cluster sends it to
+/// that slot's master; a single Redis has every slot).
+pub(super) fn route(key: &str) -> Option<u16> {
+    Some(crate::bus::key_slot(key.as_bytes()))
+}
 
 /// The key of a room's id counter.
 pub(super) fn id_key(room: &str) -> String {
@@ -250,6 +283,22 @@ mod tests {
         assert_eq!(channel_room(room_channel("a-b_c").as_bytes()), Some("a-b_c"));
         assert_eq!(channel_room(PRESENCE_CHANNEL), None);
         assert_eq!(channel_room(b"chatroom:{x}:other"), None);
+    }
+
+    #[test]
+    fn a_cluster_s_room_list_is_spread_over_its_masters() {
+        assert_eq!(rooms_keys(false), vec![ROOMS_KEY]);
+        assert_eq!(rooms_key("lobby", false), ROOMS_KEY);
+        let keys = rooms_keys(true);
+        assert_eq!(keys.len(), usize::from(ROOM_LISTS));
+        assert!(keys.contains(&rooms_key("lobby", true)));
+        // The lists land on different slots, spread over the key space.
+        let slots: std::collections::BTreeSet<u16> = keys.iter().map(|k| crate::bus::key_slot(k.as_bytes())).collect();
+        assert_eq!(slots.len(), keys.len());
+        let thirds = |s: &u16| usize::from(*s / (crate::bus::slots::SLOTS / 3 + 1));
+        let mut per_third = [0; 3];
+        slots.iter().for_each(|s| per_third[thirds(s)] += 1);
+        assert!(per_third.iter().all(|&n| n >= 2), "{per_third:?}");
     }
 
     #[test]

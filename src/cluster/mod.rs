@@ -1,4 +1,5 @@
-//! Rooms shared by several processes through Redis (`--redis`).
+//! Rooms shared by several processes through Redis (`--redis`), or a Redis
+//! Cluster (`--redis-cluster`: see "On a Redis Cluster" below).
 //!
 //! With Redis, a room's members may sit on any process, so one process can
 //! no longer hand out ids by itself. The order of the conversation comes from
@@ -49,10 +50,28 @@
 //!   asked and the figures are more than two seconds old; the request waits
 //!   for the read (`directory.rs`). Online counts and names come from
 //!   presence, which every process still hears (`presence.rs`), so they
-//!   are right without it.
+//!   are right without it (with one Redis; on a cluster presence is per
+//!   room, and heard only by the processes that serve the room).
 //! - `/ws/stats` and `/metrics` count this process's own connections,
 //!   members, posts and deliveries: nothing in them came from other
 //!   processes' messages.
+//!
+//! # On a Redis Cluster
+//!
+//! The same layout works on a cluster because every key and the channel
+//! of a room carry its hash tag `{ROOM}`: one script call touches one
+//! slot, on one master, and each command here says which slot it routes
+//! by (the third part of `Commands`; the bus, [`crate::bus::ClusterBus`],
+//! sends it to that slot's master). What changes ([`Cluster::sharded`]):
+//!
+//! - the post script publishes with SPUBLISH, and the room channels are
+//!   subscribed with SSUBSCRIBE at the room's master;
+//! - a room has one script call in flight at a time (`posts.rs`), so a
+//!   call redirected or retried is never overtaken by a later one;
+//! - nothing global sits on one master: the room list is sixteen hashes
+//!   (`layout.rs`), and presence travels per room on the room's channel
+//!   (`presence.rs`) instead of `chatroom:presence`;
+//! - no migration of an older layout (a cluster never held one).
 //!
 //! # Where this sits
 //!
@@ -110,8 +129,9 @@ use reads::{Reader, Reads};
 /// The channels every process subscribes to, whatever rooms it serves.
 pub const CHANNELS: [&[u8]; 1] = [PRESENCE_CHANNEL];
 
-/// Packed commands for the bus, with their tags, in order.
-type Commands = Vec<(Vec<u8>, u64)>;
+/// Packed commands for the bus, with their tags and the hash slot each
+/// routes by (`None`: no key; any node of a cluster will do), in order.
+type Commands = Vec<(Vec<u8>, u64, Option<u16>)>;
 
 /// Tags are the bus's names for our commands; the top two bits say what a
 /// reply is for.
@@ -146,6 +166,8 @@ pub struct Cluster {
     directory: Directory,
     /// Chat messages received on room channels (for `/metrics`).
     received: u64,
+    /// A Redis Cluster: sharded channels, the room list spread.
+    sharded: bool,
 }
 
 /// What the cluster counted, for `/metrics`.
@@ -175,6 +197,7 @@ impl Cluster {
             channels: RoomChannels::new(room_grace),
             directory: Directory::default(),
             received: 0,
+            sharded: false,
         }
     }
 
@@ -185,8 +208,9 @@ impl Cluster {
         for handoff in chat.take_handoffs() {
             match handoff {
                 Handoff::RoomCreated { room, created } => {
-                    let cmd = redis::cmd("HSETNX").arg(layout::ROOMS_KEY).arg(room).arg(created).get_packed_command();
-                    self.commands.push((cmd, TAG_INTERNAL));
+                    let key = layout::rooms_key(&room, self.sharded);
+                    let cmd = redis::cmd("HSETNX").arg(&key).arg(room).arg(created).get_packed_command();
+                    self.commands.push((cmd, TAG_INTERNAL, layout::route(&key)));
                 }
                 Handoff::FirstMember { room } => {
                     self.channels.on_first_member(&room);
@@ -213,8 +237,11 @@ impl Cluster {
                 info!("redis: command connection up");
                 // Load the script, learn the rooms, then send what waited.
                 self.up = true;
-                Posts::on_connected(&mut self.commands, true);
-                self.commands.push((redis::cmd("HGETALL").arg(layout::ROOMS_KEY).get_packed_command(), TAG_ROOMS));
+                self.posts.on_connected(&mut self.commands);
+                for key in layout::rooms_keys(self.sharded) {
+                    let rooms = redis::cmd("HGETALL").arg(&key).get_packed_command();
+                    self.commands.push((rooms, TAG_ROOMS, layout::route(&key)));
+                }
                 self.posts.send(&mut self.commands);
                 self.reads.send_deferred(&mut self.commands);
             }
@@ -229,8 +256,12 @@ impl Cluster {
                 // welcome read, and before this, was not heard.
                 if let Some(room) = channel_room(&channel).filter(|room| self.channels.hears(room)) {
                     self.feed.catch_up(room, &mut self.reads, &mut self.commands);
+                    // In a cluster, presence too travels on the room's channel.
+                    self.presence.ask(room, chat, &mut self.commands);
                 }
             }
+            // Only a cluster's bus says this, and it handles it itself.
+            BusEvent::Unsubscribed { .. } => {}
             BusEvent::Down { which, reason } => {
                 let name = if which == Which::Command { "command" } else { "subscription" };
                 warn!("redis: {name} connection down: {reason}");
@@ -241,8 +272,8 @@ impl Cluster {
             BusEvent::Reply { tag, value } => self.on_reply(tag, value, chat, now),
             BusEvent::Failed { tag } => self.on_failed(tag, chat),
             BusEvent::Message { channel, payload } => {
-                if channel == PRESENCE_CHANNEL {
-                    self.presence.on_note(&payload, now, chat);
+                if channel == PRESENCE_CHANNEL || payload.starts_with(presence::NOTE_START) {
+                    self.presence.on_note(&payload, now, chat, &mut self.commands);
                 } else if let Some(room) = channel_room(&channel) {
                     // A room's channel carries that room's messages only.
                     for p in decode_batch(&payload).into_iter().filter(|p| p.room == room) {
@@ -269,7 +300,7 @@ impl Cluster {
 
     /// The commands for the bus, oldest first: the turn's posts go with
     /// them, one script call per room (while Redis is away they wait).
-    pub fn drain_commands(&mut self) -> std::vec::Drain<'_, (Vec<u8>, u64)> {
+    pub fn drain_commands(&mut self) -> std::vec::Drain<'_, (Vec<u8>, u64, Option<u16>)> {
         if self.up {
             self.posts.send(&mut self.commands);
         }
@@ -280,6 +311,12 @@ impl Cluster {
     /// the start (`/metrics`: posts per call shows the batching).
     pub fn posts_sent(&self) -> (u64, u64) {
         self.posts.sent()
+    }
+
+    /// In a Redis Cluster: posts sent and script calls, by the hash slot
+    /// of their room (`/metrics` adds them up by master).
+    pub fn posts_sent_by_slot(&self) -> &std::collections::HashMap<u16, (u64, u64)> {
+        self.posts.sent_by_slot()
     }
 
     /// The subscriptions to change on the bus, oldest first.
@@ -295,7 +332,7 @@ impl Cluster {
         if !self.up || self.directory.is_fresh(now) {
             return true;
         }
-        self.directory.refresh(&mut self.commands);
+        self.directory.refresh(&layout::rooms_keys(self.sharded), &mut self.commands);
         false
     }
 
@@ -303,6 +340,17 @@ impl Cluster {
     /// call: the API requests waiting for it can be answered.
     pub fn take_directory_settled(&mut self) -> bool {
         self.directory.take_settled()
+    }
+
+    /// The same for a Redis Cluster (`--redis-cluster`): posts SPUBLISH,
+    /// one script call in flight per room; presence travels per room on
+    /// the room's channel; the room list is spread over 16 hashes; no
+    /// migration of an older layout.
+    pub fn sharded(mut self) -> Cluster {
+        self.posts = self.posts.sharded();
+        self.presence = self.presence.sharded();
+        self.sharded = true;
+        self
     }
 
     /// What the cluster counted so far.
@@ -378,7 +426,7 @@ mod tests {
     }
 
     fn read_tags(cluster: &mut Cluster) -> Vec<u64> {
-        cluster.drain_commands().map(|(_, tag)| tag).filter(|tag| tag & TAG_KIND == TAG_READ).collect()
+        cluster.drain_commands().map(|(_, tag, _)| tag).filter(|tag| tag & TAG_KIND == TAG_READ).collect()
     }
 
     /// A stream reply (XRANGE or XREVRANGE) holding messages `ids` of `room`.
@@ -412,8 +460,8 @@ mod tests {
 
     /// The last command for the bus, as text (RESP, `\r\n` and all).
     fn last_command(cluster: &mut Cluster) -> (String, u64) {
-        let commands: Vec<(Vec<u8>, u64)> = cluster.drain_commands().collect();
-        let Some((packed, tag)) = commands.last() else { panic!("no command") };
+        let commands: Commands = cluster.drain_commands().collect();
+        let Some((packed, tag, _)) = commands.last() else { panic!("no command") };
         (String::from_utf8_lossy(packed).into_owned(), *tag)
     }
 

@@ -17,13 +17,23 @@
 //! and goes again if the connection drops before the answer. Only a full
 //! backlog, or Redis refusing the script, makes a post fail, and then its
 //! author is told.
+//!
+//! In a Redis Cluster (`--redis-cluster`) the script publishes with
+//! SPUBLISH on the room's sharded channel, and a room has one script call
+//! in flight at a time: a call that is redirected (MOVED, ASK) or told to
+//! try again goes again later than it first went, and a later call of the
+//! same room must not overtake it (the room would take the later posts'
+//! numbers first, and answer the earlier ones as repeats). Posts that come
+//! meanwhile wait, and leave together in the next call.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use data_encoding::HEXLOWER;
 use sha1::{Digest, Sha1};
 
-use super::layout::{MIGRATE_SCRIPT, POST_SCRIPT, SEQ_TTL_S, STREAM_MAXLEN, id_key, log_key, room_channel, seq_key};
+use super::layout::{
+    MIGRATE_SCRIPT, POST_SCRIPT, SEQ_TTL_S, STREAM_MAXLEN, id_key, log_key, room_channel, route, seq_key,
+};
 use super::{Commands, TAG_INTERNAL, TAG_KIND, TAG_POST, TAG_SCRIPT};
 use crate::bus::Value;
 use crate::chat::PostIntent;
@@ -72,8 +82,14 @@ pub(super) enum Answer {
 pub(super) struct Posts {
     /// This process's id: the script keeps a sequence mark per process.
     proc_id: String,
-    /// SHA1 of [`POST_SCRIPT`], for EVALSHA.
+    /// The script: [`POST_SCRIPT`], or in a cluster its SPUBLISH variant.
+    script: String,
+    /// Its SHA1, for EVALSHA.
     script_sha: String,
+    /// In a cluster: SPUBLISH, and one call in flight per room.
+    sharded: bool,
+    /// In a cluster: the rooms with a call in flight.
+    busy: HashSet<String>,
     /// Counts script calls, for their tags.
     calls: u64,
     /// The number of this process's last post to each room.
@@ -89,6 +105,9 @@ pub(super) struct Posts {
     batch: usize,
     /// Posts sent, and script calls that carried them (for `/metrics`).
     sent: (u64, u64),
+    /// In a cluster, the same by hash slot: `/metrics` adds them up by
+    /// the master that serves each slot (batching per shard).
+    sent_by_slot: HashMap<u16, (u64, u64)>,
 }
 
 impl Posts {
@@ -96,7 +115,10 @@ impl Posts {
     pub(super) fn new(proc_id: &str, backlog_cap: usize, batch: usize) -> Posts {
         Posts {
             proc_id: proc_id.to_string(),
+            script: POST_SCRIPT.to_string(),
             script_sha: HEXLOWER.encode(&Sha1::digest(POST_SCRIPT.as_bytes())),
+            sharded: false,
+            busy: HashSet::new(),
             calls: 0,
             seqs: HashMap::new(),
             waiting: VecDeque::new(),
@@ -104,24 +126,33 @@ impl Posts {
             backlog_cap,
             batch: batch.max(1),
             sent: (0, 0),
+            sent_by_slot: HashMap::new(),
         }
+    }
+
+    /// The same for a Redis Cluster: the script publishes with SPUBLISH
+    /// (on the room's sharded channel, in the room's slot like its keys),
+    /// and each room has one call in flight at a time.
+    pub(super) fn sharded(mut self) -> Posts {
+        self.script = POST_SCRIPT.replace("'PUBLISH'", "'SPUBLISH'");
+        self.script_sha = HEXLOWER.encode(&Sha1::digest(self.script.as_bytes()));
+        self.sharded = true;
+        self
     }
 
     /// After every connect: moves keys of an older layout (a single Redis
-    /// only), then loads the script; both before any post on the connection.
-    pub(super) fn on_connected(commands: &mut Commands, single: bool) {
-        if single {
+    /// only: a cluster's masters each hold part of the keys, and a cluster
+    /// never held the old layout), then loads the script; both before any
+    /// post on the connection. In a cluster this load reaches one master;
+    /// a post to another is answered NOSCRIPT once, and goes again with
+    /// the script itself (see `on_reply`).
+    pub(super) fn on_connected(&self, commands: &mut Commands) {
+        if !self.sharded {
             let migrate = redis::cmd("EVAL").arg(MIGRATE_SCRIPT).arg(0).get_packed_command();
-            commands.push((migrate, TAG_INTERNAL));
+            commands.push((migrate, TAG_INTERNAL, None));
         }
-        Posts::load_script(commands);
-    }
-
-    /// Loads the script into Redis's cache (after every connect, and when
-    /// Redis says it lost it).
-    fn load_script(commands: &mut Commands) {
-        let load = redis::cmd("SCRIPT").arg("LOAD").arg(POST_SCRIPT).get_packed_command();
-        commands.push((load, TAG_SCRIPT));
+        let load = redis::cmd("SCRIPT").arg("LOAD").arg(&self.script).get_packed_command();
+        commands.push((load, TAG_SCRIPT, None));
     }
 
     /// Takes a member's post; it leaves at the turn's end ([`Posts::send`])
@@ -157,7 +188,13 @@ impl Posts {
         // their first waiting post, so the oldest post leaves first).
         let mut order: Vec<String> = Vec::new();
         let mut by_room: HashMap<String, Vec<Post>> = HashMap::new();
+        let mut held = VecDeque::new();
         for post in self.waiting.drain(..) {
+            // A cluster's room with a call in flight: wait for its answer.
+            if self.busy.contains(&post.room) {
+                held.push_back(post);
+                continue;
+            }
             let posts = by_room.entry(post.room.clone()).or_insert_with(|| {
                 order.push(post.room.clone());
                 Vec::new()
@@ -170,20 +207,30 @@ impl Posts {
             posts.sort_by_key(|p| p.seq);
             while !posts.is_empty() {
                 let rest = posts.split_off(self.batch.min(posts.len()));
-                self.send_call(posts, commands);
+                self.send_call(posts, false, commands);
                 posts = rest;
+                if self.sharded {
+                    // One call at a time: the rest wait for its answer.
+                    held.extend(posts.drain(..));
+                }
             }
         }
+        self.waiting = held;
     }
 
-    /// One script call for `posts`, all to one room, in order.
-    fn send_call(&mut self, posts: Vec<Post>, commands: &mut Commands) {
+    /// One script call for `posts`, all to one room, in order: EVALSHA, or
+    /// with `body` EVAL with the whole script (which also caches it there).
+    fn send_call(&mut self, posts: Vec<Post>, body: bool, commands: &mut Commands) {
         let Some(first) = posts.first() else { return };
         self.calls += 1;
         let tag = TAG_POST | (self.calls & !TAG_KIND);
         let known_last = posts.iter().map(|p| p.known_last).max().unwrap_or(0);
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(&self.script_sha)
+        if self.sharded {
+            self.busy.insert(first.room.clone());
+        }
+        let slot = route(&id_key(&first.room));
+        let mut cmd = if body { redis::cmd("EVAL") } else { redis::cmd("EVALSHA") };
+        cmd.arg(if body { &self.script } else { &self.script_sha })
             .arg(3)
             .arg(id_key(&first.room))
             .arg(log_key(&first.room))
@@ -196,9 +243,14 @@ impl Posts {
         for post in &posts {
             cmd.arg(post.seq).arg(&post.prefix).arg(&post.suffix);
         }
-        commands.push((cmd.get_packed_command(), tag));
+        commands.push((cmd.get_packed_command(), tag, slot));
         self.sent.0 += posts.len() as u64;
         self.sent.1 += 1;
+        if let Some(slot) = slot.filter(|_| self.sharded) {
+            let by_slot = self.sent_by_slot.entry(slot).or_default();
+            by_slot.0 += posts.len() as u64;
+            by_slot.1 += 1;
+        }
         self.in_flight.insert(tag, posts);
     }
 
@@ -208,6 +260,7 @@ impl Posts {
     /// many posts wait already.
     pub(super) fn on_failed(&mut self, tag: u64) -> Vec<(usize, u64)> {
         let Some(posts) = self.in_flight.remove(&tag) else { return Vec::new() };
+        self.release(&posts);
         let mut given_up = Vec::new();
         for post in posts {
             if self.waiting.len() < self.backlog_cap {
@@ -223,6 +276,7 @@ impl Posts {
     /// new to the chat (repeats of posts applied before say nothing).
     pub(super) fn on_reply(&mut self, tag: u64, value: Value, commands: &mut Commands) -> Vec<Answer> {
         let Some(posts) = self.in_flight.remove(&tag) else { return Vec::new() };
+        self.release(&posts);
         match value {
             Value::Array(ids) => posts
                 .into_iter()
@@ -241,12 +295,15 @@ impl Posts {
                 })
                 .collect(),
             // The script cache was emptied (Redis restarted, or a replica
-            // took over, since our SCRIPT LOAD): load it and go again. Later
-            // calls pipelined behind this one fail the same way and come
-            // back here in order, so each room's posts keep their order.
+            // took over, since our SCRIPT LOAD), or in a cluster this
+            // master never had it: the call goes again as EVAL, with the
+            // script itself, which runs it and caches it wherever the call
+            // ends up (even through an ASK redirect, which a separate
+            // SCRIPT LOAD would not follow). Later calls pipelined behind
+            // this one fail the same way and come back here in order, so
+            // each room's posts keep their order.
             Value::Error(e) if e.starts_with("NOSCRIPT") => {
-                Posts::load_script(commands);
-                self.send_call(posts, commands);
+                self.send_call(posts, true, commands);
                 Vec::new()
             }
             other => posts
@@ -259,9 +316,22 @@ impl Posts {
         }
     }
 
+    /// A call of a cluster's room was answered (or failed): the room's
+    /// next call may go.
+    fn release(&mut self, posts: &[Post]) {
+        if let Some(post) = posts.first() {
+            self.busy.remove(&post.room);
+        }
+    }
+
     /// Posts sent and script calls that carried them, since the start.
     pub(super) fn sent(&self) -> (u64, u64) {
         self.sent
+    }
+
+    /// The same by hash slot (in a cluster; empty with one Redis).
+    pub(super) fn sent_by_slot(&self) -> &HashMap<u16, (u64, u64)> {
+        &self.sent_by_slot
     }
 }
 
@@ -277,7 +347,7 @@ mod tests {
     fn calls(posts: &Posts, commands: &Commands) -> Vec<(u64, String, Vec<u64>)> {
         commands
             .iter()
-            .filter_map(|(_, tag)| {
+            .filter_map(|(_, tag, _)| {
                 let call = posts.in_flight.get(tag)?;
                 let room = call.first()?.room.clone();
                 Some((*tag, room, call.iter().map(|p| p.seq).collect()))
@@ -323,7 +393,7 @@ mod tests {
         assert!(posts.post(intent("r", "1"), true));
         assert!(posts.post(intent("r", "2"), true));
         posts.send(&mut commands);
-        let (_, tag) = commands.remove(0);
+        let (_, tag, _) = commands.remove(0);
         // A newer post waits while the first call fails.
         assert!(posts.post(intent("r", "3"), true));
         assert_eq!(posts.on_failed(tag), Vec::<(usize, u64)>::new());
@@ -332,7 +402,7 @@ mod tests {
         assert_eq!(got, vec![vec![1, 2, 3]], "the retried posts first, numbers in order");
         // Three wait now: a fourth is refused, and a failed call's posts
         // beyond the bound are given up (their authors told).
-        let (_, tag) = commands.remove(0);
+        let (_, tag, _) = commands.remove(0);
         assert!(posts.post(intent("r", "4"), false));
         assert_eq!(posts.on_failed(tag).len(), 1);
         assert!(!posts.post(intent("r", "5"), false), "Redis away and too many posts wait: the author is told");
@@ -340,20 +410,22 @@ mod tests {
     }
 
     #[test]
-    fn repeats_say_nothing_and_a_lost_script_is_loaded_again() {
+    fn repeats_say_nothing_and_a_lost_script_goes_again_with_the_call() {
         let mut posts = Posts::new("p", 10, 100);
         let mut commands = Commands::new();
         assert!(posts.post(intent("r", "1"), true));
         assert!(posts.post(intent("r", "2"), true));
         posts.send(&mut commands);
-        let (_, tag) = commands.remove(0);
+        let (_, tag, _) = commands.remove(0);
         let answer = posts.on_reply(tag, Value::Error("NOSCRIPT No matching script".into()), &mut commands);
         assert!(answer.is_empty());
-        assert_eq!(
-            commands.iter().map(|(_, t)| *t & TAG_KIND).collect::<Vec<_>>(),
-            vec![TAG_SCRIPT & TAG_KIND, TAG_POST]
+        assert_eq!(commands.iter().map(|(_, t, _)| *t & TAG_KIND).collect::<Vec<_>>(), vec![TAG_POST]);
+        let (packed, tag, _) = &commands[0];
+        assert!(
+            packed.starts_with(b"*") && String::from_utf8_lossy(packed).contains("\r\nEVAL\r\n"),
+            "the script itself"
         );
-        let (_, tag) = commands[1];
+        let tag = *tag;
         let answers = posts.on_reply(tag, Value::Array(vec![Value::Int(0), Value::Int(5)]), &mut commands);
         assert_eq!(answers, vec![Answer::Posted { room: "r".into(), id: 5, author: (1, 1) }]);
     }

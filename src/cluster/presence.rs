@@ -10,11 +10,24 @@
 //!
 //! Lists, not deltas: a note that is lost costs nothing once the next one
 //! (or the next snapshot) arrives.
+//!
+//! In a Redis Cluster one channel that every process hears would put all
+//! presence on one shard (and a plain PUBLISH there is copied to every
+//! node). So there each room's presence travels on the room's own sharded
+//! channel (SPUBLISH, the channel its messages use): one note per room,
+//! never `full`, heard by the processes that serve the room, which are the
+//! ones that show its members. The snapshot is one such note per local
+//! room. The trade-off: a process learns the members elsewhere of a room
+//! only once it listens to the room (at the next snapshot, within a third
+//! of `--presence-ttl`), and online counts in `/api/rooms` cover only the
+//! rooms it serves. To shorten the first of those waits, a process that
+//! starts listening to a room says so (a note that *asks*), and every
+//! process with members there answers at once with its list.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use super::layout::PRESENCE_CHANNEL;
+use super::layout::{PRESENCE_CHANNEL, room_channel, route};
 use super::{Commands, TAG_INTERNAL};
 use crate::chat::Chat;
 
@@ -28,6 +41,10 @@ pub(super) struct PresenceNote {
     pub full: bool,
     /// Room → names of that process's members there.
     pub rooms: HashMap<String, Vec<String>>,
+    /// In a cluster: the sender just started listening to these rooms;
+    /// whoever has members there answers with its list.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ask: bool,
 }
 
 /// What another process last said about its members.
@@ -48,21 +65,41 @@ pub(super) struct Presence {
     next_snapshot: Option<Instant>,
     /// `--presence-ttl`: a process silent this long is presumed dead.
     ttl: Duration,
+    /// In a cluster: one note per room, SPUBLISHed on the room's channel.
+    sharded: bool,
 }
+
+/// How a note on a room's channel starts (the fields in declaration
+/// order): it tells presence from messages on a cluster's room channels.
+pub(super) const NOTE_START: &[u8] = br#"{"proc":"#;
 
 impl Presence {
     /// Nobody seen yet; the first snapshot goes out on the first tick.
     pub(super) fn new(proc_id: &str, ttl: Duration) -> Presence {
-        Presence { proc_id: proc_id.to_string(), remote: HashMap::new(), next_snapshot: None, ttl }
+        Presence { proc_id: proc_id.to_string(), remote: HashMap::new(), next_snapshot: None, ttl, sharded: false }
+    }
+
+    /// The same for a Redis Cluster: notes per room, on its channel.
+    pub(super) fn sharded(mut self) -> Presence {
+        self.sharded = true;
+        self
     }
 
     /// A presence note from any process (ours is ignored). The difference
     /// from what that process said before becomes join and leave events in
     /// the chat.
-    pub(super) fn on_note(&mut self, payload: &[u8], now: Instant, chat: &mut Chat) {
+    pub(super) fn on_note(&mut self, payload: &[u8], now: Instant, chat: &mut Chat, commands: &mut Commands) {
         let Ok(note) = serde_json::from_slice::<PresenceNote>(payload) else { return };
         if note.proc == self.proc_id {
             return;
+        }
+        if note.ask && self.sharded {
+            let mut ours = chat.local_members();
+            for room in note.rooms.keys() {
+                if let Some(names) = ours.remove(room).filter(|names| !names.is_empty()) {
+                    self.publish_room(room.clone(), names, false, commands);
+                }
+            }
         }
         let process = self.remote.entry(note.proc.clone()).or_default();
         process.seen = Some(now);
@@ -87,10 +124,36 @@ impl Presence {
     /// Publishes our members in `rooms`: every room we have (`full`), or
     /// the rooms that changed.
     pub(super) fn publish(&self, rooms: HashMap<String, Vec<String>>, full: bool, commands: &mut Commands) {
-        let note = PresenceNote { proc: self.proc_id.clone(), full, rooms };
+        if self.sharded {
+            for (room, names) in rooms {
+                self.publish_room(room, names, false, commands);
+            }
+            return;
+        }
+        let note = PresenceNote { proc: self.proc_id.clone(), full, rooms, ask: false };
         let Ok(json) = serde_json::to_vec(&note) else { return };
         let cmd = redis::cmd("PUBLISH").arg(PRESENCE_CHANNEL).arg(json).get_packed_command();
-        commands.push((cmd, TAG_INTERNAL));
+        commands.push((cmd, TAG_INTERNAL, None));
+    }
+
+    /// In a cluster: our members in `room`, on the room's channel; `ask`
+    /// asks the others to answer with theirs.
+    fn publish_room(&self, room: String, names: Vec<String>, ask: bool, commands: &mut Commands) {
+        let channel = room_channel(&room);
+        let rooms = HashMap::from([(room, names)]);
+        let note = PresenceNote { proc: self.proc_id.clone(), full: false, rooms, ask };
+        let Ok(json) = serde_json::to_vec(&note) else { return };
+        let cmd = redis::cmd("SPUBLISH").arg(&channel).arg(json).get_packed_command();
+        commands.push((cmd, TAG_INTERNAL, route(&channel)));
+    }
+
+    /// In a cluster, once this process listens to `room`: our members
+    /// there, and a request for everyone else's.
+    pub(super) fn ask(&self, room: &str, chat: &Chat, commands: &mut Commands) {
+        if self.sharded {
+            let names = chat.local_members().remove(room).unwrap_or_default();
+            self.publish_room(room.to_string(), names, true, commands);
+        }
     }
 
     /// Once a second: publish a full snapshot every third of
@@ -133,7 +196,7 @@ mod tests {
 
     fn note(proc: &str, full: bool, rooms: &[(&str, &[&str])]) -> Vec<u8> {
         let rooms = rooms.iter().map(|(r, names)| (r.to_string(), names.iter().map(|n| n.to_string()).collect()));
-        serde_json::to_vec(&PresenceNote { proc: proc.into(), full, rooms: rooms.collect() }).unwrap()
+        serde_json::to_vec(&PresenceNote { proc: proc.into(), full, rooms: rooms.collect(), ask: false }).unwrap()
     }
 
     #[test]
@@ -141,14 +204,15 @@ mod tests {
         let mut chat = Chat::new(&Config::defaults(), Vec::new(), Mode::Shared);
         let mut presence = Presence::new("us", Duration::from_secs(3));
         let now = Instant::now();
-        presence.on_note(&note("them", false, &[("r", &["a", "b"]), ("s", &["c"])]), now, &mut chat);
-        presence.on_note(&note("us", false, &[("r", &["mine"])]), now, &mut chat);
+        let mut commands = Commands::new();
+        presence.on_note(&note("them", false, &[("r", &["a", "b"]), ("s", &["c"])]), now, &mut chat, &mut commands);
+        presence.on_note(&note("us", false, &[("r", &["mine"])]), now, &mut chat, &mut commands);
         assert_eq!(chat.online("r", 10).0, 2, "our own note is not someone else's members");
         // A snapshot without room s: c left.
-        presence.on_note(&note("them", true, &[("r", &["a"])]), now, &mut chat);
+        presence.on_note(&note("them", true, &[("r", &["a"])]), now, &mut chat, &mut commands);
         assert_eq!((chat.online("r", 10).0, chat.online("s", 10).0), (1, 0));
+        assert!(commands.is_empty(), "a single Redis never answers notes");
 
-        let mut commands = Commands::new();
         presence.on_tick(now + Duration::from_secs(1), &mut chat, &mut commands);
         assert_eq!(commands.len(), 1, "the first tick publishes a snapshot");
         assert_eq!(chat.online("r", 10).0, 1, "still within the ttl");

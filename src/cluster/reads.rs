@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 
-use super::layout::{log_key, stream_messages};
+use super::layout::{log_key, route, stream_messages};
 use super::{Commands, TAG_KIND, TAG_READ};
 use crate::bus::Value;
 use crate::storage::{ReadRange, StoredMessage};
@@ -48,9 +48,9 @@ pub(super) struct Reads {
     next: u64,
     /// Range commands sent and not answered, by tag: who asked, and the
     /// packed command to send again on failure.
-    pending: HashMap<u64, (Reader, Vec<u8>)>,
+    pending: HashMap<u64, (Reader, Vec<u8>, Option<u16>)>,
     /// Reads that failed for lack of a connection, sent again on `CommandUp`.
-    deferred: Vec<(u64, Reader, Vec<u8>)>,
+    deferred: Vec<(u64, Reader, Vec<u8>, Option<u16>)>,
     /// The stream's oldest id as answered just before a read, by tag.
     oldest: HashMap<u64, Option<u64>>,
 }
@@ -62,8 +62,9 @@ impl Reads {
     pub(super) fn newest(&mut self, room: &str, commands: &mut Commands) {
         let tag = self.next_tag();
         let cmd = redis::cmd("XREVRANGE").arg(log_key(room)).arg("+").arg("-").arg("COUNT").arg(1).get_packed_command();
-        commands.push((cmd.clone(), tag));
-        self.pending.insert(tag, (Reader::Newest(room.to_string()), cmd));
+        let slot = route(&log_key(room));
+        commands.push((cmd.clone(), tag, slot));
+        self.pending.insert(tag, (Reader::Newest(room.to_string()), cmd, slot));
     }
 
     fn next_tag(&mut self) -> u64 {
@@ -76,8 +77,9 @@ impl Reads {
         let tag = self.next_tag();
         let ReadRange { room, after, before, limit, newest } = range;
         let key = log_key(room);
+        let slot = route(&key);
         let first = redis::cmd("XRANGE").arg(&key).arg("-").arg("+").arg("COUNT").arg(1).get_packed_command();
-        commands.push((first, tag | TAG_OLDEST));
+        commands.push((first, tag | TAG_OLDEST, slot));
         let cmd = if *newest {
             let end = if *before == u64::MAX { "+".to_string() } else { format!("({before}-0") };
             redis::cmd("XREVRANGE").arg(key).arg(end).arg("-").arg("COUNT").arg(limit).get_packed_command()
@@ -90,23 +92,23 @@ impl Reads {
                 .arg(limit)
                 .get_packed_command()
         };
-        commands.push((cmd.clone(), tag));
-        self.pending.insert(tag, (reader, cmd));
+        commands.push((cmd.clone(), tag, slot));
+        self.pending.insert(tag, (reader, cmd, slot));
     }
 
     /// The command connection is up: reads that failed go again.
     pub(super) fn send_deferred(&mut self, commands: &mut Commands) {
-        for (tag, reader, cmd) in std::mem::take(&mut self.deferred) {
-            commands.push((cmd.clone(), tag));
-            self.pending.insert(tag, (reader, cmd));
+        for (tag, reader, cmd, slot) in std::mem::take(&mut self.deferred) {
+            commands.push((cmd.clone(), tag, slot));
+            self.pending.insert(tag, (reader, cmd, slot));
         }
     }
 
     /// A read's command failed without an answer: the range waits for the
     /// connection (its first-entry half is not sent again; see `on_reply`).
     pub(super) fn on_failed(&mut self, tag: u64) {
-        if let Some((reader, cmd)) = self.pending.remove(&tag) {
-            self.deferred.push((tag, reader, cmd));
+        if let Some((reader, cmd, slot)) = self.pending.remove(&tag) {
+            self.deferred.push((tag, reader, cmd, slot));
         }
     }
 
@@ -116,7 +118,7 @@ impl Reads {
             self.oldest.insert(tag & !TAG_OLDEST, stream_messages(value).first().map(|m| m.id));
             return None;
         }
-        let (reader, _) = self.pending.remove(&tag)?;
+        let (reader, _, _) = self.pending.remove(&tag)?;
         let messages = stream_messages(value);
         let page_first = messages.first().map(|m| m.id);
         // Without the first-entry answer (a read sent again after a
@@ -154,7 +156,7 @@ mod tests {
         let mut reads = Reads::default();
         let mut commands = Commands::new();
         reads.read(Reader::Chat(9), &ReadRange::newest("r", 2).before(5), &mut commands);
-        let [(_, first), (_, range)] = commands.as_slice() else { panic!("two commands: {commands:?}") };
+        let [(_, first, _), (_, range, _)] = commands.as_slice() else { panic!("two commands: {commands:?}") };
         assert_eq!(reads.on_reply(*first, &entries(&[1])), None);
         let answer = reads.on_reply(*range, &entries(&[4, 3])).unwrap();
         assert_eq!(answer.reader, Reader::Chat(9));
@@ -172,7 +174,7 @@ mod tests {
         reads.on_failed(range);
         commands.clear();
         reads.send_deferred(&mut commands);
-        assert_eq!(commands.iter().map(|(_, t)| *t).collect::<Vec<_>>(), vec![range], "only the range goes again");
+        assert_eq!(commands.iter().map(|(_, t, _)| *t).collect::<Vec<_>>(), vec![range], "only the range goes again");
         let answer = reads.on_reply(range, &entries(&[5, 4])).unwrap();
         assert_eq!((answer.reader, answer.oldest), (Reader::CatchUp("r".into()), Some(4)));
     }

@@ -79,6 +79,13 @@ const ADMIN_LISTENER: Token = Token(usize::MAX - 4);
 const REDIS_SUB: Token = Token(usize::MAX - 5);
 /// Redis command connection.
 const REDIS_CMD: Token = Token(usize::MAX - 6);
+/// Redis Cluster nodes at most (`--redis-cluster`): each takes two tokens
+/// from the range below, commands then subscriptions. Far more than the
+/// masters of any cluster a chat server uses.
+const REDIS_NODES: usize = 1024;
+/// The first token of the cluster's range, just below the fixed tokens and
+/// still far above any slab key.
+const REDIS_NODE_TOKENS: usize = usize::MAX - 7 - 2 * REDIS_NODES;
 
 /// Size of the one read buffer all connections share, in bytes. Data is
 /// copied out of it right away (into the HTTP head buffer or tungstenite's
@@ -223,7 +230,7 @@ pub struct Server {
     /// underneath), as the storage thread last said.
     storage_problem: Option<String>,
     /// The Redis bus, with `--redis`.
-    bus: Option<crate::bus::Bus>,
+    bus: Option<crate::bus::AnyBus>,
     /// The rooms' Redis side, with `--redis` (see `redis.rs`).
     cluster: Option<crate::cluster::Cluster>,
     /// API requests parked until the cluster's directory refresh is in.

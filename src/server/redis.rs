@@ -12,16 +12,27 @@ use std::time::{Duration, Instant};
 
 use mio::Registry;
 
-use crate::bus::{Bus, BusEvent, RedisUrl};
+use crate::bus::{AnyBus, Bus, BusEvent, ClusterBus, RedisUrl, SeedList};
 use crate::cluster::{CHANNELS, Cluster, Subscription};
 use crate::config::Config;
-use crate::server::{REDIS_CMD, REDIS_SUB, Server, StartError};
+use crate::server::{REDIS_CMD, REDIS_NODE_TOKENS, REDIS_NODES, REDIS_SUB, Server, StartError};
 
 impl Server {
-    /// With `--redis`: the bus, connecting from now on, and the cluster
-    /// state. The address is resolved once, here; every (re)connect after
-    /// that is non-blocking, inside the loop.
-    pub(super) fn open_redis(cfg: &Config, registry: &Registry) -> Result<(Option<Bus>, Option<Cluster>), StartError> {
+    /// With `--redis` or `--redis-cluster`: the bus, connecting from now
+    /// on, and the cluster state. The addresses are resolved once, here;
+    /// every (re)connect after that is non-blocking, inside the loop.
+    pub(super) fn open_redis(
+        cfg: &Config,
+        registry: &Registry,
+    ) -> Result<(Option<AnyBus>, Option<Cluster>), StartError> {
+        let cluster = || Cluster::new(cfg.redis_buffer, cfg.redis_batch, cfg.presence_ttl, cfg.room_grace);
+        if !cfg.redis_cluster.is_empty() {
+            let seeds = SeedList::parse(&cfg.redis_cluster.join(","))
+                .map_err(|e| StartError(format!("--redis-cluster: {e}")))?;
+            let mut bus = ClusterBus::new(seeds, cfg.redis_timeout, REDIS_NODE_TOKENS, REDIS_NODES);
+            bus.start(registry, Instant::now());
+            return Ok((Some(AnyBus::Cluster(Box::new(bus))), Some(cluster().sharded())));
+        }
         let Some(url) = &cfg.redis else { return Ok((None, None)) };
         let url = RedisUrl::parse(url).map_err(|e| StartError(format!("--redis: {e}")))?;
         let mut bus = Bus::new(url, cfg.redis_timeout);
@@ -29,7 +40,7 @@ impl Server {
             bus.subscribe(channel);
         }
         bus.start(registry, REDIS_CMD, REDIS_SUB, Instant::now());
-        Ok((Some(bus), Some(Cluster::new(cfg.redis_buffer, cfg.redis_batch, cfg.presence_ttl, cfg.room_grace))))
+        Ok((Some(AnyBus::Single(Box::new(bus))), Some(cluster())))
     }
 
     /// Handles everything the bus produced since the last call.
@@ -67,8 +78,8 @@ impl Server {
                 Subscription::Unsubscribe(channel) => bus.unsubscribe(&channel),
             }
         }
-        for (packed, tag) in cluster.drain_commands() {
-            bus.command(packed, tag);
+        for (packed, tag, slot) in cluster.drain_commands() {
+            bus.command(packed, tag, slot);
         }
         bus.flush(self.poll.registry());
         // A post refused for want of Redis is told to its author this turn.

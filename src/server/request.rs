@@ -90,7 +90,11 @@ impl Server {
             "/healthz" => return Some(Response::json(200, br#"{"status":"alive"}"#.to_vec())),
             "/readyz" => return Some(self.readiness()),
             "/metrics" => {
-                let body = self.metrics.render(&self.gauges());
+                let mut body = self.metrics.render(&self.gauges());
+                if let (Some(bus), Some(cluster)) = (&self.bus, &self.cluster) {
+                    let nodes = bus.node_states(cluster.posts_sent_by_slot());
+                    body.push_str(&crate::metrics::render_cluster_nodes(&nodes));
+                }
                 return Some(
                     Response::new(200)
                         .header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
@@ -141,7 +145,7 @@ impl Server {
             Some(true) => "up",
             Some(false) => "down",
         };
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "ready": ready,
             "storage": match (&self.storage, &self.storage_problem) {
                 (None, _) => "closed",
@@ -150,6 +154,11 @@ impl Server {
             },
             "redis": redis,
         });
+        // With --redis-cluster: ok, degraded (a master away, or slots
+        // without one) or down (no slot map yet).
+        if let (Some(state), Some(fields)) = (self.bus.as_ref().and_then(|b| b.cluster_state()), body.as_object_mut()) {
+            fields.insert("redis_cluster".into(), state.into());
+        }
         Response::json(if ready { 200 } else { 503 }, body.to_string().into_bytes())
     }
 

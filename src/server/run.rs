@@ -101,9 +101,9 @@ impl Server {
                 ADMIN_LISTENER => self.accept_all(true),
                 WAKER => self.on_wake(),
                 SIGNALS => self.on_signal(),
-                REDIS_CMD | REDIS_SUB => {
+                token if self.bus.as_ref().is_some_and(|b| b.owns(token, [REDIS_CMD, REDIS_SUB])) => {
                     if let Some(bus) = &mut self.bus {
-                        bus.on_event(self.poll.registry(), event.token(), event, self.now);
+                        bus.on_event(self.poll.registry(), token, event, self.now);
                     }
                     self.on_bus_events();
                 }

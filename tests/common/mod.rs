@@ -662,6 +662,8 @@ pub struct RedisServer {
     child: Option<std::process::Child>,
     dir: PathBuf,
     appendonly: bool,
+    /// The password it requires (`--requirepass`), if any: `cli` gives it.
+    password: Option<String>,
 }
 
 impl RedisServer {
@@ -669,7 +671,7 @@ impl RedisServer {
     pub fn start(appendonly: bool) -> RedisServer {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let dir = temp_dir("redis");
-        let mut r = RedisServer { port, child: None, dir, appendonly };
+        let mut r = RedisServer { port, child: None, dir, appendonly, password: None };
         r.restart();
         r
     }
@@ -681,7 +683,11 @@ impl RedisServer {
 
     /// Runs one command with `redis-cli` and returns what it printed.
     pub fn cli(&self, args: &[&str]) -> String {
-        let out = std::process::Command::new("redis-cli")
+        let mut cli = std::process::Command::new("redis-cli");
+        if let Some(password) = &self.password {
+            cli.args(["-a", password, "--no-auth-warning"]);
+        }
+        let out = cli
             .args(["-p", &self.port.to_string()])
             .args(args)
             .output()
@@ -747,5 +753,242 @@ pub struct RemoveOnDrop(pub PathBuf);
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A real Redis Cluster on loopback: three masters and a replica each,
+/// every node a `redis-server --cluster-enabled yes` in its own folder
+/// (with its own `nodes.conf`), joined by `redis-cli --cluster create`.
+///
+/// A node listens on its port p and on p + 10000, the cluster bus port
+/// (fixed by Redis: port 0 cannot be used), so both are picked free.
+/// `cluster-node-timeout` is 1000 ms so that a failover in a test takes
+/// seconds, and `cluster-require-full-coverage no` keeps the slots that
+/// are still served answering while one is not.
+pub struct RedisCluster {
+    /// The nodes, masters first as `--cluster create` was given them (it
+    /// makes the first three masters and the other three their replicas).
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts six nodes, creates the cluster (three masters, one replica
+    /// each) and waits for `cluster_state:ok` on every node and for every
+    /// replica to be in sync.
+    pub fn start() -> RedisCluster {
+        RedisCluster::start_with_password(None)
+    }
+
+    /// The same, every node requiring `password` (of the `default` user;
+    /// replicas log in to their masters with it too).
+    pub fn start_with_password(password: Option<&str>) -> RedisCluster {
+        let ports = cluster_ports(6);
+        let nodes: Vec<RedisServer> =
+            ports.iter().map(|&port| RedisServer::start_cluster_node(port, password)).collect();
+        let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        // Without --cluster-yes, redis-cli waits at a prompt for a "yes".
+        let mut create = std::process::Command::new("redis-cli");
+        if let Some(password) = password {
+            create.args(["-a", password, "--no-auth-warning"]);
+        }
+        let out = create
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .expect("redis-cli runs");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let cluster = RedisCluster { nodes };
+        let ok = eventually(Duration::from_secs(30), || {
+            cluster.nodes.iter().all(|n| n.cli(&["cluster", "info"]).contains("cluster_state:ok"))
+        });
+        assert!(ok, "the cluster never reached cluster_state:ok on every node");
+        // Every replica in sync with its master, so that a failover in a
+        // test has a replica that can take over.
+        let synced = eventually(Duration::from_secs(30), || {
+            cluster.nodes.iter().all(|n| {
+                let replication = n.cli(&["info", "replication"]);
+                replication.contains("role:master") || replication.contains("master_link_status:up")
+            })
+        });
+        assert!(synced, "a replica never synced with its master");
+        cluster
+    }
+
+    /// The seed list for `--redis-cluster`: every node, `HOST:PORT,...`.
+    pub fn seeds(&self) -> String {
+        self.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect::<Vec<_>>().join(",")
+    }
+
+    /// The node that serves `key` now (a master), asked of the cluster.
+    pub fn owner_of(&self, key: &str) -> &RedisServer {
+        let slot: u16 = self.nodes[0].cli(&["cluster", "keyslot", key]).parse().unwrap();
+        let slots = self.nodes[0].cli(&["cluster", "slots"]);
+        // redis-cli prints the nested reply flat: start, end, then each
+        // node's ip, port, id (and more with Redis 7); masters come first.
+        let lines: Vec<&str> = slots.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let (Ok(start), Some(Ok(end))) = (line.parse::<u16>(), lines.get(i + 1).map(|l| l.parse::<u16>())) else {
+                continue;
+            };
+            if (start..=end).contains(&slot) {
+                let port: u16 = lines[i + 3].parse().unwrap();
+                return self.nodes.iter().find(|n| n.port == port).unwrap();
+            }
+        }
+        panic!("no node serves slot {slot}: {slots}");
+    }
+}
+
+/// `n` ports p, each with p + 10000 free too (a cluster node's bus port).
+fn cluster_ports(n: usize) -> Vec<u16> {
+    let mut ports = Vec::new();
+    let mut held = Vec::new();
+    while ports.len() < n {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let Some(bus) = port.checked_add(10_000) else { continue };
+        let Ok(bus_listener) = std::net::TcpListener::bind(("127.0.0.1", bus)) else { continue };
+        ports.push(port);
+        // Held until all are chosen, so no two picks collide.
+        held.push((listener, bus_listener));
+    }
+    ports
+}
+
+impl RedisServer {
+    /// Starts one empty cluster node on `port` (its bus on port + 10000).
+    fn start_cluster_node(port: u16, password: Option<&str>) -> RedisServer {
+        let dir = temp_dir("redis-cluster");
+        let mut server = std::process::Command::new("redis-server");
+        if let Some(password) = password {
+            server.args(["--requirepass", password, "--masterauth", password]);
+        }
+        let child = server
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
+            .args(["--cluster-node-timeout", "1000", "--cluster-require-full-coverage", "no"])
+            // A replica syncs at once (the default waits 5 s for more
+            // replicas to share a diskless transfer), and may always take
+            // over: a test kills a master seconds after the start, when
+            // the replica's link is young.
+            .args(["--repl-diskless-sync-delay", "0", "--cluster-replica-validity-factor", "0"])
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server not found: run scripts/install-deps.sh");
+        let password = password.map(str::to_string);
+        let node = RedisServer { port, child: Some(child), dir, appendonly: false, password };
+        assert!(eventually(IO_TIMEOUT, || node.ping()), "cluster node {port} did not start");
+        node
+    }
+
+    /// Whether it answers PING (or refuses it for want of a password:
+    /// it is up either way).
+    fn ping(&self) -> bool {
+        let addr: SocketAddr = format!("127.0.0.1:{}", self.port).parse().unwrap();
+        let Ok(mut s) = TcpStream::connect(addr) else { return false };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+        s.write_all(b"PING\r\n").is_ok() && {
+            let mut b = [0u8; 7];
+            s.read(&mut b).map(|n| &b[..n] == b"+PONG\r\n" || b[..n].starts_with(b"-NOAUTH")).unwrap_or(false)
+        }
+    }
+}
+
+impl RedisCluster {
+    /// The node's id in the cluster (`CLUSTER MYID`).
+    pub fn id_of(node: &RedisServer) -> String {
+        node.cli(&["cluster", "myid"])
+    }
+
+    /// The masters, as the cluster sees them now.
+    pub fn masters(&self) -> Vec<&RedisServer> {
+        self.nodes.iter().filter(|n| n.cli(&["role"]).starts_with("master")).collect()
+    }
+
+    /// A replica of `master`.
+    pub fn replica_of(&self, master: &RedisServer) -> &RedisServer {
+        let id = RedisCluster::id_of(master);
+        let replicas = master.cli(&["cluster", "replicas", &id]);
+        let port: u16 = replicas
+            .split_whitespace()
+            .nth(1)
+            .and_then(|addr| addr.split('@').next())
+            .and_then(|addr| addr.rsplit(':').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no replica of {}: {replicas}", master.port));
+        self.nodes.iter().find(|n| n.port == port).unwrap()
+    }
+
+    /// Moves `slot` from `from` to `to` the way `redis-cli --cluster
+    /// reshard` does, in steps a test can interleave with traffic:
+    /// [`SlotMove::begin`] marks the slot migrating/importing, `move_keys`
+    /// moves some of its keys, [`SlotMove::move_rest`] the rest, and
+    /// [`SlotMove::assign`] gives the slot to `to` on every master.
+    pub fn move_slot<'a>(&'a self, slot: u16, from: &'a RedisServer, to: &'a RedisServer) -> SlotMove<'a> {
+        SlotMove { cluster: self, slot, from, to }
+    }
+}
+
+/// A slot on its way from one master to another (see [`RedisCluster::move_slot`]).
+pub struct SlotMove<'a> {
+    cluster: &'a RedisCluster,
+    slot: u16,
+    from: &'a RedisServer,
+    to: &'a RedisServer,
+}
+
+impl SlotMove<'_> {
+    /// `to` imports the slot, `from` migrates it: keys still at `from` are
+    /// served there, the others are answered `ASK`.
+    pub fn begin(&self) {
+        let slot = self.slot.to_string();
+        let (from_id, to_id) = (RedisCluster::id_of(self.from), RedisCluster::id_of(self.to));
+        assert_eq!(self.to.cli(&["cluster", "setslot", &slot, "importing", &from_id]), "OK");
+        assert_eq!(self.from.cli(&["cluster", "setslot", &slot, "migrating", &to_id]), "OK");
+    }
+
+    /// Moves these keys (of the slot) to `to` now.
+    pub fn move_keys(&self, keys: &[&str]) {
+        let port = self.to.port.to_string();
+        let mut args = vec!["migrate", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+        args.extend_from_slice(keys);
+        let out = self.from.cli(&args);
+        assert!(out == "OK" || out == "NOKEY", "MIGRATE: {out}");
+    }
+
+    /// Moves every key left: commands on the slot's keys are answered
+    /// ASK by `from` from now on.
+    pub fn move_rest(&self) {
+        let slot = self.slot.to_string();
+        loop {
+            let keys = self.from.cli(&["cluster", "getkeysinslot", &slot, "100"]);
+            let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
+            if keys.is_empty() {
+                break;
+            }
+            self.move_keys(&keys);
+        }
+    }
+
+    /// Gives the slot to `to` (on `to` first, then `from`, then the other
+    /// masters, as redis-cli does): `from` answers MOVED from now on.
+    pub fn assign(&self) {
+        let slot = self.slot.to_string();
+        let to_id = RedisCluster::id_of(self.to);
+        assert_eq!(self.to.cli(&["cluster", "setslot", &slot, "node", &to_id]), "OK");
+        assert_eq!(self.from.cli(&["cluster", "setslot", &slot, "node", &to_id]), "OK");
+        for master in self.cluster.masters() {
+            if master.port != self.to.port && master.port != self.from.port {
+                master.cli(&["cluster", "setslot", &slot, "node", &to_id]);
+            }
+        }
     }
 }
