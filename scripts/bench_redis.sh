@@ -3,12 +3,14 @@
 #
 #   scripts/bench_redis.sh            # writes bench/redis.md
 #
-# 1. One room of 1,000 clients, 10 senders, 100-byte messages, closed loop:
-#    (a) one process, embedded mode (--data none), and
-#    (b) three processes with --redis and --reuse-port on one port (the
-#        kernel spreads the 1,000 connections over them) plus one
-#        redis-server. Reports deliveries/s, p99 latency, the chatroom
-#        processes' CPU and Redis's CPU (utime+stime from /proc).
+# 1. Two workloads (one room of 1,000 clients and 10 senders; 100 rooms of
+#    10 clients, one sender each; 100-byte messages, closed loop), each on
+#    three setups side by side: one process, embedded (--data none); three
+#    processes with --redis and --reuse-port on one port (the kernel spreads
+#    the connections over them) plus one redis-server; the same three with
+#    --redis-cluster on a three-master Redis Cluster. Reports deliveries/s,
+#    p99 latency, and the CPU (utime+stime from /proc) of the chatroom
+#    processes and of Redis, in all and per delivery.
 # 2. Posts one process pushes into Redis: 200 rooms with one member each,
 #    every member posting with 32 messages in flight (--window), so the
 #    bus pipelines its script calls; once with `--redis-batch 1` (each post
@@ -60,49 +62,124 @@ mkdir -p bench
 echo "# Scale out through Redis (measured $(date -u +%Y-%m-%d), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg))"
 echo
 echo "Command: \`bash scripts/bench_redis.sh\`. Server processes on core 0, loadgen and redis-server on core 1."
-echo
-echo "| setup | deliveries/s | p50 (ms) | p99 (ms) | chatroom CPU (s) | Redis CPU (s) | lost |"
-echo "|---|---|---|---|---|---|---|"
 } > "$out"
 
-# (a) one process, embedded.
-port=$(free_port)
-taskset -c 0 "$BIN" --bind "127.0.0.1:$port" --data none --rate-limit 0 2>"$TMP/embedded.log" &
-PIDS+=($!); pid=$!
-wait_port "$port"
-r=$(taskset -c 1 "$LOADGEN" --url "ws://127.0.0.1:$port" --clients 1000 --senders 10 --messages 200 --warmup 5 --server-pid "$pid" --json || true)
-echo "$r" >&2
-echo "| 1 process, embedded | $(echo "$r" | json_get deliveries_per_sec) | $(echo "$r" | python3 -c 'import json,sys; d=json.loads(sys.stdin.read()); print(round(d["p50_us"]/1000,2))') | $(echo "$r" | python3 -c 'import json,sys; d=json.loads(sys.stdin.read()); print(round(d["p99_us"]/1000,2))') | $(echo "$r" | json_get server_cpu_s) | - | $(echo "$r" | json_get lost) |" >> "$out"
-kill "$pid"; wait "$pid" 2>/dev/null || true
+# ready PORT: waits until the server says Redis (or the cluster) is up.
+ready() {
+    for _ in $(seq 200); do
+        curl -s "http://127.0.0.1:$1/readyz" | grep -q '"redis":"up"' && return 0
+        curl -s "http://127.0.0.1:$1/readyz" | grep -q '"redis":"disabled"' && return 0
+        sleep 0.1
+    done
+    return 1
+}
+# row LABEL DELIVERED-JSON CHATROOM_TICKS REDIS_TICKS: one table row, with
+# CPU per delivery for chatroom and for Redis.
+row() {
+    python3 - "$1" "$2" "$3" "$4" "$hz" <<'PY'
+import json, sys
+label, r, ct, rt, hz = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
+d = max(r.get("delivered") or 0, 1)
+redis_s = "-" if rt == "-" else round(int(rt) / hz, 2)
+redis_us = "-" if rt == "-" else round(int(rt) / hz * 1e6 / d, 3)
+print(f"| {label} | {r['deliveries_per_sec']:.0f} | {r['p99_us']/1000:.2f} | {ct/hz:.2f} | {ct/hz*1e6/d:.3f} | {redis_s} | {redis_us} | {r['lost']} |")
+PY
+}
+# A Redis Cluster of three masters (no replicas) on free ports, on core 1.
+start_cluster() {
+    local seeds=() ports=()
+    for i in 1 2 3; do
+        local p
+        while :; do p=$(free_port); [ "$p" -lt 55000 ] && ! (exec 3<>"/dev/tcp/127.0.0.1/$((p + 10000))") 2>/dev/null && break; done
+        mkdir -p "$TMP/node$i"
+        taskset -c 1 redis-server --port "$p" --bind 127.0.0.1 --dir "$TMP/node$i" --cluster-enabled yes \
+            --cluster-config-file nodes.conf --cluster-node-timeout 1000 --cluster-require-full-coverage no \
+            --save '' --appendonly no --daemonize no >/dev/null &
+        PIDS+=($!); CLUSTER_PIDS+=($!)
+        wait_port "$p"
+        ports+=("$p"); seeds+=("127.0.0.1:$p")
+    done
+    redis-cli --cluster create "${seeds[@]}" --cluster-replicas 0 --cluster-yes >/dev/null
+    for p in "${ports[@]}"; do
+        for _ in $(seq 100); do redis-cli -p "$p" cluster info | grep -q 'cluster_state:ok' && break; sleep 0.1; done
+    done
+    CLUSTER_SEEDS=$(IFS=,; echo "${seeds[*]}")
+    CLUSTER_PORTS=("${ports[@]}")
+}
 
-# (b) three processes + Redis, one shared port.
+# The two workloads: one big room (every post to 1,000 members, one
+# shard), and 100 rooms of 10 (spread over the shards).
+WORKLOADS=("1 room x 1,000 clients, 10 senders|--clients 1000 --rooms 1 --senders 10 --messages 200 --warmup 5"
+           "100 rooms x 10 clients, 100 senders|--clients 1000 --rooms 100 --senders 100 --messages 200 --warmup 5")
 rport=$(free_port)
 taskset -c 1 redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no --daemonize no >/dev/null &
 PIDS+=($!); rpid=$!
 wait_port "$rport"
-port=$(free_port)
-procs=()
-for i in 1 2 3; do
-    taskset -c 0 "$BIN" --bind "127.0.0.1:$port" --reuse-port --redis "redis://127.0.0.1:$rport" --data none --rate-limit 0 2>"$TMP/p$i.log" &
-    PIDS+=($!); procs+=($!)
+CLUSTER_PIDS=()
+start_cluster
+db=0
+for w in "${WORKLOADS[@]}"; do
+    wname=${w%%|*}; wargs=${w#*|}
+    {
+    echo
+    echo "**$wname** (\`loadgen $wargs\`)"
+    echo
+    echo "| setup | deliveries/s | p99 (ms) | chatroom CPU (s) | chatroom µs/delivery | Redis CPU (s) | Redis µs/delivery | lost |"
+    echo "|---|---|---|---|---|---|---|---|"
+    } >> "$out"
+    for setup in embedded redis cluster; do
+        port=$(free_port)
+        procs=()
+        case $setup in
+            embedded) n=1; args=(--data none) ;;
+            redis) n=3; db=$((db + 1)); args=(--reuse-port --redis "redis://127.0.0.1:$rport/$db" --data none) ;;
+            cluster) n=3
+                     # A clean cluster for each workload (the rooms have the same names).
+                     for cp in "${CLUSTER_PORTS[@]}"; do redis-cli -p "$cp" flushall >/dev/null; done
+                     args=(--reuse-port --redis-cluster "$CLUSTER_SEEDS" --data none) ;;
+        esac
+        for i in $(seq "$n"); do
+            taskset -c 0 "$BIN" --bind "127.0.0.1:$port" "${args[@]}" --rate-limit 0 2>"$TMP/$setup$i.log" &
+            PIDS+=($!); procs+=($!)
+        done
+        wait_port "$port"
+        # Every process of the shared port connected (readiness is per process).
+        for i in $(seq "$n"); do
+            case $setup in
+                redis) wait_subscribed "$TMP/$setup$i.log" ;;
+                cluster) for _ in $(seq 100); do grep -q "redis cluster: 3 masters" "$TMP/$setup$i.log" && break; sleep 0.1; done ;;
+            esac
+        done
+        ready "$port"
+        before=0; for p in "${procs[@]}"; do before=$((before + $(cpu_ticks "$p"))); done
+        case $setup in
+            embedded) rb=- ;;
+            redis) rb=$(cpu_ticks "$rpid") ;;
+            cluster) rb=0; for p in "${CLUSTER_PIDS[@]}"; do rb=$((rb + $(cpu_ticks "$p"))); done ;;
+        esac
+        # shellcheck disable=SC2086
+        r=$(taskset -c 1 "$LOADGEN" --url "ws://127.0.0.1:$port" $wargs --json || true)
+        echo "$r" >&2
+        after=0; for p in "${procs[@]}"; do after=$((after + $(cpu_ticks "$p"))); done
+        case $setup in
+            embedded) rt=- ;;
+            redis) rt=$(( $(cpu_ticks "$rpid") - rb )) ;;
+            cluster) ra=0; for p in "${CLUSTER_PIDS[@]}"; do ra=$((ra + $(cpu_ticks "$p"))); done; rt=$((ra - rb)) ;;
+        esac
+        case $setup in
+            embedded) label="1 process, embedded" ;;
+            redis) label="3 processes + 1 Redis" ;;
+            cluster) label="3 processes + 3-master cluster" ;;
+        esac
+        row "$label" "$r" "$((after - before))" "$rt" >> "$out"
+        for p in "${procs[@]}"; do kill "$p"; wait "$p" 2>/dev/null || true; done
+    done
 done
-wait_port "$port"
-for i in 1 2 3; do
-    for _ in $(seq 100); do grep -q "redis: subscribed" "$TMP/p$i.log" 2>/dev/null && break; sleep 0.1; done
-done
-before=0; for p in "${procs[@]}"; do before=$((before + $(cpu_ticks "$p"))); done
-rbefore=$(cpu_ticks "$rpid")
-r=$(taskset -c 1 "$LOADGEN" --url "ws://127.0.0.1:$port" --clients 1000 --senders 10 --messages 200 --warmup 5 --json || true)
-after=0; for p in "${procs[@]}"; do after=$((after + $(cpu_ticks "$p"))); done
-rafter=$(cpu_ticks "$rpid")
-echo "$r" >&2
-echo "| 3 processes + Redis | $(echo "$r" | json_get deliveries_per_sec) | $(echo "$r" | python3 -c 'import json,sys; d=json.loads(sys.stdin.read()); print(round(d["p50_us"]/1000,2))') | $(echo "$r" | python3 -c 'import json,sys; d=json.loads(sys.stdin.read()); print(round(d["p99_us"]/1000,2))') | $(python3 -c "print(round(($after-$before)/$hz,2))") | $(python3 -c "print(round(($rafter-$rbefore)/$hz,2))") | $(echo "$r" | json_get lost) |" >> "$out"
-for p in "${procs[@]}"; do kill "$p"; done
 
 # 2. Posts/s through one process (pipelined on the bus), one post per
 #    script call against a turn's posts to a room in one call.
 declare -A POSTS
-db=1
+db=10
 for batch in 1 100; do
     port=$(free_port)
     # A fresh Redis database each run, so the rooms of earlier runs do not mix in.
