@@ -146,18 +146,6 @@ fn a_data_file_from_a_newer_chatroom_is_a_one_line_error() {
     assert!(lines[0].contains("9999") || lines[0].contains("newer"), "{lines:?}");
 }
 
-/// Posts `text` and returns the first answer that is either its message or
-/// an error frame.
-fn post_answer(c: &mut Client, text: &str) -> serde_json::Value {
-    send_text(c, &format!(r#"{{"message": "{text}"}}"#));
-    loop {
-        let frame = recv_json(c);
-        if frame["type"] == "error" || (frame["type"] == "message" && frame["message"] == text) {
-            return frame;
-        }
-    }
-}
-
 #[test]
 fn a_data_file_deleted_or_replaced_underneath_stops_writes_not_the_server() {
     for replace in [false, true] {
@@ -168,7 +156,7 @@ fn a_data_file_deleted_or_replaced_underneath_stops_writes_not_the_server() {
         let server = RealServer::spawn(&[], &["--data", db.to_str().unwrap()]);
         let mut c = ws(server.addr, "/ws/chatroom/lost?username=a");
         recv_type(&mut c, "welcome");
-        assert_eq!(post_answer(&mut c, "kept")["id"], 1);
+        assert_eq!(post_and_answer(&mut c, "kept")["id"], 1);
         if replace {
             let other = dir.join("other.db");
             std::fs::write(&other, b"").unwrap();
@@ -177,7 +165,7 @@ fn a_data_file_deleted_or_replaced_underneath_stops_writes_not_the_server() {
             std::fs::remove_file(&db).unwrap();
         }
         // Posts are refused, not written to a file nobody will read.
-        let refused = post_answer(&mut c, "lost");
+        let refused = post_and_answer(&mut c, "lost");
         assert_eq!(refused["code"], "unavailable", "replace={replace}: {refused}");
         assert!(
             eventually(IO_TIMEOUT, || get(server.addr, "/readyz").status == 503),
@@ -204,7 +192,7 @@ fn a_full_disk_refuses_those_posts_and_nothing_else() {
     let long = "x".repeat(4000);
     let mut stored = 0;
     let refused = loop {
-        let answer = post_answer(&mut c, &format!("{long}{stored}"));
+        let answer = post_and_answer(&mut c, &format!("{long}{stored}"));
         if answer["type"] == "error" {
             break answer;
         }

@@ -10,18 +10,6 @@ use std::time::Duration;
 
 use common::*;
 
-/// Posts `text` and returns the first answer that is either its message or
-/// an error frame.
-fn post(c: &mut Client, text: &str) -> serde_json::Value {
-    send_text(c, &format!(r#"{{"message": "{text}"}}"#));
-    loop {
-        let frame = recv_json(c);
-        if frame["type"] == "error" || (frame["type"] == "message" && frame["message"] == text) {
-            return frame;
-        }
-    }
-}
-
 #[test]
 fn sighup_is_logged_and_the_server_keeps_serving() {
     let mut server = RealServer::spawn(&[], &["--data", "none"]);
@@ -34,7 +22,7 @@ fn sighup_is_logged_and_the_server_keeps_serving() {
     assert!(server.is_running());
     let mut c = ws(server.addr, "/ws/chatroom/hup?username=a");
     recv_type(&mut c, "welcome");
-    assert_eq!(post(&mut c, "still here")["type"], "message");
+    assert_eq!(post_and_answer(&mut c, "still here")["type"], "message");
 }
 
 #[test]
@@ -44,7 +32,7 @@ fn a_write_past_the_file_size_limit_refuses_those_posts_and_nothing_else() {
     let mut server = RealServer::spawn(&[], &["--data", db.to_str().unwrap(), "--rate-limit", "0"]);
     let mut c = ws(server.addr, "/ws/chatroom/big?username=a");
     recv_type(&mut c, "welcome");
-    assert_eq!(post(&mut c, "before")["type"], "message");
+    assert_eq!(post_and_answer(&mut c, "before")["type"], "message");
     // A soft limit at the files' current size: the next commit's write
     // passes it (the WAL grows with every commit).
     let largest =
@@ -61,7 +49,7 @@ fn a_write_past_the_file_size_limit_refuses_those_posts_and_nothing_else() {
     let long = "x".repeat(4000);
     let mut refused = None;
     for i in 0..200 {
-        let answer = post(&mut c, &format!("{long}{i}"));
+        let answer = post_and_answer(&mut c, &format!("{long}{i}"));
         if answer["type"] == "error" {
             refused = Some(answer);
             break;
@@ -74,7 +62,7 @@ fn a_write_past_the_file_size_limit_refuses_those_posts_and_nothing_else() {
     assert_eq!(get(server.addr, "/healthz").status, 200);
     // The limit raised: posting works again.
     prlimit("unlimited:unlimited");
-    let answer = post(&mut c, "after");
+    let answer = post_and_answer(&mut c, "after");
     assert_eq!(answer["type"], "message", "{answer}");
     let ids = [answer["id"].as_u64().unwrap()];
     assert!(ids[0] >= 2, "ids go on: {ids:?}");

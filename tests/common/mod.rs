@@ -655,6 +655,18 @@ pub fn percentile(samples: &mut [Duration], p: usize) -> Duration {
     samples[(samples.len() - 1) * p / 100]
 }
 
+/// Posts `text` in a chat room and returns the first answer that is either
+/// its message or an error frame (a refused post).
+pub fn post_and_answer(c: &mut Client, text: &str) -> serde_json::Value {
+    send_text(c, &format!(r#"{{"message": "{text}"}}"#));
+    loop {
+        let frame = recv_json(c);
+        if frame["type"] == "error" || (frame["type"] == "message" && frame["message"] == text) {
+            return frame;
+        }
+    }
+}
+
 /// A private redis-server on a free port, killed when dropped.
 pub struct RedisServer {
     /// Its port.
