@@ -34,8 +34,8 @@
 //! committed, because the data is in the OS's page cache and the WAL is
 //! replayed on the next open; a power cut can lose the last transactions
 //! since the previous checkpoint, but never corrupts the file. That is the
-//! trade the issue asks for: crash-safe history at a price per message
-//! that the bench in `benches/storage.rs` measures.
+//! trade chosen: crash-safe history at a price per message that the
+//! bench in `benches/storage.rs` measures.
 //!
 //! [`Storage::open`]: super::Storage::open
 
