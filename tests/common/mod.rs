@@ -925,18 +925,22 @@ impl RedisCluster {
         self.nodes.iter().filter(|n| n.cli(&["role"]).starts_with("master")).collect()
     }
 
-    /// A replica of `master`.
+    /// A replica of `master`: the node whose `ROLE` names it as its master
+    /// (asked of the replicas themselves, so a master's own view of its
+    /// replicas, which can lag after a start, does not matter).
     pub fn replica_of(&self, master: &RedisServer) -> &RedisServer {
-        let id = RedisCluster::id_of(master);
-        let replicas = master.cli(&["cluster", "replicas", &id]);
-        let port: u16 = replicas
-            .split_whitespace()
-            .nth(1)
-            .and_then(|addr| addr.split('@').next())
-            .and_then(|addr| addr.rsplit(':').next())
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("no replica of {}: {replicas}", master.port));
-        self.nodes.iter().find(|n| n.port == port).unwrap()
+        let mut found = None;
+        let seen = eventually(IO_TIMEOUT, || {
+            found = self.nodes.iter().find(|n| {
+                let role = n.cli(&["role"]);
+                let mut lines = role.lines();
+                lines.next() == Some("slave")
+                    && lines.nth(1).and_then(|p| p.trim().parse::<u16>().ok()) == Some(master.port)
+            });
+            found.is_some()
+        });
+        assert!(seen, "no replica of {}", master.port);
+        found.unwrap()
     }
 
     /// Moves `slot` from `from` to `to` the way `redis-cli --cluster
