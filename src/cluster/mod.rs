@@ -41,7 +41,7 @@
 //! so it is the same whichever process a client lands on, including one
 //! started after the messages were sent.
 //!
-//! What used to come from hearing every message, and where it comes from
+//! What a process would learn by hearing every message, and where it comes from
 //! now that a process hears only its rooms:
 //!
 //! - `/api/rooms` and `/api/rooms/<room>`: the room list, message counts
