@@ -365,9 +365,12 @@ fn a_turn_s_posts_to_a_room_share_one_script_call_on(redis: &impl Backend) {
 /// message count, last post and online count.
 #[test]
 fn a_process_hears_only_its_rooms_and_still_lists_the_others() {
-    let redis = RedisServer::start(false);
-    let a = node(&redis);
-    let b = node(&redis);
+    a_process_hears_only_its_rooms_and_still_lists_the_others_on(&RedisServer::start(false));
+}
+
+fn a_process_hears_only_its_rooms_and_still_lists_the_others_on(redis: &impl Backend) {
+    let a = node(redis);
+    let b = node(redis);
     wait_up(&a);
     wait_up(&b);
     let (mut ann, _) = join(&a, "busy", "?username=ann");
@@ -417,6 +420,10 @@ fn a_process_hears_only_its_rooms_and_still_lists_the_others() {
     assert!(eventually(IO_TIMEOUT, || get(b.addr, "/api/rooms/newer").status == 200));
     assert_eq!(get(b.addr, "/api/rooms/newer/messages").status, 200);
     assert!(count(&b, "chatroom_redis_messages_received_total") <= mine, "and still none of A's posts");
+
+    // Ann leaves: B's count of the room it does not serve follows.
+    drop(ann);
+    assert!(eventually(IO_TIMEOUT, || busy_on_b().is_some_and(|r| r["online"] == 0)), "{:?}", busy_on_b());
 }
 
 /// A member joining on B a room served until then by A alone gets the
@@ -547,6 +554,11 @@ mod on_cluster {
     #[test]
     fn a_turn_s_posts_to_a_room_share_one_script_call() {
         a_turn_s_posts_to_a_room_share_one_script_call_on(&RedisCluster::start());
+    }
+
+    #[test]
+    fn a_process_hears_only_its_rooms_and_still_lists_the_others() {
+        a_process_hears_only_its_rooms_and_still_lists_the_others_on(&RedisCluster::start());
     }
 
     #[test]

@@ -217,6 +217,12 @@ impl Chat {
         self.queue_presence(slot);
     }
 
+    /// Whether `room` is live here (it has members on this process, or had
+    /// lately).
+    pub fn is_live(&self, room: &str) -> bool {
+        self.index.contains_key(room)
+    }
+
     /// Every room live here with the names of its local members.
     pub fn local_members(&self) -> HashMap<String, Vec<String>> {
         self.live

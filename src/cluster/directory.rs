@@ -19,12 +19,15 @@
 //! that every post would hit). The cost is one small read per room per
 //! refresh, paid only while someone watches the rooms list.
 //!
-//! Online counts need none of this: presence is still published to every
-//! process (`presence.rs`).
+//! Online counts: with one Redis, presence is published to every process
+//! (`presence.rs`), so they need none of this. In a cluster presence
+//! travels on each room's own channel, heard only where the room is
+//! served, so the refresh also reads each other room's online hash
+//! (`HGETALL chatroom:{<room>}:online`), which presence reads.
 
 use std::time::{Duration, Instant};
 
-use super::layout::{log_key, room_list, route, stream_messages};
+use super::layout::{log_key, online_key, room_list, route, stream_messages};
 use super::{Commands, TAG_DIRECTORY};
 use crate::bus::Value;
 use crate::chat::Chat;
@@ -37,6 +40,10 @@ pub(super) const DIRECTORY_MAX_AGE: Duration = Duration::from_secs(2);
 /// The low 32 bits of a directory tag: 0 for the room list, `i + 1` for
 /// the `i`th room's newest entry. Above them, the refresh's number.
 const INDEX_BITS: u32 = 32;
+
+/// Set in a tag's index for a room's online hash (the rest of the index
+/// is the room's, as for its newest entry).
+const ONLINE_BIT: u64 = 1 << (INDEX_BITS - 1);
 
 /// A refresh's number, as its tags carry it: the bits between the index
 /// and the bits of [`TAG_DIRECTORY`] (bit 61 and up).
@@ -63,9 +70,17 @@ pub(super) struct Directory {
     started: u64,
     /// A refresh ended (done, or given up) since [`Directory::take_settled`].
     settled: bool,
+    /// In a cluster: read the online hash of each room not served here.
+    read_online: bool,
 }
 
 impl Directory {
+    /// The same for a Redis Cluster: a refresh also reads online hashes.
+    pub(super) fn sharded(mut self) -> Directory {
+        self.read_online = true;
+        self
+    }
+
     /// Whether the directory was refreshed less than [`DIRECTORY_MAX_AGE`] ago.
     pub(super) fn is_fresh(&self, now: Instant) -> bool {
         self.refreshed_at.is_some_and(|at| now < at + DIRECTORY_MAX_AGE)
@@ -85,9 +100,19 @@ impl Directory {
         self.refresh = Some(Refresh { number, rooms: Vec::new(), left: lists.len() });
     }
 
-    /// A reply to one of our commands (`tag` has [`TAG_DIRECTORY`]).
-    pub(super) fn on_reply(&mut self, tag: u64, value: &Value, chat: &mut Chat, commands: &mut Commands, now: Instant) {
-        let Some(refresh) = self.refresh.as_mut().filter(|r| tag_number(tag) == r.number) else { return };
+    /// A reply to one of our commands (`tag` has [`TAG_DIRECTORY`]). A
+    /// room's online hash is returned with the room's name, for presence
+    /// to read.
+    pub(super) fn on_reply<'v>(
+        &mut self,
+        tag: u64,
+        value: &'v Value,
+        chat: &mut Chat,
+        commands: &mut Commands,
+        now: Instant,
+    ) -> Option<(String, &'v Value)> {
+        let refresh = self.refresh.as_mut().filter(|r| tag_number(tag) == r.number)?;
+        let mut online = None;
         match tag_index(tag) {
             0 => {
                 // One hash of the list (of one, or of 16 in a cluster): its
@@ -96,6 +121,7 @@ impl Directory {
                 let first = refresh.rooms.len();
                 refresh.rooms.extend(list.iter().map(|(name, _)| name.clone()));
                 chat.learn_rooms(list);
+                let mut asked = 0;
                 for (i, room) in refresh.rooms.iter().enumerate().skip(first) {
                     let newest = redis::cmd("XREVRANGE")
                         .arg(log_key(room))
@@ -105,12 +131,21 @@ impl Directory {
                         .arg(1)
                         .get_packed_command();
                     commands.push((newest, tag_of(refresh.number, i as u64 + 1), route(&log_key(room))));
+                    asked += 1;
+                    if self.read_online && !chat.is_live(room) {
+                        let key = online_key(room);
+                        let read = redis::cmd("HGETALL").arg(&key).get_packed_command();
+                        commands.push((read, tag_of(refresh.number, (i as u64 + 1) | ONLINE_BIT), route(&key)));
+                        asked += 1;
+                    }
                 }
-                refresh.left = refresh.left.saturating_sub(1) + (refresh.rooms.len() - first);
+                refresh.left = refresh.left.saturating_sub(1) + asked;
             }
             index => {
-                let room = usize::try_from(index - 1).ok().and_then(|i| refresh.rooms.get(i));
-                if let (Some(room), Some(newest)) = (room, stream_messages(value).last()) {
+                let room = usize::try_from((index & !ONLINE_BIT) - 1).ok().and_then(|i| refresh.rooms.get(i));
+                if index & ONLINE_BIT != 0 {
+                    online = room.map(|room| (room.clone(), value));
+                } else if let (Some(room), Some(newest)) = (room, stream_messages(value).last()) {
                     chat.learn_activity(room, newest.id, newest.ts);
                 }
                 refresh.left = refresh.left.saturating_sub(1);
@@ -121,6 +156,7 @@ impl Directory {
             self.refreshed_at = Some(now);
             self.settled = true;
         }
+        online
     }
 
     /// One of our commands failed (Redis went away): the refresh is given

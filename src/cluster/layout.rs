@@ -88,6 +88,12 @@ pub(super) fn seq_key(room: &str) -> String {
     format!("chatroom:{{{room}}}:seq")
 }
 
+/// The key of a room's online list in a Redis Cluster: one field per
+/// process with members there (see `presence.rs`).
+pub(super) fn online_key(room: &str) -> String {
+    format!("chatroom:{{{room}}}:online")
+}
+
 /// The channel a room's messages are published on: a process subscribes to
 /// it while the room has members there (see `channels.rs`).
 pub(super) fn room_channel(room: &str) -> String {

@@ -49,9 +49,9 @@
 //!   rooms hash, and each room stream's newest entry) when the API is
 //!   asked and the figures are more than two seconds old; the request waits
 //!   for the read (`directory.rs`). Online counts and names come from
-//!   presence, which every process still hears (`presence.rs`), so they
-//!   are right without it (with one Redis; on a cluster presence is per
-//!   room, and heard only by the processes that serve the room).
+//!   presence, which every process still hears with one Redis
+//!   (`presence.rs`); in a cluster presence is per room, and the refresh
+//!   also reads the online hash each room keeps in Redis.
 //! - `/ws/stats` and `/metrics` count this process's own connections,
 //!   members, posts and deliveries: nothing in them came from other
 //!   processes' messages.
@@ -349,6 +349,7 @@ impl Cluster {
     pub fn sharded(mut self) -> Cluster {
         self.posts = self.posts.sharded();
         self.presence = self.presence.sharded();
+        self.directory = std::mem::take(&mut self.directory).sharded();
         self.sharded = true;
         self
     }
@@ -387,7 +388,9 @@ impl Cluster {
             }
             _ if tag == TAG_ROOMS => chat.learn_rooms(layout::room_list(&value)),
             _ if tag & TAG_DIRECTORY == TAG_DIRECTORY => {
-                self.directory.on_reply(tag, &value, chat, &mut self.commands, now);
+                if let Some((room, online)) = self.directory.on_reply(tag, &value, chat, &mut self.commands, now) {
+                    self.presence.on_online(&room, online, now, chat);
+                }
             }
             _ => {
                 if let Value::Error(e) = value {
