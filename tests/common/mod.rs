@@ -676,6 +676,8 @@ pub struct RedisServer {
     appendonly: bool,
     /// The password it requires (`--requirepass`), if any: `cli` gives it.
     password: Option<String>,
+    /// More arguments for redis-server (e.g. `--replicaof`).
+    extra: Vec<String>,
 }
 
 impl RedisServer {
@@ -683,8 +685,20 @@ impl RedisServer {
     pub fn start(appendonly: bool) -> RedisServer {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let dir = temp_dir("redis");
-        let mut r = RedisServer { port, child: None, dir, appendonly, password: None };
+        let mut r = RedisServer { port, child: None, dir, appendonly, password: None, extra: Vec::new() };
         r.restart();
+        r
+    }
+
+    /// Starts a replica of `master` (`--replicaof`) and waits until it
+    /// has synced (its link to the master up).
+    pub fn start_replica_of(master: &RedisServer) -> RedisServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let extra = vec!["--replicaof".into(), "127.0.0.1".into(), master.port.to_string()];
+        let mut r = RedisServer { port, child: None, dir: temp_dir("redis"), appendonly: false, password: None, extra };
+        r.restart();
+        let synced = eventually(IO_TIMEOUT, || r.cli(&["info", "replication"]).contains("master_link_status:up"));
+        assert!(synced, "the replica never synced: {}", r.cli(&["info", "replication"]));
         r
     }
 
@@ -730,6 +744,7 @@ impl RedisServer {
         let child = std::process::Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
             .args(["--appendonly", if self.appendonly { "yes" } else { "no" }])
+            .args(&self.extra)
             .arg("--dir")
             .arg(&self.dir)
             .stdout(std::process::Stdio::null())
@@ -896,7 +911,7 @@ impl RedisServer {
             .spawn()
             .expect("redis-server not found: run scripts/install-deps.sh");
         let password = password.map(str::to_string);
-        let node = RedisServer { port, child: Some(child), dir, appendonly: false, password };
+        let node = RedisServer { port, child: Some(child), dir, appendonly: false, password, extra: Vec::new() };
         assert!(eventually(IO_TIMEOUT, || node.ping()), "cluster node {port} did not start");
         node
     }
