@@ -11,10 +11,16 @@ use serde_json::Value;
 
 /// A process on the cluster.
 fn node(cluster: &RedisCluster) -> TestServer {
+    node_waiting(cluster, 0)
+}
+
+/// A process on the cluster with `--redis-wait` `replicas`.
+fn node_waiting(cluster: &RedisCluster, replicas: usize) -> TestServer {
     let mut cfg = config();
     cfg.redis_cluster = vec![cluster.seeds()];
     cfg.rate_limit = 0;
     cfg.presence_ttl = Duration::from_secs(2);
+    cfg.redis_wait = replicas;
     TestServer::with(cfg)
 }
 
@@ -185,7 +191,20 @@ fn assert_one_gapless_order(orders: &[Vec<(u64, String)>], total: usize) {
 /// lost, nothing doubled, and the ids stay gapless.
 #[test]
 fn a_room_s_slot_moving_mid_conversation_loses_nothing() {
+    a_room_s_slot_moving_mid_conversation_loses_nothing_with(0);
+}
+
+/// The same with `--redis-wait 1`: each script call goes with its WAIT as
+/// one chain, retried (TRYAGAIN) and redirected (ASK, MOVED) whole, so the
+/// WAIT always runs where the script did.
+#[test]
+fn a_room_s_slot_moving_with_redis_wait_loses_nothing() {
+    a_room_s_slot_moving_mid_conversation_loses_nothing_with(1);
+}
+
+fn a_room_s_slot_moving_mid_conversation_loses_nothing_with(redis_wait: usize) {
     let cluster = RedisCluster::start();
+    let node = |cluster: &RedisCluster| node_waiting(cluster, redis_wait);
     let (a, b, c) = (node(&cluster), node(&cluster), node(&cluster));
     [&a, &b, &c].into_iter().for_each(wait_up);
     let room = "moving";
@@ -238,6 +257,10 @@ fn a_room_s_slot_moving_mid_conversation_loses_nothing() {
     );
     assert!(node_sum(&a, "chatroom_redis_node_resubscribes_total") >= 1);
     assert!(node_sum(&b, "chatroom_redis_node_resubscribes_total") >= 1);
+    // Every shard has its replica: the WAITs were all answered in time.
+    for server in [&a, &b] {
+        assert_eq!(metric(server.addr, "chatroom_redis_unconfirmed_posts_total"), 0.0);
+    }
 }
 
 /// A replica takes over from its master (`CLUSTER FAILOVER`) mid-
