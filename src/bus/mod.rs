@@ -46,6 +46,10 @@
 //!   FIFO of tags; every command sent by one flush shares one send time (a
 //!   `Batch`), so the check is one comparison per turn whatever the depth
 //!   of the pipeline. An idle command link has nothing to time.
+//!   A chain ([`Bus::command_chain`]: a script and the `WAIT` behind it)
+//!   counts as several commands; its `WAIT` may hold the connection up to
+//!   its own timeout on purpose, so when a chain completes, what waits
+//!   behind it starts its clock anew.
 //! - The subscription link may be silent for good reasons (a quiet chat), so
 //!   after a timeout's worth of silence it sends a PING, which Redis answers
 //!   even on a subscribed connection (with a `pong` push); that answer must

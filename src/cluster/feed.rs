@@ -20,6 +20,12 @@
 //! welcome's has been handled, and the range is read from the last id as
 //! it is then, not as it was.
 //!
+//! The gap rule is also what keeps order with `--redis-wait`, where a
+//! process publishes its posts itself after the replicas confirm: a later
+//! post confirmed sooner, or a post whose process died between storing and
+//! publishing it, shows up as a gap at the room's next message, and the
+//! stream fills it.
+//!
 //! [`Chat::learn_newest`]: crate::chat::Chat
 //! A post's author learns the post's id from the script's reply, which may
 //! come before or after the message itself: the author's copy of its

@@ -27,9 +27,16 @@
 //!   (`--redis-buffer`) and is sent when Redis is back; past the bound the
 //!   sender gets an `unavailable` error event. Never silently dropped.
 //! - The connection drops with a post in flight: the outcome is unknown, so
-//!   the post is sent again. The script remembers each post's unique id for
-//!   an hour and answers a repeat with the id it already gave, so a retry
-//!   never publishes twice.
+//!   the post is sent again. The room remembers the number of the last
+//!   post it applied from each process (`posts.rs`), so a retry never
+//!   publishes twice.
+//! - The master fails over to a replica that lacks the newest writes
+//!   (Redis replicates after answering): posts acknowledged just before
+//!   are lost. With `--redis-wait N` the script only stores, a `WAIT N`
+//!   rides behind it, and the post is published (acknowledged) once N
+//!   replicas have it, or flagged `"unconfirmed": true` when they do not
+//!   confirm in time; `posts.rs` says why order survives the publish
+//!   coming from the process.
 //! - The subscription drops: messages published meanwhile were missed. On
 //!   resubscribing, every room listened to reads its stream from the last
 //!   id it delivered, so members catch up without a gap. A message that

@@ -18,6 +18,10 @@
 //! backlog, or Redis refusing the script, makes a post fail, and then its
 //! author is told.
 //!
+//! With `--redis-wait N` the script stores without publishing, each call
+//! leaves as a chain with a `WAIT N` behind it, and the posts are
+//! published from here once it answers ([`Posts::on_reply`]).
+//!
 //! In a Redis Cluster (`--redis-cluster`) the script publishes with
 //! SPUBLISH on the room's sharded channel, and a room has one script call
 //! in flight at a time: a call that is redirected (MOVED, ASK) or told to
@@ -344,7 +348,10 @@ impl Posts {
     /// the publish): either way a listener meets a gap at the room's next
     /// message, or a catch-up when it resubscribes, and reads what it
     /// missed from the stream (`feed.rs`), so every member still gets
-    /// every message once, in id order.
+    /// every message once, in id order. The other side of that: a read of
+    /// the stream (a welcome, a catch-up) made while a post's WAIT is
+    /// still out, a window of at most [`WAIT_TIMEOUT_MS`], hands that post
+    /// over before it is confirmed, and without the flag.
     pub(super) fn on_reply(&mut self, tag: u64, value: Value, commands: &mut Commands) -> Vec<Answer> {
         let Some(posts) = self.in_flight.remove(&tag) else { return Vec::new() };
         self.release(&posts);
