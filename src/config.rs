@@ -187,6 +187,12 @@ const SETTINGS: &[Setting] = &[
         help: "posts to one room sent in one Redis script call at most (1 = each post alone)",
     },
     Setting {
+        name: "redis-wait",
+        kind: Kind::Count,
+        default: "0",
+        help: "replicas that must confirm a post before it is published and acknowledged (Redis WAIT; 0 = do not wait)",
+    },
+    Setting {
         name: "redis-timeout",
         kind: Kind::Duration,
         default: "5s",
@@ -285,6 +291,9 @@ pub struct Config {
     pub redis_buffer: usize,
     /// `--redis-batch`: posts to one room per script call, at most.
     pub redis_batch: usize,
+    /// `--redis-wait`: replicas that must have a post (Redis `WAIT`)
+    /// before it is published and acknowledged; 0 publishes at once.
+    pub redis_wait: usize,
     /// A Redis reply (or PING answer) later than this takes the link down.
     pub redis_timeout: Duration,
     /// Presence lifetime of a silent process.
@@ -496,6 +505,7 @@ impl Config {
             redis_cluster: get("redis-cluster").list(),
             redis_buffer: get("redis-buffer").count(0, 10_000_000)?,
             redis_batch: get("redis-batch").count(1, 10_000)?,
+            redis_wait: get("redis-wait").count(0, 100)?,
             redis_timeout: get("redis-timeout").duration()?,
             presence_ttl: get("presence-ttl").duration()?,
             room_grace: get("room-grace").duration()?,

@@ -58,6 +58,8 @@ pub struct Metrics {
     pub redis_reconnects: u64,
     /// Chat messages received on Redis room channels.
     pub redis_messages_received: u64,
+    /// Posts of this process published unconfirmed (`--redis-wait`).
+    pub redis_unconfirmed_posts: u64,
     /// Room channels subscribed to (SUBSCRIBE), resubscriptions included.
     pub redis_subscribes: u64,
     /// UNSUBSCRIBE commands sent.
@@ -168,6 +170,12 @@ impl Metrics {
             "counter",
             "Chat messages received from Redis (the channels of rooms with members here).",
             self.redis_messages_received,
+        );
+        metric(
+            "chatroom_redis_unconfirmed_posts_total",
+            "counter",
+            "Posts published flagged unconfirmed: fewer replicas than --redis-wait confirmed them in time.",
+            self.redis_unconfirmed_posts,
         );
         metric(
             "chatroom_redis_subscribes_total",

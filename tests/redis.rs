@@ -109,6 +109,62 @@ fn three_processes_one_conversation_on(redis: &impl Backend) {
     assert!(orders.windows(2).all(|w| w[0] == w[1]), "one order everywhere");
 }
 
+/// `--redis-wait 1` on a process posting through `redis`; a second
+/// process (no wait) listens. Each of `n` posts reaches both members, in
+/// order, with `"unconfirmed": true` exactly when `flagged`; the poster's
+/// metric counts the flagged ones.
+fn posts_with_a_wait_on(redis: &RedisServer, flagged: bool) {
+    let mut cfg = config();
+    redis.configure(&mut cfg);
+    cfg.rate_limit = 0;
+    cfg.redis_wait = 1;
+    let a = TestServer::with(cfg);
+    let b = node(redis);
+    wait_up(&a);
+    wait_up(&b);
+    let (mut poster, _) = join(&a, "waited", "?username=ann");
+    let (mut listener, _) = join(&b, "waited", "?username=bob");
+    let n = 5;
+    let sent = Instant::now();
+    let acks = post(&mut poster, "w", n);
+    let took = sent.elapsed();
+    let heard: Vec<Value> = (0..n).map(|_| recv_type(&mut listener, "message")).collect();
+    for frames in [&acks, &heard] {
+        let ids: Vec<u64> = frames.iter().map(|m| m["id"].as_u64().unwrap()).collect();
+        assert_eq!(ids, (1..=n as u64).collect::<Vec<_>>(), "in order, gapless");
+        let texts: Vec<&str> = frames.iter().map(|m| m["message"].as_str().unwrap()).collect();
+        assert_eq!(texts, ["w1", "w2", "w3", "w4", "w5"]);
+        for m in frames {
+            assert_eq!(m["unconfirmed"].as_bool(), flagged.then_some(true), "{m}");
+        }
+    }
+    assert_eq!(count(&a, "chatroom_redis_unconfirmed_posts_total"), if flagged { n as u64 } else { 0 });
+    if flagged {
+        // The WAIT ran to its timeout (100 ms), and only that: the
+        // command link never timed out (`--redis-timeout`) and reconnected.
+        assert!(took >= Duration::from_millis(100), "{took:?}");
+        assert_eq!(count(&a, "chatroom_redis_reconnects_total"), 0);
+    }
+    // The stream has them all, whatever the flag said.
+    assert_eq!(redis.cli(&["xlen", "chatroom:{waited}:log"]), n.to_string());
+}
+
+/// A Redis with no replica cannot confirm anything: every post is still
+/// published and acknowledged, after the WAIT's timeout, flagged.
+#[test]
+fn with_redis_wait_and_no_replica_posts_go_out_flagged_unconfirmed() {
+    posts_with_a_wait_on(&RedisServer::start(false), true);
+}
+
+/// With a replica that keeps up, the WAIT is answered at once and nothing
+/// is flagged.
+#[test]
+fn with_redis_wait_and_a_replica_posts_go_out_confirmed() {
+    let master = RedisServer::start(false);
+    let _replica = RedisServer::start_replica_of(&master);
+    posts_with_a_wait_on(&master, false);
+}
+
 #[test]
 fn history_and_resume_work_on_any_process_even_a_late_one() {
     history_and_resume_work_on_any_process_even_a_late_one_on(&RedisServer::start(false));

@@ -11,10 +11,16 @@ use serde_json::Value;
 
 /// A process on the cluster.
 fn node(cluster: &RedisCluster) -> TestServer {
+    node_waiting(cluster, 0)
+}
+
+/// A process on the cluster with `--redis-wait` `replicas`.
+fn node_waiting(cluster: &RedisCluster, replicas: usize) -> TestServer {
     let mut cfg = config();
     cfg.redis_cluster = vec![cluster.seeds()];
     cfg.rate_limit = 0;
     cfg.presence_ttl = Duration::from_secs(2);
+    cfg.redis_wait = replicas;
     TestServer::with(cfg)
 }
 
@@ -185,7 +191,20 @@ fn assert_one_gapless_order(orders: &[Vec<(u64, String)>], total: usize) {
 /// lost, nothing doubled, and the ids stay gapless.
 #[test]
 fn a_room_s_slot_moving_mid_conversation_loses_nothing() {
+    a_room_s_slot_moving_mid_conversation_loses_nothing_with(0);
+}
+
+/// The same with `--redis-wait 1`: each script call goes with its WAIT as
+/// one chain, retried (TRYAGAIN) and redirected (ASK, MOVED) whole, so the
+/// WAIT always runs where the script did.
+#[test]
+fn a_room_s_slot_moving_with_redis_wait_loses_nothing() {
+    a_room_s_slot_moving_mid_conversation_loses_nothing_with(1);
+}
+
+fn a_room_s_slot_moving_mid_conversation_loses_nothing_with(redis_wait: usize) {
     let cluster = RedisCluster::start();
+    let node = |cluster: &RedisCluster| node_waiting(cluster, redis_wait);
     let (a, b, c) = (node(&cluster), node(&cluster), node(&cluster));
     [&a, &b, &c].into_iter().for_each(wait_up);
     let room = "moving";
@@ -238,6 +257,10 @@ fn a_room_s_slot_moving_mid_conversation_loses_nothing() {
     );
     assert!(node_sum(&a, "chatroom_redis_node_resubscribes_total") >= 1);
     assert!(node_sum(&b, "chatroom_redis_node_resubscribes_total") >= 1);
+    // Every shard has its replica: the WAITs were all answered in time.
+    for server in [&a, &b] {
+        assert_eq!(metric(server.addr, "chatroom_redis_unconfirmed_posts_total"), 0.0);
+    }
 }
 
 /// A replica takes over from its master (`CLUSTER FAILOVER`) mid-
@@ -365,4 +388,133 @@ fn a_master_killed_mid_conversation_is_replaced_and_nothing_is_lost() {
     }
     assert_one_gapless_order(&seen, 9);
     assert_eq!(replica.cli(&["xlen", &format!("chatroom:{{{room}}}:log")]), "9");
+}
+
+/// What [`acknowledged_posts_after_a_failover`] found: every post the
+/// poster was acknowledged, in order, as (text, flagged `unconfirmed`).
+struct Failover {
+    /// Before the replica was cut off.
+    before: Vec<(String, bool)>,
+    /// While it was cut off.
+    during: Vec<(String, bool)>,
+    /// After the failover, the killed node back as a replica: until one
+    /// came back confirmed (with `--redis-wait`), or just one.
+    after: Vec<(String, bool)>,
+    /// The acknowledged posts missing from the promoted master's stream.
+    lost: Vec<(String, bool)>,
+    /// Whether a member joining afterwards, on another process, is given
+    /// exactly what the promoted master's stream has.
+    history_matches_stream: bool,
+}
+
+/// Posts `n` messages `<tag>1`, `<tag>2`..., each after the last one's
+/// acknowledgement (the author's copy of its message): (text, whether it
+/// came flagged `unconfirmed`) each.
+fn post_acked(c: &mut Client, tag: &str, n: usize) -> Vec<(String, bool)> {
+    (1..=n)
+        .map(|i| {
+            let text = format!("{tag}{i}");
+            let m = post_and_answer(c, &text);
+            assert_eq!(m["type"], "message", "{m}");
+            (text, m["unconfirmed"] == true)
+        })
+        .collect()
+}
+
+/// The failover that loses acknowledged posts unless a post waits for a
+/// replica: the replica of the room's master is frozen (SIGSTOP) and cut
+/// off (the master drops its link, so nothing written from then on can be
+/// on its way to it in a socket buffer); posts are acknowledged; the
+/// master is killed (SIGKILL); the replica resumes and takes over
+/// (`CLUSTER FAILOVER TAKEOVER`); the killed node is started again and
+/// rejoins as the new master's replica (later WAITs need one). Then what
+/// was acknowledged is compared with the promoted master's stream, and
+/// with what a member joining on another process is given.
+fn acknowledged_posts_after_a_failover(redis_wait: usize) -> Failover {
+    let mut cluster = RedisCluster::start();
+    let mut cfg = config();
+    cfg.redis_cluster = vec![cluster.seeds()];
+    cfg.rate_limit = 0;
+    cfg.redis_wait = redis_wait;
+    let a = TestServer::with(cfg);
+    let b = node(&cluster);
+    wait_up(&a);
+    wait_up(&b);
+    let room = "cutoff";
+    let log = format!("chatroom:{{{room}}}:log");
+    let master = cluster.owner_of(&log).port;
+    let replica = cluster.replica_of(cluster.owner_of(&log)).port;
+    let index = |port: u16| cluster.nodes.iter().position(|n| n.port == port).unwrap();
+    let (m, r) = (index(master), index(replica));
+    let (mut ann, _) = join(&a, room, "?username=ann");
+    let before = post_acked(&mut ann, "before", 3);
+
+    cluster.nodes[r].signal(libc::SIGSTOP);
+    cluster.nodes[m].cli(&["client", "kill", "type", "replica"]);
+    let cut_off =
+        eventually(IO_TIMEOUT, || cluster.nodes[m].cli(&["info", "replication"]).contains("connected_slaves:0"));
+    assert!(cut_off, "{}", cluster.nodes[m].cli(&["info", "replication"]));
+    let during = post_acked(&mut ann, "during", 5);
+
+    cluster.nodes[m].stop();
+    cluster.nodes[r].signal(libc::SIGCONT);
+    // The replica may also promote itself (its master is marked failed
+    // after the node timeout); TAKEOVER just does not wait for that. Its
+    // answer is not checked: it is an error if the promotion came first.
+    let _ = cluster.nodes[r].cli(&["cluster", "failover", "takeover"]);
+    let promoted = eventually(Duration::from_secs(20), || cluster.nodes[r].cli(&["role"]).starts_with("master"));
+    assert!(promoted, "the replica never took over");
+    cluster.nodes[m].restart();
+    let rejoined = eventually(Duration::from_secs(20), || {
+        let replication = cluster.nodes[r].cli(&["info", "replication"]);
+        replication.lines().any(|l| l.starts_with("slave0:") && l.contains("state=online"))
+    });
+    assert!(rejoined, "the killed node never came back as a replica");
+    // A replica that has just synced may hold back its acknowledgements
+    // for a moment (up to its one-second REPLCONF ACK): posts until one
+    // comes back confirmed, a bounded number of them.
+    let mut after = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while after.last().is_none_or(|(_, flagged)| *flagged) && std::time::Instant::now() < deadline {
+        after.extend(post_acked(&mut ann, &format!("after{}-", after.len() + 1), 1));
+    }
+    let stream = cluster.nodes[r].cli(&["xrange", &log, "-", "+"]);
+    let kept: HashSet<String> = stream
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter_map(|m| m["message"].as_str().map(str::to_string))
+        .collect();
+    let lost = [&before, &during, &after].into_iter().flatten().filter(|(text, _)| !kept.contains(text)).cloned();
+    let (_, welcome) = join(&b, room, "?username=bob");
+    let history: HashSet<String> =
+        welcome["history"].as_array().unwrap().iter().map(|m| m["message"].as_str().unwrap().to_string()).collect();
+    Failover { lost: lost.collect(), history_matches_stream: history == kept, before, during, after }
+}
+
+/// Without `--redis-wait`, a post is acknowledged once its master has it:
+/// the posts acknowledged while the replica was cut off are lost by the
+/// failover, and a member joining afterwards never sees them.
+#[test]
+fn without_redis_wait_a_failover_loses_acknowledged_posts() {
+    let f = acknowledged_posts_after_a_failover(0);
+    let flagged = [&f.before, &f.during, &f.after].into_iter().flatten().filter(|(_, flagged)| *flagged).count();
+    assert_eq!(flagged, 0);
+    assert_eq!(f.after.len(), 1);
+    assert_eq!(f.lost, f.during, "every post acknowledged while the replica was cut off is lost");
+    assert!(f.history_matches_stream);
+}
+
+/// With `--redis-wait 1`, no post acknowledged as confirmed is lost: those
+/// made while the replica was cut off came flagged `unconfirmed` (their
+/// WAIT timed out), and only they are lost; once the promoted master has
+/// a replica again, posts are confirmed again.
+#[test]
+fn with_redis_wait_a_failover_loses_no_confirmed_post() {
+    let f = acknowledged_posts_after_a_failover(1);
+    assert!(f.before.iter().all(|(_, flagged)| !flagged), "{:?}", f.before);
+    assert!(f.after.last().is_some_and(|(_, flagged)| !flagged), "confirmed again: {:?}", f.after);
+    assert!(f.during.iter().all(|(_, flagged)| *flagged), "{:?}", f.during);
+    assert!(f.lost.iter().all(|(_, flagged)| *flagged), "no confirmed post lost: {:?}", f.lost);
+    assert_eq!(f.lost, f.during, "the flagged posts were indeed at risk");
+    assert!(f.history_matches_stream);
 }

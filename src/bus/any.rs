@@ -36,12 +36,14 @@ impl AnyBus {
         }
     }
 
-    /// Queues a command; `slot` is the hash slot of the key it touches
-    /// (a cluster sends it to that slot's master; one Redis has them all).
-    pub fn command(&mut self, packed: Vec<u8>, tag: u64, slot: Option<u16>) {
+    /// Queues a command, or a chain of `replies` commands that go
+    /// together ([`Bus::command_chain`]); `slot` is the hash slot of the
+    /// key it touches (a cluster sends it to that slot's master; one Redis
+    /// has them all).
+    pub fn command(&mut self, packed: Vec<u8>, tag: u64, slot: Option<u16>, replies: usize) {
         match self {
-            AnyBus::Single(bus) => bus.command(packed, tag),
-            AnyBus::Cluster(bus) => bus.command(packed, tag, slot),
+            AnyBus::Single(bus) => bus.command_chain(packed, tag, replies),
+            AnyBus::Cluster(bus) => bus.command_chain(packed, tag, slot, replies),
         }
     }
 

@@ -121,6 +121,8 @@ struct Pending {
     attempts: u32,
     /// Where an `ASK` sent it (once), instead of the slot's owner.
     ask: Option<SocketAddr>,
+    /// Replies it takes: 1, or a chain's length.
+    replies: usize,
 }
 
 /// One node: its address, its bus, and what it counted.
@@ -267,7 +269,16 @@ impl ClusterBus {
     /// Queues a command for the master of `slot` (any master if `None`);
     /// its answer comes back as `Reply { tag }`, after any redirects.
     pub fn command(&mut self, packed: Vec<u8>, tag: u64, slot: Option<u16>) {
-        let pending = Pending { packed, tag, slot, attempts: 0, ask: None };
+        self.command_chain(packed, tag, slot, 1);
+    }
+
+    /// Queues a chain of `replies` commands ([`Bus::command_chain`]) for
+    /// the master of `slot`: they go together, to one node, and a
+    /// redirect of the first (the one with the key) sends them all again
+    /// together, so a `WAIT` behind a script always waits where the
+    /// script ran.
+    pub fn command_chain(&mut self, packed: Vec<u8>, tag: u64, slot: Option<u16>, replies: usize) {
+        let pending = Pending { packed, tag, slot, attempts: 0, ask: None, replies };
         self.route(pending);
     }
 
@@ -468,7 +479,7 @@ impl ClusterBus {
         pending.attempts += 1;
         let tag = self.next_tag & !OWN;
         self.next_tag += 1;
-        node.bus.command(pending.packed.clone(), tag);
+        node.bus.command_chain(pending.packed.clone(), tag, pending.replies);
         self.pending.insert(tag, (index, pending));
     }
 
@@ -632,8 +643,15 @@ impl ClusterBus {
 
     /// A node answered one of the caller's commands.
     fn on_reply(&mut self, index: usize, mut pending: Pending, value: Value, now: Instant) {
-        let Value::Error(error) = &value else {
-            return self.events.push(BusEvent::Reply { tag: pending.tag, value });
+        // A chain is redirected or retried by its first command's answer:
+        // that is the one with the key.
+        let error = match &value {
+            Value::Error(error) => error,
+            Value::Array(replies) if pending.replies > 1 => match replies.first() {
+                Some(Value::Error(error)) => error,
+                _ => return self.events.push(BusEvent::Reply { tag: pending.tag, value }),
+            },
+            _ => return self.events.push(BusEvent::Reply { tag: pending.tag, value }),
         };
         if pending.attempts >= MAX_ATTEMPTS {
             return self.events.push(BusEvent::Reply { tag: pending.tag, value });

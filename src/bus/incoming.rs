@@ -23,7 +23,7 @@ impl Bus {
         }
         let mut failure = None;
         for value in values.drain(..) {
-            if let Err(reason) = self.on_value(which, value) {
+            if let Err(reason) = self.on_value(which, value, now) {
                 failure = Some(reason);
                 break;
             }
@@ -36,7 +36,7 @@ impl Bus {
     }
 
     /// Gives one value from Redis its meaning.
-    pub(super) fn on_value(&mut self, which: Which, value: Value) -> Result<(), String> {
+    pub(super) fn on_value(&mut self, which: Which, value: Value, now: Instant) -> Result<(), String> {
         // The command link's handshake ends with a PING (see `connect`).
         let hello_count = self.hello_names.len() + usize::from(which == Which::Command);
         let link = self.link_mut(which);
@@ -54,10 +54,28 @@ impl Bus {
         }
         match which {
             Which::Command => {
-                let Some(tag) = self.tags.pop_front() else {
+                let Some(&(tag, replies)) = self.tags.front() else {
                     return Err(format!("unexpected reply with no command waiting: {value:?}"));
                 };
                 self.on_answered();
+                let mut value = value;
+                if replies > 1 {
+                    // A chain answers as a whole, with its last reply.
+                    self.chain.push(value);
+                    if self.chain.len() < replies {
+                        return Ok(());
+                    }
+                    value = Value::Array(std::mem::take(&mut self.chain));
+                    // Its last command (a WAIT) may have held the
+                    // connection up to its own timeout, on purpose: Redis
+                    // is alive, and what was pipelined behind it starts
+                    // its clock now, so that several WAITs in a row do not
+                    // add up to `--redis-timeout`.
+                    if let Some(batch) = self.batches.front_mut() {
+                        batch.sent_at = batch.sent_at.max(now);
+                    }
+                }
+                self.tags.pop_front();
                 self.events.push(BusEvent::Reply { tag, value });
                 Ok(())
             }
@@ -213,7 +231,8 @@ impl Bus {
         let first = !link.down_reported;
         link.down_reported = true;
         if which == Which::Command {
-            self.events.extend(self.tags.drain(..).map(|tag| BusEvent::Failed { tag }));
+            self.events.extend(self.tags.drain(..).map(|(tag, _)| BusEvent::Failed { tag }));
+            self.chain.clear();
             self.batches.clear();
             self.unstamped = 0;
         } else {

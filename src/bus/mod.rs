@@ -46,6 +46,10 @@
 //!   FIFO of tags; every command sent by one flush shares one send time (a
 //!   `Batch`), so the check is one comparison per turn whatever the depth
 //!   of the pipeline. An idle command link has nothing to time.
+//!   A chain ([`Bus::command_chain`]: a script and the `WAIT` behind it)
+//!   counts as several commands; its `WAIT` may hold the connection up to
+//!   its own timeout on purpose, so when a chain completes, what waits
+//!   behind it starts its clock anew.
 //! - The subscription link may be silent for good reasons (a quiet chat), so
 //!   after a timeout's worth of silence it sends a PING, which Redis answers
 //!   even on a subscribed connection (with a `pong` push); that answer must
@@ -195,8 +199,12 @@ pub struct Bus {
     /// The subscribed connection.
     sub: Link,
     /// Tags of the commands sent on `cmd` and not yet answered, oldest
-    /// first: Redis answers in order, so each reply belongs to the front.
-    tags: VecDeque<u64>,
+    /// first, each with the number of replies it takes (more than one
+    /// for a chain, see [`Bus::command_chain`]): Redis answers in order,
+    /// so each reply belongs to the front.
+    tags: VecDeque<(u64, usize)>,
+    /// The replies so far of the chain at the front of `tags`.
+    chain: Vec<Value>,
     /// How long a command may wait for its reply, and a PING for its pong,
     /// before the link counts as failed (`--redis-timeout`).
     reply_timeout: Duration,
@@ -274,6 +282,7 @@ impl Bus {
             sub: Link::new(Which::Subscription, url.addr, now),
             url,
             tags: VecDeque::new(),
+            chain: Vec::new(),
             reply_timeout,
             batches: VecDeque::new(),
             unstamped: 0,
@@ -368,13 +377,25 @@ impl Bus {
     /// [`MAX_PENDING_OUT`] bytes waiting), emits `Failed { tag }` at once:
     /// the caller decides whether to buffer and retry after `CommandUp`.
     pub fn command(&mut self, packed: Vec<u8>, tag: u64) {
+        self.command_chain(packed, tag, 1);
+    }
+
+    /// Queues a *chain*: `replies` commands packed one after the other in
+    /// `packed`, which must run together on one connection (a script that
+    /// writes, then the `WAIT` that waits for replicas to have what it
+    /// wrote: `WAIT` counts the replicas that have this connection's last
+    /// write). One tag for all of them, and one `Reply` once the last has
+    /// answered, its value an array of every reply in order; `Failed`
+    /// (once) as for one command. `replies` 1 is [`Bus::command`].
+    pub fn command_chain(&mut self, packed: Vec<u8>, tag: u64, replies: usize) {
         if !self.cmd.is_up() || self.cmd.pending_out() > MAX_PENDING_OUT {
             self.events.push(BusEvent::Failed { tag });
             return;
         }
+        let replies = replies.max(1);
         self.cmd.queue(&packed);
-        self.tags.push_back(tag);
-        self.unstamped += 1;
+        self.tags.push_back((tag, replies));
+        self.unstamped += replies;
     }
 
     /// Subscribes to `channel`, now if connected and after every reconnect.

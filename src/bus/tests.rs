@@ -555,6 +555,46 @@ fn thousands_of_channels_are_subscribed_in_batches_before_subscribed_up() {
     assert_eq!(channels.len(), 2500);
 }
 
+/// Chains (a write and the `WAIT` behind it) answer as one, in order
+/// with plain commands; a `WAIT` that runs to its own timeout (this Redis
+/// has no replica) restarts the clock of what is pipelined behind it, so
+/// three of them in a row, longer together than `--redis-timeout`, do
+/// not take the link down.
+#[test]
+fn chains_answer_as_one_and_waits_in_a_row_do_not_trip_the_timeout() {
+    let redis = Redis::start(free_port(), &[]);
+    let timeout = Duration::from_millis(500);
+    let mut h = Harness::with_timeout(&format!("redis://127.0.0.1:{}", redis.port), timeout);
+    h.wait_up();
+    let chain = || [pack(&["INCR", "n"]), pack(&["WAIT", "1", "200"])].concat();
+    let sent = Instant::now();
+    h.bus.command_chain(chain(), 1, 2);
+    h.bus.command(pack(&["GET", "n"]), 2);
+    h.bus.command_chain(chain(), 3, 2);
+    h.bus.command_chain(chain(), 4, 2);
+    h.run_until("4 replies", |seen| seen.len() >= 4);
+    assert!(sent.elapsed() >= Duration::from_millis(600), "three WAITs ran to their timeout");
+    let chained = |n: i64| Value::Array(vec![Value::Int(n), Value::Int(0)]);
+    let want = [
+        BusEvent::Reply { tag: 1, value: chained(1) },
+        BusEvent::Reply { tag: 2, value: Value::Bulk(b"1".to_vec()) },
+        BusEvent::Reply { tag: 3, value: chained(2) },
+        BusEvent::Reply { tag: 4, value: chained(3) },
+    ];
+    assert_eq!(h.seen, want);
+    assert!(h.bus.is_up());
+    assert_eq!(h.bus.pipeline_depth(), 0);
+
+    // A chain that cannot be answered fails once, like one command.
+    h.seen.clear();
+    redis.signal(libc::SIGSTOP);
+    h.bus.command_chain(chain(), 5, 2);
+    h.run_until("the command link down", |seen| seen.iter().any(is_down(Which::Command)));
+    let failed: Vec<&BusEvent> = h.seen.iter().filter(|e| matches!(e, BusEvent::Failed { .. })).collect();
+    assert_eq!(failed, [&BusEvent::Failed { tag: 5 }]);
+    redis.signal(libc::SIGCONT);
+}
+
 #[test]
 fn a_stuck_redis_fails_the_waiting_commands_then_the_bus_comes_back() {
     let redis = Redis::start(free_port(), &[]);

@@ -89,6 +89,15 @@ pub fn message_json(room: &str, id: u64, username: &str, message: &str, ts: u64)
     serde_json::to_string(&event).unwrap_or_default()
 }
 
+/// A message event (from [`message_json`]) flagged `"unconfirmed":true`:
+/// with `--redis-wait N`, fewer than N replicas confirmed in time that
+/// they have it, so a failover of its Redis master could still lose it
+/// (it is in the room's stream, and was published all the same).
+pub fn unconfirmed_json(message: &str) -> String {
+    let body = message.strip_suffix('}').unwrap_or(message);
+    format!(r#"{body},"unconfirmed":true}}"#)
+}
+
 /// The welcome frame: name, who is online, and history (already JSON).
 pub fn welcome_json(
     room: &str,
@@ -178,6 +187,16 @@ mod tests {
         assert_eq!(parse_post(r#"{"message": 5}"#, 10), Err(PostError::BadJson));
         assert_eq!(parse_post(r#"{"message": "ééééé"}"#, 5).unwrap().message, "ééééé");
         assert_eq!(parse_post(r#"{"message": "éééééé"}"#, 5), Err(PostError::TooLong));
+    }
+
+    #[test]
+    fn an_unconfirmed_message_is_the_message_with_a_flag() {
+        let json = unconfirmed_json(&message_json("r", 3, "a", "}", 5));
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(
+            (v["id"].as_u64(), v["message"].as_str(), v["unconfirmed"].as_bool()),
+            (Some(3), Some("}"), Some(true))
+        );
     }
 
     #[test]

@@ -171,8 +171,9 @@ impl Chat {
     /// A message in its shared order: the caller hands each room's
     /// messages over once each, in id order (above [`Chat::last_id`]).
     /// `author` is the poster's connection when it is ours. The message is
-    /// stored, then broadcast once the commit is done.
-    pub fn accept_ordered(&mut self, room: &str, msg: StoredMessage, author: Option<(usize, u64)>) {
+    /// stored, then broadcast once the commit is done; `unconfirmed`
+    /// flags it so (`--redis-wait`: fewer replicas than asked have it).
+    pub fn accept_ordered(&mut self, room: &str, msg: StoredMessage, author: Option<(usize, u64)>, unconfirmed: bool) {
         if let Some(record) = self.directory.get_mut(room) {
             record.last_id = record.last_id.max(msg.id);
         }
@@ -181,8 +182,11 @@ impl Chat {
         {
             live.last_id = live.last_id.max(msg.id);
         }
-        let json: Rc<str> = protocol::message_json(room, msg.id, &msg.username, &msg.text, msg.ts).into();
-        self.enqueue_commit(Rc::from(room), msg, json, author);
+        let mut json = protocol::message_json(room, msg.id, &msg.username, &msg.text, msg.ts);
+        if unconfirmed {
+            json = protocol::unconfirmed_json(&json);
+        }
+        self.enqueue_commit(Rc::from(room), msg, json.into(), author);
     }
 
     /// Tells the members of `room` (if it is live here) that the messages
@@ -306,7 +310,7 @@ mod tests {
         assert!(chat.requests.is_empty(), "nothing is stored before it has an id");
 
         let msg = StoredMessage { id: 1, ts: intent.ts, username: intent.username, text: intent.text };
-        chat.accept_ordered("r", msg, Some(intent.author));
+        chat.accept_ordered("r", msg, Some(intent.author), false);
         assert_eq!(chat.last_id("r"), 1);
         assert!(matches!(chat.requests.as_slice(), [crate::storage::Request::Append { msg, .. }] if msg.id == 1));
         chat.on_committed(1, &Ok(()));

@@ -20,6 +20,12 @@
 //! welcome's has been handled, and the range is read from the last id as
 //! it is then, not as it was.
 //!
+//! The gap rule is also what keeps order with `--redis-wait`, where a
+//! process publishes its posts itself after the replicas confirm: a later
+//! post confirmed sooner, or a post whose process died between storing and
+//! publishing it, shows up as a gap at the room's next message, and the
+//! stream fills it.
+//!
 //! [`Chat::learn_newest`]: crate::chat::Chat
 //! A post's author learns the post's id from the script's reply, which may
 //! come before or after the message itself: the author's copy of its
@@ -35,7 +41,8 @@ use crate::chat::{Chat, RESUME_MAX};
 use crate::storage::{ReadRange, StoredMessage};
 
 /// Posts answered but not yet seen back remembered at most (a bound
-/// against a subscription that lost them; they are only a hint).
+/// against a subscription that lost them; they are only a hint), and
+/// the same for the flags of unconfirmed messages.
 const OWN_POSTS_MAX: usize = 10_000;
 
 /// Messages read at most when catching a room up (the most a `?since=`
@@ -48,6 +55,10 @@ pub(super) struct Feed {
     /// Our own posts Redis has answered for, by (room, id), until they come
     /// back through the subscription (their poster is its author).
     own_posts: HashMap<(String, u64), (usize, u64)>,
+    /// Messages published flagged `unconfirmed` (`--redis-wait`), by
+    /// (room, id), until they are handed over: a held message, or the
+    /// stream's copy of one (the stream has no flag), keeps its flag.
+    unconfirmed: HashSet<(String, u64)>,
     /// Messages held, by room, while the room catches up.
     held: HashMap<String, Vec<StoredMessage>>,
     /// Rooms whose subscription came (back) while they were catching up:
@@ -62,6 +73,12 @@ impl Feed {
     pub(super) fn on_published(&mut self, p: Published, chat: &mut Chat, reads: &mut Reads, commands: &mut Commands) {
         if !crate::route::valid_room_name(&p.room) {
             return;
+        }
+        if p.unconfirmed {
+            if self.unconfirmed.len() >= OWN_POSTS_MAX {
+                self.unconfirmed.clear();
+            }
+            self.unconfirmed.insert((p.room.clone(), p.id));
         }
         let (room, msg) = p.into_stored();
         if let Some(held) = self.held.get_mut(&room) {
@@ -161,8 +178,10 @@ impl Feed {
     }
 
     fn accept(&mut self, room: &str, msg: StoredMessage, chat: &mut Chat) {
-        let author = self.own_posts.remove(&(room.to_string(), msg.id));
-        chat.accept_ordered(room, msg, author);
+        let key = (room.to_string(), msg.id);
+        let author = self.own_posts.remove(&key);
+        let unconfirmed = self.unconfirmed.remove(&key);
+        chat.accept_ordered(room, msg, author, unconfirmed);
     }
 }
 
@@ -176,7 +195,7 @@ mod tests {
     use crate::storage::Request;
 
     fn published(id: u64) -> Published {
-        Published { room: "r".into(), id, username: "u".into(), message: format!("m{id}"), ts: 5 }
+        Published { room: "r".into(), id, username: "u".into(), message: format!("m{id}"), ts: 5, unconfirmed: false }
     }
 
     /// The ids the chat handed to storage since the last call.

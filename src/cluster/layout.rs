@@ -156,6 +156,23 @@ end
 return ids
 "#;
 
+/// The line of [`POST_SCRIPT`] that publishes.
+const PUBLISH_LINE: &str = "  redis.call('PUBLISH', ARGV[1], table.concat(events, '\\n'))\n";
+
+/// The post script as a process runs it: [`POST_SCRIPT`]; in a Redis
+/// Cluster its SPUBLISH variant (on the room's sharded channel, in the
+/// room's slot like its keys); and with `--redis-wait` (`publish`
+/// false) without the publishing line: the script only stores, because
+/// `WAIT` cannot run inside a script, and the process publishes once the
+/// replicas have confirmed (`posts.rs`). Same keys and arguments either way.
+pub(super) fn post_script(sharded: bool, publish: bool) -> String {
+    match (publish, sharded) {
+        (false, _) => POST_SCRIPT.replace(PUBLISH_LINE, ""),
+        (true, true) => POST_SCRIPT.replace("'PUBLISH'", "'SPUBLISH'"),
+        (true, false) => POST_SCRIPT.to_string(),
+    }
+}
+
 /// Moves every room's keys from the names without a hash tag
 /// (`chatroom:room:ROOM:id`, `…:log`) to today's, once per Redis: a
 /// single Redis that served an earlier chatroom keeps its history. Runs
@@ -192,6 +209,10 @@ pub(super) struct Published {
     pub message: String,
     /// Milliseconds since the epoch.
     pub ts: u64,
+    /// Published although fewer replicas than `--redis-wait` confirmed
+    /// it in time (see `posts.rs`).
+    #[serde(default)]
+    pub unconfirmed: bool,
 }
 
 impl Published {
@@ -305,6 +326,17 @@ mod tests {
         let mut per_third = [0; 3];
         slots.iter().for_each(|s| per_third[thirds(s)] += 1);
         assert!(per_third.iter().all(|&n| n >= 2), "{per_third:?}");
+    }
+
+    #[test]
+    fn the_store_only_script_is_the_post_script_without_its_publish() {
+        assert_eq!(post_script(false, true), POST_SCRIPT);
+        assert!(post_script(true, true).contains("'SPUBLISH'"));
+        for sharded in [false, true] {
+            let store = post_script(sharded, false);
+            assert!(!store.contains("PUBLISH") && store.contains("'XADD'"), "{store}");
+            assert_eq!(store.len() + PUBLISH_LINE.len(), POST_SCRIPT.len());
+        }
     }
 
     #[test]

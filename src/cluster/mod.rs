@@ -27,9 +27,16 @@
 //!   (`--redis-buffer`) and is sent when Redis is back; past the bound the
 //!   sender gets an `unavailable` error event. Never silently dropped.
 //! - The connection drops with a post in flight: the outcome is unknown, so
-//!   the post is sent again. The script remembers each post's unique id for
-//!   an hour and answers a repeat with the id it already gave, so a retry
-//!   never publishes twice.
+//!   the post is sent again. The room remembers the number of the last
+//!   post it applied from each process (`posts.rs`), so a retry never
+//!   publishes twice.
+//! - The master fails over to a replica that lacks the newest writes
+//!   (Redis replicates after answering): posts acknowledged just before
+//!   are lost. With `--redis-wait N` the script only stores, a `WAIT N`
+//!   rides behind it, and the post is published (acknowledged) once N
+//!   replicas have it, or flagged `"unconfirmed": true` when they do not
+//!   confirm in time; `posts.rs` says why order survives the publish
+//!   coming from the process.
 //! - The subscription drops: messages published meanwhile were missed. On
 //!   resubscribing, every room listened to reads its stream from the last
 //!   id it delivered, so members catch up without a gap. A message that
@@ -175,6 +182,8 @@ pub struct Cluster {
 pub struct ClusterCounts {
     /// Chat messages received on room channels.
     pub received: u64,
+    /// Posts of ours published unconfirmed (`--redis-wait`).
+    pub unconfirmed: u64,
 }
 
 impl Cluster {
@@ -300,11 +309,15 @@ impl Cluster {
 
     /// The commands for the bus, oldest first: the turn's posts go with
     /// them, one script call per room (while Redis is away they wait).
-    pub fn drain_commands(&mut self) -> std::vec::Drain<'_, (Vec<u8>, u64, Option<u16>)> {
+    /// Each comes with the number of replies it takes: 1, or 2 for a
+    /// script call with its `WAIT` (`--redis-wait`), which the bus sends
+    /// as one chain.
+    pub fn drain_commands(&mut self) -> impl Iterator<Item = (Vec<u8>, u64, Option<u16>, usize)> + '_ {
         if self.up {
             self.posts.send(&mut self.commands);
         }
-        self.commands.drain(..)
+        let posts = &self.posts;
+        self.commands.drain(..).map(move |(packed, tag, slot)| (packed, tag, slot, posts.replies(tag)))
     }
 
     /// Posts sent to Redis and the script calls that carried them, since
@@ -354,9 +367,17 @@ impl Cluster {
         self
     }
 
+    /// The same with `--redis-wait` `replicas`: a post is published, and
+    /// so acknowledged, once that many replicas have it, or flagged
+    /// `unconfirmed` when they do not confirm in time (`posts.rs`).
+    pub fn waiting_for(mut self, replicas: usize) -> Cluster {
+        self.posts = self.posts.waiting_for(replicas);
+        self
+    }
+
     /// What the cluster counted so far.
     pub fn counts(&self) -> ClusterCounts {
-        ClusterCounts { received: self.received }
+        ClusterCounts { received: self.received, unconfirmed: self.posts.unconfirmed() }
     }
 
     /// Redis answered one of our commands.
@@ -366,6 +387,11 @@ impl Cluster {
                 for answer in self.posts.on_reply(tag, value, &mut self.commands) {
                     match answer {
                         posts::Answer::Posted { room, id, author } => self.feed.on_posted(room, id, author, chat),
+                        posts::Answer::Repeated { room } => {
+                            if self.channels.hears(&room) {
+                                self.feed.catch_up(&room, &mut self.reads, &mut self.commands);
+                            }
+                        }
                         posts::Answer::Failed { author, reason } => {
                             warn!("post refused: {reason}");
                             chat.refuse_post(author, NotSent::Refused);
@@ -429,7 +455,7 @@ mod tests {
     }
 
     fn read_tags(cluster: &mut Cluster) -> Vec<u64> {
-        cluster.drain_commands().map(|(_, tag, _)| tag).filter(|tag| tag & TAG_KIND == TAG_READ).collect()
+        cluster.drain_commands().map(|(_, tag, _, _)| tag).filter(|tag| tag & TAG_KIND == TAG_READ).collect()
     }
 
     /// A stream reply (XRANGE or XREVRANGE) holding messages `ids` of `room`.
@@ -463,8 +489,8 @@ mod tests {
 
     /// The last command for the bus, as text (RESP, `\r\n` and all).
     fn last_command(cluster: &mut Cluster) -> (String, u64) {
-        let commands: Commands = cluster.drain_commands().collect();
-        let Some((packed, tag, _)) = commands.last() else { panic!("no command") };
+        let commands: Vec<_> = cluster.drain_commands().collect();
+        let Some((packed, tag, _, _)) = commands.last() else { panic!("no command") };
         (String::from_utf8_lossy(packed).into_owned(), *tag)
     }
 
@@ -477,7 +503,7 @@ mod tests {
         chat.join((2, 2), "b", Some("y"), None, now).unwrap();
         chat.leave(a);
         cluster.take_handoffs(&mut chat, now);
-        cluster.drain_commands();
+        cluster.drain_commands().for_each(drop);
         // a emptied, but is listened to until its grace is over.
         cluster.on_event(BusEvent::SubscribedUp, &mut chat, now);
         assert_eq!(read_tags(&mut cluster).len(), 2, "one newest-entry read each for a and b");

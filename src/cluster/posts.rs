@@ -18,6 +18,10 @@
 //! backlog, or Redis refusing the script, makes a post fail, and then its
 //! author is told.
 //!
+//! With `--redis-wait N` the script stores without publishing, each call
+//! leaves as a chain with a `WAIT N` behind it, and the posts are
+//! published from here once it answers ([`Posts::on_reply`]).
+//!
 //! In a Redis Cluster (`--redis-cluster`) the script publishes with
 //! SPUBLISH on the room's sharded channel, and a room has one script call
 //! in flight at a time: a call that is redirected (MOVED, ASK) or told to
@@ -32,11 +36,23 @@ use data_encoding::HEXLOWER;
 use sha1::{Digest, Sha1};
 
 use super::layout::{
-    MIGRATE_SCRIPT, POST_SCRIPT, SEQ_TTL_S, STREAM_MAXLEN, id_key, log_key, room_channel, route, seq_key,
+    MIGRATE_SCRIPT, SEQ_TTL_S, STREAM_MAXLEN, id_key, log_key, post_script, room_channel, route, seq_key,
 };
 use super::{Commands, TAG_INTERNAL, TAG_KIND, TAG_POST, TAG_SCRIPT};
 use crate::bus::Value;
 use crate::chat::PostIntent;
+use crate::chat::protocol::unconfirmed_json;
+
+/// How long, in milliseconds, a `WAIT` (`--redis-wait`) waits for the
+/// replicas. A replica that keeps up acknowledges within a round trip
+/// (well under a millisecond on one network), so this is only reached
+/// when a replica is away or far behind; and a `WAIT` holds its
+/// connection (every command pipelined behind it, other rooms' too) for
+/// as long as it waits, so the bound is short: a tenth of a second per
+/// call, flagged `unconfirmed` after it, rather than a stalled chat. A
+/// constant rather than a setting: a longer wait buys nothing that the
+/// flag does not already tell.
+pub(super) const WAIT_TIMEOUT_MS: u64 = 100;
 
 /// A post on its way to Redis.
 #[derive(Debug, Clone)]
@@ -68,6 +84,13 @@ pub(super) enum Answer {
         /// The author's connection key and serial.
         author: (usize, u64),
     },
+    /// A post Redis says it applied before (an earlier try whose answer
+    /// was lost). With `--redis-wait` that try may have stored it without
+    /// publishing it: the room reads its stream to make sure.
+    Repeated {
+        /// The room.
+        room: String,
+    },
     /// The post failed for good: its author is to be told.
     Failed {
         /// The author's connection key and serial.
@@ -82,12 +105,19 @@ pub(super) enum Answer {
 pub(super) struct Posts {
     /// This process's id: the script keeps a sequence mark per process.
     proc_id: String,
-    /// The script: [`POST_SCRIPT`], or in a cluster its SPUBLISH variant.
+    /// The script: [`super::POST_SCRIPT`], or its SPUBLISH or store-only
+    /// variant (`layout::post_script`).
     script: String,
     /// Its SHA1, for EVALSHA.
     script_sha: String,
     /// In a cluster: SPUBLISH, and one call in flight per room.
     sharded: bool,
+    /// `--redis-wait`: replicas that must confirm a post before it is
+    /// published (0: the script publishes).
+    wait: usize,
+    /// Posts published unconfirmed: fewer than `wait` replicas had them
+    /// when the `WAIT` ended (for `/metrics`).
+    unconfirmed: u64,
     /// In a cluster: the rooms with a call in flight.
     busy: HashSet<String>,
     /// Counts script calls, for their tags.
@@ -115,9 +145,11 @@ impl Posts {
     pub(super) fn new(proc_id: &str, backlog_cap: usize, batch: usize) -> Posts {
         Posts {
             proc_id: proc_id.to_string(),
-            script: POST_SCRIPT.to_string(),
-            script_sha: HEXLOWER.encode(&Sha1::digest(POST_SCRIPT.as_bytes())),
+            script: post_script(false, true),
+            script_sha: HEXLOWER.encode(&Sha1::digest(post_script(false, true).as_bytes())),
             sharded: false,
+            wait: 0,
+            unconfirmed: 0,
             busy: HashSet::new(),
             calls: 0,
             seqs: HashMap::new(),
@@ -134,10 +166,31 @@ impl Posts {
     /// (on the room's sharded channel, in the room's slot like its keys),
     /// and each room has one call in flight at a time.
     pub(super) fn sharded(mut self) -> Posts {
-        self.script = POST_SCRIPT.replace("'PUBLISH'", "'SPUBLISH'");
-        self.script_sha = HEXLOWER.encode(&Sha1::digest(self.script.as_bytes()));
         self.sharded = true;
+        self.pick_script();
         self
+    }
+
+    /// The same with `--redis-wait` `replicas` (0 changes nothing): the
+    /// script only stores, each script call goes in a chain with a `WAIT`
+    /// behind it, and the posts are published once it answers (see
+    /// [`Posts::on_reply`]).
+    pub(super) fn waiting_for(mut self, replicas: usize) -> Posts {
+        self.wait = replicas;
+        self.pick_script();
+        self
+    }
+
+    /// The script for this mode, and its SHA1.
+    fn pick_script(&mut self) {
+        self.script = post_script(self.sharded, self.wait == 0);
+        self.script_sha = HEXLOWER.encode(&Sha1::digest(self.script.as_bytes()));
+    }
+
+    /// Replies a command tagged `tag` takes: a script call with its
+    /// `WAIT` behind it is a chain of two (`Bus::command_chain`).
+    pub(super) fn replies(&self, tag: u64) -> usize {
+        if tag & TAG_KIND == TAG_POST && self.wait > 0 { 2 } else { 1 }
     }
 
     /// After every connect: moves keys of an older layout (a single Redis
@@ -243,7 +296,14 @@ impl Posts {
         for post in &posts {
             cmd.arg(post.seq).arg(&post.prefix).arg(&post.suffix);
         }
-        commands.push((cmd.get_packed_command(), tag, slot));
+        let mut packed = cmd.get_packed_command();
+        if self.wait > 0 {
+            // Right behind the script, on its connection: WAIT counts the
+            // replicas that have this connection's last write. A chain
+            // (see `replies`), so a cluster redirects both together.
+            packed.extend(redis::cmd("WAIT").arg(self.wait).arg(WAIT_TIMEOUT_MS).get_packed_command());
+        }
+        commands.push((packed, tag, slot));
         self.sent.0 += posts.len() as u64;
         self.sent.1 += 1;
         if let Some(slot) = slot.filter(|_| self.sharded) {
@@ -273,27 +333,70 @@ impl Posts {
     }
 
     /// Redis answered a script call: one answer per post of it that is
-    /// new to the chat (repeats of posts applied before say nothing).
+    /// new to the chat (repeats of posts applied before say nothing,
+    /// except with `--redis-wait`: see [`Answer::Repeated`]).
+    ///
+    /// With `--redis-wait N` the answer is the chain's: the script's ids,
+    /// then how many replicas `WAIT` counted. The posts are published
+    /// now, from here, in id order (one PUBLISH, or SPUBLISH, one event
+    /// per line, as the script would have), flagged `unconfirmed` when
+    /// fewer than N replicas confirmed in time: they are in the stream
+    /// already, so "not sent" would be false, but a failover may lose
+    /// them. Published from here, a room's messages may reach the other
+    /// processes out of order (another process's later post, confirmed
+    /// sooner) or not at all (this process dies between the store and
+    /// the publish): either way a listener meets a gap at the room's next
+    /// message, or a catch-up when it resubscribes, and reads what it
+    /// missed from the stream (`feed.rs`), so every member still gets
+    /// every message once, in id order. The other side of that: a read of
+    /// the stream (a welcome, a catch-up) made while a post's WAIT is
+    /// still out, a window of at most [`WAIT_TIMEOUT_MS`], hands that post
+    /// over before it is confirmed, and without the flag.
     pub(super) fn on_reply(&mut self, tag: u64, value: Value, commands: &mut Commands) -> Vec<Answer> {
         let Some(posts) = self.in_flight.remove(&tag) else { return Vec::new() };
         self.release(&posts);
+        let (value, confirmed) = self.split_wait(value);
         match value {
-            Value::Array(ids) => posts
-                .into_iter()
-                .zip(ids.into_iter().map(Some).chain(std::iter::repeat(None)))
-                .filter_map(|(post, id)| match id {
-                    Some(Value::Int(id)) if id > 0 => {
-                        Some(Answer::Posted { room: post.room, id: id as u64, author: post.author })
+            Value::Array(ids) => {
+                // One call's posts are all to one room.
+                let room = posts.first().map(|p| p.room.clone()).unwrap_or_default();
+                let mut events = Vec::new();
+                let mut answers = Vec::new();
+                for (post, id) in posts.into_iter().zip(ids.into_iter().map(Some).chain(std::iter::repeat(None))) {
+                    match id {
+                        Some(Value::Int(id)) if id > 0 => {
+                            if self.wait > 0 {
+                                let json = format!("{}{id}{}", post.prefix, post.suffix);
+                                events.push(if confirmed { json } else { unconfirmed_json(&json) });
+                            }
+                            answers.push(Answer::Posted { room: post.room, id: id as u64, author: post.author });
+                        }
+                        // Applied by an earlier try whose answer was lost:
+                        // its message came (or comes) through the
+                        // subscription; with `--redis-wait`, that try may
+                        // have stored it and never published it.
+                        Some(Value::Int(_)) => {
+                            if self.wait > 0 {
+                                answers.push(Answer::Repeated { room: post.room });
+                            }
+                        }
+                        other => answers.push(Answer::Failed {
+                            author: post.author,
+                            reason: format!("unexpected answer to a post: {other:?}"),
+                        }),
                     }
-                    // Applied by an earlier try whose answer was lost: its
-                    // message came (or comes) through the subscription.
-                    Some(Value::Int(_)) => None,
-                    other => Some(Answer::Failed {
-                        author: post.author,
-                        reason: format!("unexpected answer to a post: {other:?}"),
-                    }),
-                })
-                .collect(),
+                }
+                if !events.is_empty() {
+                    if !confirmed {
+                        self.unconfirmed += events.len() as u64;
+                    }
+                    let channel = room_channel(&room);
+                    let name = if self.sharded { "SPUBLISH" } else { "PUBLISH" };
+                    let publish = redis::cmd(name).arg(&channel).arg(events.join("\n")).get_packed_command();
+                    commands.push((publish, TAG_INTERNAL, route(&channel)));
+                }
+                answers
+            }
             // The script cache was emptied (Redis restarted, or a replica
             // took over, since our SCRIPT LOAD), or in a cluster this
             // master never had it: the call goes again as EVAL, with the
@@ -314,6 +417,30 @@ impl Posts {
                 })
                 .collect(),
         }
+    }
+
+    /// With `--redis-wait N`, a chain's answer `[script's, WAIT's]` →
+    /// the script's, and whether N replicas confirmed. Without, the
+    /// answer as it is, confirmed. A chain that did not run as one
+    /// (its script refused, say) is not confirmed.
+    fn split_wait(&self, value: Value) -> (Value, bool) {
+        if self.wait == 0 {
+            return (value, true);
+        }
+        match value {
+            Value::Array(mut replies) if replies.len() == 2 => {
+                let acks = replies.pop();
+                let script = replies.pop().unwrap_or(Value::Nil);
+                let confirmed = matches!(acks, Some(Value::Int(n)) if n >= self.wait as i64);
+                (script, confirmed)
+            }
+            other => (other, false),
+        }
+    }
+
+    /// Posts published unconfirmed since the start (`--redis-wait`).
+    pub(super) fn unconfirmed(&self) -> u64 {
+        self.unconfirmed
     }
 
     /// A call of a cluster's room was answered (or failed): the room's
@@ -407,6 +534,75 @@ mod tests {
         assert_eq!(posts.on_failed(tag).len(), 1);
         assert!(!posts.post(intent("r", "5"), false), "Redis away and too many posts wait: the author is told");
         assert!(posts.post(intent("r", "6"), true), "while Redis is up a turn's posts are all taken");
+    }
+
+    /// `--redis-wait 1`: the script only stores and a WAIT rides behind
+    /// it; the posts are published by the process once the WAIT answers,
+    /// flagged when no replica confirmed; a repeat asks for a catch-up.
+    #[test]
+    fn with_a_wait_the_process_publishes_after_the_replicas_answer() {
+        let mut posts = Posts::new("p", 10, 100).waiting_for(1);
+        let mut commands = Commands::new();
+        assert!(posts.post(intent("r", "1"), true));
+        assert!(posts.post(intent("r", "2"), true));
+        posts.send(&mut commands);
+        let (packed, tag, _) = commands.remove(0);
+        let text = String::from_utf8_lossy(&packed);
+        assert!(text.starts_with("*") && text.ends_with("\r\nWAIT\r\n$1\r\n1\r\n$3\r\n100\r\n"), "{text}");
+        assert_eq!(posts.replies(tag), 2);
+        assert_eq!(posts.script_sha, HEXLOWER.encode(&Sha1::digest(post_script(false, false).as_bytes())));
+
+        // One replica confirmed: published as the script would have.
+        let ids = Value::Array(vec![Value::Int(7), Value::Int(8)]);
+        let answers = posts.on_reply(tag, Value::Array(vec![ids, Value::Int(1)]), &mut commands);
+        assert_eq!(answers.len(), 2);
+        let (publish, publish_tag, slot) = commands.remove(0);
+        assert_eq!((publish_tag, slot), (TAG_INTERNAL, route("chatroom:{r}:msgs")));
+        assert_eq!(posts.replies(publish_tag), 1);
+        let text = String::from_utf8_lossy(&publish);
+        assert!(text.contains("\r\nPUBLISH\r\n") && !text.contains("unconfirmed"), "{text}");
+        let events: Vec<u64> = super::super::layout::decode_batch(publish.rsplit(|&b| b == b'\r').nth(1).unwrap())
+            .iter()
+            .map(|p| p.id)
+            .collect();
+        assert_eq!(events, vec![7, 8]);
+        assert_eq!(posts.unconfirmed(), 0);
+
+        // None confirmed in time: published all the same, flagged, counted.
+        assert!(posts.post(intent("r", "3"), true));
+        posts.send(&mut commands);
+        let (_, tag, _) = commands.remove(0);
+        let ids = Value::Array(vec![Value::Int(9)]);
+        posts.on_reply(tag, Value::Array(vec![ids, Value::Int(0)]), &mut commands);
+        let (publish, _, _) = commands.remove(0);
+        let payload = publish.rsplit(|&b| b == b'\r').nth(1).unwrap();
+        let published = super::super::layout::decode_batch(payload);
+        assert_eq!(published.iter().map(|p| (p.id, p.unconfirmed)).collect::<Vec<_>>(), vec![(9, true)]);
+        assert_eq!(posts.unconfirmed(), 1);
+
+        // A repeat (stored by a try whose answer was lost): a catch-up.
+        assert!(posts.post(intent("r", "4"), true));
+        posts.send(&mut commands);
+        let (_, tag, _) = commands.remove(0);
+        let answers =
+            posts.on_reply(tag, Value::Array(vec![Value::Array(vec![Value::Int(0)]), Value::Int(1)]), &mut commands);
+        assert_eq!(answers, vec![Answer::Repeated { room: "r".into() }]);
+        assert!(commands.is_empty(), "nothing to publish");
+    }
+
+    #[test]
+    fn without_a_wait_the_script_publishes_and_the_call_is_one_command() {
+        let mut posts = Posts::new("p", 10, 100);
+        assert!(posts.post(intent("r", "1"), true));
+        let mut commands = Commands::new();
+        posts.send(&mut commands);
+        let (packed, tag, _) = commands.remove(0);
+        assert_eq!(posts.replies(tag), 1);
+        assert!(!String::from_utf8_lossy(&packed).contains("WAIT"));
+        assert_eq!(posts.script, super::super::POST_SCRIPT);
+        let answers = posts.on_reply(tag, Value::Array(vec![Value::Int(3)]), &mut commands);
+        assert_eq!(answers, vec![Answer::Posted { room: "r".into(), id: 3, author: (1, 1) }]);
+        assert!(commands.is_empty(), "the script published");
     }
 
     #[test]

@@ -25,7 +25,10 @@ impl Server {
         cfg: &Config,
         registry: &Registry,
     ) -> Result<(Option<AnyBus>, Option<Cluster>), StartError> {
-        let cluster = || Cluster::new(cfg.redis_buffer, cfg.redis_batch, cfg.presence_ttl, cfg.room_grace);
+        let cluster = || {
+            Cluster::new(cfg.redis_buffer, cfg.redis_batch, cfg.presence_ttl, cfg.room_grace)
+                .waiting_for(cfg.redis_wait)
+        };
         if !cfg.redis_cluster.is_empty() {
             let seeds = SeedList::parse(&cfg.redis_cluster.join(","))
                 .map_err(|e| StartError(format!("--redis-cluster: {e}")))?;
@@ -59,7 +62,9 @@ impl Server {
         for event in events {
             cluster.on_event(event, &mut self.chat, self.now);
         }
-        self.metrics.redis_messages_received = cluster.counts().received;
+        let counts = cluster.counts();
+        self.metrics.redis_messages_received = counts.received;
+        self.metrics.redis_unconfirmed_posts = counts.unconfirmed;
         let settled = cluster.take_directory_settled();
         self.deliver_chat();
         if settled {
@@ -78,8 +83,8 @@ impl Server {
                 Subscription::Unsubscribe(channel) => bus.unsubscribe(&channel),
             }
         }
-        for (packed, tag, slot) in cluster.drain_commands() {
-            bus.command(packed, tag, slot);
+        for (packed, tag, slot, replies) in cluster.drain_commands() {
+            bus.command(packed, tag, slot, replies);
         }
         bus.flush(self.poll.registry());
         // A post refused for want of Redis is told to its author this turn.

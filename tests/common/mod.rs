@@ -676,6 +676,8 @@ pub struct RedisServer {
     appendonly: bool,
     /// The password it requires (`--requirepass`), if any: `cli` gives it.
     password: Option<String>,
+    /// More arguments for redis-server (e.g. `--replicaof`).
+    extra: Vec<String>,
 }
 
 impl RedisServer {
@@ -683,8 +685,20 @@ impl RedisServer {
     pub fn start(appendonly: bool) -> RedisServer {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let dir = temp_dir("redis");
-        let mut r = RedisServer { port, child: None, dir, appendonly, password: None };
+        let mut r = RedisServer { port, child: None, dir, appendonly, password: None, extra: Vec::new() };
         r.restart();
+        r
+    }
+
+    /// Starts a replica of `master` (`--replicaof`) and waits until it
+    /// has synced (its link to the master up).
+    pub fn start_replica_of(master: &RedisServer) -> RedisServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let extra = vec!["--replicaof".into(), "127.0.0.1".into(), master.port.to_string()];
+        let mut r = RedisServer { port, child: None, dir: temp_dir("redis"), appendonly: false, password: None, extra };
+        r.restart();
+        let synced = eventually(IO_TIMEOUT, || r.cli(&["info", "replication"]).contains("master_link_status:up"));
+        assert!(synced, "the replica never synced: {}", r.cli(&["info", "replication"]));
         r
     }
 
@@ -724,30 +738,21 @@ impl RedisServer {
         assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "kill({pid}, {signal})");
     }
 
-    /// Starts it again on the same port (same data folder).
+    /// Starts it again on the same port (same data folder; a cluster
+    /// node so keeps its `nodes.conf`, and rejoins its cluster).
     pub fn restart(&mut self) {
         self.stop();
         let child = std::process::Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
             .args(["--appendonly", if self.appendonly { "yes" } else { "no" }])
+            .args(&self.extra)
             .arg("--dir")
             .arg(&self.dir)
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("redis-server not found: run scripts/install-deps.sh");
         self.child = Some(child);
-        let addr: SocketAddr = format!("127.0.0.1:{}", self.port).parse().unwrap();
-        assert!(
-            eventually(IO_TIMEOUT, || {
-                let Ok(mut s) = TcpStream::connect(addr) else { return false };
-                let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-                s.write_all(b"PING\r\n").is_ok() && {
-                    let mut b = [0u8; 7];
-                    s.read(&mut b).map(|n| &b[..n] == b"+PONG\r\n").unwrap_or(false)
-                }
-            }),
-            "redis-server did not start"
-        );
+        assert!(eventually(IO_TIMEOUT, || self.ping()), "redis-server on {} did not start", self.port);
     }
 }
 
@@ -876,28 +881,35 @@ fn cluster_ports(n: usize) -> Vec<u16> {
 impl RedisServer {
     /// Starts one empty cluster node on `port` (its bus on port + 10000).
     fn start_cluster_node(port: u16, password: Option<&str>) -> RedisServer {
-        let dir = temp_dir("redis-cluster");
-        let mut server = std::process::Command::new("redis-server");
+        let mut extra: Vec<String> = Vec::new();
         if let Some(password) = password {
-            server.args(["--requirepass", password, "--masterauth", password]);
+            extra.extend(["--requirepass", password, "--masterauth", password].map(String::from));
         }
-        let child = server
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
-            .args(["--cluster-node-timeout", "1000", "--cluster-require-full-coverage", "no"])
-            // A replica syncs at once (the default waits 5 s for more
-            // replicas to share a diskless transfer), and may always take
-            // over: a test kills a master seconds after the start, when
-            // the replica's link is young.
-            .args(["--repl-diskless-sync-delay", "0", "--cluster-replica-validity-factor", "0"])
-            .arg("--dir")
-            .arg(&dir)
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server not found: run scripts/install-deps.sh");
+        extra.extend(
+            [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "1000",
+                "--cluster-require-full-coverage",
+                "no",
+                // A replica syncs at once (the default waits 5 s for more
+                // replicas to share a diskless transfer), and may always
+                // take over: a test kills a master seconds after the
+                // start, when the replica's link is young.
+                "--repl-diskless-sync-delay",
+                "0",
+                "--cluster-replica-validity-factor",
+                "0",
+            ]
+            .map(String::from),
+        );
         let password = password.map(str::to_string);
-        let node = RedisServer { port, child: Some(child), dir, appendonly: false, password };
-        assert!(eventually(IO_TIMEOUT, || node.ping()), "cluster node {port} did not start");
+        let mut node =
+            RedisServer { port, child: None, dir: temp_dir("redis-cluster"), appendonly: false, password, extra };
+        node.restart();
         node
     }
 
