@@ -610,11 +610,12 @@ impl Driver for SoakRun {
             NetEvent::Text(text) => self.on_text(i, text),
             NetEvent::Binary(_) => self.bad_frames += 1,
             NetEvent::Closed { code, clean } => {
-                let leaving = self.clients.get(i).is_some_and(|c| c.stage == Stage::Leaving);
-                if code == Some(1008) {
+                let expected = self.stopping || self.clients.get(i).is_some_and(|c| c.stage == Stage::Leaving);
+                // 1008: the server dropped it as a slow consumer (RFC 6455 §7.4.1, "policy").
+                if code == Some(1008) && !expected {
                     self.slow_consumer_drops += 1;
                 }
-                self.on_gone(i, leaving || self.stopping, &describe_close(code, clean));
+                self.on_gone(i, expected, &describe_close(code, clean));
             }
             NetEvent::Failed(reason) => self.on_gone(i, self.stopping, reason),
         }
@@ -734,7 +735,11 @@ pub fn run_soak(o: &Options, probe: Option<&ServerProbe>) -> Result<Report, Stri
     report.int("resets", "connections reset (RST)", run.resets);
     report.int("pauses", "slow-reader pauses", run.pauses);
     report.int("slow_consumer_drops", "dropped as slow consumers (1008)", run.slow_consumer_drops);
-    report.int("unexpected_closes", "other unexpected closes", run.unexpected.total() - run.slow_consumer_drops);
+    report.int(
+        "unexpected_closes",
+        "other unexpected closes",
+        run.unexpected.total().saturating_sub(run.slow_consumer_drops),
+    );
     report.int("welcomes", "welcomes checked", run.welcomes);
     report.int("resumes", "resumes (?since=) checked", run.resumes);
     report.int("gaps", "gap frames", run.gaps);
