@@ -145,7 +145,8 @@ def summary(rows):
                      f"flood burst, {statistics.median(burst):.2f} ms in {len(burst)} with one")
     by_minute = {}
     for r in live:
-        by_minute.setdefault(int(r["t_s"] // 300), []).append(r)
+        # The last sample, at exactly the run's length, belongs to the last full 5 minutes.
+        by_minute.setdefault(min(int(r["t_s"] // 300), max(0, int((t_max - 1) // 300))), []).append(r)
     lines.append("per 5 min: minute, RSS MiB, fds max, p50 ms median, p99 ms median, p99 ms max")
     for k in sorted(by_minute):
         rs = by_minute[k]

@@ -79,9 +79,9 @@ const TICK: Duration = Duration::from_millis(2);
 /// connections marked closing) finish within a loop turn or two.
 const FD_DEADLINE: Duration = Duration::from_secs(15);
 
-/// Unlinked files the server may have opened for good during the run: SQLite opens its
-/// temporary file (a sort that outgrew memory, first needed during a flood burst) on first
-/// use and keeps it for the connection's lifetime, so it is one descriptor, not a leak.
+/// Unlinked files the server may have opened for good during the run: SQLite opens an
+/// unlinked temporary file when it first needs one (here during the first flood burst)
+/// and keeps it open afterwards, so it is one descriptor, not a leak.
 const LAZY_TEMP_FILES: u64 = 1;
 
 /// Runs at least this long have their RSS slope judged; shorter ones are all warm-up.
