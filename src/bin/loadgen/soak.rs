@@ -9,7 +9,7 @@
 //! - **visitors** join a room, maybe post, leave after a few seconds, and come back, half of
 //!   the time resuming where they left with `?since=`;
 //! - **slow readers** stop reading for seconds at a time, so output piles up at the server
-//!   (the one in the flood room may be dropped as a slow consumer, and then resumes);
+//!   (most in the flood room; one the server drops as a slow consumer resumes);
 //! - **resetters** join, post, and end with a TCP reset mid-conversation;
 //! - a **flooder** posts bursts as fast as its window allows into a room of its own, reading
 //!   its own copies (the server runs with `--rate-limit 0`);
