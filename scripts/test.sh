@@ -10,6 +10,8 @@
 #   lint                 cargo fmt --check, cargo clippy -D warnings
 #   conformance          scripts/autobahn.sh (Autobahn fuzzingclient vs /ws/echo)
 #   browser              tests/browser (headless Chromium via playwright-core)
+#   soak                 scripts/soak.sh 60: a mixed load on the release binary with SQLite;
+#                        fails on a lost or duplicated message or leaked descriptors
 #   fuzz                 scripts/fuzz.sh 60: each fuzz target for 60 s on its corpus
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,6 +46,7 @@ step fmt cargo fmt --check
 step clippy cargo clippy --locked --all-targets -- -D warnings
 step autobahn env CHATROOM_BIN=target/release/chatroom bash scripts/autobahn.sh
 step browser env CHATROOM_BIN=target/release/chatroom bash tests/browser/run.sh
+step soak env CHATROOM_BIN=target/release/chatroom bash scripts/soak.sh 60
 step fuzz bash scripts/fuzz.sh 60
 
 echo

@@ -18,26 +18,35 @@ modes (--mode):
   echo    N clients on /ws/echo, closed loop, each echo compared; reports round trips/s
   idle    N connections that only listen; with --server-pid, server RSS per connection
   churn   N concurrent cycles: connect, post, await own message, close; reports cycles/s
+  soak    chatroom only, for --duration: N chatters over R rooms posting --rate msg/s in
+          total, plus visitors (join, leave, resume with ?since=), slow readers, resets,
+          a flooder and scroll-back over HTTP; samples the server (--server-pid) every
+          5 s into --csv; fails on a lost or duplicated message or descriptors that do
+          not come back, and on runs of 10 min or more on RSS growing > 1 MiB/10 min
 
 options:
   --url ws://HOST:PORT   the server; HOST must be 127.0.0.0/8, localhost or [::1]
-  --mode MODE            room | echo | idle | churn                                [room]
-  --clients N            connections (churn: concurrent cycles)
-                         [room 100, echo 10, idle 1000, churn 50]
-  --rooms R              rooms bench-0..bench-R-1 (idle-*, churn-* in those modes)     [1]
+  --mode MODE            room | echo | idle | churn | soak                         [room]
+  --clients N            connections (churn: concurrent cycles; soak: chatters)
+                         [room 100, echo 10, idle 1000, churn 50, soak 100]
+  --rooms R              rooms bench-0..bench-R-1 (idle-*, churn-*, soak-* in those
+                         modes)                                             [1; soak 20]
   --senders S            room: senders in total, spread over the rooms                 [R]
   --messages M           room: messages per sender [100]; echo: round trips per client
                          (instead of --duration)
   --size BYTES           message text length                                          [100]
   --window W             room, closed loop: messages in flight per sender               [1]
-  --rate X               room: open loop, X messages/s offered in total, on a schedule
+  --rate X               room: open loop, X messages/s offered in total, on a schedule;
+                         soak: the chatters' messages/s in total                [2 × N]
   --warmup N             room: each sender first posts N unmeasured messages           [0]
-  --duration SECS        echo [5], churn [5]: how long to run; idle [2]: how long to hold
+  --duration SECS        echo [5], churn [5], soak [60]: how long to run; idle [2]: how
+                         long to hold
   --timeout SECS         bound on each wait: connecting, measuring                     [60]
   --flavour F            auto | typed | plain: does the server send typed frames
                          (chatroom) or bare {username, message} ones (peers)?        [auto]
   --path-prefix P        path in front of the room name                    [/ws/chatroom/]
   --server-pid PID       sample this process's CPU time and RSS from /proc
+  --csv PATH             soak: write the samples to this CSV file
   --json                 print one JSON object line instead of the text block
   --help                 print this text
 
@@ -57,6 +66,7 @@ pub enum Mode {
     Echo,
     Idle,
     Churn,
+    Soak,
 }
 
 impl Mode {
@@ -67,6 +77,7 @@ impl Mode {
             Mode::Echo => "echo",
             Mode::Idle => "idle",
             Mode::Churn => "churn",
+            Mode::Soak => "soak",
         }
     }
 }
@@ -116,6 +127,8 @@ pub struct Options {
     pub server_pid: Option<u32>,
     /// Print one JSON line instead of the text block (`--json`).
     pub json: bool,
+    /// Soak: where to write the samples (`--csv`).
+    pub csv: Option<String>,
 }
 
 /// What `main` should do.
@@ -158,6 +171,7 @@ pub fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, Str
     let mut path_prefix = String::from("/ws/chatroom/");
     let mut server_pid: Option<u32> = None;
     let mut json = false;
+    let mut csv: Option<String> = None;
 
     while let Some(arg) = args.next() {
         // Accept `--flag=value` as well as `--flag value`.
@@ -176,6 +190,7 @@ pub fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, Str
                     "echo" => Mode::Echo,
                     "idle" => Mode::Idle,
                     "churn" => Mode::Churn,
+                    "soak" => Mode::Soak,
                     other => return Err(format!("--mode: unknown mode {other:?}")),
                 }
             }
@@ -200,6 +215,7 @@ pub fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, Str
             "--path-prefix" => path_prefix = flag_value(&flag, args)?,
             "--server-pid" => server_pid = Some(flag_value(&flag, args)?),
             "--json" => json = true,
+            "--csv" => csv = Some(flag_value(&flag, args)?),
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
@@ -211,8 +227,9 @@ pub fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, Str
         Mode::Echo => 10,
         Mode::Idle => 1000,
         Mode::Churn => 50,
+        Mode::Soak => 100,
     });
-    let rooms = rooms.unwrap_or(1);
+    let rooms = rooms.unwrap_or(if mode == Mode::Soak { 20 } else { 1 });
     // One sender per room unless told otherwise: every room then carries traffic.
     let senders = senders.unwrap_or(rooms);
     if clients == 0 || rooms == 0 {
@@ -245,6 +262,7 @@ pub fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, Str
     }
     let duration = duration.unwrap_or(match mode {
         Mode::Idle => Duration::from_secs(2),
+        Mode::Soak => Duration::from_secs(60),
         _ => Duration::from_secs(5),
     });
     Ok(Command::Run(Box::new(Options {
@@ -264,6 +282,7 @@ pub fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, Str
         path_prefix,
         server_pid,
         json,
+        csv,
     })))
 }
 

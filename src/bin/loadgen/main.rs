@@ -21,6 +21,10 @@
 //! - `idle`: N connections that only listen; with `--server-pid`, the server's RSS before and
 //!   after gives the memory one idle connection costs.
 //! - `churn`: N concurrent cycles of connect, (welcome,) post, await own message, close.
+//! - `soak`: a mixed load for a long time (chat, joins and leaves, resumes, slow readers,
+//!   resets, a flood, scroll-back), the server sampled every few seconds; it fails on a
+//!   lost or duplicated message, descriptors that do not come back, or (runs of 10 min and
+//!   more) an RSS that keeps growing. `scripts/soak.sh` runs it.
 //!
 //! ## Reading the output
 //!
@@ -51,7 +55,9 @@
 //! | `upgrade.rs` | the client's HTTP upgrade request and the check of the `101` answer |
 //! | `drive.rs` | the loop a mode runs, the flavour probe, settling, closing everything |
 //! | `wire.rs` | the message text we post, the post frame, the parser for server frames |
-//! | `room.rs`, `echo.rs`, `idle.rs`, `churn.rs` | one mode each |
+//! | `room.rs`, `echo.rs`, `idle.rs`, `churn.rs`, `soak.rs` | one mode each |
+//! | `scrollback.rs`, `sampler.rs` | soak's HTTP history reader thread and its samples |
+//! | `http.rs`, `rng.rs` | a blocking local GET; a small seeded random generator |
 //! | `measure.rs` | the clock, the latency histogram, /proc sampling of the server |
 //! | `report.rs` | the figures, as a text block or one JSON line |
 //!
@@ -67,11 +73,16 @@ mod churn;
 mod cli;
 mod drive;
 mod echo;
+mod http;
 mod idle;
 mod measure;
 mod net;
 mod report;
+mod rng;
 mod room;
+mod sampler;
+mod scrollback;
+mod soak;
 mod upgrade;
 mod wire;
 
@@ -83,6 +94,7 @@ use crate::echo::run_echo;
 use crate::idle::run_idle;
 use crate::measure::ServerProbe;
 use crate::room::run_room;
+use crate::soak::run_soak;
 
 /// Lets this process hold as many sockets as the hard limit allows: the soft limit is often
 /// 1024, which 10,000 idle connections would hit. Returns the resulting soft limit.
@@ -135,6 +147,7 @@ fn main() -> ExitCode {
         Mode::Echo => run_echo(&options, probe.as_ref()),
         Mode::Idle => run_idle(&options, probe.as_ref()),
         Mode::Churn => run_churn(&options, probe.as_ref()),
+        Mode::Soak => run_soak(&options, probe.as_ref()),
     };
     match result {
         Ok(report) => {

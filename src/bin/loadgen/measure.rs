@@ -134,6 +134,29 @@ impl ServerProbe {
         let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
         line.split_whitespace().nth(1)?.parse().ok()
     }
+
+    /// Descriptors the process has open (entries of /proc/PID/fd).
+    pub fn fd_count(&self) -> Option<u64> {
+        let entries = std::fs::read_dir(format!("/proc/{}/fd", self.pid)).ok()?;
+        Some(entries.count() as u64)
+    }
+
+    /// What each open descriptor is (`socket:[123]`, a file's path), sorted: the difference
+    /// between two of these lists names a leaked descriptor.
+    pub fn fd_targets(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(format!("/proc/{}/fd", self.pid)) else {
+            return Vec::new();
+        };
+        let mut targets: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .map(|e| {
+                let target = std::fs::read_link(e.path()).map_or_else(|_| "?".into(), |t| t.display().to_string());
+                format!("{} -> {target}", e.file_name().to_string_lossy())
+            })
+            .collect();
+        targets.sort();
+        targets
+    }
 }
 
 /// Distinct reasons connections failed, with counts: "1,000 failures" says little,

@@ -97,6 +97,8 @@ pub struct Conn {
     dirty: bool,
     /// A write failed: the next `advance` ends the connection with this reason.
     broken: Option<String>,
+    /// Reading is paused (a slow reader): what the server sends stays in the socket.
+    paused: bool,
 }
 
 impl Conn {
@@ -336,6 +338,7 @@ impl Net {
             phase: Phase::Waiting,
             dirty: false,
             broken: None,
+            paused: false,
         };
         let token = match self.free.pop() {
             Some(t) => {
@@ -420,6 +423,39 @@ impl Net {
                 false
             }
         }
+    }
+
+    /// Stops or resumes reading a connection, as a slow reader does: while paused, frames
+    /// pile up in the socket buffers and then in the server's output queue. Resuming reads
+    /// at once on the next turn: the data is already there, so no new edge would come.
+    pub fn set_paused(&mut self, token: usize, paused: bool) {
+        let Some(Some(conn)) = self.slots.get_mut(token) else {
+            return;
+        };
+        if conn.paused && !paused {
+            self.recheck.push(token);
+        }
+        conn.paused = paused;
+    }
+
+    /// Ends a connection with a TCP reset instead of a close handshake, as a crashed client
+    /// or a dropped mobile link does: `SO_LINGER` with a zero timeout makes `close(2)` send
+    /// RST and discard whatever was unsent. No event follows; the slot is freed at once.
+    pub fn reset(&mut self, token: usize) {
+        if let Some(Some(Conn { stream: Some(stream), .. })) = self.slots.get(token) {
+            let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+            // SAFETY: setsockopt reads only the struct we pass, on a descriptor we own.
+            unsafe {
+                libc::setsockopt(
+                    std::os::fd::AsRawFd::as_raw_fd(stream),
+                    libc::SOL_SOCKET,
+                    libc::SO_LINGER,
+                    (&raw const linger).cast(),
+                    std::mem::size_of::<libc::linger>() as libc::socklen_t,
+                );
+            }
+        }
+        self.remove(token);
     }
 
     /// Closes every open connection and drops the others.
@@ -688,6 +724,8 @@ fn advance_conn(
         }
     }
     match &mut conn.phase {
+        // A paused reader leaves its socket alone; `set_paused` brings it back.
+        Phase::Open { .. } if conn.paused => Step::Pending,
         Phase::Open { ws, peer_close_code, .. } => {
             exchange(stream, ws, peer_close_code, conn.user, trust_short_reads, on)
         }
