@@ -364,7 +364,11 @@ impl Cluster {
             TAG_POST => {
                 for answer in self.posts.on_reply(tag, value, &mut self.commands) {
                     match answer {
-                        posts::Answer::Posted { room, id, author } => self.feed.on_posted(room, id, author, chat),
+                        posts::Answer::Posted { room, id, author } => {
+                            chat.post_acknowledged(author);
+                            self.feed.on_posted(room, id, author, chat);
+                        }
+                        posts::Answer::Repeated { author } => chat.post_acknowledged(author),
                         posts::Answer::Failed { author, reason } => {
                             warn!("post refused: {reason}");
                             chat.refuse_post(author, NotSent::Refused);

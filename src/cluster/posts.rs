@@ -68,6 +68,12 @@ pub(super) enum Answer {
         /// The author's connection key and serial.
         author: (usize, u64),
     },
+    /// Applied by an earlier try whose answer was lost: its message came
+    /// (or comes) through the subscription; the author's wait is over.
+    Repeated {
+        /// The author's connection key and serial.
+        author: (usize, u64),
+    },
     /// The post failed for good: its author is to be told.
     Failed {
         /// The author's connection key and serial.
@@ -201,18 +207,27 @@ impl Posts {
             });
             posts.push(post);
         }
+        // Rooms take turns, one call each per round: a hot room's many
+        // calls do not all go ahead of a quiet room's one. Each room's calls
+        // still leave in its order, and Redis runs a pipeline in order.
+        let mut rooms: VecDeque<Vec<Post>> = VecDeque::new();
         for room in order {
             let Some(mut posts) = by_room.remove(&room) else { continue };
             // A retried post and a newer one may meet here: numbers in order.
             posts.sort_by_key(|p| p.seq);
-            while !posts.is_empty() {
-                let rest = posts.split_off(self.batch.min(posts.len()));
-                self.send_call(posts, false, commands);
-                posts = rest;
-                if self.sharded {
-                    // One call at a time: the rest wait for its answer.
-                    held.extend(posts.drain(..));
-                }
+            rooms.push_back(posts);
+        }
+        while let Some(mut posts) = rooms.pop_front() {
+            let rest = posts.split_off(self.batch.min(posts.len()));
+            self.send_call(posts, false, commands);
+            if rest.is_empty() {
+                continue;
+            }
+            if self.sharded {
+                // One call at a time: the rest wait for its answer.
+                held.extend(rest);
+            } else {
+                rooms.push_back(rest);
             }
         }
         self.waiting = held;
@@ -272,8 +287,8 @@ impl Posts {
         given_up
     }
 
-    /// Redis answered a script call: one answer per post of it that is
-    /// new to the chat (repeats of posts applied before say nothing).
+    /// Redis answered a script call: one answer per post of it (a repeat
+    /// of a post applied before only ends its author's wait).
     pub(super) fn on_reply(&mut self, tag: u64, value: Value, commands: &mut Commands) -> Vec<Answer> {
         let Some(posts) = self.in_flight.remove(&tag) else { return Vec::new() };
         self.release(&posts);
@@ -281,17 +296,17 @@ impl Posts {
             Value::Array(ids) => posts
                 .into_iter()
                 .zip(ids.into_iter().map(Some).chain(std::iter::repeat(None)))
-                .filter_map(|(post, id)| match id {
+                .map(|(post, id)| match id {
                     Some(Value::Int(id)) if id > 0 => {
-                        Some(Answer::Posted { room: post.room, id: id as u64, author: post.author })
+                        Answer::Posted { room: post.room, id: id as u64, author: post.author }
                     }
                     // Applied by an earlier try whose answer was lost: its
                     // message came (or comes) through the subscription.
-                    Some(Value::Int(_)) => None,
-                    other => Some(Answer::Failed {
+                    Some(Value::Int(_)) => Answer::Repeated { author: post.author },
+                    other => Answer::Failed {
                         author: post.author,
                         reason: format!("unexpected answer to a post: {other:?}"),
-                    }),
+                    },
                 })
                 .collect(),
             // The script cache was emptied (Redis restarted, or a replica
@@ -370,7 +385,7 @@ mod tests {
     }
 
     #[test]
-    fn a_turn_s_posts_leave_one_call_per_room_and_batch() {
+    fn a_turn_s_posts_leave_one_call_per_room_and_batch_rooms_in_turn() {
         let mut posts = Posts::new("p", 100, 2);
         let mut commands = Commands::new();
         for (room, text) in [("a", "1"), ("b", "1"), ("a", "2"), ("a", "3"), ("b", "2")] {
@@ -380,8 +395,8 @@ mod tests {
         let got: Vec<(String, Vec<u64>)> = calls(&posts, &commands).into_iter().map(|(_, r, s)| (r, s)).collect();
         assert_eq!(
             got,
-            vec![("a".into(), vec![1, 2]), ("a".into(), vec![3]), ("b".into(), vec![1, 2])],
-            "rooms in order of their first post; at most 2 posts a call"
+            vec![("a".into(), vec![1, 2]), ("b".into(), vec![1, 2]), ("a".into(), vec![3])],
+            "rooms take turns, in order of their first post; at most 2 posts a call"
         );
         assert_eq!(posts.sent(), (5, 3));
     }
@@ -410,7 +425,7 @@ mod tests {
     }
 
     #[test]
-    fn repeats_say_nothing_and_a_lost_script_goes_again_with_the_call() {
+    fn repeats_only_end_the_wait_and_a_lost_script_goes_again_with_the_call() {
         let mut posts = Posts::new("p", 10, 100);
         let mut commands = Commands::new();
         assert!(posts.post(intent("r", "1"), true));
@@ -427,6 +442,9 @@ mod tests {
         );
         let tag = *tag;
         let answers = posts.on_reply(tag, Value::Array(vec![Value::Int(0), Value::Int(5)]), &mut commands);
-        assert_eq!(answers, vec![Answer::Posted { room: "r".into(), id: 5, author: (1, 1) }]);
+        assert_eq!(
+            answers,
+            vec![Answer::Repeated { author: (1, 1) }, Answer::Posted { room: "r".into(), id: 5, author: (1, 1) }]
+        );
     }
 }
