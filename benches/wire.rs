@@ -62,7 +62,7 @@ fn post_json(text: &str) -> String {
 /// Feeds `chunks` one by one, as successive reads would deliver them.
 fn feed_all(session: &mut Session, chunks: &[&[u8]], out: &mut OutQueue, messages: &mut Vec<Message>) {
     for chunk in chunks {
-        session.feed(chunk, false, out, messages);
+        session.feed(chunk, false, out, messages, usize::MAX);
     }
 }
 

@@ -45,6 +45,15 @@
 #   a_small  1 room x 100 clients, 10 senders (scaled down for django; django posts 30 messages
 #            per sender, the others 500, so that every server's CPU figure spans enough ticks)
 #   c_small  1 room x 100 clients, 10 senders, 10 msgs/s offered (for django)
+#   flood    fairness under a flood (chatroom servers only; writes $OUT/flood.md via
+#            scripts/bench_flood.py, not results.*): one loadgen floods room flood-0 with one
+#            client (window 50000, reading its own copies) while a second loadgen process runs 10
+#            clients in 10 other rooms, each posting 20 msgs/s (open loop, 150 messages each);
+#            the quiet rooms' p50/p99/max delivery latency and the server's RSS growth (peak
+#            VmRSS minus VmRSS at start, sampled every 0.1 s), next to the same quiet run
+#            without the flood
+#   flood1000  the same with 1,000 quiet clients in 100 rooms of 10, each posting 20 msgs/s
+#            (the default --rate-limit; 100 messages each)
 #
 # Every server is started fresh for every run (RSS figures need a fresh process), waited for
 # with a bounded retry, measured through its own /proc entry (loadgen --server-pid: utime+stime
@@ -125,7 +134,7 @@ for s in "${wanted[@]}"; do
   case "$s" in
     c) add_scen c1; add_scen c2 ;;
     sweep) add_scen sweep10; add_scen sweep100; add_scen a ;;
-    a|b|c1|c2|d|e|f|sweep10|sweep100|a_small|c_small) add_scen "$s" ;;
+    a|b|c1|c2|d|e|f|sweep10|sweep100|a_small|c_small|flood|flood1000) add_scen "$s" ;;
     *) die "unknown scenario $s" ;;
   esac
 done
@@ -192,6 +201,7 @@ stop_server() {
 }
 cleanup() {
   [ -n "$LG_PID" ] && kill -KILL "$LG_PID" 2>/dev/null
+  [ -n "${FL_PID:-}" ] && kill -KILL "$FL_PID" 2>/dev/null
   [ -n "$SAMPLER_PID" ] && kill -KILL "$SAMPLER_PID" 2>/dev/null
   stop_server
   if [ -n "$KEEP_RAW" ] && [ -d "$RAW" ]; then mkdir -p "$KEEP_RAW" && cp -r "$RAW"/. "$KEEP_RAW"/; fi
@@ -299,6 +309,69 @@ START_EPOCH=$(date +%s)
   echo "scenarios=$(IFS=,; echo "${scen_list[*]}")"
   echo "command=scripts/bench.sh $ORIG_ARGS"
 } >"$RAW/invocation.env"
+
+# --- flood: fairness and memory under one flooding client (its own loop and report) ----------
+# quiet_args SCEN: the quiet load generator's arguments
+quiet_args() {
+  case "$1" in
+    flood)     echo "--mode room --clients 10 --rooms 10 --senders 10 --rate 200 --messages $([ $QUICK = 1 ] && echo 40 || echo 150) --warmup 5 --room-prefix quiet --timeout 120" ;;
+    flood1000) echo "--mode room --clients 1000 --rooms 100 --senders 1000 --rate 20000 --messages $([ $QUICK = 1 ] && echo 20 || echo 100) --warmup 2 --room-prefix quiet --timeout 120" ;;
+  esac
+}
+FLOOD_ARGS="--mode room --clients 1 --rooms 1 --senders 1 --window 50000 --messages 100000000 --room-prefix flood --timeout 600"
+flood_scens=(); rest_scens=()
+for x in "${scen_list[@]}"; do case "$x" in flood|flood1000) flood_scens+=("$x") ;; *) rest_scens+=("$x") ;; esac; done
+if [ ${#flood_scens[@]} -gt 0 ]; then
+  flood_servers=(); for s in "${server_list[@]}"; do case "$s" in chatroom*) flood_servers+=("$s") ;; esac; done
+  [ ${#flood_servers[@]} -gt 0 ] || die "flood runs on chatroom servers only"
+  FL_PID=""
+  for rep in $(seq 1 "$REPEAT"); do
+    for scen in "${flood_scens[@]}"; do
+      for with in flood none; do
+        for k in $(seq 0 $((${#flood_servers[@]} - 1))); do
+          server=${flood_servers[$(( (k + rep - 1) % ${#flood_servers[@]} ))]}
+          dir="$RAW/flood-$scen-$server-$with-$rep"; mkdir -p "$dir"
+          port=$(pick_port) || die "no free port"
+          printf 'bench: %-9s %-17s %-5s rep %d ... ' "$scen" "$server" "$with" "$rep" >&2
+          start_server "$server" "$port" "$dir/server.log" || { echo "server failed to start" >&2; continue; }
+          rss0=$(awk '/VmRSS/ {print $2}' "/proc/$SRV_PID/status")
+          if [ "$with" = flood ]; then
+            # shellcheck disable=SC2086
+            # not niced: a flooder that cannot read its own copies is dropped as a slow
+            # consumer, and the flood ends early (flood alive in the report says if it did)
+            taskset -c 1 "$LOADGEN" --url "ws://127.0.0.1:$port" $FLOOD_ARGS --json >"$dir/flood.json" 2>"$dir/flood.err" &
+            FL_PID=$!
+            sleep 1   # the flood is under way before the quiet rooms start
+          fi
+          # shellcheck disable=SC2086
+          taskset -c 1 "$LOADGEN" --url "ws://127.0.0.1:$port" $(quiet_args "$scen") --server-pid "$SRV_PID" --json \
+            >"$dir/quiet.json" 2>"$dir/quiet.err" &
+          LG_PID=$!
+          peak=$rss0; t0=$EPOCHREALTIME
+          while kill -0 "$LG_PID" 2>/dev/null; do
+            r=$(awk '/VmRSS/ {print $2}' "/proc/$SRV_PID/status" 2>/dev/null); [ -n "$r" ] && [ "$r" -gt "$peak" ] && peak=$r
+            (( ${EPOCHREALTIME%.*} - ${t0%.*} > RUN_LIMIT )) && { kill -KILL "$LG_PID"; break; }
+            sleep 0.1
+          done
+          wait "$LG_PID"; rc=$?; LG_PID=""
+          flood_alive=0
+          if [ -n "$FL_PID" ]; then kill -0 "$FL_PID" 2>/dev/null && flood_alive=1; kill -KILL "$FL_PID" 2>/dev/null; wait "$FL_PID" 2>/dev/null; FL_PID=""; fi
+          t1=$EPOCHREALTIME
+          scrape_metrics "$port" "$dir/metrics.txt"
+          stop_server
+          { echo "scenario=$scen"; echo "server=$server"; echo "with=$with"; echo "repeat=$rep"; echo "rc=$rc"
+            echo "rss0_kib=$rss0"; echo "rss_peak_kib=$peak"; echo "flood_alive_at_end=$flood_alive"
+            echo "seconds=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.2f", b-a}')"; } >"$dir/meta.env"
+          python3 "$ROOT/scripts/bench_flood.py" line "$dir" >&2
+        done
+      done
+    done
+  done
+  mkdir -p "$OUT"
+  python3 "$ROOT/scripts/bench_flood.py" report "$RAW" "$OUT/flood.md" "scripts/bench.sh $ORIG_ARGS" || die "flood report failed"
+  scen_list=("${rest_scens[@]}")
+  [ ${#scen_list[@]} -gt 0 ] || { echo "bench: flood done; see $OUT/flood.md" >&2; exit 0; }
+fi
 
 total=0
 for scen in "${scen_list[@]}"; do for s in "${server_list[@]}"; do runs_on "$s" "$scen" && total=$((total + 1)); done; done

@@ -109,6 +109,12 @@ const SETTINGS: &[Setting] = &[
         help: "chat posts a connection may send at once before the rate limit applies",
     },
     Setting {
+        name: "max-posts-in-flight",
+        kind: Kind::Count,
+        default: "32",
+        help: "posts of one connection not yet stored (or acknowledged by Redis) before it is no longer read",
+    },
+    Setting {
         name: "presence-limit",
         kind: Kind::Count,
         default: "1000",
@@ -264,6 +270,16 @@ pub struct Config {
     pub rate_limit: u32,
     /// Token-bucket depth.
     pub rate_burst: u32,
+    /// `--max-posts-in-flight`: a connection with this many posts not yet
+    /// stored (or acknowledged by Redis) is not read until some complete.
+    /// 32 by default: a post waiting for its commit holds its text about
+    /// three times (the storage request, the broadcast JSON, the frame),
+    /// so even 32 of the longest (`--max-text` 4096 characters, at most
+    /// 16 KiB of UTF-8 each, JSON escaping aside) keep one client's share
+    /// of the server's memory near 1.5 MiB; a typical 100-byte post, 32 ×
+    /// ~300 bytes. Enough to keep the storage thread's batches full for
+    /// one client writing as fast as it can.
+    pub max_posts_in_flight: usize,
     /// Above this many members presence carries counts only.
     pub presence_limit: usize,
     /// Deadline for a complete request head.
@@ -486,6 +502,7 @@ impl Config {
             max_pending: get("max-pending").size(4096, 1 << 34)?,
             rate_limit: get("rate-limit").count(0, 1_000_000)? as u32,
             rate_burst: get("rate-burst").count(1, 1_000_000)? as u32,
+            max_posts_in_flight: get("max-posts-in-flight").count(1, 1_000_000)?,
             presence_limit: get("presence-limit").count(0, 10_000_000)?,
             header_timeout: get("header-timeout").duration()?,
             idle_timeout: get("idle-timeout").duration()?,

@@ -48,6 +48,8 @@ pub struct Metrics {
     pub slow_consumers: u64,
     /// Posts refused by the rate limiter.
     pub rate_limited: u64,
+    /// Times a connection was left unread for its posts in flight.
+    pub reads_paused: u64,
     /// Loop turns by duration bucket (last bucket = +Inf).
     pub turn_buckets: [u64; TURN_BUCKETS_US.len() + 1],
     /// Sum of loop-turn durations in microseconds.
@@ -164,6 +166,12 @@ impl Metrics {
         );
         metric("chatroom_slow_consumers_total", "counter", "Clients dropped for unread output.", self.slow_consumers);
         metric("chatroom_rate_limited_total", "counter", "Posts refused by the rate limiter.", self.rate_limited);
+        metric(
+            "chatroom_reads_paused_total",
+            "counter",
+            "Times a connection was left unread because of its posts in flight (--max-posts-in-flight).",
+            self.reads_paused,
+        );
         metric("chatroom_redis_reconnects_total", "counter", "Reconnections to Redis.", self.redis_reconnects);
         metric(
             "chatroom_redis_messages_received_total",

@@ -117,19 +117,36 @@ impl Session {
     }
 
     /// Feeds bytes read from the socket (or the end of the stream, `eof`)
-    /// through the protocol. Complete data messages are pushed onto
-    /// `messages`; pongs and close replies are queued on `out` by tungstenite.
-    pub fn feed(&mut self, input: &[u8], eof: bool, out: &mut OutQueue, messages: &mut Vec<Message>) {
+    /// through the protocol. Complete messages are pushed onto `messages`,
+    /// `max` of them at most; pongs and close replies are queued on `out`
+    /// by tungstenite. Returns how many bytes of `input` were taken: at
+    /// `max` messages the rest is left undecoded, for the caller to keep
+    /// and feed again later (a 64 KiB read can hold hundreds of posts).
+    pub fn feed(
+        &mut self,
+        input: &[u8],
+        eof: bool,
+        out: &mut OutQueue,
+        messages: &mut Vec<Message>,
+        max: usize,
+    ) -> usize {
         if matches!(self.closing, Closing::Done | Closing::Failed) {
             // After a protocol error the stream is out of step: nothing more
             // can be trusted as a frame. Discard until the peer closes.
             if eof {
                 self.closing = Closing::Done;
             }
-            return;
+            return input.len();
         }
         let mut pipe = Pipe { input, eof, out };
+        let mut taken = 0;
         loop {
+            if taken >= max && !(eof && pipe.input.is_empty()) {
+                // Not one frame more: what is left waits, undecoded. (At the
+                // end of the stream with nothing left to feed, tungstenite
+                // still has to hear that end.)
+                break;
+            }
             match self.ctx.read(&mut pipe) {
                 Ok(Message::Close(_)) => {
                     // tungstenite queued the reply close frame (§5.5.1); push it out.
@@ -137,31 +154,36 @@ impl Session {
                     // Either it answered ours, or it started the close and
                     // our reply completes it: the handshake is over both ways.
                     self.closing = Closing::Done;
-                    return;
+                    return input.len();
                 }
-                Ok(message) => messages.push(message),
+                Ok(message) => {
+                    taken += 1;
+                    messages.push(message);
+                }
                 // All input consumed; a partial frame, if any, waits in
                 // tungstenite's buffer for the next read.
                 Err(Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
                 // Both close frames have crossed: the session is over.
                 Err(Error::ConnectionClosed | Error::AlreadyClosed) => {
                     self.closing = Closing::Done;
-                    return;
+                    return input.len();
                 }
                 // The TCP stream ended without a close frame: nothing to answer.
                 Err(Error::Protocol(ProtocolError::ResetWithoutClosingHandshake)) | Err(Error::Io(_)) => {
                     self.closing = Closing::Done;
-                    return;
+                    return input.len();
                 }
                 Err(e) => {
                     let (code, reason) = close_code_for(&e);
                     self.fail(code, reason, pipe.out);
-                    return;
+                    return input.len();
                 }
             }
         }
+        let left = pipe.input.len();
         // Pongs for pings read above leave with this turn's output.
         let _ = self.ctx.flush(&mut pipe);
+        input.len() - left
     }
 
     /// Starts the closing handshake with `code` (e.g. 1001 when shutting
@@ -250,10 +272,28 @@ mod tests {
         let mut out = OutQueue::new();
         let mut got = vec![];
         for chunk in bytes.chunks(3) {
-            s.feed(chunk, false, &mut out, &mut got);
+            s.feed(chunk, false, &mut out, &mut got, usize::MAX);
         }
         assert_eq!(got, vec![Message::text("hello"), Message::binary(&b"binary"[..])]);
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn at_its_cap_a_feed_stops_and_the_rest_decodes_later() {
+        let mut bytes = Vec::new();
+        for text in ["one", "two", "three"] {
+            bytes.extend(client_frame(0x1, true, text.as_bytes()));
+        }
+        let mut s = Session::new(1024);
+        let mut out = OutQueue::new();
+        let mut got = vec![];
+        let taken = s.feed(&bytes, false, &mut out, &mut got, 2);
+        assert_eq!(got, vec![Message::text("one"), Message::text("two")]);
+        assert!(taken < bytes.len(), "the third frame is left undecoded");
+        got.clear();
+        assert_eq!(s.feed(&bytes[taken..], false, &mut out, &mut got, 0), 0, "a cap of 0 takes nothing");
+        assert_eq!(s.feed(&bytes[taken..], false, &mut out, &mut got, 2), bytes.len() - taken);
+        assert_eq!(got, vec![Message::text("three")]);
     }
 
     #[test]
@@ -261,10 +301,10 @@ mod tests {
         let mut s = Session::new(1024);
         let mut out = OutQueue::new();
         let mut got = vec![];
-        s.feed(&client_frame(0x9, true, b"hi"), false, &mut out, &mut got);
+        s.feed(&client_frame(0x9, true, b"hi"), false, &mut out, &mut got, usize::MAX);
         assert_eq!(out.to_vec(), b"\x8a\x02hi");
         out.clear();
-        s.feed(&client_frame(0x8, true, &[0x03, 0xe8]), false, &mut out, &mut got);
+        s.feed(&client_frame(0x8, true, &[0x03, 0xe8]), false, &mut out, &mut got, usize::MAX);
         assert_eq!(out.to_vec(), b"\x88\x02\x03\xe8");
         assert_eq!(s.closing(), Closing::Done);
     }
@@ -273,13 +313,13 @@ mod tests {
     fn too_big_is_1009_and_bad_utf8_is_1007() {
         let mut s = Session::new(10);
         let mut out = OutQueue::new();
-        s.feed(&client_frame(0x1, true, b"way too long for ten"), false, &mut out, &mut vec![]);
+        s.feed(&client_frame(0x1, true, b"way too long for ten"), false, &mut out, &mut vec![], usize::MAX);
         assert_eq!(&out.to_vec()[..4], b"\x88\x11\x03\xf1");
         assert_eq!(s.closing(), Closing::Failed);
 
         let mut s = Session::new(100);
         let mut out = OutQueue::new();
-        s.feed(&client_frame(0x1, true, b"\xff\xfe"), false, &mut out, &mut vec![]);
+        s.feed(&client_frame(0x1, true, b"\xff\xfe"), false, &mut out, &mut vec![], usize::MAX);
         assert_eq!(&out.to_vec()[..4], b"\x88\x0f\x03\xef");
     }
 
@@ -287,7 +327,7 @@ mod tests {
     fn unmasked_frame_is_a_protocol_error() {
         let mut s = Session::new(100);
         let mut out = OutQueue::new();
-        s.feed(b"\x81\x02hi", false, &mut out, &mut vec![]);
+        s.feed(b"\x81\x02hi", false, &mut out, &mut vec![], usize::MAX);
         assert_eq!(&out.to_vec()[..4], b"\x88\x10\x03\xea");
     }
 
@@ -308,7 +348,7 @@ mod tests {
         s.close(1001, "going away", &mut out);
         assert_eq!(s.closing(), Closing::Sent);
         assert_eq!(&out.to_vec()[..4], b"\x88\x0c\x03\xe9");
-        s.feed(&client_frame(0x8, true, &[0x03, 0xe9]), false, &mut out, &mut vec![]);
+        s.feed(&client_frame(0x8, true, &[0x03, 0xe9]), false, &mut out, &mut vec![], usize::MAX);
         assert_eq!(s.closing(), Closing::Done);
     }
 }

@@ -77,10 +77,10 @@ fn run_session(data: &[u8], chunk: usize) -> (Vec<Message>, Closing, Closing) {
     let mut out = OutQueue::new();
     let mut messages = Vec::new();
     for piece in data.chunks(chunk.max(1)) {
-        session.feed(piece, false, &mut out, &mut messages);
+        session.feed(piece, false, &mut out, &mut messages, usize::MAX);
     }
     let before_eof = session.closing();
-    session.feed(&[], true, &mut out, &mut messages);
+    session.feed(&[], true, &mut out, &mut messages, usize::MAX);
     (messages, before_eof, session.closing())
 }
 

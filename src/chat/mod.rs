@@ -30,7 +30,10 @@
 //! - `shared.rs`: what the chat hands out and takes back when its rooms are
 //!   shared ([`Handoff`], [`Mode`]).
 //! - `roster.rs`: members connected to other processes.
+//! - `flights.rs`: posts not yet complete, by connection and room: whether
+//!   a connection may be read (`--max-posts-in-flight`).
 
+mod flights;
 mod history;
 pub mod protocol;
 pub mod room;
@@ -47,6 +50,7 @@ use slab::Slab;
 use crate::config::Config;
 use crate::handshake::Refusal;
 use crate::storage::{ReadRange, Request, RoomRecord, StoredMessage};
+use flights::Flights;
 use history::PendingRead;
 use protocol::{PostError, clean_name};
 use room::Room;
@@ -204,6 +208,8 @@ pub struct Chat {
     handoffs: Vec<Handoff>,
     /// Shared mode: the members connected to other processes.
     elsewhere: Roster,
+    /// Posts not yet complete, by connection and room (`--max-posts-in-flight`).
+    flights: Flights,
 }
 
 /// Milliseconds since the epoch.
@@ -242,6 +248,7 @@ impl Chat {
             mode,
             handoffs: Vec::new(),
             elsewhere: Roster::default(),
+            flights: Flights::new(cfg.max_posts_in_flight),
         };
         chat.ensure_directory(DEFAULT_ROOM);
         chat
@@ -405,6 +412,8 @@ impl Chat {
         m.posted = true;
         let Some(room) = self.live.get_mut(m.room) else { return };
         let Some(member) = room.members.get(m.slot) else { return };
+        // In flight until stored (or, shared, until Redis answers).
+        self.flights.begin(m.serial, m.room);
         if self.mode == Mode::Shared {
             // The sharer hands out the id; the message comes back through
             // `accept_ordered` like everyone else's.
@@ -461,6 +470,12 @@ impl Chat {
         let mut committed = 0;
         while self.pending.front().is_some_and(|p| p.seq <= upto) {
             let Some(post) = self.pending.pop_front() else { break };
+            // A shared post's flight ended when Redis answered it.
+            if self.mode == Mode::Local
+                && let Some((_, serial)) = post.sender
+            {
+                self.flights.end(serial);
+            }
             match result {
                 Ok(()) => {
                     committed += 1;
@@ -508,6 +523,7 @@ impl Chat {
 
     /// A member's connection closed.
     pub fn leave(&mut self, m: Membership) {
+        self.flights.forget(m.serial);
         let Some(room) = self.live.get_mut(m.room) else { return };
         if let Some(name) = room.remove(m.slot) {
             room.left.push(name);
@@ -578,6 +594,14 @@ impl Chat {
         if !changed.is_empty() {
             self.handoffs.push(Handoff::Presence { rooms: changed });
         }
+    }
+
+    /// How many more messages member `m` may send before its connection
+    /// must not be read (0: leave it unread until some posts complete).
+    /// Every message counts, not only posts: the bound on what is decoded
+    /// ahead must hold whatever the messages turn out to be.
+    pub fn read_allowance(&self, m: &Membership) -> usize {
+        self.flights.allowance(m.serial, m.room)
     }
 
     /// Members of live room `slot` that receive broadcasts: (key) of each welcomed member.
@@ -693,6 +717,33 @@ mod tests {
         read_requested(&mut chat);
         chat.join((4, 4), "r", Some("d"), None, now).unwrap();
         assert!(read_requested(&mut chat), "a stale history is read again from storage");
+    }
+
+    #[test]
+    fn posts_in_flight_stop_reading_until_their_commit() {
+        let mut cfg = Config::defaults();
+        cfg.max_posts_in_flight = 2;
+        cfg.rate_limit = 0;
+        let mut chat = Chat::new(&cfg, Vec::new(), Mode::Local);
+        let now = Instant::now();
+        let mut a = chat.join((1, 1), "r", Some("a"), None, now).unwrap();
+        let b = chat.join((2, 2), "r", Some("b"), None, now).unwrap();
+        assert_eq!(chat.read_allowance(&a), 2);
+        chat.on_text(1, &mut a, "not json", now);
+        assert_eq!(chat.read_allowance(&a), 2, "a refused message is not in flight");
+        chat.on_text(1, &mut a, r#"{"message": "1"}"#, now);
+        chat.on_text(1, &mut a, r#"{"message": "2"}"#, now);
+        assert_eq!(chat.read_allowance(&a), 0, "two posts wait for storage: not read");
+        assert_eq!(chat.read_allowance(&b), 2, "another member is read as before");
+        chat.on_committed(1, &Ok(()));
+        assert_eq!(chat.read_allowance(&a), 1, "one committed: one more may come");
+        chat.on_committed(2, &Err("disk full".into()));
+        assert_eq!(chat.read_allowance(&a), 2, "a failed commit completes the post too");
+        // A leaver's posts stop counting; their late commit changes nothing.
+        chat.on_text(1, &mut a, r#"{"message": "3"}"#, now);
+        chat.leave(a);
+        chat.on_committed(3, &Ok(()));
+        assert_eq!(chat.read_allowance(&b), 2);
     }
 
     #[test]

@@ -198,8 +198,15 @@ impl Chat {
         }
     }
 
-    /// Tells a post's author that it was not sent.
+    /// Redis answered a post of `author` (posted, or applied before): it
+    /// no longer counts against the author's `--max-posts-in-flight`.
+    pub fn post_acknowledged(&mut self, (_, serial): (usize, u64)) {
+        self.flights.end(serial);
+    }
+
+    /// Tells a post's author that it was not sent (which also ends its flight).
     pub fn refuse_post(&mut self, (key, serial): (usize, u64), why: NotSent) {
+        self.flights.end(serial);
         let text = match why {
             NotSent::Unreachable => "the chat backend is unreachable; this message was not sent",
             NotSent::Refused => "the chat backend refused this message; it was not sent",
@@ -323,6 +330,26 @@ mod tests {
             })
             .collect();
         assert_eq!(authors, vec![Some((1, 7))], "the author's copy is its acknowledgement");
+    }
+
+    #[test]
+    fn a_shared_post_is_in_flight_until_redis_answers_or_refuses_it() {
+        let mut cfg = Config::defaults();
+        cfg.max_posts_in_flight = 1;
+        let mut chat = Chat::new(&cfg, Vec::new(), Mode::Shared);
+        let now = Instant::now();
+        let mut a = chat.join((1, 7), "r", Some("a"), None, now).unwrap();
+        chat.on_text(1, &mut a, r#"{"message": "hi"}"#, now);
+        assert_eq!(chat.read_allowance(&a), 0, "waiting for Redis");
+        chat.post_acknowledged((1, 7));
+        assert_eq!(chat.read_allowance(&a), 1, "Redis answered: the storage commit is not waited for");
+        let msg = StoredMessage { id: 1, ts: 1, username: "a".into(), text: "hi".into() };
+        chat.accept_ordered("r", msg, Some((1, 7)), false);
+        chat.on_committed(1, &Ok(()));
+        chat.on_text(1, &mut a, r#"{"message": "again"}"#, now);
+        assert_eq!(chat.read_allowance(&a), 0, "the commit above did not count twice");
+        chat.refuse_post((1, 7), NotSent::Unreachable);
+        assert_eq!(chat.read_allowance(&a), 1, "a refused post is complete");
     }
 
     #[test]

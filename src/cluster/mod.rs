@@ -386,9 +386,13 @@ impl Cluster {
             TAG_POST => {
                 for answer in self.posts.on_reply(tag, value, &mut self.commands) {
                     match answer {
-                        posts::Answer::Posted { room, id, author } => self.feed.on_posted(room, id, author, chat),
-                        posts::Answer::Repeated { room } => {
-                            if self.channels.hears(&room) {
+                        posts::Answer::Posted { room, id, author } => {
+                            chat.post_acknowledged(author);
+                            self.feed.on_posted(room, id, author, chat);
+                        }
+                        posts::Answer::Repeated { room, author, reread } => {
+                            chat.post_acknowledged(author);
+                            if reread && self.channels.hears(&room) {
                                 self.feed.catch_up(&room, &mut self.reads, &mut self.commands);
                             }
                         }

@@ -85,11 +85,17 @@ pub(super) enum Answer {
         author: (usize, u64),
     },
     /// A post Redis says it applied before (an earlier try whose answer
-    /// was lost). With `--redis-wait` that try may have stored it without
-    /// publishing it: the room reads its stream to make sure.
+    /// was lost): its message came (or comes) through the subscription,
+    /// and its author's wait is over. With `--redis-wait` that try may
+    /// have stored it without publishing it: the room reads its stream to
+    /// make sure (`reread`).
     Repeated {
         /// The room.
         room: String,
+        /// The author's connection key and serial.
+        author: (usize, u64),
+        /// Whether the room must read its stream (`--redis-wait`).
+        reread: bool,
     },
     /// The post failed for good: its author is to be told.
     Failed {
@@ -254,18 +260,27 @@ impl Posts {
             });
             posts.push(post);
         }
+        // Rooms take turns, one call each per round: a hot room's many
+        // calls do not all go ahead of a quiet room's one. Each room's calls
+        // still leave in its order, and Redis runs a pipeline in order.
+        let mut rooms: VecDeque<Vec<Post>> = VecDeque::new();
         for room in order {
             let Some(mut posts) = by_room.remove(&room) else { continue };
             // A retried post and a newer one may meet here: numbers in order.
             posts.sort_by_key(|p| p.seq);
-            while !posts.is_empty() {
-                let rest = posts.split_off(self.batch.min(posts.len()));
-                self.send_call(posts, false, commands);
-                posts = rest;
-                if self.sharded {
-                    // One call at a time: the rest wait for its answer.
-                    held.extend(posts.drain(..));
-                }
+            rooms.push_back(posts);
+        }
+        while let Some(mut posts) = rooms.pop_front() {
+            let rest = posts.split_off(self.batch.min(posts.len()));
+            self.send_call(posts, false, commands);
+            if rest.is_empty() {
+                continue;
+            }
+            if self.sharded {
+                // One call at a time: the rest wait for its answer.
+                held.extend(rest);
+            } else {
+                rooms.push_back(rest);
             }
         }
         self.waiting = held;
@@ -332,9 +347,8 @@ impl Posts {
         given_up
     }
 
-    /// Redis answered a script call: one answer per post of it that is
-    /// new to the chat (repeats of posts applied before say nothing,
-    /// except with `--redis-wait`: see [`Answer::Repeated`]).
+    /// Redis answered a script call: one answer per post of it (a repeat
+    /// of a post applied before: see [`Answer::Repeated`]).
     ///
     /// With `--redis-wait N` the answer is the chain's: the script's ids,
     /// then how many replicas `WAIT` counted. The posts are published
@@ -376,9 +390,11 @@ impl Posts {
                         // subscription; with `--redis-wait`, that try may
                         // have stored it and never published it.
                         Some(Value::Int(_)) => {
-                            if self.wait > 0 {
-                                answers.push(Answer::Repeated { room: post.room });
-                            }
+                            answers.push(Answer::Repeated {
+                                room: post.room,
+                                author: post.author,
+                                reread: self.wait > 0,
+                            });
                         }
                         other => answers.push(Answer::Failed {
                             author: post.author,
@@ -497,7 +513,7 @@ mod tests {
     }
 
     #[test]
-    fn a_turn_s_posts_leave_one_call_per_room_and_batch() {
+    fn a_turn_s_posts_leave_one_call_per_room_and_batch_rooms_in_turn() {
         let mut posts = Posts::new("p", 100, 2);
         let mut commands = Commands::new();
         for (room, text) in [("a", "1"), ("b", "1"), ("a", "2"), ("a", "3"), ("b", "2")] {
@@ -507,8 +523,8 @@ mod tests {
         let got: Vec<(String, Vec<u64>)> = calls(&posts, &commands).into_iter().map(|(_, r, s)| (r, s)).collect();
         assert_eq!(
             got,
-            vec![("a".into(), vec![1, 2]), ("a".into(), vec![3]), ("b".into(), vec![1, 2])],
-            "rooms in order of their first post; at most 2 posts a call"
+            vec![("a".into(), vec![1, 2]), ("b".into(), vec![1, 2]), ("a".into(), vec![3])],
+            "rooms take turns, in order of their first post; at most 2 posts a call"
         );
         assert_eq!(posts.sent(), (5, 3));
     }
@@ -586,7 +602,7 @@ mod tests {
         let (_, tag, _) = commands.remove(0);
         let answers =
             posts.on_reply(tag, Value::Array(vec![Value::Array(vec![Value::Int(0)]), Value::Int(1)]), &mut commands);
-        assert_eq!(answers, vec![Answer::Repeated { room: "r".into() }]);
+        assert_eq!(answers, vec![Answer::Repeated { room: "r".into(), author: (1, 1), reread: true }]);
         assert!(commands.is_empty(), "nothing to publish");
     }
 
@@ -606,7 +622,7 @@ mod tests {
     }
 
     #[test]
-    fn repeats_say_nothing_and_a_lost_script_goes_again_with_the_call() {
+    fn repeats_only_end_the_wait_and_a_lost_script_goes_again_with_the_call() {
         let mut posts = Posts::new("p", 10, 100);
         let mut commands = Commands::new();
         assert!(posts.post(intent("r", "1"), true));
@@ -623,6 +639,12 @@ mod tests {
         );
         let tag = *tag;
         let answers = posts.on_reply(tag, Value::Array(vec![Value::Int(0), Value::Int(5)]), &mut commands);
-        assert_eq!(answers, vec![Answer::Posted { room: "r".into(), id: 5, author: (1, 1) }]);
+        assert_eq!(
+            answers,
+            vec![
+                Answer::Repeated { room: "r".into(), author: (1, 1), reread: false },
+                Answer::Posted { room: "r".into(), id: 5, author: (1, 1) }
+            ]
+        );
     }
 }

@@ -23,12 +23,24 @@ pub(crate) struct WsState {
     ping_sent: Option<Instant>,
     /// Per-endpoint state (chat membership, inspector...).
     role: Role,
+    /// Bytes read but not decoded: the chat member had too many posts in
+    /// flight (`--max-posts-in-flight`). Fed again before the socket is.
+    held: Vec<u8>,
+    /// Not read until its posts in flight complete: the reactor resumes it.
+    paused: bool,
 }
 
 impl WsState {
     /// A fresh session on `endpoint`, accepting messages up to `max_message` bytes.
     pub(crate) fn new(endpoint: Endpoint, max_message: usize) -> WsState {
-        WsState { session: Session::new(max_message), endpoint, ping_sent: None, role: Role::None }
+        WsState {
+            session: Session::new(max_message),
+            endpoint,
+            ping_sent: None,
+            role: Role::None,
+            held: Vec::new(),
+            paused: false,
+        }
     }
 
     /// What the endpoint kept for this connection (given back at reap).
@@ -66,11 +78,40 @@ pub(crate) enum Heartbeat {
 
 impl Connection {
     /// Runs `bytes` (or the end of the stream) through the WebSocket
-    /// session; complete messages go to `messages`, protocol answers (pongs,
-    /// close replies) to the output queue.
-    pub(crate) fn feed_ws(&mut self, bytes: &[u8], eof: bool, messages: &mut Vec<Message>) {
+    /// session; complete messages go to `messages` (`max` at most),
+    /// protocol answers (pongs, close replies) to the output queue. Returns
+    /// how many bytes were taken (see [`Session::feed`]).
+    pub(crate) fn feed_ws(&mut self, bytes: &[u8], eof: bool, messages: &mut Vec<Message>, max: usize) -> usize {
+        match &mut self.phase {
+            Phase::WebSocket(ws) => ws.session.feed(bytes, eof, &mut self.out, messages, max),
+            Phase::Http(_) => bytes.len(),
+        }
+    }
+
+    /// Keeps bytes read but not decoded, for [`Connection::take_held`].
+    pub(crate) fn hold_input(&mut self, bytes: &[u8]) {
         if let Phase::WebSocket(ws) = &mut self.phase {
-            ws.session.feed(bytes, eof, &mut self.out, messages);
+            ws.held.extend_from_slice(bytes);
+        }
+    }
+
+    /// The bytes kept by [`Connection::hold_input`], oldest first.
+    pub(crate) fn take_held(&mut self) -> Vec<u8> {
+        match &mut self.phase {
+            Phase::WebSocket(ws) => std::mem::take(&mut ws.held),
+            Phase::Http(_) => Vec::new(),
+        }
+    }
+
+    /// Marks the connection as not read (or read again); whether that
+    /// changed anything.
+    pub(crate) fn set_reads_paused(&mut self, paused: bool) -> bool {
+        match &mut self.phase {
+            Phase::WebSocket(ws) if ws.paused != paused => {
+                ws.paused = paused;
+                true
+            }
+            _ => false,
         }
     }
 
@@ -111,6 +152,14 @@ impl Connection {
                 *name = String::new();
             }
             ws.role = role;
+        }
+    }
+
+    /// The endpoint role.
+    pub(crate) fn role(&self) -> Option<&Role> {
+        match &self.phase {
+            Phase::WebSocket(ws) => Some(&ws.role),
+            Phase::Http(_) => None,
         }
     }
 
@@ -167,7 +216,9 @@ impl Connection {
     }
 
     /// The WebSocket heartbeat: ping when quiet, give up when the ping goes
-    /// unanswered (any bytes from the client count as an answer).
+    /// unanswered (any bytes from the client count as an answer). A
+    /// connection whose reads are paused cannot be heard answering: its
+    /// ping is sent again instead of counted as unanswered.
     pub(crate) fn heartbeat(&mut self, now: Instant, interval: Duration, timeout: Duration) -> Heartbeat {
         let last_read = self.last_read;
         let Phase::WebSocket(ws) = &mut self.phase else { return Heartbeat::None };
@@ -175,6 +226,12 @@ impl Connection {
             Some(sent) if last_read >= sent => {
                 ws.ping_sent = None;
                 Heartbeat::Next(last_read + interval)
+            }
+            Some(sent) if now >= sent + timeout && ws.paused => {
+                // Its pong may well be waiting in the socket, unread by us.
+                ws.session.ping(b"chatroom", &mut self.out);
+                ws.ping_sent = Some(now);
+                Heartbeat::Pinged(now + timeout)
             }
             Some(sent) if now >= sent + timeout => Heartbeat::Unanswered,
             Some(sent) => Heartbeat::Next(sent + timeout),

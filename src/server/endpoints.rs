@@ -68,8 +68,11 @@ impl Server {
     }
 
     /// Runs `bytes` (or the end of the stream) through the connection's
-    /// WebSocket session and handles the messages that complete.
-    pub(super) fn feed_ws(&mut self, key: usize, bytes: &[u8], eof: bool) {
+    /// WebSocket session and handles the messages that complete. Returns
+    /// false if some bytes were left undecoded because the connection has
+    /// too many posts in flight: they are kept, and the connection is
+    /// paused until [`Server::resume_paused`] finds it may go on.
+    pub(super) fn feed_ws(&mut self, key: usize, bytes: &[u8], eof: bool) -> bool {
         // The inspector sees the raw bytes first (tee), then the session.
         let descriptions = match self.conns.get_mut(key).and_then(|c| c.role_mut()) {
             Some(Role::Inspected(inspector)) => inspector.observe(bytes),
@@ -78,24 +81,44 @@ impl Server {
         for description in descriptions {
             self.inspector_send(key, description.as_bytes());
         }
+        self.decode_ws(key, bytes, eof)
+    }
+
+    /// The session's part of [`Server::feed_ws`], also for bytes held back
+    /// from an earlier read (the inspector saw them then).
+    pub(super) fn decode_ws(&mut self, key: usize, bytes: &[u8], eof: bool) -> bool {
         let mut messages = std::mem::take(&mut self.incoming);
-        match self.conns.get_mut(key) {
-            Some(conn) => conn.feed_ws(bytes, eof, &mut messages),
-            None => return,
-        }
-        for message in messages.drain(..) {
-            if let Next::Close(code, reason) = self.on_ws_message(key, message)
-                && let Some(conn) = self.conns.get_mut(key)
-            {
-                conn.close_ws(code, &reason);
+        let mut input = bytes;
+        loop {
+            // Decode no more messages than the chat may take now: each post
+            // handled below counts against the next round's allowance.
+            let max = self.read_allowance(key);
+            let Some(conn) = self.conns.get_mut(key) else { return true };
+            let taken = conn.feed_ws(input, eof, &mut messages, max);
+            input = input.get(taken..).unwrap_or_default();
+            for message in messages.drain(..) {
+                if let Next::Close(code, reason) = self.on_ws_message(key, message)
+                    && let Some(conn) = self.conns.get_mut(key)
+                {
+                    conn.close_ws(code, &reason);
+                }
+            }
+            if input.is_empty() || self.read_allowance(key) == 0 {
+                break;
             }
         }
         self.incoming = messages;
-        let Some(conn) = self.conns.get_mut(key) else { return };
-        if conn.after_ws_input(eof) {
-            return self.kill(key);
+        let Some(conn) = self.conns.get_mut(key) else { return true };
+        let all_taken = input.is_empty();
+        if !all_taken {
+            conn.hold_input(input);
+            self.pause_reads(key);
+        } else if conn.after_ws_input(eof) {
+            self.kill(key);
+            return true;
         }
         self.mark_dirty(key);
+        all_taken
     }
 
     /// One complete message from connection `key`.

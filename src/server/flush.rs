@@ -86,6 +86,9 @@ impl Server {
             self.accept_paused = false;
             self.accept_all(false);
         }
+        // Commits and Redis answers taken this turn may let paused
+        // connections go on: list them now, so the loop does not sleep on them.
+        self.resume_paused();
     }
 
     /// Writes a connection's queued output: one vectored write per turn when the

@@ -13,6 +13,7 @@
 //! | `request.rs` | what one request gets: a page, the API, an upgrade |
 //! | `api.rs` | the JSON API over rooms |
 //! | `endpoints.rs` | WebSocket: frames to messages, each endpoint's reply |
+//! | `pressure.rs` | a member with too many posts in flight is not read, then resumed |
 //! | `inspect.rs` | the learn page's inspector: descriptions and commands |
 //! | `delivery.rs` | the chat's decisions become queued frames; storage replies |
 //! | `redis.rs` | the bus's events to the chat, the chat's commands to the bus |
@@ -57,6 +58,7 @@ mod delivery;
 mod endpoints;
 mod flush;
 mod inspect;
+mod pressure;
 mod read;
 mod redis;
 mod request;
@@ -201,6 +203,8 @@ pub struct Server {
     dead: Vec<usize>,
     /// Connections that still had input when their read budget ran out.
     more_to_read: Vec<(usize, u64)>,
+    /// Connections not read for their posts in flight (see `pressure.rs`).
+    paused: Vec<(usize, u64)>,
     /// Deadlines.
     timers: Timers,
     /// Rooms and members.
@@ -302,6 +306,7 @@ impl Server {
             held: Vec::new(),
             dead: Vec::new(),
             more_to_read: Vec::new(),
+            paused: Vec::new(),
             timers: Timers::new(),
             chat,
             storage: Some(storage),

@@ -7,8 +7,10 @@
 //! the `Source` until `WouldBlock` is returned." Every read loop here runs
 //! until `WouldBlock`, or stops early only where something is sure to bring
 //! it back: a spent read budget (`more_to_read`, resumed next turn, so one
-//! fast sender cannot starve the others), or an HTTP connection paused
-//! behind an answer (the answer's flush or storage's reply resumes it).
+//! fast sender cannot starve the others), an HTTP connection paused
+//! behind an answer (the answer's flush or storage's reply resumes it), or
+//! a chat member with too many posts in flight (`pressure.rs` resumes it
+//! when they complete).
 
 use log::debug;
 
@@ -80,9 +82,13 @@ impl Server {
                         self.timers.arm(Timer { at, key, serial, kind: TimerKind::Linger });
                     }
                     if let Some(leftover) = self.process_http(key) {
-                        // An upgrade whose frames came before the FIN.
-                        self.feed_ws(key, &leftover, false);
-                        return self.feed_ws(key, &[], true);
+                        // An upgrade whose frames came before the FIN. If
+                        // some wait (posts in flight), so does the FIN: a
+                        // read after it returns 0 again when reads resume.
+                        if self.feed_ws(key, &leftover, false) {
+                            self.feed_ws(key, &[], true);
+                        }
+                        return;
                     }
                     self.mark_dirty(key);
                     return;
@@ -98,9 +104,25 @@ impl Server {
         self.read_again(key);
     }
 
-    /// WebSocket phase: read frames and handle each complete message.
+    /// WebSocket phase: read frames and handle each complete message. A
+    /// chat member with too many posts in flight is not read (see
+    /// `pressure.rs`): first what it sent before is decoded, then the socket
+    /// is read only while its allowance lasts.
     fn read_ws(&mut self, key: usize, short_read_drains: bool) {
+        let held = match self.conns.get_mut(key) {
+            Some(conn) => conn.take_held(),
+            None => return,
+        };
+        if !held.is_empty() && !self.decode_ws(key, &held, false) {
+            // Still too many in flight: the rest stays held.
+            return;
+        }
         for _ in 0..MAX_READS_PER_TURN {
+            if self.read_allowance(key) == 0 && self.conns.get(key).is_some_and(|c| !c.is_closing()) {
+                // Whatever waits in the socket stays there until some posts
+                // complete; a resume reads on until WouldBlock.
+                return self.pause_reads(key);
+            }
             let Some(conn) = self.conns.get_mut(key) else { return };
             if conn.is_closing() {
                 return self.read_and_discard(key);
@@ -111,13 +133,16 @@ impl Server {
                     // Lend the scratch buffer out while handlers run (they
                     // need `&mut self`); it comes back right after.
                     let scratch = std::mem::take(&mut self.scratch);
-                    self.feed_ws(key, scratch.get(..n).unwrap_or_default(), false);
+                    let all_taken = self.feed_ws(key, scratch.get(..n).unwrap_or_default(), false);
                     self.scratch = scratch;
-                    if short_read_drains && n < self.scratch.len() {
+                    if !all_taken || (short_read_drains && n < self.scratch.len()) {
                         return;
                     }
                 }
-                Received::Eof => return self.feed_ws(key, &[], true),
+                Received::Eof => {
+                    self.feed_ws(key, &[], true);
+                    return;
+                }
                 Received::Drained => return,
                 // Reset or other error: this peer is gone, silently.
                 Received::Gone(e) => {

@@ -12,7 +12,8 @@
 //!          REDIS_*  → the bus                           (redis.rs)
 //!          key      → a connection: read until WouldBlock and handle
 //!                     what arrived                      (read.rs)
-//!      resume connections whose read budget ran out    (read.rs)
+//!      resume connections whose read budget ran out, and those
+//!      paused for their posts in flight that may go on (read.rs, pressure.rs)
 //!      run due timers                                   (timers.rs)
 //!      before_sleep:                                    (flush.rs)
 //!          hand the turn's posts to storage / Redis    (delivery.rs, redis.rs)
@@ -68,6 +69,7 @@ impl Server {
                     _ => break,
                 }
             }
+            self.resume_paused();
             self.resume_reads();
             self.run_timers();
             if let Some(bus) = &mut self.bus {

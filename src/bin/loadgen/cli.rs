@@ -45,6 +45,8 @@ options:
   --flavour F            auto | typed | plain: does the server send typed frames
                          (chatroom) or bare {username, message} ones (peers)?        [auto]
   --path-prefix P        path in front of the room name                    [/ws/chatroom/]
+  --room-prefix NAME     room: rooms are NAME-0..NAME-R-1, so that two loadgen processes
+                         can load different rooms of one server                     [bench]
   --server-pid PID       sample this process's CPU time and RSS from /proc
   --csv PATH             soak: write the samples to this CSV file
   --json                 print one JSON object line instead of the text block
@@ -123,6 +125,8 @@ pub struct Options {
     pub flavour: Flavour,
     /// Path in front of a room name (`--path-prefix`).
     pub path_prefix: String,
+    /// Rooms are `<room_prefix>-N` (`--room-prefix`).
+    pub room_prefix: String,
     /// The server process to sample in /proc (`--server-pid`).
     pub server_pid: Option<u32>,
     /// Print one JSON line instead of the text block (`--json`).
@@ -169,6 +173,7 @@ pub fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, Str
     let mut timeout = Duration::from_secs(60);
     let mut flavour = Flavour::Auto;
     let mut path_prefix = String::from("/ws/chatroom/");
+    let mut room_prefix = String::from("bench");
     let mut server_pid: Option<u32> = None;
     let mut json = false;
     let mut csv: Option<String> = None;
@@ -213,6 +218,7 @@ pub fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, Str
                 }
             }
             "--path-prefix" => path_prefix = flag_value(&flag, args)?,
+            "--room-prefix" => room_prefix = flag_value(&flag, args)?,
             "--server-pid" => server_pid = Some(flag_value(&flag, args)?),
             "--json" => json = true,
             "--csv" => csv = Some(flag_value(&flag, args)?),
@@ -260,6 +266,9 @@ pub fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, Str
     if !path_prefix.starts_with('/') || !path_prefix.ends_with('/') {
         return Err("--path-prefix must start and end with '/'".into());
     }
+    if room_prefix.is_empty() || !room_prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        return Err("--room-prefix takes letters, digits, '-' and '_'".into());
+    }
     let duration = duration.unwrap_or(match mode {
         Mode::Idle => Duration::from_secs(2),
         Mode::Soak => Duration::from_secs(60),
@@ -280,6 +289,7 @@ pub fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, Str
         timeout,
         flavour,
         path_prefix,
+        room_prefix,
         server_pid,
         json,
         csv,

@@ -482,14 +482,14 @@ pub fn run_room(o: &Options, probe: Option<&ServerProbe>) -> Result<Report, Stri
     let mut net = Net::new(o.target.clone())?;
     let flavour = match o.flavour {
         Flavour::Auto => {
-            let path = net.room_path(&o.path_prefix, "bench-0", "probe");
+            let path = net.room_path(&o.path_prefix, &format!("{}-0", o.room_prefix), "probe");
             detect_flavour(&mut net, &path, o.timeout)?
         }
         f => f,
     };
     let mut run = RoomRun::new(o, flavour == Flavour::Typed, clock);
     for i in 0..o.clients {
-        let room = format!("bench-{}", i % o.rooms);
+        let room = format!("{}-{}", o.room_prefix, i % o.rooms);
         let path = net.room_path(&o.path_prefix, &room, &format!("c{i}"));
         run.tokens.push(net.open(i, &path));
     }
