@@ -119,3 +119,41 @@ fn a_client_paused_for_its_posts_is_not_dropped_by_the_ping_timeout() {
     let expected: Vec<(u64, String)> = (0..10).map(|i| (i as u64 + 1, format!("p{i}"))).collect();
     assert_eq!(got, expected);
 }
+
+/// An upgrade, more posts than may be in flight and the client's FIN, all
+/// in one write: the posts held back are still decoded and stored once
+/// the first ones complete, before the connection finishes.
+#[test]
+fn posts_held_back_behind_a_fin_are_still_stored() {
+    // Redis frozen (SIGSTOP): the first posts stay in flight for certain
+    // while the rest of the write and the FIN are read.
+    let redis = RedisServer::start(false);
+    let mut cfg = config();
+    cfg.redis = Some(redis.url());
+    cfg.redis_timeout = Duration::from_secs(60);
+    cfg.rate_limit = 0;
+    cfg.max_posts_in_flight = 2;
+    let server = TestServer::with(cfg);
+    assert!(eventually(IO_TIMEOUT, || get(server.addr, "/readyz").json()["redis"] == "up"));
+
+    redis.signal(libc::SIGSTOP);
+    let mut s = tcp(server.addr);
+    // A scroll-back first: its answer waits for the frozen Redis, so the
+    // upgrade behind it is handled only after the FIN was read.
+    let mut all = format!("GET /api/rooms HTTP/1.1\r\nHost: {}\r\n\r\n", server.addr).into_bytes();
+    all.extend(upgrade_request(server.addr, "/ws/chatroom/finned?username=f", "").into_bytes());
+    all.extend((0..10).flat_map(|i| post_frame(&format!("p{i}"))));
+    s.write_all(&all).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    redis.signal(libc::SIGCONT);
+
+    let texts = || -> Vec<String> {
+        let page = get(server.addr, "/api/rooms/finned/messages").json();
+        page["messages"]
+            .as_array()
+            .map_or(Vec::new(), |m| m.iter().map(|m| m["message"].as_str().unwrap_or_default().to_string()).collect())
+    };
+    let expected: Vec<String> = (0..10).map(|i| format!("p{i}")).collect();
+    assert!(eventually(IO_TIMEOUT, || texts() == expected), "stored: {:?}", texts());
+    assert!(metric(server.addr, "chatroom_reads_paused_total") > 0.0, "the posts were never held back");
+}

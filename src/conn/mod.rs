@@ -361,7 +361,7 @@ impl Connection {
     /// Whether the output is flushed and the connection only waits to finish
     /// (closing, not yet lingering).
     pub(crate) fn done_sending(&self) -> bool {
-        matches!(self.life, Life::Closing { .. }) && self.out.is_empty() && !self.is_parked()
+        matches!(self.life, Life::Closing { .. }) && self.out.is_empty() && !self.is_parked() && !self.has_held_input()
     }
 
     /// A client that leaves too much unread: its backlog is dropped and a

@@ -95,6 +95,13 @@ impl Connection {
         }
     }
 
+    /// Whether frames read before are still waiting to be decoded (posts
+    /// in flight): a connection closing after the client's FIN finishes
+    /// only once they are handled.
+    pub(crate) fn has_held_input(&self) -> bool {
+        matches!(&self.phase, Phase::WebSocket(ws) if !ws.held.is_empty())
+    }
+
     /// The bytes kept by [`Connection::hold_input`], oldest first.
     pub(crate) fn take_held(&mut self) -> Vec<u8> {
         match &mut self.phase {

@@ -476,8 +476,13 @@ fn read(conn: &Connection, range: &ReadRange) -> rusqlite::Result<(Vec<StoredMes
         messages.reverse();
     }
 
-    let oldest_id =
-        conn.prepare_cached(OLDEST_ID)?.query_row([room], |row| row.get::<_, i64>(0)).optional()?.map(from_sql);
+    // NULL when the room has no messages at all.
+    let oldest_id = conn
+        .prepare_cached(OLDEST_ID)?
+        .query_row([room], |row| row.get::<_, Option<i64>>(0))
+        .optional()?
+        .flatten()
+        .map(from_sql);
     Ok((messages, oldest_id))
 }
 
@@ -535,6 +540,16 @@ mod tests {
         let plan: Vec<String> = stmt.query_map([], |row| row.get::<_, String>(3))?.collect::<rusqlite::Result<_>>()?;
         let scans = plan.iter().filter(|step| step.contains("messages")).count();
         assert_eq!(scans, 1, "plan: {plan:#?}");
+        Ok(())
+    }
+
+    /// A room with no messages (or no room at all) reads as nothing, not
+    /// as an error: its oldest id is NULL.
+    #[test]
+    fn a_room_without_messages_reads_as_empty() -> rusqlite::Result<()> {
+        let conn = Connection::open_in_memory()?;
+        conn.execute_batch(CREATE_SCHEMA)?;
+        assert_eq!(read(&conn, &ReadRange::newest("empty", 5))?, (Vec::new(), None));
         Ok(())
     }
 
