@@ -82,15 +82,22 @@ fn a_burst_of_thousands_of_posts_is_stored_once_in_order_with_reads_paused() {
     assert!(stored == expected, "stored {} rows, not the {POSTS} posts in order", stored.len());
 }
 
-#[test]
-fn a_client_paused_for_its_posts_is_not_dropped_by_the_ping_timeout() {
-    // Redis frozen (SIGSTOP): the posts wait for its answer, for real.
-    let redis = RedisServer::start(false);
+/// Posts through `redis`, two in flight at most, no rate limit, and a
+/// Redis that may stay frozen for a minute before it counts as down.
+fn patient_config(redis: &RedisServer) -> chatroom::Config {
     let mut cfg = config();
     cfg.redis = Some(redis.url());
     cfg.redis_timeout = Duration::from_secs(60);
     cfg.rate_limit = 0;
     cfg.max_posts_in_flight = 2;
+    cfg
+}
+
+#[test]
+fn a_client_paused_for_its_posts_is_not_dropped_by_the_ping_timeout() {
+    // Redis frozen (SIGSTOP): the posts wait for its answer, for real.
+    let redis = RedisServer::start(false);
+    let mut cfg = patient_config(&redis);
     cfg.ping_interval = Duration::from_millis(200);
     cfg.ping_timeout = Duration::from_millis(200);
     let server = TestServer::with(cfg);
@@ -128,12 +135,7 @@ fn posts_held_back_behind_a_fin_are_still_stored() {
     // Redis frozen (SIGSTOP): the first posts stay in flight for certain
     // while the rest of the write and the FIN are read.
     let redis = RedisServer::start(false);
-    let mut cfg = config();
-    cfg.redis = Some(redis.url());
-    cfg.redis_timeout = Duration::from_secs(60);
-    cfg.rate_limit = 0;
-    cfg.max_posts_in_flight = 2;
-    let server = TestServer::with(cfg);
+    let server = TestServer::with(patient_config(&redis));
     assert!(eventually(IO_TIMEOUT, || get(server.addr, "/readyz").json()["redis"] == "up"));
 
     redis.signal(libc::SIGSTOP);
