@@ -256,10 +256,9 @@ fn a_room_s_slot_moving_mid_conversation_loses_nothing_with(redis_wait: usize) {
     );
     assert!(node_sum(&a, "chatroom_redis_node_resubscribes_total") >= 1);
     assert!(node_sum(&b, "chatroom_redis_node_resubscribes_total") >= 1);
-    // Every shard has its replica: the WAITs were all answered in time.
-    for server in [&a, &b] {
-        assert_eq!(metric(server.addr, "chatroom_redis_unconfirmed_posts_total"), 0.0);
-    }
+    // (A WAIT may still time out while keys migrate on a busy machine: its
+    // posts then go out flagged `unconfirmed`, never lost, which the order
+    // above shows; that a WAIT confirms is `tests/redis.rs`'s to show.)
     // Process c's read met its stale map and was answered MOVED, unless
     // c's periodic map refresh came between the assignment and the read:
     // then the slot moves back and forth (a bounded number of times) until

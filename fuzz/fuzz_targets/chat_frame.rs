@@ -8,7 +8,8 @@
 //!    4096 characters (the limit we pass), a cleaned name is 1–32 trimmed
 //!    characters with no control characters, and every reply we build from
 //!    client text (echo reply, message event, welcome) is valid JSON that
-//!    gives the client's text back unchanged.
+//!    gives the client's text back unchanged; the message event, written by
+//!    hand, is byte for byte what `serde_json` writes, and reads back.
 //! 2. The frame layer (`ws::Session`): the bytes are what the socket read
 //!    after the handshake, fed to a session in several chunkings (whole,
 //!    one byte at a time, small chunks, two halves). It must never panic,
@@ -32,6 +33,18 @@ const MAX_MESSAGE: usize = 1024;
 /// Byte-at-a-time feeding costs one tungstenite read per byte: only for
 /// inputs up to this size, so long inputs do not slow the fuzzer down.
 const BYTEWISE_MAX: usize = 512;
+
+/// A message event as `serde_json` writes it, fields in the same order.
+#[derive(serde::Serialize)]
+struct BySerde<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    room: &'a str,
+    id: u64,
+    username: &'a str,
+    message: &'a str,
+    ts: u64,
+}
 
 fn check_name(name: &str) {
     let Some(clean) = protocol::clean_name(name) else { return };
@@ -61,6 +74,11 @@ fn check_text(text: &str) {
         let event = protocol::message_json("welcome", 7, &name, &post.message, 1_700_000_000_000);
         let v = json(&event, "message_json");
         assert_eq!(v["message"].as_str(), Some(post.message.as_str()));
+        // Built by hand, byte for byte what serde_json writes, and read back whole.
+        let by_serde = BySerde { kind: "message", room: "welcome", id: 7, username: &name, message: &post.message, ts: 1_700_000_000_000 };
+        assert_eq!(event, serde_json::to_string(&by_serde).unwrap(), "message_json differs from serde_json");
+        let back = protocol::parse_message_event(event.as_bytes()).expect("message_json reads back");
+        assert_eq!((&*back.username, &*back.message, back.id), (name.as_str(), post.message.as_str(), 7));
         assert_eq!(v["username"].as_str(), Some(name.as_str()));
         let welcome = protocol::welcome_json("welcome", &name, &[name.as_str()], 1, &[event.as_str()], 7);
         let w = json(&welcome, "welcome_json");

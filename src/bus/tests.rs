@@ -487,8 +487,9 @@ fn a_redis_that_never_answers_the_handshake_times_out() {
     // nobody ever reads our AUTH.
     let silent = StdListener::bind("127.0.0.1:0").unwrap();
     let port = silent.local_addr().unwrap().port();
-    let mut h = Harness::new(&format!("redis://:pw@127.0.0.1:{port}"));
+    // Before the bus exists: its handshake deadline starts when it connects.
     let started = Instant::now();
+    let mut h = Harness::new(&format!("redis://:pw@127.0.0.1:{port}"));
     h.run_until("a timeout", |seen| seen.iter().any(is_down(Which::Command)));
     let Some(BusEvent::Down { reason, .. }) = h.seen.iter().find(|e| is_down(Which::Command)(e)) else {
         unreachable!()

@@ -55,7 +55,7 @@ use history::PendingRead;
 use protocol::{PostError, clean_name};
 use room::Room;
 use roster::Roster;
-pub use shared::{Handoff, Mode, NotSent, PostIntent};
+pub use shared::{Handoff, Mode, NotSent, OrderedMessage, PostIntent};
 use warm::WarmCaches;
 
 /// The room that exists from the first start, as in the original site.
@@ -210,6 +210,11 @@ pub struct Chat {
     elsewhere: Roster,
     /// Posts not yet complete, by connection and room (`--max-posts-in-flight`).
     flights: Flights,
+    /// Whether messages are stored here. Always in [`Mode::Local`]; in
+    /// [`Mode::Shared`] only with a data file: history is read from the
+    /// sharer, so a copy in memory would never be read (see
+    /// [`Chat::without_copies`]).
+    copies: bool,
 }
 
 /// Milliseconds since the epoch.
@@ -249,6 +254,7 @@ impl Chat {
             handoffs: Vec::new(),
             elsewhere: Roster::default(),
             flights: Flights::new(cfg.max_posts_in_flight),
+            copies: true,
         };
         chat.ensure_directory(DEFAULT_ROOM);
         chat
@@ -479,34 +485,7 @@ impl Chat {
             match result {
                 Ok(()) => {
                     committed += 1;
-                    if let Some(record) = self.directory.get_mut(&*post.room) {
-                        // Shared ids run 1, 2, 3... over every process, so
-                        // the newest is the count (see `Chat::learn_activity`).
-                        record.messages = match self.mode {
-                            Mode::Local => record.messages + 1,
-                            Mode::Shared => record.messages.max(post.id),
-                        };
-                        record.last_id = record.last_id.max(post.id);
-                        record.last_post = Some(post.ts);
-                    }
-                    // Commits come in id order: a room whose history
-                    // already holds this id had it from a read that
-                    // overtook the commit (a shared room's welcome read),
-                    // and its members had it in their welcome.
-                    if let Some(&slot) = self.index.get(&post.room)
-                        && let Some(room) = self.live.get_mut(slot)
-                        && room.recent.back().is_none_or(|(newest, _)| *newest < post.id)
-                    {
-                        room.remember(post.id, post.json.clone());
-                        let author = post.sender;
-                        self.out.push(Outgoing::Room {
-                            room: slot,
-                            json: post.json,
-                            is_message: true,
-                            except: None,
-                            author,
-                        });
-                    }
+                    self.broadcast(post);
                 }
                 Err(reason) => {
                     log::error!("history commit failed: {reason}");
@@ -519,6 +498,33 @@ impl Chat {
             }
         }
         committed
+    }
+
+    /// A message is stored (or needs no storing): it joins its room's
+    /// recent history and goes out to the members.
+    fn broadcast(&mut self, post: PendingPost) {
+        if let Some(record) = self.directory.get_mut(&*post.room) {
+            // Shared ids run 1, 2, 3... over every process, so
+            // the newest is the count (see `Chat::learn_activity`).
+            record.messages = match self.mode {
+                Mode::Local => record.messages + 1,
+                Mode::Shared => record.messages.max(post.id),
+            };
+            record.last_id = record.last_id.max(post.id);
+            record.last_post = Some(post.ts);
+        }
+        // Commits come in id order: a room whose history
+        // already holds this id had it from a read that
+        // overtook the commit (a shared room's welcome read),
+        // and its members had it in their welcome.
+        if let Some(&slot) = self.index.get(&post.room)
+            && let Some(room) = self.live.get_mut(slot)
+            && room.recent.back().is_none_or(|(newest, _)| *newest < post.id)
+        {
+            room.remember(post.id, post.json.clone());
+            let author = post.sender;
+            self.out.push(Outgoing::Room { room: slot, json: post.json, is_message: true, except: None, author });
+        }
     }
 
     /// A member's connection closed.

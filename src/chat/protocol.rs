@@ -8,7 +8,9 @@
 //!
 //! Pure functions over bytes and strings; fuzzed by `fuzz_targets/chat_frame.rs`.
 
-use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+
+use serde::Deserialize;
 
 /// A client's post, decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,28 +67,54 @@ pub fn clean_name(name: &str) -> Option<String> {
     Some(name.to_string())
 }
 
-/// A chat message event, as stored and as sent.
-#[derive(Serialize, Debug, Clone, PartialEq, Eq)]
+/// A chat message event, as read back from JSON: what [`message_json`]
+/// writes, the strings borrowed from the input where they hold no escapes.
+#[derive(Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct MessageEvent<'a> {
     /// Always "message".
     #[serde(rename = "type")]
-    pub kind: &'static str,
+    pub kind: Cow<'a, str>,
     /// The room.
-    pub room: &'a str,
+    #[serde(borrow)]
+    pub room: Cow<'a, str>,
     /// The room's sequence number.
     pub id: u64,
     /// The sender's name, stamped by the server.
-    pub username: &'a str,
+    #[serde(borrow)]
+    pub username: Cow<'a, str>,
     /// The text.
-    pub message: &'a str,
+    #[serde(borrow)]
+    pub message: Cow<'a, str>,
     /// Milliseconds since the epoch.
     pub ts: u64,
+    /// Published although fewer replicas than `--redis-wait` asked for
+    /// confirmed it in time (see [`unconfirmed_json`]).
+    #[serde(default)]
+    pub unconfirmed: bool,
 }
 
-/// Serialises a message event to JSON.
+/// Reads a message event ([`message_json`], perhaps flagged by
+/// [`unconfirmed_json`]); `None` for anything else.
+pub fn parse_message_event(json: &[u8]) -> Option<MessageEvent<'_>> {
+    serde_json::from_slice::<MessageEvent>(json).ok().filter(|e| e.kind == "message")
+}
+
+/// Serialises a message event to JSON, by hand: it is built once per
+/// message on the busiest path, and the fields are always the same.
 pub fn message_json(room: &str, id: u64, username: &str, message: &str, ts: u64) -> String {
-    let event = MessageEvent { kind: "message", room, id, username, message, ts };
-    serde_json::to_string(&event).unwrap_or_default()
+    let mut out = String::with_capacity(64 + room.len() + username.len() + message.len());
+    out.push_str(r#"{"type":"message","room":"#);
+    push_json_str(&mut out, room);
+    out.push_str(r#","id":"#);
+    out.push_str(itoa::Buffer::new().format(id));
+    out.push_str(r#","username":"#);
+    push_json_str(&mut out, username);
+    out.push_str(r#","message":"#);
+    push_json_str(&mut out, message);
+    out.push_str(r#","ts":"#);
+    out.push_str(itoa::Buffer::new().format(ts));
+    out.push('}');
+    out
 }
 
 /// A message event (from [`message_json`]) flagged `"unconfirmed":true`:
@@ -166,9 +194,40 @@ pub fn gap_json(room: &str, oldest_id: u64) -> String {
     serde_json::json!({"type": "gap", "room": room, "oldest_id": oldest_id}).to_string()
 }
 
-/// Appends `s` as a JSON string literal.
-fn push_json_str(out: &mut String, s: &str) {
-    out.push_str(&serde_json::Value::from(s).to_string());
+/// Appends `s` as a JSON string literal, escaped as `serde_json` escapes
+/// (so either may write an event and the bytes are the same): `"` and `\`
+/// with a backslash, the control characters below U+0020 as `\n`, `\t`…
+/// or `\u00XX`, everything else as it is. Runs of plain characters are
+/// copied whole.
+pub fn push_json_str(out: &mut String, s: &str) {
+    out.push('"');
+    let mut plain = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let escaped = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        // `i` is at an ASCII byte, so both slices end on a char boundary.
+        out.push_str(&s[plain..i]);
+        if escaped.is_empty() {
+            out.push_str("\\u00");
+            for digit in [b >> 4, b & 0xf] {
+                out.push(char::from_digit(u32::from(digit), 16).unwrap_or('0'));
+            }
+        } else {
+            out.push_str(escaped);
+        }
+        plain = i + 1;
+    }
+    out.push_str(&s[plain..]);
+    out.push('"');
 }
 
 #[cfg(test)]
@@ -187,6 +246,37 @@ mod tests {
         assert_eq!(parse_post(r#"{"message": 5}"#, 10), Err(PostError::BadJson));
         assert_eq!(parse_post(r#"{"message": "ééééé"}"#, 5).unwrap().message, "ééééé");
         assert_eq!(parse_post(r#"{"message": "éééééé"}"#, 5), Err(PostError::TooLong));
+    }
+
+    /// A message event as `serde_json` writes it, fields in the same order.
+    #[derive(serde::Serialize)]
+    struct BySerde<'a> {
+        #[serde(rename = "type")]
+        kind: &'a str,
+        room: &'a str,
+        id: u64,
+        username: &'a str,
+        message: &'a str,
+        ts: u64,
+    }
+
+    #[test]
+    fn message_events_are_written_as_serde_json_writes_them_and_read_back() {
+        let mut every_control: String = (0u8..0x20).map(char::from).collect();
+        every_control.push_str("\u{7f}\u{80}é\u{2028}😀");
+        for text in ["", "plain", "\"quoted\" and \\", "tab\tnew\nline\r", &every_control, "}{\",\""] {
+            let by_hand = message_json("r-1", 42, text, text, 1_700_000_000_000);
+            let by_serde =
+                BySerde { kind: "message", room: "r-1", id: 42, username: text, message: text, ts: 1_700_000_000_000 };
+            assert_eq!(by_hand, serde_json::to_string(&by_serde).unwrap(), "{text:?}");
+            let back = parse_message_event(by_hand.as_bytes()).unwrap();
+            assert_eq!((&*back.room, back.id, &*back.username, &*back.message), ("r-1", 42, text, text));
+            assert!(!back.unconfirmed);
+        }
+        let flagged = unconfirmed_json(&message_json("r", 1, "a", "b", 2));
+        assert!(parse_message_event(flagged.as_bytes()).unwrap().unconfirmed);
+        assert_eq!(parse_message_event(br#"{"type":"gap","room":"r","oldest_id":3}"#), None);
+        assert_eq!(parse_message_event(b"not json"), None);
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //! - hands each post out as a [`PostIntent`] (no id yet), and takes every
 //!   message back, ours and the other processes', numbered and in order,
 //!   through [`Chat::accept_ordered`]; from there a message goes the usual
-//!   way: stored, then broadcast after the commit;
+//!   way: stored, then broadcast after the commit (or at once when the
+//!   chat keeps no copies, [`Chat::without_copies`]);
 //! - reads history from the sharer instead of its own storage
 //!   ([`Handoff::Read`], answered with [`Chat::on_messages`]), so a welcome
 //!   or a scroll-back is the same on every process;
@@ -25,7 +26,7 @@
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use super::{Chat, Outgoing, protocol};
+use super::{Chat, Outgoing, PendingPost, protocol};
 use crate::storage::{ReadRange, RoomRecord, StoredMessage};
 
 /// Who numbers the posts of the chat's rooms.
@@ -98,6 +99,29 @@ pub enum Handoff {
     },
 }
 
+/// A message in its shared order, as the sharer hands it back: numbered,
+/// and already the JSON event members receive (every process sends a
+/// message's event as its author's process built it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OrderedMessage {
+    /// Its id in the room.
+    pub id: u64,
+    /// When it was posted, in milliseconds since the epoch.
+    pub ts: u64,
+    /// The message event ([`protocol::message_json`]).
+    pub json: Rc<str>,
+    /// Whether `json` is already flagged `"unconfirmed":true`.
+    pub flagged: bool,
+}
+
+impl OrderedMessage {
+    /// The event for a stored message of `room`.
+    pub fn from_stored(room: &str, msg: &StoredMessage) -> OrderedMessage {
+        let json = protocol::message_json(room, msg.id, &msg.username, &msg.text, msg.ts);
+        OrderedMessage { id: msg.id, ts: msg.ts, json: json.into(), flagged: false }
+    }
+}
+
 /// Why a post handed out as a [`PostIntent`] was not sent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NotSent {
@@ -168,12 +192,21 @@ impl Chat {
         }
     }
 
+    /// Shared rooms keep no copy of their messages here: with no data
+    /// file the copy would be in memory, and history is read from the
+    /// sharer anyway, so nothing would ever read it. A message is then
+    /// broadcast as soon as it is accepted.
+    pub fn without_copies(&mut self) {
+        self.copies = false;
+    }
+
     /// A message in its shared order: the caller hands each room's
     /// messages over once each, in id order (above [`Chat::last_id`]).
     /// `author` is the poster's connection when it is ours. The message is
-    /// stored, then broadcast once the commit is done; `unconfirmed`
-    /// flags it so (`--redis-wait`: fewer replicas than asked have it).
-    pub fn accept_ordered(&mut self, room: &str, msg: StoredMessage, author: Option<(usize, u64)>, unconfirmed: bool) {
+    /// stored, then broadcast once the commit is done (at once without
+    /// copies); `unconfirmed` flags it so (`--redis-wait`: fewer replicas
+    /// than asked have it).
+    pub fn accept_ordered(&mut self, room: &str, msg: OrderedMessage, author: Option<(usize, u64)>, unconfirmed: bool) {
         if let Some(record) = self.directory.get_mut(room) {
             record.last_id = record.last_id.max(msg.id);
         }
@@ -182,11 +215,20 @@ impl Chat {
         {
             live.last_id = live.last_id.max(msg.id);
         }
-        let mut json = protocol::message_json(room, msg.id, &msg.username, &msg.text, msg.ts);
-        if unconfirmed {
-            json = protocol::unconfirmed_json(&json);
+        let OrderedMessage { id, ts, mut json, flagged } = msg;
+        if unconfirmed && !flagged {
+            json = protocol::unconfirmed_json(&json).into();
         }
-        self.enqueue_commit(Rc::from(room), msg, json.into(), author);
+        if !self.copies {
+            self.broadcast(PendingPost { seq: 0, room: Rc::from(room), id, ts, json, sender: author });
+            return;
+        }
+        let Some(event) = protocol::parse_message_event(json.as_bytes()) else {
+            log::error!("room {room}: message {id} is not a message event; not stored");
+            return;
+        };
+        let stored = StoredMessage { id, ts, username: event.username.into_owned(), text: event.message.into_owned() };
+        self.enqueue_commit(Rc::from(room), stored, json, author);
     }
 
     /// Tells the members of `room` (if it is live here) that the messages
@@ -317,19 +359,63 @@ mod tests {
         assert!(chat.requests.is_empty(), "nothing is stored before it has an id");
 
         let msg = StoredMessage { id: 1, ts: intent.ts, username: intent.username, text: intent.text };
-        chat.accept_ordered("r", msg, Some(intent.author), false);
+        chat.accept_ordered("r", OrderedMessage::from_stored("r", &msg), Some(intent.author), false);
         assert_eq!(chat.last_id("r"), 1);
-        assert!(matches!(chat.requests.as_slice(), [crate::storage::Request::Append { msg, .. }] if msg.id == 1));
+        assert!(
+            matches!(chat.requests.as_slice(), [crate::storage::Request::Append { msg: stored, .. }] if *stored == msg),
+            "stored as posted: {:?}",
+            chat.requests
+        );
+        assert_eq!(messages_out(&mut chat), vec![], "broadcast only once stored");
         chat.on_committed(1, &Ok(()));
-        let authors: Vec<Option<(usize, u64)>> = chat
-            .out
-            .iter()
+        assert_eq!(messages_out(&mut chat), vec![Some((1, 7))], "the author's copy is its acknowledgement");
+    }
+
+    /// The authors of the messages broadcast since the last call.
+    fn messages_out(chat: &mut Chat) -> Vec<Option<(usize, u64)>> {
+        chat.out
+            .drain(..)
             .filter_map(|o| match o {
-                Outgoing::Room { is_message: true, author, .. } => Some(*author),
+                Outgoing::Room { is_message: true, author, .. } => Some(author),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn without_copies_a_shared_message_is_broadcast_as_it_came_and_stored_nowhere() {
+        let mut chat = chat(Mode::Shared);
+        chat.without_copies();
+        let now = Instant::now();
+        chat.join((1, 7), "r", Some("a"), None, now).unwrap();
+        chat.out.clear();
+        chat.requests.clear();
+        let json: Rc<str> = protocol::message_json("r", 1, "b", "as published", 5).into();
+        chat.accept_ordered("r", OrderedMessage { id: 1, ts: 5, json: json.clone(), flagged: false }, None, false);
+        let out: Vec<Rc<str>> = chat
+            .out
+            .drain(..)
+            .filter_map(|o| match o {
+                Outgoing::Room { is_message: true, json, .. } => Some(json),
                 _ => None,
             })
             .collect();
-        assert_eq!(authors, vec![Some((1, 7))], "the author's copy is its acknowledgement");
+        assert!(matches!(out.as_slice(), [sent] if Rc::ptr_eq(sent, &json)), "the very event that came: {out:?}");
+        assert!(chat.requests.is_empty());
+        assert_eq!(chat.last_id("r"), 1);
+        // Flagged on the way in, once.
+        let flagged = OrderedMessage { id: 2, ts: 6, json: protocol::unconfirmed_json(&json).into(), flagged: true };
+        chat.accept_ordered("r", flagged.clone(), None, true);
+        chat.accept_ordered("r", OrderedMessage { id: 3, ..OrderedMessage::from_stored("r", &stored(3)) }, None, true);
+        for o in chat.out.drain(..) {
+            if let Outgoing::Room { is_message: true, json, .. } = o {
+                assert_eq!(json.matches("unconfirmed").count(), 1, "{json}");
+            }
+        }
+    }
+
+    fn stored(id: u64) -> StoredMessage {
+        StoredMessage { id, ts: 1, username: "a".into(), text: "hi".into() }
     }
 
     #[test]
@@ -343,8 +429,7 @@ mod tests {
         assert_eq!(chat.read_allowance(&a), 0, "waiting for Redis");
         chat.post_acknowledged((1, 7));
         assert_eq!(chat.read_allowance(&a), 1, "Redis answered: the storage commit is not waited for");
-        let msg = StoredMessage { id: 1, ts: 1, username: "a".into(), text: "hi".into() };
-        chat.accept_ordered("r", msg, Some((1, 7)), false);
+        chat.accept_ordered("r", OrderedMessage::from_stored("r", &stored(1)), Some((1, 7)), false);
         chat.on_committed(1, &Ok(()));
         chat.on_text(1, &mut a, r#"{"message": "again"}"#, now);
         assert_eq!(chat.read_allowance(&a), 0, "the commit above did not count twice");

@@ -32,12 +32,11 @@
 //! message is its acknowledgement, so the feed remembers whose post an id
 //! is until the message comes through.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::Commands;
-use super::layout::Published;
 use super::reads::{Reader, Reads};
-use crate::chat::{Chat, RESUME_MAX};
+use crate::chat::{Chat, OrderedMessage, RESUME_MAX};
 use crate::storage::{ReadRange, StoredMessage};
 
 /// Posts answered but not yet seen back remembered at most (a bound
@@ -52,15 +51,17 @@ const CATCH_UP_MAX: usize = RESUME_MAX as usize;
 /// What stands between the subscription and the chat.
 #[derive(Debug, Default)]
 pub(super) struct Feed {
-    /// Our own posts Redis has answered for, by (room, id), until they come
-    /// back through the subscription (their poster is its author).
-    own_posts: HashMap<(String, u64), (usize, u64)>,
+    /// Our own posts Redis has answered for, by room and id, until they
+    /// come back through the subscription (their poster is its author).
+    own_posts: HashMap<String, BTreeMap<u64, (usize, u64)>>,
+    /// How many posts `own_posts` holds.
+    own_count: usize,
     /// Messages published flagged `unconfirmed` (`--redis-wait`), by
     /// (room, id), until they are handed over: a held message, or the
     /// stream's copy of one (the stream has no flag), keeps its flag.
     unconfirmed: HashSet<(String, u64)>,
     /// Messages held, by room, while the room catches up.
-    held: HashMap<String, Vec<StoredMessage>>,
+    held: HashMap<String, Vec<OrderedMessage>>,
     /// Rooms whose subscription came (back) while they were catching up:
     /// the read on its way may have run before the subscription took
     /// effect, so they read once more before handing anything over.
@@ -68,34 +69,48 @@ pub(super) struct Feed {
 }
 
 impl Feed {
-    /// A message from the subscription (published by any process, ours
-    /// included).
-    pub(super) fn on_published(&mut self, p: Published, chat: &mut Chat, reads: &mut Reads, commands: &mut Commands) {
-        if !crate::route::valid_room_name(&p.room) {
+    /// Messages of `room` from its channel, in the order published (by
+    /// any process, ours included): one payload's worth, so the room is
+    /// looked up once for all of them.
+    pub(super) fn on_published(
+        &mut self,
+        room: &str,
+        batch: Vec<OrderedMessage>,
+        chat: &mut Chat,
+        reads: &mut Reads,
+        commands: &mut Commands,
+    ) {
+        if !crate::route::valid_room_name(room) {
             return;
         }
-        if p.unconfirmed {
+        for msg in batch.iter().filter(|m| m.flagged) {
             if self.unconfirmed.len() >= OWN_POSTS_MAX {
                 self.unconfirmed.clear();
             }
-            self.unconfirmed.insert((p.room.clone(), p.id));
+            self.unconfirmed.insert((room.to_string(), msg.id));
         }
-        let (room, msg) = p.into_stored();
-        if let Some(held) = self.held.get_mut(&room) {
-            held.push(msg);
+        if let Some(held) = self.held.get_mut(room) {
+            held.extend(batch);
             return;
         }
-        chat.ensure_room(&room);
-        let last = chat.last_id(&room);
-        if msg.id <= last {
-            return; // already delivered (a catch-up overlapped the live feed)
+        chat.ensure_room(room);
+        let mut last = chat.last_id(room);
+        let mut batch = batch.into_iter();
+        while let Some(msg) = batch.next() {
+            if msg.id <= last {
+                continue; // already delivered (a catch-up overlapped the live feed)
+            }
+            if msg.id > last + 1 {
+                // A gap: this message and the rest wait for the stream.
+                let mut held = vec![msg];
+                held.extend(batch);
+                self.held.insert(room.to_string(), held);
+                reads.read(Reader::CatchUp(room.to_string()), &ReadRange::after(room, last, CATCH_UP_MAX), commands);
+                return;
+            }
+            last = msg.id;
+            self.accept(room, msg, chat);
         }
-        if msg.id > last + 1 {
-            self.held.insert(room.clone(), vec![msg]);
-            reads.read(Reader::CatchUp(room.clone()), &ReadRange::after(&room, last, CATCH_UP_MAX), commands);
-            return;
-        }
-        self.accept(&room, msg, chat);
     }
 
     /// `room`'s subscription is (back) in place and may have missed
@@ -144,13 +159,16 @@ impl Feed {
         if self.again.remove(room) {
             // Keep what this read found with the held messages (the merge
             // drops doubles), and read on once more.
-            self.held.entry(room.to_string()).or_default().extend(messages);
+            let read = messages.iter().map(|m| OrderedMessage::from_stored(room, m));
+            self.held.entry(room.to_string()).or_default().extend(read);
             reads.newest(room, commands);
             return;
         }
         let held = self.held.remove(room).unwrap_or_default();
         let last = chat.last_id(room);
-        let mut all: Vec<StoredMessage> = messages.into_iter().chain(held).filter(|m| m.id > last).collect();
+        let read = messages.iter().filter(|m| m.id > last).map(|m| OrderedMessage::from_stored(room, m));
+        // Held first: a message both held and read keeps its event as published.
+        let mut all: Vec<OrderedMessage> = held.into_iter().filter(|m| m.id > last).chain(read).collect();
         all.sort_by_key(|m| m.id);
         all.dedup_by_key(|m| m.id);
         let mut next = last;
@@ -171,16 +189,27 @@ impl Feed {
         if chat.last_id(&room) >= id {
             return;
         }
-        if self.own_posts.len() >= OWN_POSTS_MAX {
+        if self.own_count >= OWN_POSTS_MAX {
             self.own_posts.clear();
+            self.own_count = 0;
         }
-        self.own_posts.insert((room, id), author);
+        if self.own_posts.entry(room).or_default().insert(id, author).is_none() {
+            self.own_count += 1;
+        }
     }
 
-    fn accept(&mut self, room: &str, msg: StoredMessage, chat: &mut Chat) {
-        let key = (room.to_string(), msg.id);
-        let author = self.own_posts.remove(&key);
-        let unconfirmed = self.unconfirmed.remove(&key);
+    fn accept(&mut self, room: &str, msg: OrderedMessage, chat: &mut Chat) {
+        let mut author = None;
+        if let Some(ids) = self.own_posts.get_mut(room) {
+            author = ids.remove(&msg.id);
+            if author.is_some() {
+                self.own_count -= 1;
+            }
+            if ids.is_empty() {
+                self.own_posts.remove(room);
+            }
+        }
+        let unconfirmed = !self.unconfirmed.is_empty() && self.unconfirmed.remove(&(room.to_string(), msg.id));
         chat.accept_ordered(room, msg, author, unconfirmed);
     }
 }
@@ -194,8 +223,13 @@ mod tests {
     use crate::config::Config;
     use crate::storage::Request;
 
-    fn published(id: u64) -> Published {
-        Published { room: "r".into(), id, username: "u".into(), message: format!("m{id}"), ts: 5, unconfirmed: false }
+    fn message(id: u64) -> StoredMessage {
+        StoredMessage { id, ts: 5, username: "u".into(), text: format!("m{id}") }
+    }
+
+    /// Message `id` of room "r", one to a payload.
+    fn published(id: u64) -> Vec<OrderedMessage> {
+        vec![OrderedMessage::from_stored("r", &message(id))]
     }
 
     /// The ids the chat handed to storage since the last call.
@@ -225,24 +259,24 @@ mod tests {
         chat.join((1, 1), "r", Some("a"), None, Instant::now()).unwrap();
         chat.out.clear();
         let (mut feed, mut reads, mut commands) = (Feed::default(), Reads::default(), Commands::new());
-        feed.on_published(published(1), &mut chat, &mut reads, &mut commands);
-        feed.on_published(published(1), &mut chat, &mut reads, &mut commands);
+        feed.on_published("r", published(1), &mut chat, &mut reads, &mut commands);
+        feed.on_published("r", published(1), &mut chat, &mut reads, &mut commands);
         assert_eq!(stored(&mut chat), vec![1], "once each");
         assert!(commands.is_empty());
 
         // 2 and 3 were missed: 4 waits for them, and so does 5.
-        feed.on_published(published(4), &mut chat, &mut reads, &mut commands);
-        feed.on_published(published(5), &mut chat, &mut reads, &mut commands);
+        feed.on_published("r", published(4), &mut chat, &mut reads, &mut commands);
+        feed.on_published("r", published(5), &mut chat, &mut reads, &mut commands);
         assert_eq!(stored(&mut chat), Vec::<u64>::new());
         assert_eq!(commands.len(), 2, "one read of the stream after 1");
 
         // The stream has 2 (3 was trimmed), and 4 again.
-        let from_stream = [2, 4].map(|id| published(id).into_stored().1).to_vec();
+        let from_stream = [2, 4].map(message).to_vec();
         feed.on_caught_up("r", from_stream, &mut chat, &mut reads, &mut commands);
         assert_eq!(stored(&mut chat), vec![2, 4, 5]);
         let gaps = gaps(&mut chat);
         assert_eq!(gaps, vec![crate::chat::protocol::gap_json("r", 4)]);
-        feed.on_published(published(6), &mut chat, &mut reads, &mut commands);
+        feed.on_published("r", published(6), &mut chat, &mut reads, &mut commands);
         assert_eq!(stored(&mut chat), vec![6], "live delivery resumes");
     }
 
@@ -251,20 +285,20 @@ mod tests {
         let mut chat = Chat::new(&Config::defaults(), Vec::new(), Mode::Shared);
         chat.join((1, 1), "r", Some("a"), None, Instant::now()).unwrap();
         let (mut feed, mut reads, mut commands) = (Feed::default(), Reads::default(), Commands::new());
-        feed.on_published(published(1), &mut chat, &mut reads, &mut commands);
-        feed.on_published(published(4), &mut chat, &mut reads, &mut commands);
+        feed.on_published("r", published(1), &mut chat, &mut reads, &mut commands);
+        feed.on_published("r", published(4), &mut chat, &mut reads, &mut commands);
         stored(&mut chat);
         // The subscription is (re)confirmed while that read is out, and
         // 7 is heard: 5 and 6 came when nothing listened.
         feed.catch_up("r", &mut reads, &mut commands);
-        feed.on_published(published(7), &mut chat, &mut reads, &mut commands);
+        feed.on_published("r", published(7), &mut chat, &mut reads, &mut commands);
         commands.clear();
-        let first_read = [2, 3, 4].map(|id| published(id).into_stored().1).to_vec();
+        let first_read = [2, 3, 4].map(message).to_vec();
         feed.on_caught_up("r", first_read, &mut chat, &mut reads, &mut commands);
         assert_eq!(stored(&mut chat), Vec::<u64>::new(), "nothing yet: it reads again");
         assert_eq!(commands.len(), 1, "the stream's newest entry");
         feed.on_newest("r", Some(7), &mut chat, &mut reads, &mut commands);
-        let second_read = (2..=7).map(|id| published(id).into_stored().1).collect();
+        let second_read = (2..=7).map(message).collect();
         feed.on_caught_up("r", second_read, &mut chat, &mut reads, &mut commands);
         assert_eq!(stored(&mut chat), vec![2, 3, 4, 5, 6, 7]);
         assert_eq!(gaps(&mut chat), Vec::<String>::new());
@@ -276,9 +310,9 @@ mod tests {
         let (mut feed, mut reads, mut commands) = (Feed::default(), Reads::default(), Commands::new());
         // The reply first, then the message.
         feed.on_posted("r".into(), 1, (3, 9), &chat);
-        feed.on_published(published(1), &mut chat, &mut reads, &mut commands);
+        feed.on_published("r", published(1), &mut chat, &mut reads, &mut commands);
         // The message first: the reply finds it delivered and forgets it.
-        feed.on_published(published(2), &mut chat, &mut reads, &mut commands);
+        feed.on_published("r", published(2), &mut chat, &mut reads, &mut commands);
         feed.on_posted("r".into(), 2, (3, 9), &chat);
         assert!(feed.own_posts.is_empty());
         chat.join((3, 9), "r", Some("a"), None, Instant::now()).unwrap();

@@ -23,7 +23,10 @@
 //! The braces in a room channel's name are a Redis Cluster hash tag: only
 //! the `{<room>}` part is hashed, so every key of a room can share one slot.
 
+use std::rc::Rc;
+
 use crate::bus::Value;
+use crate::chat::{OrderedMessage, protocol};
 use crate::storage::StoredMessage;
 
 /// The channel for presence (joins, leaves, and periodic snapshots).
@@ -111,8 +114,10 @@ pub(super) fn channel_room(channel: &[u8]) -> Option<&str> {
 /// KEYS: 1 = the room's id counter, 2 = its stream, 3 = its sequence
 /// marks. ARGV: 1 = channel, 2 = highest id the caller knows (a Redis that
 /// restarted empty never hands out an id at or below it), 3 = the caller's
-/// process id, 4 = MAXLEN, 5 = the marks' TTL, then three per post: its
-/// sequence number, and the JSON event before and after the id.
+/// process id, 4 = MAXLEN, 5 = the marks' TTL, 6 = the first post's
+/// sequence number (the others follow it one by one), 7 = the JSON event
+/// before the id (the same for every post to the room, [`event_prefix`]),
+/// then one per post: its event after the id.
 ///
 /// A process numbers its posts to a room 1, 2, 3… and sends them in that
 /// order, retries included; the room remembers the last number it applied
@@ -121,9 +126,11 @@ pub(super) fn channel_room(channel: &[u8]) -> Option<&str> {
 /// new leave in one PUBLISH, one event per line. Returns each post's id
 /// (0 for a repeat), in order.
 ///
-/// The per-post work is one XADD: the counter is read and written once
-/// per call, and the stream trimmed once (MAXLEN ~ trims whole nodes, so
-/// the trim is cheap and the stream stays close to its cap).
+/// The per-post work is one XADD and one string: the counter is read and
+/// written once per call, and the stream trimmed once (MAXLEN ~ trims
+/// whole nodes, so the trim is cheap and the stream stays close to its
+/// cap). That is why a post costs Redis several times less in a batch
+/// than alone (`bench/redis.md`).
 pub const POST_SCRIPT: &str = r#"
 local last = tonumber(redis.call('HGET', KEYS[3], ARGV[3]) or '0')
 local id = tonumber(redis.call('GET', KEYS[1]) or '0')
@@ -131,30 +138,41 @@ local known = tonumber(ARGV[2])
 if id < known then
   id = known
 end
+local seq = tonumber(ARGV[6]) - 1
+local prefix = ARGV[7]
 local ids = {}
 local events = {}
-for i = 6, #ARGV, 3 do
-  local seq = tonumber(ARGV[i])
+for i = 8, #ARGV do
+  seq = seq + 1
   if seq <= last then
     ids[#ids + 1] = 0
   else
     id = id + 1
-    local json = ARGV[i + 1] .. id .. ARGV[i + 2]
+    local json = prefix .. id .. ARGV[i]
     redis.call('XADD', KEYS[2], id .. '-0', 'm', json)
     events[#events + 1] = json
     ids[#ids + 1] = id
-    last = seq
   end
 end
 if #events > 0 then
   redis.call('SET', KEYS[1], id)
   redis.call('XTRIM', KEYS[2], 'MAXLEN', '~', ARGV[4])
   redis.call('PUBLISH', ARGV[1], table.concat(events, '\n'))
-  redis.call('HSET', KEYS[3], ARGV[3], last)
+  redis.call('HSET', KEYS[3], ARGV[3], seq)
   redis.call('EXPIRE', KEYS[3], ARGV[5])
 end
 return ids
 "#;
+
+/// A room's message events up to the id: `{"type":"message","room":"ROOM","id":`
+/// (the rest is [`crate::chat::protocol::message_json`]'s).
+pub(super) fn event_prefix(room: &str) -> String {
+    let mut prefix = String::with_capacity(32 + room.len());
+    prefix.push_str(r#"{"type":"message","room":"#);
+    protocol::push_json_str(&mut prefix, room);
+    prefix.push_str(r#","id":"#);
+    prefix
+}
 
 /// The line of [`POST_SCRIPT`] that publishes.
 const PUBLISH_LINE: &str = "  redis.call('PUBLISH', ARGV[1], table.concat(events, '\\n'))\n";
@@ -196,42 +214,27 @@ redis.call('SET', 'chatroom:layout', '2')
 return moved
 "#;
 
-/// A published message, decoded.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
-pub(super) struct Published {
-    /// The room.
-    pub room: String,
-    /// Its id.
-    pub id: u64,
-    /// The sender's name.
-    pub username: String,
-    /// The text.
-    pub message: String,
-    /// Milliseconds since the epoch.
-    pub ts: u64,
-    /// Published although fewer replicas than `--redis-wait` confirmed
-    /// it in time (see `posts.rs`).
-    #[serde(default)]
-    pub unconfirmed: bool,
-}
-
-impl Published {
-    /// The message as storage keeps it (the room aside).
-    pub(super) fn into_stored(self) -> (String, StoredMessage) {
-        (self.room, StoredMessage { id: self.id, ts: self.ts, username: self.username, text: self.message })
+/// Reads one message event of `room` from its channel: the message
+/// keeps the event's bytes, which members receive as they are.
+pub(super) fn decode_message(room: &str, line: &[u8]) -> Option<OrderedMessage> {
+    let event = protocol::parse_message_event(line)?;
+    if event.room != room {
+        return None;
     }
+    let json = std::str::from_utf8(line).ok()?;
+    Some(OrderedMessage { id: event.id, ts: event.ts, json: Rc::from(json), flagged: event.unconfirmed })
 }
 
-/// Decodes one message event (a stream entry, or a line of a channel's payload).
-pub(super) fn decode_published(payload: &[u8]) -> Option<Published> {
-    serde_json::from_slice(payload).ok()
-}
-
-/// Decodes a payload from a room's channel: one or more JSON events, one
-/// per line (a batch of posts published together). Lines that are empty
-/// or do not decode are skipped; the rest keep their order.
-pub(super) fn decode_batch(payload: &[u8]) -> Vec<Published> {
-    payload.split(|&b| b == b'\n').filter(|line| !line.is_empty()).filter_map(decode_published).collect()
+/// Decodes a payload from `room`'s channel: one or more JSON events, one
+/// per line (a batch of posts published together). Lines that are empty,
+/// do not decode, or are another room's are skipped; the rest keep their
+/// order.
+pub(super) fn decode_batch(room: &str, payload: &[u8]) -> Vec<OrderedMessage> {
+    payload
+        .split(|&b| b == b'\n')
+        .filter(|line| !line.is_empty())
+        .filter_map(|line| decode_message(room, line))
+        .collect()
 }
 
 /// XRANGE/XREVRANGE reply → messages in ascending id order.
@@ -247,7 +250,13 @@ pub(super) fn stream_messages(value: &Value) -> Vec<StoredMessage> {
                 [k, v] if k.as_bytes() == Some(b"m") => v.as_bytes(),
                 _ => None,
             })?;
-            Some(decode_published(json)?.into_stored().1)
+            let event = protocol::parse_message_event(json)?;
+            Some(StoredMessage {
+                id: event.id,
+                ts: event.ts,
+                username: event.username.into_owned(),
+                text: event.message.into_owned(),
+            })
         })
         .collect();
     out.sort_by_key(|m| m.id);
@@ -295,10 +304,12 @@ mod tests {
         let one = |id: u64| crate::chat::protocol::message_json("r", id, "u", "line\nbreak", 5);
         // A text's newline is escaped in its JSON, so it never splits an event.
         let payload = format!("{}\n\n{}\nnot json\n{}\n", one(3), one(4), one(5));
-        let ids: Vec<u64> = decode_batch(payload.as_bytes()).iter().map(|p| p.id).collect();
+        let ids: Vec<u64> = decode_batch("r", payload.as_bytes()).iter().map(|p| p.id).collect();
         assert_eq!(ids, vec![3, 4, 5]);
-        assert_eq!(decode_batch(one(7).as_bytes()).first().map(|p| p.message.as_str()), Some("line\nbreak"));
-        assert!(decode_batch(b"").is_empty());
+        let seven = decode_batch("r", one(7).as_bytes());
+        assert_eq!(seven.first().map(|p| &*p.json), Some(one(7).as_str()), "the event as published");
+        assert!(decode_batch("r", b"").is_empty());
+        assert!(decode_batch("other", one(7).as_bytes()).is_empty(), "another room's");
     }
 
     #[test]

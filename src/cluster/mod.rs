@@ -285,10 +285,9 @@ impl Cluster {
                     self.presence.on_note(&payload, now, chat, &mut self.commands);
                 } else if let Some(room) = channel_room(&channel) {
                     // A room's channel carries that room's messages only.
-                    for p in decode_batch(&payload).into_iter().filter(|p| p.room == room) {
-                        self.received += 1;
-                        self.feed.on_published(p, chat, &mut self.reads, &mut self.commands);
-                    }
+                    let batch = decode_batch(room, &payload);
+                    self.received += batch.len() as u64;
+                    self.feed.on_published(room, batch, chat, &mut self.reads, &mut self.commands);
                 }
             }
         }

@@ -36,12 +36,12 @@ use data_encoding::HEXLOWER;
 use sha1::{Digest, Sha1};
 
 use super::layout::{
-    MIGRATE_SCRIPT, SEQ_TTL_S, STREAM_MAXLEN, id_key, log_key, post_script, room_channel, route, seq_key,
+    MIGRATE_SCRIPT, SEQ_TTL_S, STREAM_MAXLEN, event_prefix, id_key, log_key, post_script, room_channel, route, seq_key,
 };
 use super::{Commands, TAG_INTERNAL, TAG_KIND, TAG_POST, TAG_SCRIPT};
 use crate::bus::Value;
 use crate::chat::PostIntent;
-use crate::chat::protocol::unconfirmed_json;
+use crate::chat::protocol::{push_json_str, unconfirmed_json};
 
 /// How long, in milliseconds, a `WAIT` (`--redis-wait`) waits for the
 /// replicas. A replica that keeps up acknowledges within a round trip
@@ -61,9 +61,7 @@ struct Post {
     room: String,
     /// Its number among this process's posts to the room (from 1).
     seq: u64,
-    /// JSON before the id.
-    prefix: String,
-    /// JSON after the id.
+    /// Its JSON event after the id (before it: [`event_prefix`]).
     suffix: String,
     /// The author's connection key and serial.
     author: (usize, u64),
@@ -222,17 +220,18 @@ impl Posts {
             return false;
         }
         let PostIntent { room, username, text, ts, known_last, author } = intent;
-        let mut prefix = String::from(r#"{"type":"message","room":"#);
-        prefix.push_str(&serde_json::Value::from(room.as_str()).to_string());
-        prefix.push_str(r#","id":"#);
-        let suffix = format!(
-            r#","username":{},"message":{},"ts":{ts}}}"#,
-            serde_json::Value::from(username),
-            serde_json::Value::from(text)
-        );
+        // `protocol::message_json` after the id.
+        let mut suffix = String::with_capacity(48 + username.len() + text.len());
+        suffix.push_str(r#","username":"#);
+        push_json_str(&mut suffix, &username);
+        suffix.push_str(r#","message":"#);
+        push_json_str(&mut suffix, &text);
+        suffix.push_str(r#","ts":"#);
+        suffix.push_str(itoa::Buffer::new().format(ts));
+        suffix.push('}');
         let seq = self.seqs.entry(room.clone()).or_insert(0);
         *seq += 1;
-        self.waiting.push_back(Post { room, seq: *seq, prefix, suffix, author, known_last });
+        self.waiting.push_back(Post { room, seq: *seq, suffix, author, known_last });
         true
     }
 
@@ -271,7 +270,12 @@ impl Posts {
             rooms.push_back(posts);
         }
         while let Some(mut posts) = rooms.pop_front() {
-            let rest = posts.split_off(self.batch.min(posts.len()));
+            // A call's numbers run on one by one (the script is given the
+            // first): a run of retries and the posts after it do, but a
+            // retry may meet posts after a call still out.
+            let run =
+                posts.windows(2).position(|w| matches!(w, [a, b] if b.seq != a.seq + 1)).map_or(posts.len(), |i| i + 1);
+            let rest = posts.split_off(self.batch.min(run));
             self.send_call(posts, false, commands);
             if rest.is_empty() {
                 continue;
@@ -307,9 +311,11 @@ impl Posts {
             .arg(known_last)
             .arg(&self.proc_id)
             .arg(STREAM_MAXLEN)
-            .arg(SEQ_TTL_S);
+            .arg(SEQ_TTL_S)
+            .arg(first.seq)
+            .arg(event_prefix(&first.room));
         for post in &posts {
-            cmd.arg(post.seq).arg(&post.prefix).arg(&post.suffix);
+            cmd.arg(&post.suffix);
         }
         let mut packed = cmd.get_packed_command();
         if self.wait > 0 {
@@ -374,13 +380,14 @@ impl Posts {
             Value::Array(ids) => {
                 // One call's posts are all to one room.
                 let room = posts.first().map(|p| p.room.clone()).unwrap_or_default();
+                let prefix = event_prefix(&room);
                 let mut events = Vec::new();
                 let mut answers = Vec::new();
                 for (post, id) in posts.into_iter().zip(ids.into_iter().map(Some).chain(std::iter::repeat(None))) {
                     match id {
                         Some(Value::Int(id)) if id > 0 => {
                             if self.wait > 0 {
-                                let json = format!("{}{id}{}", post.prefix, post.suffix);
+                                let json = format!("{prefix}{id}{}", post.suffix);
                                 events.push(if confirmed { json } else { unconfirmed_json(&json) });
                             }
                             answers.push(Answer::Posted { room: post.room, id: id as u64, author: post.author });
@@ -506,10 +513,10 @@ mod tests {
         assert!(posts.post(post, true));
         posts.send(&mut commands);
         let post = posts.in_flight.values().next().and_then(|c| c.first()).unwrap();
-        let json = format!("{}{}{}", post.prefix, 42, post.suffix);
+        let json = format!("{}{}{}", event_prefix("r"), 42, post.suffix);
         assert_eq!(json, crate::chat::protocol::message_json("r", 42, "al\"ice", "hi <b>", 17));
-        let p = super::super::layout::decode_published(json.as_bytes()).unwrap();
-        assert_eq!((p.id, p.username.as_str()), (42, "al\"ice"));
+        let p = super::super::layout::decode_message("r", json.as_bytes()).unwrap();
+        assert_eq!((p.id, p.ts), (42, 17));
     }
 
     #[test]
@@ -552,6 +559,30 @@ mod tests {
         assert!(posts.post(intent("r", "6"), true), "while Redis is up a turn's posts are all taken");
     }
 
+    #[test]
+    fn a_call_s_numbers_run_on_one_by_one_and_the_script_is_told_the_first() {
+        let mut posts = Posts::new("p", 100, 2);
+        let mut commands = Commands::new();
+        for text in ["1", "2", "3"] {
+            assert!(posts.post(intent("r", text), true));
+        }
+        posts.send(&mut commands);
+        let seqs = |posts: &Posts, commands: &Commands| -> Vec<Vec<u64>> {
+            calls(posts, commands).into_iter().map(|(_, _, s)| s).collect()
+        };
+        assert_eq!(seqs(&posts, &commands), vec![vec![1, 2], vec![3]]);
+        // The first call fails while the second is still out: its retry
+        // and a newer post cannot go as one call.
+        let first = commands[0].1;
+        commands.clear();
+        posts.on_failed(first);
+        assert!(posts.post(intent("r", "4"), true));
+        posts.send(&mut commands);
+        assert_eq!(seqs(&posts, &commands), vec![vec![1, 2], vec![4]]);
+        let second = String::from_utf8_lossy(&commands[1].0);
+        assert!(second.contains(&format!("\r\n{SEQ_TTL_S}\r\n$1\r\n4\r\n")), "first number after the TTL: {second}");
+    }
+
     /// `--redis-wait 1`: the script only stores and a WAIT rides behind
     /// it; the posts are published by the process once the WAIT answers,
     /// flagged when no replica confirmed; a repeat asks for a catch-up.
@@ -577,7 +608,7 @@ mod tests {
         assert_eq!(posts.replies(publish_tag), 1);
         let text = String::from_utf8_lossy(&publish);
         assert!(text.contains("\r\nPUBLISH\r\n") && !text.contains("unconfirmed"), "{text}");
-        let events: Vec<u64> = super::super::layout::decode_batch(publish.rsplit(|&b| b == b'\r').nth(1).unwrap())
+        let events: Vec<u64> = super::super::layout::decode_batch("r", publish.rsplit(|&b| b == b'\r').nth(1).unwrap())
             .iter()
             .map(|p| p.id)
             .collect();
@@ -592,8 +623,8 @@ mod tests {
         posts.on_reply(tag, Value::Array(vec![ids, Value::Int(0)]), &mut commands);
         let (publish, _, _) = commands.remove(0);
         let payload = publish.rsplit(|&b| b == b'\r').nth(1).unwrap();
-        let published = super::super::layout::decode_batch(payload);
-        assert_eq!(published.iter().map(|p| (p.id, p.unconfirmed)).collect::<Vec<_>>(), vec![(9, true)]);
+        let published = super::super::layout::decode_batch("r", payload);
+        assert_eq!(published.iter().map(|p| (p.id, p.flagged)).collect::<Vec<_>>(), vec![(9, true)]);
         assert_eq!(posts.unconfirmed(), 1);
 
         // A repeat (stored by a try whose answer was lost): a catch-up.

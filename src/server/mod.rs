@@ -285,7 +285,10 @@ impl Server {
         let (storage, rooms) = Storage::open(backend, waker.clone()).map_err(|e| StartError(e.to_string()))?;
         let (bus, cluster) = Server::open_redis(&cfg, poll.registry())?;
         let mode = if cluster.is_some() { Mode::Shared } else { Mode::Local };
-        let chat = Chat::new(&cfg, rooms, mode);
+        let mut chat = Chat::new(&cfg, rooms, mode);
+        if mode == Mode::Shared && cfg.data.is_none() {
+            chat.without_copies();
+        }
         let cfg_max_per_ip = cfg.max_per_ip;
         let now = Instant::now();
         Ok(Server {
