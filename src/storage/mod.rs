@@ -39,10 +39,13 @@
 //! - `mailbox.rs`: the queues between the two threads, which wake the
 //!   other side only after letting go of their lock.
 //! - `lock.rs`: the advisory file lock that keeps two processes off one file.
+//! - `checkpointer.rs`: the SQLite backend's second thread, which copies
+//!   the write-ahead log into the file so that no commit waits for it.
 //!
 //! Both backends implement the small `Store` trait, so the thread loop,
 //! and the reactor above it, cannot tell them apart.
 
+mod checkpointer;
 mod lock;
 mod mailbox;
 mod memory;

@@ -30,7 +30,8 @@
 //!
 //! Durability: `journal_mode=WAL` with `synchronous=NORMAL`. A commit
 //! appends to the write-ahead log and returns without `fsync`; the log is
-//! synced at checkpoints. A process crash (`kill -9`) loses nothing that
+//! synced at checkpoints, which a thread of their own runs
+//! (`checkpointer.rs`). A process crash (`kill -9`) loses nothing that
 //! committed, because the data is in the OS's page cache and the WAL is
 //! replayed on the next open; a power cut can lose the last transactions
 //! since the previous checkpoint, but never corrupts the file. That is the
@@ -45,6 +46,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension};
 
+use super::checkpointer::Checkpointer;
 use super::lock::DataLock;
 use super::{ReadRange, RoomRecord, StorageError, Store, StoredMessage, Write};
 
@@ -54,9 +56,10 @@ use super::{ReadRange, RoomRecord, StorageError, Store, StoredMessage, Write};
 pub(super) const SCHEMA_VERSION: i64 = 2;
 
 /// How long a statement waits for a lock held by another connection. We
-/// hold the only writer's lock file, so the only other connection can be
-/// a person's `sqlite3` shell; a short wait, then an error we log, beats
-/// stalling every message behind it.
+/// hold the only writer's lock file, so the other connections are our
+/// checkpoint thread's (whose locks are brief) and perhaps a person's
+/// `sqlite3` shell; a short wait, then an error we log, beats stalling
+/// every message behind it.
 const BUSY_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// Schema version 2 added the inbox (see the module docs). A macro so that
@@ -198,8 +201,10 @@ const OLDEST_ID: &str = "
 
 /// The SQLite backend, living on the storage thread.
 pub(super) struct SqliteStore {
-    // Field order is drop order: the connection closes (and checkpoints
-    // the WAL) before the lock is released for the next process.
+    // Field order is drop order: the checkpoint thread stops, then the
+    // connection closes (the last one: it checkpoints the WAL and removes
+    // it), then the lock is released for the next process.
+    checkpointer: Option<Checkpointer>,
     conn: Connection,
     _lock: DataLock,
     /// Each room's newest stored id: an append above it cannot be a
@@ -220,10 +225,6 @@ fn identity(path: &Path) -> std::io::Result<(u64, u64)> {
     let meta = std::fs::metadata(path)?;
     Ok((meta.dev(), meta.ino()))
 }
-
-/// Pages in the write-ahead log before SQLite checkpoints on its own (its
-/// default is 1,000); see `open`.
-const WAL_AUTOCHECKPOINT_PAGES: i64 = 10_000;
 
 impl SqliteStore {
     /// Lock, open and prepare `path`, and load the room directory.
@@ -252,12 +253,10 @@ impl SqliteStore {
 
         let mut conn = Connection::open(path).map_err(fail("open"))?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(fail("set busy_timeout"))?;
-        // We are the file's only user (the lock above makes sure), so SQLite
-        // may keep its own lock for the connection's life: no lock and unlock
-        // system calls around every transaction, and, set before the first
-        // WAL access, no shared-memory index file. The price: a sqlite3 shell
-        // cannot read the file while the server runs (stop it, or copy it).
-        conn.pragma_update(None, "locking_mode", "EXCLUSIVE").map_err(fail("set locking_mode=EXCLUSIVE"))?;
+        // Normal locking (not `locking_mode=EXCLUSIVE`): the checkpoint
+        // thread's connection shares the file (see `checkpointer.rs`), and
+        // a sqlite3 shell can read it while the server runs.
+        //
         // The first statement that reads the file: "file is not a database"
         // shows up here.
         let mode: String = conn
@@ -278,13 +277,9 @@ impl SqliteStore {
             conn.pragma_update(None, "max_page_count", pages).map_err(fail("set max_page_count"))?;
         }
         // Checkpoints (copying the log's pages into the file, then fsync)
-        // run when the storage thread is idle (`Store::idle`). The automatic
-        // one is only the backstop for a server that is never idle, so it
-        // fires late: a busy chat rewrites the same few pages (each room's
-        // newest) over and over, and every checkpoint skipped is a copy of
-        // them and an fsync saved. The log can grow to about 40 MB.
-        conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)
-            .map_err(fail("set wal_autocheckpoint"))?;
+        // are the checkpoint thread's, never this connection's: no commit
+        // waits for one (`checkpointer.rs`).
+        conn.pragma_update(None, "wal_autocheckpoint", 0).map_err(fail("set wal_autocheckpoint"))?;
 
         let version: i64 =
             conn.pragma_query_value(None, "user_version", |row| row.get(0)).map_err(fail("read the schema version"))?;
@@ -315,7 +310,18 @@ impl SqliteStore {
             context: format!("cannot read data file {}", path.display()),
             source,
         })?;
-        let store = SqliteStore { conn, _lock: lock, last_ids, inbox_rows: 0, path: path.to_path_buf(), identity };
+        // Without WAL (see above) a commit writes the file itself: there
+        // is no log to checkpoint.
+        let checkpointer = if mode.eq_ignore_ascii_case("wal") { Some(Checkpointer::start(path)?) } else { None };
+        let store = SqliteStore {
+            checkpointer,
+            conn,
+            _lock: lock,
+            last_ids,
+            inbox_rows: 0,
+            path: path.to_path_buf(),
+            identity,
+        };
         Ok((store, directory))
     }
 }
@@ -326,6 +332,9 @@ impl Store for SqliteStore {
         let merge = self.inbox_rows + appends >= MERGE_ROWS;
         write_batch(&self.conn, writes, &mut self.last_ids, merge).map_err(|e| e.to_string())?;
         self.inbox_rows = if merge { 0 } else { self.inbox_rows + appends };
+        if let Some(checkpointer) = &mut self.checkpointer {
+            checkpointer.wrote(appends);
+        }
         Ok(())
     }
 
@@ -345,10 +354,9 @@ impl Store for SqliteStore {
         }
     }
 
-    /// A passive checkpoint: copy what the log holds into the file while
-    /// nobody waits on a commit. Passive never blocks; we are the only
-    /// connection, so it gets everything, and the next commit restarts the
-    /// log from its beginning instead of growing it.
+    /// Files the inbox and asks for a checkpoint while nobody waits on a
+    /// commit: it copies everything, and the next commit restarts the log
+    /// from its beginning instead of growing it.
     fn idle(&mut self) {
         if self.inbox_rows > 0 {
             match file_inbox(&self.conn) {
@@ -360,8 +368,8 @@ impl Store for SqliteStore {
                 }
             }
         }
-        if let Err(e) = self.conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            log::warn!("storage: checkpoint failed (retried at the next idle moment): {e}");
+        if let Some(checkpointer) = &mut self.checkpointer {
+            checkpointer.nudge();
         }
     }
 }

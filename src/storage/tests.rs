@@ -537,3 +537,35 @@ fn a_version_1_file_is_upgraded_in_place() {
         rusqlite::Connection::open(dir.db()).unwrap().query_row("PRAGMA user_version", [], |row| row.get(0)).unwrap();
     assert_eq!(version, sqlite::SCHEMA_VERSION);
 }
+
+#[test]
+fn the_log_is_checkpointed_while_the_server_writes_and_gone_after_it_stops() {
+    let dir = TempDir::new();
+    let mut reactor = Reactor::new();
+    let (mut storage, _) = reactor.open(Backend::sqlite(dir.db())).unwrap();
+    let file_len = || std::fs::metadata(dir.db()).map_or(0, |m| m.len());
+    let wal = dir.db().with_extension("db-wal");
+    let empty = file_len();
+    // Never idle (each batch goes as soon as the last one committed), so
+    // only the nudges every `NUDGE_EVERY_ROWS` messages can bring a
+    // checkpoint, which copies the log into the file: the only way the
+    // file grows before the close.
+    let deadline = Instant::now() + REPLY_TIMEOUT;
+    let mut rows = 0;
+    while file_len() < empty + 100_000
+        && Instant::now() < deadline
+        && rows < 100 * checkpointer::NUDGE_EVERY_ROWS as u64
+    {
+        rows += 1;
+        let seq = storage.send_all(vec![append("r", rows)]);
+        reactor.wait_committed(&mut storage, seq);
+    }
+    assert!(file_len() >= empty + 100_000, "the file is still {} bytes after {rows} messages", file_len());
+    assert!(wal.exists(), "the log is in use while the server runs");
+    storage.shutdown().unwrap();
+    assert!(!wal.exists(), "the last connection to close removes the log");
+
+    let (storage, directory) = reactor.open(Backend::sqlite(dir.db())).unwrap();
+    assert_eq!(directory[0].last_id, rows);
+    storage.shutdown().unwrap();
+}

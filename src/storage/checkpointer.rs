@@ -1,0 +1,110 @@
+//! The checkpointer: copies the write-ahead log into the data file beside
+//! the storage thread, so that no commit waits for it.
+//!
+//! In WAL mode a commit appends pages to `<file>-wal`; a *checkpoint*
+//! later copies them into the file itself and `fsync`s both. That copy and
+//! sync take time in proportion to what was written since the last one: a
+//! few milliseconds after a quiet minute, a few hundred with tens of
+//! megabytes behind it (one client flooding a room with `--rate-limit 0`
+//! writes that much in seconds). Run on the storage thread, as SQLite's
+//! automatic checkpoint does, every commit queued behind it waits, and so
+//! does every room's broadcast, since a message goes out only once
+//! committed: one flooded room would stall them all.
+//!
+//! So the storage thread never checkpoints (`wal_autocheckpoint=0`).
+//! This thread, with a connection of its own, runs `PRAGMA
+//! wal_checkpoint(PASSIVE)` whenever the storage thread nudges it (every
+//! [`NUDGE_EVERY_ROWS`] messages written, and when it goes idle). A
+//! passive checkpoint takes no lock a writer needs: commits carry on
+//! appending to the log while it copies, and what it did not reach it
+//! copies next time. This thread touches nothing else: the reactor still
+//! talks to the storage thread alone, and the storage thread still does
+//! every read and write of chat data.
+
+use std::path::Path;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::thread::JoinHandle;
+
+use rusqlite::Connection;
+
+use super::StorageError;
+
+/// Messages written between two nudges. A checkpoint then has about this
+/// many messages' pages to copy (well under a megabyte), and a busy
+/// server checkpoints a few times a second, each time briefly.
+pub(super) const NUDGE_EVERY_ROWS: usize = 2_000;
+
+/// The handle the storage thread keeps. Dropping it stops the thread
+/// (after the checkpoint it may be running) and waits for it, so the
+/// storage thread's connection closes last: the last connection to close
+/// checkpoints what is left and removes the log.
+pub(super) struct Checkpointer {
+    nudges: Option<SyncSender<()>>,
+    thread: Option<JoinHandle<()>>,
+    /// Messages written since the last nudge.
+    written: usize,
+}
+
+impl Checkpointer {
+    /// Opens a second connection to `path` (already in WAL mode) and
+    /// starts the thread.
+    pub(super) fn start(path: &Path) -> Result<Checkpointer, StorageError> {
+        let sqlite = |source| StorageError::Sqlite {
+            context: format!("cannot open data file {} for checkpoints", path.display()),
+            source,
+        };
+        let conn = Connection::open(path).map_err(sqlite)?;
+        // A checkpoint that meets the storage thread's brief locks waits
+        // a little rather than giving up at once (it would only come back
+        // at the next nudge).
+        conn.busy_timeout(std::time::Duration::from_millis(50)).map_err(sqlite)?;
+        // One nudge waiting is enough: it means "checkpoint once more".
+        let (nudges, rx) = sync_channel(1);
+        let thread = std::thread::Builder::new()
+            .name("chatroom-checkpoint".into())
+            .spawn(move || run(&conn, &rx))
+            .map_err(|e| StorageError::Thread(format!("cannot start the checkpoint thread: {e}")))?;
+        Ok(Checkpointer { nudges: Some(nudges), thread: Some(thread), written: 0 })
+    }
+
+    /// `rows` messages were committed: nudges the thread every
+    /// [`NUDGE_EVERY_ROWS`] of them.
+    pub(super) fn wrote(&mut self, rows: usize) {
+        self.written += rows;
+        if self.written >= NUDGE_EVERY_ROWS {
+            self.nudge();
+        }
+    }
+
+    /// Asks for a checkpoint now (the storage thread is idle). Never
+    /// blocks: if one is asked for already, that one will do.
+    pub(super) fn nudge(&mut self) {
+        self.written = 0;
+        if let Some(nudges) = &self.nudges
+            && let Err(TrySendError::Disconnected(())) = nudges.try_send(())
+        {
+            log::error!("storage: the checkpoint thread has stopped; the write-ahead log will grow");
+            self.nudges = None;
+        }
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.nudges = None; // the thread's recv() ends
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            log::error!("storage: the checkpoint thread panicked");
+        }
+    }
+}
+
+/// The thread: one passive checkpoint per nudge, until the handle goes.
+fn run(conn: &Connection, nudges: &Receiver<()>) {
+    while nudges.recv().is_ok() {
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            log::warn!("storage: checkpoint failed (tried again at the next nudge): {e}");
+        }
+    }
+}
