@@ -11,11 +11,16 @@
 #    --redis-cluster on a three-master Redis Cluster. Reports deliveries/s,
 #    p99 latency, and the CPU (utime+stime from /proc) of the chatroom
 #    processes and of Redis, in all and per delivery.
-# 2. Posts one process pushes into Redis: 200 rooms with one member each,
-#    every member posting with 32 messages in flight (--window), so the
-#    bus pipelines its script calls; once with `--redis-batch 1` (each post
-#    its own EVALSHA) and once with the default (a turn's posts to a room in
-#    one call); next to `redis-benchmark -P 16 publish` on the same machine.
+# 2. Posts one process pushes into Redis (writes bench/redis-batch.md):
+#    200 rooms with one member each, every member posting with 32 messages
+#    in flight (--window), so the bus pipelines its script calls; once with
+#    `--redis-batch 1` (each post its own EVALSHA) and once with the
+#    default (a turn's posts to a room in one call), REPEAT times (default
+#    3), with BASELINE_BIN's binary too if set; next to `redis-benchmark
+#    -P 16 publish` on the same machine. POSTS_ONLY=1 runs this alone:
+#
+#   POSTS_ONLY=1 BASELINE_BIN=/tmp/chatroom-base scripts/bench_redis.sh
+#
 # 3. Rooms served by one process only (writes bench/redis-rooms.md): two
 #    processes on one Redis; every member of the busy rooms sits on A (200
 #    clients over 20 rooms, 20 senders, 2,000 messages/s offered, open
@@ -54,7 +59,7 @@ wait_subscribed() { for _ in $(seq 100); do grep -q "redis: subscribed" "$1" 2>/
 secs() { python3 -c "print(round($1/$hz,2))"; }
 hz=$(getconf CLK_TCK)
 
-if [ -z "${ROOMS_ONLY:-}" ]; then
+if [ -z "${ROOMS_ONLY:-}" ] && [ -z "${POSTS_ONLY:-}" ]; then
 
 out=bench/redis.md
 mkdir -p bench
@@ -176,41 +181,90 @@ for w in "${WORKLOADS[@]}"; do
     done
 done
 
+fi
+
 # 2. Posts/s through one process (pipelined on the bus), one post per
-#    script call against a turn's posts to a room in one call.
-declare -A POSTS
+#    script call against a turn's posts to a room in one call. Its own
+#    file; POSTS_ONLY=1 runs this alone, REPEAT=N (default 3) alternates
+#    the runs N times, BASELINE_BIN=PATH adds that binary to each round.
+if [ -z "${ROOMS_ONLY:-}" ]; then
+posts_out=bench/redis-batch.md
+REPEAT=${REPEAT:-3}
+bins=("$BIN"); [ -n "${BASELINE_BIN:-}" ] && bins+=("$BASELINE_BIN")
+[ -n "${rport:-}" ] || {
+    rport=$(free_port)
+    taskset -c 1 redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no --daemonize no >/dev/null &
+    PIDS+=($!); rpid=$!
+    wait_port "$rport"
+}
 db=10
-for batch in 1 100; do
-    port=$(free_port)
-    # A fresh Redis database each run, so the rooms of earlier runs do not mix in.
-    taskset -c 0 "$BIN" --bind "127.0.0.1:$port" --redis "redis://127.0.0.1:$rport/$db" --redis-batch "$batch" \
-        --data none --rate-limit 0 2>"$TMP/pub$batch.log" &
-    PIDS+=($!); pid=$!
-    db=$((db + 1))
-    wait_port "$port"
-    for _ in $(seq 100); do grep -q "redis: subscribed" "$TMP/pub$batch.log" && break; sleep 0.1; done
-    r=$(taskset -c 1 "$LOADGEN" --url "ws://127.0.0.1:$port" --clients 200 --rooms 200 --senders 200 --messages 1000 --window 32 --json || true)
-    echo "$r" >&2
-    POSTS[$batch]=$(echo "$r" | json_get deliveries_per_sec)
-    calls=$(curl -s "http://127.0.0.1:$port/metrics" | awk '/^chatroom_redis_posts_total /{p=$2} /^chatroom_redis_post_calls_total /{c=$2} END{if (c>0) printf "%.1f", p/c; else print "n/a"}')
-    POSTS[calls$batch]=$calls
-    kill "$pid"; wait "$pid" 2>/dev/null || true
+: > "$TMP/posts.tsv"
+for rep in $(seq "$REPEAT"); do
+    for bin in "${bins[@]}"; do
+        for batch in 1 100; do
+            port=$(free_port)
+            # A fresh Redis database each run, so the rooms of earlier runs do not mix in.
+            redis-cli -p "$rport" -n "$db" flushdb >/dev/null
+            taskset -c 0 "$bin" --bind "127.0.0.1:$port" --redis "redis://127.0.0.1:$rport/$db" --redis-batch "$batch" \
+                --data none --rate-limit 0 2>"$TMP/pub$batch.log" &
+            PIDS+=($!); pid=$!
+            db=$(( db % 15 + 1 ))
+            wait_port "$port"
+            wait_subscribed "$TMP/pub$batch.log"
+            c0=$(cpu_ticks "$pid"); r0=$(cpu_ticks "$rpid")
+            r=$(taskset -c 1 "$LOADGEN" --url "ws://127.0.0.1:$port" --clients 200 --rooms 200 --senders 200 --messages 3000 --window 32 --json || true)
+            c1=$(cpu_ticks "$pid"); r1=$(cpu_ticks "$rpid")
+            echo "$r" >&2
+            calls=$(curl -s "http://127.0.0.1:$port/metrics" | awk '/^chatroom_redis_posts_total /{p=$2} /^chatroom_redis_post_calls_total /{c=$2} END{if (c>0) printf "%.1f", p/c; else print 0}')
+            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$(basename "$bin")" "$batch" "$(echo "$r" | json_get deliveries_per_sec)" \
+                "$(echo "$r" | json_get delivered)" "$((c1 - c0))" "$((r1 - r0))" "$calls" >> "$TMP/posts.tsv"
+            kill "$pid"; wait "$pid" 2>/dev/null || true
+        done
+    done
 done
 # (`-t publish` is not a test name every redis-benchmark knows: name the command.)
 rb=$(redis-benchmark -p "$rport" -P 16 -n 200000 -q publish chatroom:bench hello 2>/dev/null | tr '\r' '\n' \
     | python3 -c 'import re,sys; m=re.findall(r"([0-9.]+) requests per second", sys.stdin.read()); print(m[-1] if m else "n/a")')
 {
+echo "# Posts into Redis, batched and not (measured $(date -u +%Y-%m-%d), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg))"
 echo
-echo "| posts into Redis (one process, 200 rooms × 1 member, 32 posts in flight each, received back on the subscription) | posts/s | posts per script call |"
-echo "|---|---|---|"
-echo "| \`--redis-batch 1\`: each post its own EVALSHA (INCR + XADD + PUBLISH) | ${POSTS[1]} | ${POSTS[calls1]} |"
-echo "| default \`--redis-batch 100\`: a turn's posts to a room in one EVALSHA, one PUBLISH | ${POSTS[100]} | ${POSTS[calls100]} |"
-echo "| ratio | $(python3 -c "print(round(${POSTS[100]}/${POSTS[1]},2))") | |"
-echo "| \`redis-benchmark -P 16 publish\` (bare PUBLISH, no subscriber work) | $rb | |"
+echo "Command: \`${POSTS_ONLY:+POSTS_ONLY=1 }REPEAT=$REPEAT ${BASELINE_BIN:+BASELINE_BIN=$BASELINE_BIN }bash scripts/bench_redis.sh\`."
+echo "One process (\`--data none --rate-limit 0\`) on core 0; redis-server and loadgen on core 1. 200 rooms with"
+echo "one member each, every member posting 3,000 messages with 32 in flight (\`loadgen --clients 200 --rooms 200"
+echo "--senders 200 --messages 3000 --window 32\`), received back on the subscription. \`--redis-batch 1\`: each post"
+echo "its own EVALSHA; \`--redis-batch 100\` (the default): a turn's posts to a room in one EVALSHA and one PUBLISH."
+echo "Medians of $REPEAT runs per binary, alternated, [min–max]; CPU from /proc (utime+stime) over the run."
+echo
+python3 - "$TMP/posts.tsv" "$hz" <<'PY'
+import sys, statistics as st
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
+hz = int(sys.argv[2])
+by = {}
+for name, batch, pps, delivered, ct, rt, calls in rows:
+    d = max(float(delivered or 0), 1.0)
+    by.setdefault((name, batch), []).append((float(pps), int(ct) / hz * 1e6 / d, int(rt) / hz * 1e6 / d, calls))
+def cell(vals, fmt):
+    return f"{fmt(st.median(vals))} [{fmt(min(vals))}–{fmt(max(vals))}]"
+print("| binary | batch | posts/s | chatroom µs/post | Redis µs/post | posts per call |")
+print("|---|---|---|---|---|---|")
+for (name, batch), runs in by.items():
+    print(f"| {name} | {batch} | {cell([r[0] for r in runs], lambda v: f'{v:,.0f}')} | "
+          f"{cell([r[1] for r in runs], lambda v: f'{v:.2f}')} | {cell([r[2] for r in runs], lambda v: f'{v:.2f}')} | {runs[0][3]} |")
+print()
+print("| binary | posts/s, batch 100 ÷ batch 1 (per round) | median |")
+print("|---|---|---|")
+for name in dict.fromkeys(n for n, _ in by):
+    ones, hundreds = by.get((name, "1"), []), by.get((name, "100"), [])
+    ratios = [h[0] / o[0] for o, h in zip(ones, hundreds) if o[0] > 0]
+    if ratios:
+        print(f"| {name} | {', '.join(f'{r:.2f}' for r in ratios)} | {st.median(ratios):.2f} |")
+PY
+echo
+echo "\`redis-benchmark -P 16 publish\` (bare PUBLISH, no subscriber, same Redis): $rb requests/s."
 echo
 echo "Loadgen result lines (JSON) are in the script's output."
-} >> "$out"
-cat "$out"
+} > "$posts_out"
+cat "$posts_out"
 fi
 
 # 3. Busy rooms on A only: what B pays for them. One row per binary.
@@ -248,6 +302,7 @@ rooms_on_a() {  # rooms_on_a BINARY LABEL
     wait "$ipid" "$apid" "$bpid" "$rpid" 2>/dev/null || true
 }
 
+if [ -z "${POSTS_ONLY:-}" ]; then
 rooms_out=bench/redis-rooms.md
 mkdir -p bench
 {
@@ -263,3 +318,4 @@ echo "|---|---|---|---|---|---|---|---|---|"
 if [ -n "${BASELINE_BIN:-}" ]; then rooms_on_a "$BASELINE_BIN" "baseline ($(basename "$BASELINE_BIN"))"; fi
 rooms_on_a "$BIN" "this build (per-room channels)"
 cat "$rooms_out"
+fi
