@@ -70,9 +70,10 @@ pub fn clean_name(name: &str) -> Option<String> {
 /// A chat message event, as read back from JSON: what [`message_json`]
 /// writes, the strings borrowed from the input where they hold no escapes.
 #[derive(Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
 pub struct MessageEvent<'a> {
     /// Always "message".
-    #[serde(rename = "type")]
+    #[serde(rename = "type", borrow)]
     pub kind: Cow<'a, str>,
     /// The room.
     #[serde(borrow)]
@@ -91,12 +92,41 @@ pub struct MessageEvent<'a> {
     /// confirmed it in time (see [`unconfirmed_json`]).
     #[serde(default)]
     pub unconfirmed: bool,
+    /// Whether the input held these fields and no others (as this build
+    /// writes them), so that it can be sent on as it is.
+    #[serde(skip, default = "exactly")]
+    pub exact: bool,
+}
+
+fn exactly() -> bool {
+    true
 }
 
 /// Reads a message event ([`message_json`], perhaps flagged by
-/// [`unconfirmed_json`]); `None` for anything else.
+/// [`unconfirmed_json`]); `None` for anything else. An event with fields
+/// this build does not know (written by another program, or a newer
+/// chatroom sharing the Redis) reads too, with `exact` false: its known
+/// fields are kept, and it should be rebuilt before it is sent on.
 pub fn parse_message_event(json: &[u8]) -> Option<MessageEvent<'_>> {
-    serde_json::from_slice::<MessageEvent>(json).ok().filter(|e| e.kind == "message")
+    if let Ok(event) = serde_json::from_slice::<MessageEvent>(json) {
+        return (event.kind == "message").then_some(event);
+    }
+    let value: serde_json::Value = serde_json::from_slice(json).ok()?;
+    let text = |key: &str| value.get(key).and_then(serde_json::Value::as_str).map(|s| Cow::Owned(s.to_string()));
+    let number = |key: &str| value.get(key).and_then(serde_json::Value::as_u64);
+    if text("type")? != "message" {
+        return None;
+    }
+    Some(MessageEvent {
+        kind: Cow::Borrowed("message"),
+        room: text("room")?,
+        id: number("id")?,
+        username: text("username")?,
+        message: text("message")?,
+        ts: number("ts")?,
+        unconfirmed: value.get("unconfirmed").and_then(serde_json::Value::as_bool).unwrap_or(false),
+        exact: false,
+    })
 }
 
 /// Serialises a message event to JSON, by hand: it is built once per
@@ -275,6 +305,10 @@ mod tests {
         }
         let flagged = unconfirmed_json(&message_json("r", 1, "a", "b", 2));
         assert!(parse_message_event(flagged.as_bytes()).unwrap().unconfirmed);
+        let with_more = br#"{"type":"message","room":"r","id":1,"username":"a","message":"b","ts":2,"color":"red"}"#;
+        let read = parse_message_event(with_more).unwrap();
+        assert_eq!((&*read.username, &*read.message, read.exact), ("a", "b", false));
+        assert!(parse_message_event(flagged.as_bytes()).unwrap().exact);
         assert_eq!(parse_message_event(br#"{"type":"gap","room":"r","oldest_id":3}"#), None);
         assert_eq!(parse_message_event(b"not json"), None);
     }

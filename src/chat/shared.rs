@@ -207,28 +207,33 @@ impl Chat {
     /// copies); `unconfirmed` flags it so (`--redis-wait`: fewer replicas
     /// than asked have it).
     pub fn accept_ordered(&mut self, room: &str, msg: OrderedMessage, author: Option<(usize, u64)>, unconfirmed: bool) {
+        let OrderedMessage { id, ts, mut json, flagged } = msg;
+        // What to store, before anything moves: a message that cannot be
+        // stored must not advance the room either.
+        let stored = if self.copies {
+            let Some(event) = protocol::parse_message_event(json.as_bytes()) else {
+                log::error!("room {room}: message {id} is not a message event; not stored");
+                return;
+            };
+            Some(StoredMessage { id, ts, username: event.username.into_owned(), text: event.message.into_owned() })
+        } else {
+            None
+        };
         if let Some(record) = self.directory.get_mut(room) {
-            record.last_id = record.last_id.max(msg.id);
+            record.last_id = record.last_id.max(id);
         }
         if let Some(&slot) = self.index.get(room)
             && let Some(live) = self.live.get_mut(slot)
         {
-            live.last_id = live.last_id.max(msg.id);
+            live.last_id = live.last_id.max(id);
         }
-        let OrderedMessage { id, ts, mut json, flagged } = msg;
         if unconfirmed && !flagged {
             json = protocol::unconfirmed_json(&json).into();
         }
-        if !self.copies {
-            self.broadcast(PendingPost { seq: 0, room: Rc::from(room), id, ts, json, sender: author });
-            return;
+        match stored {
+            Some(stored) => self.enqueue_commit(Rc::from(room), stored, json, author),
+            None => self.broadcast(PendingPost { seq: 0, room: Rc::from(room), id, ts, json, sender: author }),
         }
-        let Some(event) = protocol::parse_message_event(json.as_bytes()) else {
-            log::error!("room {room}: message {id} is not a message event; not stored");
-            return;
-        };
-        let stored = StoredMessage { id, ts, username: event.username.into_owned(), text: event.message.into_owned() };
-        self.enqueue_commit(Rc::from(room), stored, json, author);
     }
 
     /// Tells the members of `room` (if it is live here) that the messages

@@ -80,7 +80,7 @@ impl Feed {
         reads: &mut Reads,
         commands: &mut Commands,
     ) {
-        if !crate::route::valid_room_name(room) {
+        if batch.is_empty() || !crate::route::valid_room_name(room) {
             return;
         }
         for msg in batch.iter().filter(|m| m.flagged) {
@@ -167,7 +167,10 @@ impl Feed {
         let held = self.held.remove(room).unwrap_or_default();
         let last = chat.last_id(room);
         let read = messages.iter().filter(|m| m.id > last).map(|m| OrderedMessage::from_stored(room, m));
-        // Held first: a message both held and read keeps its event as published.
+        // Held first: a message both held and read keeps the copy that came
+        // first (the event as published, unless a read before a second
+        // one found it first; either way the same bytes for events of
+        // this version, and the flag comes from `unconfirmed`).
         let mut all: Vec<OrderedMessage> = held.into_iter().filter(|m| m.id > last).chain(read).collect();
         all.sort_by_key(|m| m.id);
         all.dedup_by_key(|m| m.id);

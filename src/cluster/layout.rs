@@ -215,14 +215,22 @@ return moved
 "#;
 
 /// Reads one message event of `room` from its channel: the message
-/// keeps the event's bytes, which members receive as they are.
+/// keeps the event's bytes, which members receive as they are, when the
+/// event is exactly what this build writes; otherwise (fields it does not
+/// know) it is rebuilt from the fields it knows.
 pub(super) fn decode_message(room: &str, line: &[u8]) -> Option<OrderedMessage> {
     let event = protocol::parse_message_event(line)?;
     if event.room != room {
         return None;
     }
-    let json = std::str::from_utf8(line).ok()?;
-    Some(OrderedMessage { id: event.id, ts: event.ts, json: Rc::from(json), flagged: event.unconfirmed })
+    let json: Rc<str> = match std::str::from_utf8(line) {
+        Ok(json) if event.exact && json.ends_with('}') => Rc::from(json),
+        _ => {
+            let json = protocol::message_json(room, event.id, &event.username, &event.message, event.ts);
+            if event.unconfirmed { protocol::unconfirmed_json(&json) } else { json }.into()
+        }
+    };
+    Some(OrderedMessage { id: event.id, ts: event.ts, json, flagged: event.unconfirmed })
 }
 
 /// Decodes a payload from `room`'s channel: one or more JSON events, one
@@ -308,6 +316,10 @@ mod tests {
         assert_eq!(ids, vec![3, 4, 5]);
         let seven = decode_batch("r", one(7).as_bytes());
         assert_eq!(seven.first().map(|p| &*p.json), Some(one(7).as_str()), "the event as published");
+        // Fields this build does not know are not passed on.
+        let more = one(8).replace(r#""ts":5"#, r#""ts":5,"extra":"<b>""#);
+        let eight = decode_batch("r", more.as_bytes());
+        assert_eq!(eight.first().map(|p| &*p.json), Some(one(8).as_str()), "rebuilt");
         assert!(decode_batch("r", b"").is_empty());
         assert!(decode_batch("other", one(7).as_bytes()).is_empty(), "another room's");
     }

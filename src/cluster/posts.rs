@@ -561,15 +561,18 @@ mod tests {
 
     #[test]
     fn a_call_s_numbers_run_on_one_by_one_and_the_script_is_told_the_first() {
-        let mut posts = Posts::new("p", 100, 2);
+        let mut posts = Posts::new("p", 100, 10);
         let mut commands = Commands::new();
-        for text in ["1", "2", "3"] {
-            assert!(posts.post(intent("r", text), true));
-        }
-        posts.send(&mut commands);
         let seqs = |posts: &Posts, commands: &Commands| -> Vec<Vec<u64>> {
             calls(posts, commands).into_iter().map(|(_, _, s)| s).collect()
         };
+        // Two turns, two calls.
+        for text in ["1", "2"] {
+            assert!(posts.post(intent("r", text), true));
+        }
+        posts.send(&mut commands);
+        assert!(posts.post(intent("r", "3"), true));
+        posts.send(&mut commands);
         assert_eq!(seqs(&posts, &commands), vec![vec![1, 2], vec![3]]);
         // The first call fails while the second is still out: its retry
         // and a newer post cannot go as one call.

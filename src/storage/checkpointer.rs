@@ -11,15 +11,16 @@
 //! does every room's broadcast, since a message goes out only once
 //! committed: one flooded room would stall them all.
 //!
-//! So the storage thread never checkpoints (`wal_autocheckpoint=0`).
-//! This thread, with a connection of its own, runs `PRAGMA
+//! So this thread, with a connection of its own, runs `PRAGMA
 //! wal_checkpoint(PASSIVE)` whenever the storage thread nudges it (every
 //! [`NUDGE_EVERY_ROWS`] messages written, and when it goes idle). A
 //! passive checkpoint takes no lock a writer needs: commits carry on
 //! appending to the log while it copies, and what it did not reach it
-//! copies next time. This thread touches nothing else: the reactor still
-//! talks to the storage thread alone, and the storage thread still does
-//! every read and write of chat data.
+//! copies next time. (The storage thread checkpoints only as a backstop,
+//! when the log has grown long with commits that never paused; by then
+//! nearly all of it is copied: see `sqlite.rs`.) This thread touches
+//! nothing else: the reactor still talks to the storage thread alone, and
+//! the storage thread still does every read and write of chat data.
 
 use std::path::Path;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
@@ -54,9 +55,9 @@ impl Checkpointer {
             source,
         };
         let conn = Connection::open(path).map_err(sqlite)?;
-        // A checkpoint that meets the storage thread's brief locks waits
-        // a little rather than giving up at once (it would only come back
-        // at the next nudge).
+        // A passive checkpoint never waits for a lock (it copies what it
+        // can); this is for the reads of the file's header and schema
+        // that come with the connection's first statement.
         conn.busy_timeout(std::time::Duration::from_millis(50)).map_err(sqlite)?;
         // One nudge waiting is enough: it means "checkpoint once more".
         let (nudges, rx) = sync_channel(1);
@@ -106,5 +107,61 @@ fn run(conn: &Connection, nudges: &Receiver<()>) {
         if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
             log::warn!("storage: checkpoint failed (tried again at the next nudge): {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// A WAL-mode file in a folder of its own, with `rows` rows written
+    /// to the log and none copied into the file yet.
+    fn logged_file(name: &str, rows: usize) -> (std::path::PathBuf, Connection) {
+        let dir = std::env::temp_dir().join(format!("chatroom-checkpoint-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("test.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        conn.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
+        conn.execute_batch("CREATE TABLE t(x TEXT)").unwrap();
+        for _ in 0..rows {
+            conn.execute("INSERT INTO t VALUES (?1)", [&"x".repeat(1000)]).unwrap();
+        }
+        (path, conn)
+    }
+
+    fn file_len(path: &Path) -> u64 {
+        std::fs::metadata(path).unwrap().len()
+    }
+
+    #[test]
+    fn a_nudge_copies_the_log_into_the_file() {
+        let (path, _writer) = logged_file("nudge", 200);
+        let before = file_len(&path);
+        let mut checkpointer = Checkpointer::start(&path).unwrap();
+        checkpointer.nudge();
+        // Dropping waits for the thread, which takes the nudge first.
+        drop(checkpointer);
+        assert!(file_len(&path) > before + 100_000, "{} bytes, {before} before", file_len(&path));
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn writes_nudge_once_every_so_many_rows() {
+        let (path, _writer) = logged_file("rows", 200);
+        let before = file_len(&path);
+        let mut checkpointer = Checkpointer::start(&path).unwrap();
+        checkpointer.wrote(NUDGE_EVERY_ROWS - 1);
+        drop(checkpointer);
+        assert_eq!(file_len(&path), before, "not yet");
+        let mut checkpointer = Checkpointer::start(&path).unwrap();
+        checkpointer.wrote(NUDGE_EVERY_ROWS - 1);
+        checkpointer.wrote(1);
+        drop(checkpointer);
+        assert!(file_len(&path) > before + 100_000, "{} bytes, {before} before", file_len(&path));
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 }

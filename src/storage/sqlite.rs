@@ -50,6 +50,13 @@ use super::checkpointer::Checkpointer;
 use super::lock::DataLock;
 use super::{ReadRange, RoomRecord, StorageError, Store, StoredMessage, Write};
 
+/// Pages in the write-ahead log before the storage connection checkpoints
+/// it itself (see `open`): about 16 MiB.
+pub(super) const WAL_BACKSTOP_PAGES: i64 = 4_000;
+
+/// The size a write-ahead log file is cut back to when it starts over.
+const WAL_KEEP_BYTES: i64 = 16 << 20;
+
 /// The schema this build writes, kept in `PRAGMA user_version`. A file with
 /// a higher number was made by a newer chatroom, and we refuse it rather
 /// than write rows it would not expect.
@@ -277,9 +284,18 @@ impl SqliteStore {
             conn.pragma_update(None, "max_page_count", pages).map_err(fail("set max_page_count"))?;
         }
         // Checkpoints (copying the log's pages into the file, then fsync)
-        // are the checkpoint thread's, never this connection's: no commit
-        // waits for one (`checkpointer.rs`).
-        conn.pragma_update(None, "wal_autocheckpoint", 0).map_err(fail("set wal_autocheckpoint"))?;
+        // are the checkpoint thread's (`checkpointer.rs`), so no commit
+        // waits for one. But the log only starts over from its beginning
+        // when a commit finds every page of it copied, and while commits
+        // never pause one always lands behind the thread's checkpoint: the
+        // log would grow until the first quiet moment. So this connection
+        // still checkpoints, as a backstop, once the log reaches
+        // `WAL_BACKSTOP_PAGES`: by then the thread has copied nearly all of
+        // it, this checkpoint copies the rest (a short wait), and the next
+        // commit starts the log over. A log file left longer than
+        // `WAL_KEEP_BYTES` is cut back when it starts over.
+        conn.pragma_update(None, "wal_autocheckpoint", WAL_BACKSTOP_PAGES).map_err(fail("set wal_autocheckpoint"))?;
+        conn.pragma_update(None, "journal_size_limit", WAL_KEEP_BYTES).map_err(fail("set journal_size_limit"))?;
 
         let version: i64 =
             conn.pragma_query_value(None, "user_version", |row| row.get(0)).map_err(fail("read the schema version"))?;
@@ -355,8 +371,8 @@ impl Store for SqliteStore {
     }
 
     /// Files the inbox and asks for a checkpoint while nobody waits on a
-    /// commit: it copies everything, and the next commit restarts the log
-    /// from its beginning instead of growing it.
+    /// commit: with no commit behind it, it copies everything, and the
+    /// next commit starts the log over from its beginning.
     fn idle(&mut self) {
         if self.inbox_rows > 0 {
             match file_inbox(&self.conn) {
