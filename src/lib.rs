@@ -39,7 +39,8 @@
 //! `chat`, the data layout in `cluster`) know nothing about sockets and
 //! are tested on their own. Clients' sockets are read and written only in
 //! `server/` and `conn/`; Redis's only in `bus/`; the data file only on the
-//! storage thread (`storage/`).
+//! storage thread (`storage/`), which a checkpoint thread helps by copying
+//! SQLite's write-ahead log into the file beside it.
 
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing))]
