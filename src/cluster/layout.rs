@@ -116,7 +116,7 @@ pub(super) fn channel_room(channel: &[u8]) -> Option<&str> {
 /// restarted empty never hands out an id at or below it), 3 = the caller's
 /// process id, 4 = MAXLEN, 5 = the marks' TTL, 6 = the first post's
 /// sequence number (the others follow it one by one), 7 = the JSON event
-/// before the id (the same for every post to the room, [`event_prefix`]),
+/// before the id (the same for every post to the room, `event_prefix`),
 /// then one per post: its event after the id.
 ///
 /// A process numbers its posts to a room 1, 2, 3… and sends them in that
