@@ -59,6 +59,12 @@ impl Checkpointer {
         // can); this is for the reads of the file's header and schema
         // that come with the connection's first statement.
         conn.busy_timeout(std::time::Duration::from_millis(50)).map_err(sqlite)?;
+        // A first checkpoint now, before the server serves anyone: it copies
+        // what an earlier run left in the log, and opens the log's file, so
+        // the process's descriptors are all open from the start (a server
+        // whose descriptor count grows after its first checkpoint would look
+        // like one leaking them).
+        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())).map_err(sqlite)?;
         // One nudge waiting is enough: it means "checkpoint once more".
         let (nudges, rx) = sync_channel(1);
         let thread = std::thread::Builder::new()
