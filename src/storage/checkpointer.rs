@@ -122,9 +122,9 @@ mod tests {
 
     use super::*;
 
-    /// A WAL-mode file in a folder of its own, with `rows` rows written
-    /// to the log and none copied into the file yet.
-    fn logged_file(name: &str, rows: usize) -> (std::path::PathBuf, Connection) {
+    /// A WAL-mode file in a folder of its own, and a connection to it
+    /// that never checkpoints.
+    fn wal_file(name: &str) -> (std::path::PathBuf, Connection) {
         let dir = std::env::temp_dir().join(format!("chatroom-checkpoint-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -133,10 +133,14 @@ mod tests {
         conn.pragma_update(None, "journal_mode", "WAL").unwrap();
         conn.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
         conn.execute_batch("CREATE TABLE t(x TEXT)").unwrap();
-        for _ in 0..rows {
-            conn.execute("INSERT INTO t VALUES (?1)", [&"x".repeat(1000)]).unwrap();
-        }
         (path, conn)
+    }
+
+    /// Writes 200 rows of 1 KB to the log, none copied into the file yet.
+    fn log_rows(writer: &Connection) {
+        for _ in 0..200 {
+            writer.execute("INSERT INTO t VALUES (?1)", [&"x".repeat(1000)]).unwrap();
+        }
     }
 
     fn file_len(path: &Path) -> u64 {
@@ -145,9 +149,10 @@ mod tests {
 
     #[test]
     fn a_nudge_copies_the_log_into_the_file() {
-        let (path, _writer) = logged_file("nudge", 200);
-        let before = file_len(&path);
+        let (path, writer) = wal_file("nudge");
         let mut checkpointer = Checkpointer::start(&path).unwrap();
+        log_rows(&writer);
+        let before = file_len(&path);
         checkpointer.nudge();
         // Dropping waits for the thread, which takes the nudge first.
         drop(checkpointer);
@@ -156,14 +161,27 @@ mod tests {
     }
 
     #[test]
-    fn writes_nudge_once_every_so_many_rows() {
-        let (path, _writer) = logged_file("rows", 200);
+    fn what_an_earlier_run_left_in_the_log_is_copied_at_start() {
+        let (path, writer) = wal_file("start");
+        log_rows(&writer);
         let before = file_len(&path);
+        drop(Checkpointer::start(&path).unwrap());
+        assert!(file_len(&path) > before + 100_000, "{} bytes, {before} before", file_len(&path));
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn writes_nudge_once_every_so_many_rows() {
+        let (path, writer) = wal_file("rows");
         let mut checkpointer = Checkpointer::start(&path).unwrap();
+        log_rows(&writer);
+        let before = file_len(&path);
         checkpointer.wrote(NUDGE_EVERY_ROWS - 1);
         drop(checkpointer);
         assert_eq!(file_len(&path), before, "not yet");
         let mut checkpointer = Checkpointer::start(&path).unwrap();
+        log_rows(&writer);
+        let before = file_len(&path);
         checkpointer.wrote(NUDGE_EVERY_ROWS - 1);
         checkpointer.wrote(1);
         drop(checkpointer);

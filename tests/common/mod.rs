@@ -741,6 +741,12 @@ impl RedisServer {
     /// Starts it again on the same port (same data folder; a cluster
     /// node so keeps its `nodes.conf`, and rejoins its cluster).
     pub fn restart(&mut self) {
+        assert!(self.try_restart(), "redis-server on {} did not start", self.port);
+    }
+
+    /// [`RedisServer::restart`], saying whether it came up instead of
+    /// failing the test.
+    fn try_restart(&mut self) -> bool {
         self.stop();
         let child = std::process::Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
@@ -752,7 +758,13 @@ impl RedisServer {
             .spawn()
             .expect("redis-server not found: run scripts/install-deps.sh");
         self.child = Some(child);
-        assert!(eventually(IO_TIMEOUT, || self.ping()), "redis-server on {} did not start", self.port);
+        eventually(IO_TIMEOUT, || self.ping()) && self.is_running()
+    }
+
+    /// Whether the process is still there (it exits at once if one of its
+    /// ports was taken).
+    fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 }
 
@@ -798,28 +810,66 @@ impl RedisCluster {
 
     /// The same, every node requiring `password` (of the `default` user;
     /// replicas log in to their masters with it too).
+    ///
+    /// A node exits at start if its ports were taken between the pick
+    /// and its bind (by another test, or as the local port of any
+    /// outgoing connection), and `--cluster create` would then wait for
+    /// it forever: so the create runs under a deadline, and the start is
+    /// tried again on fresh ports, a bounded number of times.
     pub fn start_with_password(password: Option<&str>) -> RedisCluster {
+        const ATTEMPTS: usize = 3;
+        for attempt in 1..=ATTEMPTS {
+            match RedisCluster::try_create(password) {
+                Ok(nodes) => return RedisCluster::wait_ready(nodes),
+                Err(why) => eprintln!("redis cluster, attempt {attempt} of {ATTEMPTS}: {why}"),
+            }
+        }
+        panic!("no Redis Cluster after {ATTEMPTS} attempts");
+    }
+
+    /// Six nodes on fresh ports, joined by `redis-cli --cluster create`.
+    fn try_create(password: Option<&str>) -> Result<Vec<RedisServer>, String> {
         let ports = cluster_ports(6);
-        let nodes: Vec<RedisServer> =
-            ports.iter().map(|&port| RedisServer::start_cluster_node(port, password)).collect();
+        let mut nodes = Vec::new();
+        for &port in &ports {
+            let (node, up) = RedisServer::start_cluster_node(port, password);
+            nodes.push(node);
+            if !up {
+                return Err(format!("the node on port {port} did not start"));
+            }
+        }
         let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
         // Without --cluster-yes, redis-cli waits at a prompt for a "yes".
         let mut create = std::process::Command::new("redis-cli");
         if let Some(password) = password {
             create.args(["-a", password, "--no-auth-warning"]);
         }
-        let out = create
+        let mut child = create
             .args(["--cluster", "create"])
             .args(&addrs)
             .args(["--cluster-replicas", "1", "--cluster-yes"])
-            .output()
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
             .expect("redis-cli runs");
-        assert!(
-            out.status.success(),
-            "redis-cli --cluster create: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let done = eventually(Duration::from_secs(60), || !matches!(child.try_wait(), Ok(None)));
+        if !done {
+            let _ = child.kill();
+        }
+        let out = child.wait_with_output().expect("redis-cli ends");
+        if !done || !out.status.success() {
+            return Err(format!(
+                "redis-cli --cluster create{}: {}{}",
+                if done { "" } else { " did not finish in 60 s" },
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(nodes)
+    }
+
+    /// Waits for the created cluster to be whole.
+    fn wait_ready(nodes: Vec<RedisServer>) -> RedisCluster {
         let cluster = RedisCluster { nodes };
         let ok = eventually(Duration::from_secs(30), || {
             cluster.nodes.iter().all(|n| n.cli(&["cluster", "info"]).contains("cluster_state:ok"))
@@ -880,7 +930,8 @@ fn cluster_ports(n: usize) -> Vec<u16> {
 
 impl RedisServer {
     /// Starts one empty cluster node on `port` (its bus on port + 10000).
-    fn start_cluster_node(port: u16, password: Option<&str>) -> RedisServer {
+    /// A cluster node on `port`, and whether it came up.
+    fn start_cluster_node(port: u16, password: Option<&str>) -> (RedisServer, bool) {
         let mut extra: Vec<String> = Vec::new();
         if let Some(password) = password {
             extra.extend(["--requirepass", password, "--masterauth", password].map(String::from));
@@ -909,8 +960,8 @@ impl RedisServer {
         let password = password.map(str::to_string);
         let mut node =
             RedisServer { port, child: None, dir: temp_dir("redis-cluster"), appendonly: false, password, extra };
-        node.restart();
-        node
+        let up = node.try_restart();
+        (node, up)
     }
 
     /// Whether it answers PING (or refuses it for want of a password:
