@@ -161,6 +161,14 @@ struct PendingPost {
     sender: Option<(usize, u64)>,
 }
 
+/// A message ready to go out: its id, time, event and local author.
+struct Ordered {
+    id: u64,
+    ts: u64,
+    json: Rc<str>,
+    sender: Option<(usize, u64)>,
+}
+
 /// Limits and sizes the chat applies.
 #[derive(Debug, Clone)]
 struct Settings {
@@ -485,7 +493,8 @@ impl Chat {
             match result {
                 Ok(()) => {
                     committed += 1;
-                    self.broadcast(post);
+                    let PendingPost { room, id, ts, json, sender, .. } = post;
+                    self.broadcast(&room, Ordered { id, ts, json, sender });
                 }
                 Err(reason) => {
                     log::error!("history commit failed: {reason}");
@@ -502,8 +511,8 @@ impl Chat {
 
     /// A message is stored (or needs no storing): it joins its room's
     /// recent history and goes out to the members.
-    fn broadcast(&mut self, post: PendingPost) {
-        if let Some(record) = self.directory.get_mut(&*post.room) {
+    fn broadcast(&mut self, room_name: &str, post: Ordered) {
+        if let Some(record) = self.directory.get_mut(room_name) {
             // Shared ids run 1, 2, 3... over every process, so
             // the newest is the count (see `Chat::learn_activity`).
             record.messages = match self.mode {
@@ -517,7 +526,7 @@ impl Chat {
         // already holds this id had it from a read that
         // overtook the commit (a shared room's welcome read),
         // and its members had it in their welcome.
-        if let Some(&slot) = self.index.get(&post.room)
+        if let Some(&slot) = self.index.get(room_name)
             && let Some(room) = self.live.get_mut(slot)
             && room.recent.back().is_none_or(|(newest, _)| *newest < post.id)
         {

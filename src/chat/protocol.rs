@@ -133,18 +133,30 @@ pub fn parse_message_event(json: &[u8]) -> Option<MessageEvent<'_>> {
 /// message on the busiest path, and the fields are always the same.
 pub fn message_json(room: &str, id: u64, username: &str, message: &str, ts: u64) -> String {
     let mut out = String::with_capacity(64 + room.len() + username.len() + message.len());
-    out.push_str(r#"{"type":"message","room":"#);
-    push_json_str(&mut out, room);
-    out.push_str(r#","id":"#);
+    push_message_prefix(&mut out, room);
     out.push_str(itoa::Buffer::new().format(id));
+    push_message_suffix(&mut out, username, message, ts);
+    out
+}
+
+/// A message event up to its id: `{"type":"message","room":"ROOM","id":`.
+/// With Redis the id is given by a script, which puts it between this and
+/// [`push_message_suffix`]'s part.
+pub fn push_message_prefix(out: &mut String, room: &str) {
+    out.push_str(r#"{"type":"message","room":"#);
+    push_json_str(out, room);
+    out.push_str(r#","id":"#);
+}
+
+/// A message event after its id: `,"username":…,"message":…,"ts":…}`.
+pub fn push_message_suffix(out: &mut String, username: &str, message: &str, ts: u64) {
     out.push_str(r#","username":"#);
-    push_json_str(&mut out, username);
+    push_json_str(out, username);
     out.push_str(r#","message":"#);
-    push_json_str(&mut out, message);
+    push_json_str(out, message);
     out.push_str(r#","ts":"#);
     out.push_str(itoa::Buffer::new().format(ts));
     out.push('}');
-    out
 }
 
 /// A message event (from [`message_json`]) flagged `"unconfirmed":true`:

@@ -26,7 +26,7 @@
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use super::{Chat, Outgoing, PendingPost, protocol};
+use super::{Chat, Ordered, Outgoing, protocol};
 use crate::storage::{ReadRange, RoomRecord, StoredMessage};
 
 /// Who numbers the posts of the chat's rooms.
@@ -232,7 +232,7 @@ impl Chat {
         }
         match stored {
             Some(stored) => self.enqueue_commit(Rc::from(room), stored, json, author),
-            None => self.broadcast(PendingPost { seq: 0, room: Rc::from(room), id, ts, json, sender: author }),
+            None => self.broadcast(room, Ordered { id, ts, json, sender: author }),
         }
     }
 

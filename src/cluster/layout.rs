@@ -130,7 +130,7 @@ pub(super) fn channel_room(channel: &[u8]) -> Option<&str> {
 /// written once per call, and the stream trimmed once (MAXLEN ~ trims
 /// whole nodes, so the trim is cheap and the stream stays close to its
 /// cap). That is why a post costs Redis several times less in a batch
-/// than alone (`bench/redis.md`).
+/// than alone (`bench/redis-batch.md`).
 pub const POST_SCRIPT: &str = r#"
 local last = tonumber(redis.call('HGET', KEYS[3], ARGV[3]) or '0')
 local id = tonumber(redis.call('GET', KEYS[1]) or '0')
@@ -164,13 +164,10 @@ end
 return ids
 "#;
 
-/// A room's message events up to the id: `{"type":"message","room":"ROOM","id":`
-/// (the rest is [`crate::chat::protocol::message_json`]'s).
+/// A room's message events up to the id ([`protocol::push_message_prefix`]).
 pub(super) fn event_prefix(room: &str) -> String {
     let mut prefix = String::with_capacity(32 + room.len());
-    prefix.push_str(r#"{"type":"message","room":"#);
-    protocol::push_json_str(&mut prefix, room);
-    prefix.push_str(r#","id":"#);
+    protocol::push_message_prefix(&mut prefix, room);
     prefix
 }
 

@@ -41,7 +41,7 @@ use super::layout::{
 use super::{Commands, TAG_INTERNAL, TAG_KIND, TAG_POST, TAG_SCRIPT};
 use crate::bus::Value;
 use crate::chat::PostIntent;
-use crate::chat::protocol::{push_json_str, unconfirmed_json};
+use crate::chat::protocol::{push_message_suffix, unconfirmed_json};
 
 /// How long, in milliseconds, a `WAIT` (`--redis-wait`) waits for the
 /// replicas. A replica that keeps up acknowledges within a round trip
@@ -220,15 +220,8 @@ impl Posts {
             return false;
         }
         let PostIntent { room, username, text, ts, known_last, author } = intent;
-        // `protocol::message_json` after the id.
         let mut suffix = String::with_capacity(48 + username.len() + text.len());
-        suffix.push_str(r#","username":"#);
-        push_json_str(&mut suffix, &username);
-        suffix.push_str(r#","message":"#);
-        push_json_str(&mut suffix, &text);
-        suffix.push_str(r#","ts":"#);
-        suffix.push_str(itoa::Buffer::new().format(ts));
-        suffix.push('}');
+        push_message_suffix(&mut suffix, &username, &text, ts);
         let seq = self.seqs.entry(room.clone()).or_insert(0);
         *seq += 1;
         self.waiting.push_back(Post { room, seq: *seq, suffix, author, known_last });
