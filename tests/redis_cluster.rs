@@ -246,7 +246,7 @@ fn a_room_s_slot_moving_mid_conversation_loses_nothing_with(redis_wait: usize) {
         s.extend(receive(c, 8));
     }
     assert_one_gapless_order(&seen, 13);
-    assert_eq!(to.cli(&["xlen", &format!("chatroom:{{{room}}}:log")]), "13");
+    assert_eq!(to.stream(room).len(), 13);
     // Both processes listen at the new master now.
     let channel = format!("chatroom:{{{room}}}:msgs");
     assert!(
@@ -308,7 +308,7 @@ fn a_failover_mid_conversation_loses_nothing() {
         s.extend(receive(c, 6));
     }
     assert_one_gapless_order(&seen, 9);
-    assert_eq!(replica.cli(&["xlen", &format!("chatroom:{{{room}}}:log")]), "9");
+    assert_eq!(replica.stream(room).len(), 9);
     let channel = format!("chatroom:{{{room}}}:msgs");
     assert!(
         eventually(IO_TIMEOUT, || replica.cli(&["pubsub", "shardnumsub", &channel]) == format!("{channel}\n2")),
@@ -403,7 +403,7 @@ fn a_master_killed_mid_conversation_is_replaced_and_nothing_is_lost() {
         s.extend(receive(c, 6));
     }
     assert_one_gapless_order(&seen, 9);
-    assert_eq!(replica.cli(&["xlen", &format!("chatroom:{{{room}}}:log")]), "9");
+    assert_eq!(replica.stream(room).len(), 9);
 }
 
 /// What [`acknowledged_posts_after_a_failover`] found: every post the
@@ -494,12 +494,8 @@ fn acknowledged_posts_after_a_failover(redis_wait: usize) -> Failover {
     while after.last().is_none_or(|(_, flagged)| *flagged) && std::time::Instant::now() < deadline {
         after.extend(post_acked(&mut ann, &format!("after{}-", after.len() + 1), 1));
     }
-    let stream = cluster.nodes[r].cli(&["xrange", &log, "-", "+"]);
-    let kept: HashSet<String> = stream
-        .lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .filter_map(|m| m["message"].as_str().map(str::to_string))
-        .collect();
+    let kept: HashSet<String> =
+        cluster.nodes[r].stream(room).iter().filter_map(|m| m["message"].as_str().map(str::to_string)).collect();
     let lost = [&before, &during, &after].into_iter().flatten().filter(|(text, _)| !kept.contains(text)).cloned();
     let (_, welcome) = join(&b, room, "?username=bob");
     let history: HashSet<String> =

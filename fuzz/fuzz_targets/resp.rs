@@ -12,10 +12,15 @@
 //! - the value, encoded again as RESP2, decodes to itself (unless lossy
 //!   UTF-8 decoding grew a status line past the line limit);
 //! - a buffer holding several frames is consumed the way the bus does it
-//!   (decode, drop the bytes used, repeat) without looping forever.
+//!   (decode, drop the bytes used, repeat) without looping forever;
+//! - what reads the values above the bus takes them too: a bulk string as
+//!   a room channel's payload (`cluster::decode_batch`), the value as a
+//!   stream reply (`cluster::stream_messages`). Messages come out in id
+//!   order, once each, every one a message event of the room.
 #![no_main]
 
 use chatroom::bus::resp::{self, Value};
+use chatroom::chat::protocol;
 use libfuzzer_sys::fuzz_target;
 
 /// Prefixes checked one by one only for frames up to this size; longer
@@ -67,6 +72,21 @@ fn check_prefixes(frame: &[u8]) {
     }
 }
 
+/// The room the payloads are read for.
+const ROOM: &str = "r";
+
+fn check_messages(value: &Value) {
+    if let Value::Bulk(payload) = value {
+        let batch = chatroom::cluster::decode_batch(ROOM, payload);
+        for msg in &batch {
+            let event = protocol::parse_message_event(msg.json.as_bytes()).expect("a message event");
+            assert_eq!((&*event.room, event.id, event.ts), (ROOM, msg.id, msg.ts), "{}", msg.json);
+        }
+    }
+    let stored = chatroom::cluster::stream_messages(ROOM, value);
+    assert!(stored.windows(2).all(|w| w[0].id < w[1].id), "in id order, once each");
+}
+
 fuzz_target!(|data: &[u8]| {
     // The bus's read loop: decode, drop what was used, repeat.
     let mut rest = data;
@@ -84,6 +104,7 @@ fuzz_target!(|data: &[u8]| {
             check_prefixes(frame);
             first = false;
         }
+        check_messages(&value);
         if lines_fit(&value) {
             let mut again = Vec::new();
             encode(&value, &mut again);

@@ -145,7 +145,9 @@ impl Directory {
                 let room = usize::try_from((index & !ONLINE_BIT) - 1).ok().and_then(|i| refresh.rooms.get(i));
                 if index & ONLINE_BIT != 0 {
                     online = room.map(|room| (room.clone(), value));
-                } else if let (Some(room), Some(newest)) = (room, stream_messages(value).last()) {
+                } else if let Some((room, newest)) =
+                    room.and_then(|room| Some((room, stream_messages(room, value).pop()?)))
+                {
                     chat.learn_activity(room, newest.id, newest.ts);
                 }
                 refresh.left = refresh.left.saturating_sub(1);

@@ -4,9 +4,9 @@
 //! |---|---|
 //! | `chatroom:rooms` | hash: every room ever created → created (ms); in a cluster, [`ROOM_LISTS`] hashes `chatroom:rooms:{rN}` instead ([`rooms_key`]) |
 //! | `chatroom:{ROOM}:id` | the room's last id (INCR) |
-//! | `chatroom:{ROOM}:log` | stream: the room's messages, entry id `<id>-0`, field `m` = the JSON event |
+//! | `chatroom:{ROOM}:log` | stream: the room's messages, one entry per batch of posts, entry id `<last id>-0`, field `b` = the batch ([`batch_payload`]); entries of earlier builds hold one message each, field `m` = its JSON event |
 //! | `chatroom:{ROOM}:seq` | hash: process id → the sequence number of its last post applied to the room (retries apply once) |
-//! | `chatroom:{ROOM}:msgs` | channel: the room's messages, one or more JSON events per message, one per line ([`room_channel`]) |
+//! | `chatroom:{ROOM}:msgs` | channel: the room's messages, one batch per message ([`room_channel`]) |
 //! | [`PRESENCE_CHANNEL`] | each process's members (see `presence.rs`) |
 //!
 //! Every key of a room carries the room's name in braces, the *hash tag*:
@@ -14,11 +14,13 @@
 //! so a room's keys share one slot, which is what lets one script touch
 //! them all. (Room names hold no braces: `route::valid_room_name`.)
 //!
-//! A message is the same JSON event everywhere: in the stream, on the
-//! channel, and on the WebSocket to a client. [`POST_SCRIPT`] puts the id
-//! into it, so the event is built once, by the process that took the post.
-//! One payload on a room's channel may carry several events, one per line
-//! ([`decode_batch`]): a batch of posts published together.
+//! A message is one JSON event, built once by the process that took the
+//! post in two halves around its id (`protocol::push_message_prefix` and
+//! `push_message_suffix`). Redis keeps and carries the second halves of a
+//! batch of posts under the batch's first id, as one record: the same
+//! bytes in the stream and on the channel. A process that reads a batch
+//! puts each event back together, and its members receive exactly the
+//! bytes the poster built ([`decode_batch`]).
 //!
 //! The braces in a room channel's name are a Redis Cluster hash tag: only
 //! the `{<room>}` part is hashed, so every key of a room can share one slot.
@@ -32,7 +34,8 @@ use crate::storage::StoredMessage;
 /// The channel for presence (joins, leaves, and periodic snapshots).
 pub const PRESENCE_CHANNEL: &[u8] = b"chatroom:presence";
 
-/// Entries kept in each room's stream (approximately: MAXLEN ~).
+/// Messages kept in each room's stream (about: the trim drops whole
+/// nodes of entries, and an entry holds a batch).
 pub const STREAM_MAXLEN: u64 = 10_000;
 
 /// How long a room's sequence marks outlive its last post, in seconds: a
@@ -114,55 +117,77 @@ pub(super) fn channel_room(channel: &[u8]) -> Option<&str> {
 /// KEYS: 1 = the room's id counter, 2 = its stream, 3 = its sequence
 /// marks. ARGV: 1 = channel, 2 = highest id the caller knows (a Redis that
 /// restarted empty never hands out an id at or below it), 3 = the caller's
-/// process id, 4 = MAXLEN, 5 = the marks' TTL, 6 = the first post's
-/// sequence number (the others follow it one by one), 7 = the JSON event
-/// before the id (the same for every post to the room, `event_prefix`),
-/// then one per post: its event after the id.
+/// process id, 4 = messages the stream keeps ([`STREAM_MAXLEN`]), 5 = the
+/// marks' TTL, 6 = the first post's sequence number (the others follow it
+/// one by one), 7 = how many posts, 8 = the posts' events after the id
+/// (`push_message_suffix`), one per line.
 ///
 /// A process numbers its posts to a room 1, 2, 3… and sends them in that
 /// order, retries included; the room remembers the last number it applied
-/// from each process, so a post sent again after a lost reply is answered
-/// 0 ("applied before") instead of being posted twice. The posts that are
-/// new leave in one PUBLISH, one event per line. Returns each post's id
-/// (0 for a repeat), in order.
+/// from each process, so posts sent again after a lost reply are skipped
+/// instead of being posted twice. Repeats can only lead a call (numbers
+/// rise through it), so they are its first `skip` lines. Returns `{skip,
+/// first}`: the posts after the first `skip` took ids `first`, `first + 1`…
 ///
-/// The per-post work is one XADD and one string: the counter is read and
-/// written once per call, and the stream trimmed once (MAXLEN ~ trims
-/// whole nodes, so the trim is cheap and the stream stays close to its
-/// cap). That is why a post costs Redis several times less in a batch
-/// than alone (`bench/redis-batch.md`).
+/// The new posts are one record, a *batch* ([`batch_payload`]): the first
+/// id, then their lines as they came. It is one stream entry (entry id =
+/// the batch's last id) and one PUBLISH, whatever the number of posts. So
+/// Redis's work per call hardly grows with the posts in it: no per-post
+/// command, no per-post string built in Lua (turning a Lua number into a
+/// string is a `printf`, which dominated the per-post cost when every post
+/// was an entry of its own). Each process puts the id into each event when
+/// it reads a batch ([`decode_batch`]). The stream is trimmed by id,
+/// keeping about ARGV[4] messages (`MINID ~` drops whole nodes only, so
+/// the trim is cheap).
 pub const POST_SCRIPT: &str = r#"
 local last = tonumber(redis.call('HGET', KEYS[3], ARGV[3]) or '0')
+local seq = tonumber(ARGV[6])
+local n = tonumber(ARGV[7])
+local posts = ARGV[8]
+local skip = last - seq + 1
+if skip >= n then
+  return {n, 0}
+elseif skip > 0 then
+  local at = 0
+  for _ = 1, skip do
+    at = string.find(posts, '\n', at + 1, true)
+  end
+  posts = string.sub(posts, at + 1)
+else
+  skip = 0
+end
 local id = tonumber(redis.call('GET', KEYS[1]) or '0')
 local known = tonumber(ARGV[2])
 if id < known then
   id = known
 end
-local seq = tonumber(ARGV[6]) - 1
-local prefix = ARGV[7]
-local ids = {}
-local events = {}
-for i = 8, #ARGV do
-  seq = seq + 1
-  if seq <= last then
-    ids[#ids + 1] = 0
-  else
-    id = id + 1
-    local json = prefix .. id .. ARGV[i]
-    redis.call('XADD', KEYS[2], id .. '-0', 'm', json)
-    events[#events + 1] = json
-    ids[#ids + 1] = id
-  end
+local first = id + 1
+id = id + n - skip
+redis.call('SET', KEYS[1], id)
+local batch = first .. '\n' .. posts
+local floor = id - tonumber(ARGV[4])
+if floor > 0 then
+  redis.call('XADD', KEYS[2], 'MINID', '~', floor, id .. '-0', 'b', batch)
+else
+  redis.call('XADD', KEYS[2], id .. '-0', 'b', batch)
 end
-if #events > 0 then
-  redis.call('SET', KEYS[1], id)
-  redis.call('XTRIM', KEYS[2], 'MAXLEN', '~', ARGV[4])
-  redis.call('PUBLISH', ARGV[1], table.concat(events, '\n'))
-  redis.call('HSET', KEYS[3], ARGV[3], seq)
-  redis.call('EXPIRE', KEYS[3], ARGV[5])
-end
-return ids
+redis.call('PUBLISH', ARGV[1], batch)
+redis.call('HSET', KEYS[3], ARGV[3], seq + n - 1)
+redis.call('EXPIRE', KEYS[3], ARGV[5])
+return {skip, first}
 "#;
+
+/// A batch as the post script stores and publishes it: `first` (the first
+/// post's id), then each post's event after its id, one per line. (An
+/// event's JSON escapes its newlines, so a line is always one event.)
+pub(super) fn batch_payload<'a>(first: u64, suffixes: impl IntoIterator<Item = &'a str>) -> String {
+    let mut out = itoa::Buffer::new().format(first).to_string();
+    for suffix in suffixes {
+        out.push('\n');
+        out.push_str(suffix);
+    }
+    out
+}
 
 /// A room's message events up to the id ([`protocol::push_message_prefix`]).
 pub(super) fn event_prefix(room: &str) -> String {
@@ -172,7 +197,7 @@ pub(super) fn event_prefix(room: &str) -> String {
 }
 
 /// The line of [`POST_SCRIPT`] that publishes.
-const PUBLISH_LINE: &str = "  redis.call('PUBLISH', ARGV[1], table.concat(events, '\\n'))\n";
+const PUBLISH_LINE: &str = "redis.call('PUBLISH', ARGV[1], batch)\n";
 
 /// The post script as a process runs it: [`POST_SCRIPT`]; in a Redis
 /// Cluster its SPUBLISH variant (on the room's sharded channel, in the
@@ -211,60 +236,89 @@ redis.call('SET', 'chatroom:layout', '2')
 return moved
 "#;
 
-/// Reads one message event of `room` from its channel: the message
-/// keeps the event's bytes, which members receive as they are, when the
-/// event is exactly what this build writes; otherwise (fields it does not
-/// know) it is rebuilt from the fields it knows.
-pub(super) fn decode_message(room: &str, line: &[u8]) -> Option<OrderedMessage> {
-    let event = protocol::parse_message_event(line)?;
+/// Reads one message event of `room`: the message keeps the event's
+/// bytes, which members receive as they are, when the event is exactly
+/// what this build writes; otherwise (fields it does not know) it is
+/// rebuilt from the fields it knows.
+pub(super) fn decode_message(room: &str, json: &str) -> Option<OrderedMessage> {
+    let event = protocol::parse_message_event(json.as_bytes())?;
     if event.room != room {
         return None;
     }
-    let json: Rc<str> = match std::str::from_utf8(line) {
-        Ok(json) if event.exact && json.ends_with('}') => Rc::from(json),
-        _ => {
-            let json = protocol::message_json(room, event.id, &event.username, &event.message, event.ts);
-            if event.unconfirmed { protocol::unconfirmed_json(&json) } else { json }.into()
-        }
+    let json: Rc<str> = if event.exact && json.ends_with('}') {
+        Rc::from(json)
+    } else {
+        let json = protocol::message_json(room, event.id, &event.username, &event.message, event.ts);
+        if event.unconfirmed { protocol::unconfirmed_json(&json) } else { json }.into()
     };
     Some(OrderedMessage { id: event.id, ts: event.ts, json, flagged: event.unconfirmed })
 }
 
-/// Decodes a payload from `room`'s channel: one or more JSON events, one
-/// per line (a batch of posts published together). Lines that are empty,
-/// do not decode, or are another room's are skipped; the rest keep their
-/// order.
-pub(super) fn decode_batch(room: &str, payload: &[u8]) -> Vec<OrderedMessage> {
-    payload
-        .split(|&b| b == b'\n')
-        .filter(|line| !line.is_empty())
-        .filter_map(|line| decode_message(room, line))
+/// The events of a payload of `room`'s, as (id, JSON event) in order.
+/// A payload is a batch ([`batch_payload`]), each line of which becomes
+/// an event with the room's prefix and its id put back in; or, as an
+/// earlier build stored each message (a stream entry's field `m`), whole
+/// events, one per line. Lines that are not UTF-8 are skipped, and so is
+/// a batch whose first line is not an id.
+fn events(room: &str, payload: &[u8]) -> Vec<(Option<u64>, String)> {
+    let mut lines = payload.split(|&b| b == b'\n').map(|line| std::str::from_utf8(line).ok());
+    if !payload.first().is_some_and(u8::is_ascii_digit) {
+        return lines.flatten().filter(|line| !line.is_empty()).map(|line| (None, line.to_string())).collect();
+    }
+    let Some(first) = lines.next().flatten().and_then(|line| line.parse::<u64>().ok()) else { return Vec::new() };
+    let prefix = event_prefix(room);
+    lines
+        .zip(0u64..)
+        .filter_map(|(line, i)| {
+            let (line, id) = (line?, first.checked_add(i)?);
+            let mut json = String::with_capacity(prefix.len() + 20 + line.len());
+            json.push_str(&prefix);
+            json.push_str(itoa::Buffer::new().format(id));
+            json.push_str(line);
+            Some((Some(id), json))
+        })
         .collect()
 }
 
-/// XRANGE/XREVRANGE reply → messages in ascending id order.
-/// Each entry is `[entry-id, [field, value, ...]]` with field `m` = the JSON event.
-pub(super) fn stream_messages(value: &Value) -> Vec<StoredMessage> {
+/// Decodes a payload from `room`'s channel ([`batch_payload`]). Lines that
+/// do not decode, or are another room's, are skipped; the rest keep their
+/// order.
+pub fn decode_batch(room: &str, payload: &[u8]) -> Vec<OrderedMessage> {
+    events(room, payload)
+        .into_iter()
+        .filter_map(|(id, json)| decode_message(room, &json).filter(|m| id.is_none_or(|id| m.id == id)))
+        .collect()
+}
+
+/// XRANGE/XREVRANGE reply on `room`'s stream → its messages in ascending
+/// id order. Each entry is `[entry-id, [field, value, ...]]`, with field
+/// `b` = a batch ([`batch_payload`]; the entry id is its last id), or `m`
+/// = one JSON event (the entries of earlier builds).
+pub fn stream_messages(room: &str, value: &Value) -> Vec<StoredMessage> {
     let Value::Array(entries) = value else { return Vec::new() };
-    let mut out: Vec<StoredMessage> = entries
-        .iter()
-        .filter_map(|entry| {
-            let Value::Array(parts) = entry else { return None };
-            let Some(Value::Array(fields)) = parts.get(1) else { return None };
-            let json = fields.chunks(2).find_map(|kv| match kv {
-                [k, v] if k.as_bytes() == Some(b"m") => v.as_bytes(),
-                _ => None,
-            })?;
-            let event = protocol::parse_message_event(json)?;
-            Some(StoredMessage {
+    let mut out: Vec<StoredMessage> = Vec::new();
+    for entry in entries {
+        let Value::Array(parts) = entry else { continue };
+        let Some(Value::Array(fields)) = parts.get(1) else { continue };
+        let payload = fields.chunks(2).find_map(|kv| match kv {
+            [k, v] if matches!(k.as_bytes(), Some(b"b" | b"m")) => v.as_bytes(),
+            _ => None,
+        });
+        for (id, json) in payload.map(|p| events(room, p)).unwrap_or_default() {
+            let Some(event) = protocol::parse_message_event(json.as_bytes()) else { continue };
+            if event.room != room || id.is_some_and(|id| id != event.id) {
+                continue;
+            }
+            out.push(StoredMessage {
                 id: event.id,
                 ts: event.ts,
                 username: event.username.into_owned(),
                 text: event.message.into_owned(),
-            })
-        })
-        .collect();
+            });
+        }
+    }
     out.sort_by_key(|m| m.id);
+    out.dedup_by_key(|m| m.id);
     out
 }
 
@@ -284,41 +338,89 @@ pub(super) fn room_list(value: &Value) -> Vec<(String, u64)> {
         .collect()
 }
 
+/// Test data: message `id` of `room`, by "u", saying `m<id>`, at ts 5.
+#[cfg(test)]
+pub(super) fn test_message(room: &str, id: u64) -> String {
+    protocol::message_json(room, id, "u", &format!("m{id}"), 5)
+}
+
+/// Test data: a stream reply (XRANGE or XREVRANGE) holding `batches` of
+/// messages ([`test_message`]: a batch holds no room, its stream's key
+/// says which), one entry per batch, filed under its last id, in the
+/// order given.
+#[cfg(test)]
+pub(super) fn stream_reply(batches: &[std::ops::RangeInclusive<u64>]) -> Value {
+    let entry = |batch: &std::ops::RangeInclusive<u64>| {
+        let suffixes: Vec<String> = batch
+            .clone()
+            .map(|id| {
+                let mut suffix = String::new();
+                protocol::push_message_suffix(&mut suffix, "u", &format!("m{id}"), 5);
+                suffix
+            })
+            .collect();
+        Value::Array(vec![
+            Value::Bulk(format!("{}-0", batch.end()).into_bytes()),
+            Value::Array(vec![
+                Value::Bulk(b"b".to_vec()),
+                Value::Bulk(batch_payload(*batch.start(), suffixes.iter().map(String::as_str)).into_bytes()),
+            ]),
+        ])
+    };
+    Value::Array(batches.iter().map(entry).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// An entry as earlier builds stored a message: one event, field `m`.
+    fn old_entry(room: &str, id: u64) -> Value {
+        Value::Array(vec![
+            Value::Bulk(format!("{id}-0").into_bytes()),
+            Value::Array(vec![Value::Bulk(b"m".to_vec()), Value::Bulk(test_message(room, id).into_bytes())]),
+        ])
+    }
+
     #[test]
-    fn stream_replies_decode() {
-        let entry = |id: u64| {
-            Value::Array(vec![
-                Value::Bulk(format!("{id}-0").into_bytes()),
-                Value::Array(vec![
-                    Value::Bulk(b"m".to_vec()),
-                    Value::Bulk(crate::chat::protocol::message_json("r", id, "u", "t", 5).into_bytes()),
-                ]),
-            ])
-        };
-        let msgs = stream_messages(&Value::Array(vec![entry(3), entry(2)]));
-        assert_eq!(msgs.iter().map(|m| m.id).collect::<Vec<_>>(), vec![2, 3]);
-        assert!(stream_messages(&Value::Nil).is_empty());
+    fn stream_replies_decode_batches_and_single_events() {
+        let ids = |reply: &Value| stream_messages("r", reply).iter().map(|m| m.id).collect::<Vec<_>>();
+        // XREVRANGE order, batches of several, and one entry of an earlier build.
+        let Value::Array(mut entries) = stream_reply(&[(7..=9), (4..=6)]) else { unreachable!() };
+        entries.push(old_entry("r", 3));
+        assert_eq!(ids(&Value::Array(entries)), (3..=9).collect::<Vec<_>>());
+        let msgs = stream_messages("r", &stream_reply(&[(4..=5)]));
+        assert_eq!((msgs[1].username.as_str(), msgs[1].text.as_str(), msgs[1].ts), ("u", "m5", 5));
+        assert!(stream_messages("r", &Value::Nil).is_empty());
     }
 
     #[test]
     fn batches_decode_in_order_and_skip_what_is_not_a_message() {
-        let one = |id: u64| crate::chat::protocol::message_json("r", id, "u", "line\nbreak", 5);
+        let suffix = |id: u64| {
+            let json = protocol::message_json("r", id, "u", "line\nbreak", 5);
+            json[event_prefix("r").len() + id.to_string().len()..].to_string()
+        };
         // A text's newline is escaped in its JSON, so it never splits an event.
-        let payload = format!("{}\n\n{}\nnot json\n{}\n", one(3), one(4), one(5));
+        let payload =
+            batch_payload(3, [suffix(3), suffix(4), "not json".to_string(), suffix(6)].iter().map(String::as_str));
         let ids: Vec<u64> = decode_batch("r", payload.as_bytes()).iter().map(|p| p.id).collect();
-        assert_eq!(ids, vec![3, 4, 5]);
-        let seven = decode_batch("r", one(7).as_bytes());
-        assert_eq!(seven.first().map(|p| &*p.json), Some(one(7).as_str()), "the event as published");
+        assert_eq!(ids, vec![3, 4, 6], "a line that does not decode keeps its id");
+        let seven = decode_batch("r", batch_payload(7, [suffix(7).as_str()]).as_bytes());
+        let json = protocol::message_json("r", 7, "u", "line\nbreak", 5);
+        assert_eq!(seven.first().map(|p| &*p.json), Some(json.as_str()), "the event as its poster built it");
         // Fields this build does not know are not passed on.
-        let more = one(8).replace(r#""ts":5"#, r#""ts":5,"extra":"<b>""#);
-        let eight = decode_batch("r", more.as_bytes());
-        assert_eq!(eight.first().map(|p| &*p.json), Some(one(8).as_str()), "rebuilt");
+        let more = suffix(8).replace(r#""ts":5"#, r#""ts":5,"extra":"<b>""#);
+        let eight = decode_batch("r", batch_payload(8, [more.as_str()]).as_bytes());
+        let json = protocol::message_json("r", 8, "u", "line\nbreak", 5);
+        assert_eq!(eight.first().map(|p| &*p.json), Some(json.as_str()), "rebuilt");
+        // Whole events, one per line, as earlier builds published them.
+        let lines = format!("{}\n\n{}\n", test_message("r", 1), test_message("r", 2));
+        assert_eq!(decode_batch("r", lines.as_bytes()).iter().map(|p| p.id).collect::<Vec<_>>(), vec![1, 2]);
         assert!(decode_batch("r", b"").is_empty());
-        assert!(decode_batch("other", one(7).as_bytes()).is_empty(), "another room's");
+        assert!(decode_batch("r", b"12x\n,\"ts\":5}").is_empty(), "no first id");
+        let last = decode_batch("r", format!("{}\n{}\n{}", u64::MAX, suffix(1), suffix(1)).as_bytes());
+        assert_eq!(last.iter().map(|p| p.id).collect::<Vec<_>>(), vec![u64::MAX], "no id past the last");
+        assert!(decode_batch("other", test_message("r", 7).as_bytes()).is_empty(), "another room's");
     }
 
     #[test]

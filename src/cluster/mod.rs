@@ -3,10 +3,10 @@
 //!
 //! With Redis, a room's members may sit on any process, so one process can
 //! no longer hand out ids by itself. The order of the conversation comes from
-//! Redis instead: a post runs one Lua script ([`POST_SCRIPT`]) that takes the
-//! room's next id (INCR), appends the message to the room's stream (XADD
-//! with the id as the entry id, capped by MAXLEN), and PUBLISHes it on the
-//! room's own channel. Redis runs scripts one at a time, so every process
+//! Redis instead: the posts of a loop turn to a room run one Lua script
+//! ([`POST_SCRIPT`]) that takes the room's next ids, appends the posts to
+//! the room's stream as one entry, and PUBLISHes them, as one message, on
+//! the room's own channel. Redis runs scripts one at a time, so every process
 //! that listens to a room receives its messages in the same order, with the
 //! same gapless ids. Each process then treats a published message exactly
 //! as the embedded mode treats a local post: it stores it in its own
@@ -127,8 +127,8 @@ use channels::RoomChannels;
 pub use channels::Subscription;
 use directory::Directory;
 use feed::Feed;
-pub use layout::{POST_SCRIPT, PRESENCE_CHANNEL, STREAM_MAXLEN};
-use layout::{channel_room, decode_batch};
+use layout::channel_room;
+pub use layout::{POST_SCRIPT, PRESENCE_CHANNEL, STREAM_MAXLEN, decode_batch, stream_messages};
 use posts::Posts;
 use presence::Presence;
 use reads::{Reader, Reads};
@@ -309,14 +309,17 @@ impl Cluster {
     /// The commands for the bus, oldest first: the turn's posts go with
     /// them, one script call per room (while Redis is away they wait).
     /// Each comes with the number of replies it takes: 1, or 2 for a
-    /// script call with its `WAIT` (`--redis-wait`), which the bus sends
-    /// as one chain.
+    /// script call with its `WAIT` (`--redis-wait`) and for a read back
+    /// from an id (`reads.rs`), which the bus sends as one chain.
     pub fn drain_commands(&mut self) -> impl Iterator<Item = (Vec<u8>, u64, Option<u16>, usize)> + '_ {
         if self.up {
             self.posts.send(&mut self.commands);
         }
-        let posts = &self.posts;
-        self.commands.drain(..).map(move |(packed, tag, slot)| (packed, tag, slot, posts.replies(tag)))
+        let (posts, reads) = (&self.posts, &self.reads);
+        self.commands.drain(..).map(move |(packed, tag, slot)| {
+            let replies = if tag & TAG_KIND == TAG_READ { reads.replies(tag) } else { posts.replies(tag) };
+            (packed, tag, slot, replies)
+        })
     }
 
     /// Posts sent to Redis and the script calls that carried them, since
@@ -461,22 +464,15 @@ mod tests {
         cluster.drain_commands().map(|(_, tag, _, _)| tag).filter(|tag| tag & TAG_KIND == TAG_READ).collect()
     }
 
-    /// A stream reply (XRANGE or XREVRANGE) holding messages `ids` of `room`.
-    fn entries(room: &str, ids: impl IntoIterator<Item = u64>) -> Value {
-        Value::Array(
-            ids.into_iter()
-                .map(|id| {
-                    Value::Array(vec![
-                        Value::Bulk(format!("{id}-0").into_bytes()),
-                        Value::Array(vec![Value::Bulk(b"m".to_vec()), Value::Bulk(message(room, id).into_bytes())]),
-                    ])
-                })
-                .collect(),
-        )
+    /// A stream reply (XRANGE or XREVRANGE) holding messages `ids`, an
+    /// entry each.
+    fn entries(ids: impl IntoIterator<Item = u64>) -> Value {
+        let batches: Vec<_> = ids.into_iter().map(|id| id..=id).collect();
+        layout::stream_reply(&batches)
     }
 
     fn message(room: &str, id: u64) -> String {
-        crate::chat::protocol::message_json(room, id, "u", &format!("m{id}"), 5)
+        layout::test_message(room, id)
     }
 
     /// The ids the chat handed to storage since the last call.
@@ -547,13 +543,13 @@ mod tests {
 
         // The welcome read's answers, then the newest entry's.
         let reply = |tag, value| BusEvent::Reply { tag, value };
-        cluster.on_event(reply(welcome[0], entries("r", [1])), &mut chat, now);
-        cluster.on_event(reply(welcome[1], entries("r", (1801..=2000).rev())), &mut chat, now);
+        cluster.on_event(reply(welcome[0], entries([1])), &mut chat, now);
+        cluster.on_event(reply(welcome[1], entries((1801..=2000).rev())), &mut chat, now);
         assert_eq!(chat.last_id("r"), 2000);
-        cluster.on_event(reply(newest_tag, entries("r", [2003])), &mut chat, now);
+        cluster.on_event(reply(newest_tag, entries([2003])), &mut chat, now);
         let (range, range_tag) = last_command(&mut cluster);
         assert!(range.contains("(2000-0"), "read on from the welcome's newest: {range}");
-        cluster.on_event(reply(range_tag, entries("r", 2001..=2003)), &mut chat, now);
+        cluster.on_event(reply(range_tag, entries(2001..=2003)), &mut chat, now);
         assert_eq!(stored(&mut chat), vec![2001, 2002, 2003]);
 
         chat.on_committed(u64::MAX, &Ok(()));

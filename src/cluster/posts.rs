@@ -4,10 +4,11 @@
 //! happens to the connection on the way.
 //!
 //! Why batch: a script call has a fixed cost in Redis (parsing, the Lua
-//! call, a PUBLISH that every subscriber must read) far above the cost of
-//! one more XADD inside it, so a busy room's posts are much cheaper
-//! together, and every subscriber reads one message per call instead of
-//! one per post.
+//! call, the stream entry, a PUBLISH that every subscriber must read), and
+//! a call's posts share all of it: they are one stream entry and one
+//! message (`layout.rs`), so a post in a batch costs Redis little more
+//! than its bytes, and every subscriber reads one message per call
+//! instead of one per post.
 //!
 //! Exactly once: a process numbers its posts to each room 1, 2, 3… and
 //! always sends them in that order; the script remembers the last number
@@ -36,7 +37,7 @@ use data_encoding::HEXLOWER;
 use sha1::{Digest, Sha1};
 
 use super::layout::{
-    MIGRATE_SCRIPT, SEQ_TTL_S, STREAM_MAXLEN, event_prefix, id_key, log_key, post_script, room_channel, route, seq_key,
+    MIGRATE_SCRIPT, SEQ_TTL_S, STREAM_MAXLEN, batch_payload, id_key, log_key, post_script, room_channel, route, seq_key,
 };
 use super::{Commands, TAG_INTERNAL, TAG_KIND, TAG_POST, TAG_SCRIPT};
 use crate::bus::Value;
@@ -54,6 +55,18 @@ use crate::chat::protocol::{push_message_suffix, unconfirmed_json};
 /// flag does not already tell.
 pub(super) const WAIT_TIMEOUT_MS: u64 = 100;
 
+/// `lines` joined by newlines: a call's posts, as the script takes them.
+fn join_lines<'a>(lines: impl Iterator<Item = &'a str> + Clone) -> String {
+    let mut out = String::with_capacity(lines.clone().map(|l| l.len() + 1).sum());
+    for (i, line) in lines.enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        out.push_str(line);
+    }
+    out
+}
+
 /// A post on its way to Redis.
 #[derive(Debug, Clone)]
 struct Post {
@@ -61,7 +74,7 @@ struct Post {
     room: String,
     /// Its number among this process's posts to the room (from 1).
     seq: u64,
-    /// Its JSON event after the id (before it: [`event_prefix`]).
+    /// Its JSON event after the id (before it: `layout::event_prefix`).
     suffix: String,
     /// The author's connection key and serial.
     author: (usize, u64),
@@ -306,10 +319,8 @@ impl Posts {
             .arg(STREAM_MAXLEN)
             .arg(SEQ_TTL_S)
             .arg(first.seq)
-            .arg(event_prefix(&first.room));
-        for post in &posts {
-            cmd.arg(&post.suffix);
-        }
+            .arg(posts.len())
+            .arg(join_lines(posts.iter().map(|p| p.suffix.as_str())));
         let mut packed = cmd.get_packed_command();
         if self.wait > 0 {
             // Right behind the script, on its connection: WAIT counts the
@@ -370,45 +381,48 @@ impl Posts {
         self.release(&posts);
         let (value, confirmed) = self.split_wait(value);
         match value {
-            Value::Array(ids) => {
+            Value::Array(reply) => {
+                let (skip, first) = match reply.as_slice() {
+                    [Value::Int(skip), Value::Int(first)] if *skip >= 0 && *first >= 0 => {
+                        (*skip as usize, *first as u64)
+                    }
+                    _ => {
+                        return posts
+                            .into_iter()
+                            .map(|post| Answer::Failed {
+                                author: post.author,
+                                reason: format!("unexpected answer to a post: {reply:?}"),
+                            })
+                            .collect();
+                    }
+                };
                 // One call's posts are all to one room.
                 let room = posts.first().map(|p| p.room.clone()).unwrap_or_default();
-                let prefix = event_prefix(&room);
-                let mut events = Vec::new();
-                let mut answers = Vec::new();
-                for (post, id) in posts.into_iter().zip(ids.into_iter().map(Some).chain(std::iter::repeat(None))) {
-                    match id {
-                        Some(Value::Int(id)) if id > 0 => {
-                            if self.wait > 0 {
-                                let json = format!("{prefix}{id}{}", post.suffix);
-                                events.push(if confirmed { json } else { unconfirmed_json(&json) });
-                            }
-                            answers.push(Answer::Posted { room: post.room, id: id as u64, author: post.author });
-                        }
+                let mut published = Vec::new();
+                let mut answers = Vec::with_capacity(posts.len());
+                for (i, post) in posts.into_iter().enumerate() {
+                    if i < skip {
                         // Applied by an earlier try whose answer was lost:
                         // its message came (or comes) through the
                         // subscription; with `--redis-wait`, that try may
                         // have stored it and never published it.
-                        Some(Value::Int(_)) => {
-                            answers.push(Answer::Repeated {
-                                room: post.room,
-                                author: post.author,
-                                reread: self.wait > 0,
-                            });
-                        }
-                        other => answers.push(Answer::Failed {
-                            author: post.author,
-                            reason: format!("unexpected answer to a post: {other:?}"),
-                        }),
+                        answers.push(Answer::Repeated { room: post.room, author: post.author, reread: self.wait > 0 });
+                        continue;
                     }
+                    let id = first.saturating_add((i - skip) as u64);
+                    if self.wait > 0 {
+                        published.push(if confirmed { post.suffix } else { unconfirmed_json(&post.suffix) });
+                    }
+                    answers.push(Answer::Posted { room: post.room, id, author: post.author });
                 }
-                if !events.is_empty() {
+                if !published.is_empty() {
                     if !confirmed {
-                        self.unconfirmed += events.len() as u64;
+                        self.unconfirmed += published.len() as u64;
                     }
                     let channel = room_channel(&room);
                     let name = if self.sharded { "SPUBLISH" } else { "PUBLISH" };
-                    let publish = redis::cmd(name).arg(&channel).arg(events.join("\n")).get_packed_command();
+                    let batch = batch_payload(first, published.iter().map(String::as_str));
+                    let publish = redis::cmd(name).arg(&channel).arg(batch).get_packed_command();
                     commands.push((publish, TAG_INTERNAL, route(&channel)));
                 }
                 answers
@@ -498,6 +512,13 @@ mod tests {
             .collect()
     }
 
+    /// The last argument of a packed command.
+    fn last_arg(packed: &[u8]) -> &[u8] {
+        let body = packed.strip_suffix(b"\r\n").unwrap();
+        let start = body.windows(2).rposition(|w| w == b"\r\n").unwrap() + 2;
+        &body[start..]
+    }
+
     #[test]
     fn post_json_halves_make_a_message_event() {
         let mut posts = Posts::new("p", 10, 100);
@@ -506,9 +527,9 @@ mod tests {
         assert!(posts.post(post, true));
         posts.send(&mut commands);
         let post = posts.in_flight.values().next().and_then(|c| c.first()).unwrap();
-        let json = format!("{}{}{}", event_prefix("r"), 42, post.suffix);
+        let json = format!("{}{}{}", super::super::layout::event_prefix("r"), 42, post.suffix);
         assert_eq!(json, crate::chat::protocol::message_json("r", 42, "al\"ice", "hi <b>", 17));
-        let p = super::super::layout::decode_message("r", json.as_bytes()).unwrap();
+        let p = super::super::layout::decode_message("r", &json).unwrap();
         assert_eq!((p.id, p.ts), (42, 17));
     }
 
@@ -596,7 +617,7 @@ mod tests {
         assert_eq!(posts.script_sha, HEXLOWER.encode(&Sha1::digest(post_script(false, false).as_bytes())));
 
         // One replica confirmed: published as the script would have.
-        let ids = Value::Array(vec![Value::Int(7), Value::Int(8)]);
+        let ids = Value::Array(vec![Value::Int(0), Value::Int(7)]);
         let answers = posts.on_reply(tag, Value::Array(vec![ids, Value::Int(1)]), &mut commands);
         assert_eq!(answers.len(), 2);
         let (publish, publish_tag, slot) = commands.remove(0);
@@ -604,10 +625,8 @@ mod tests {
         assert_eq!(posts.replies(publish_tag), 1);
         let text = String::from_utf8_lossy(&publish);
         assert!(text.contains("\r\nPUBLISH\r\n") && !text.contains("unconfirmed"), "{text}");
-        let events: Vec<u64> = super::super::layout::decode_batch("r", publish.rsplit(|&b| b == b'\r').nth(1).unwrap())
-            .iter()
-            .map(|p| p.id)
-            .collect();
+        let events: Vec<u64> =
+            super::super::layout::decode_batch("r", last_arg(&publish)).iter().map(|p| p.id).collect();
         assert_eq!(events, vec![7, 8]);
         assert_eq!(posts.unconfirmed(), 0);
 
@@ -615,11 +634,10 @@ mod tests {
         assert!(posts.post(intent("r", "3"), true));
         posts.send(&mut commands);
         let (_, tag, _) = commands.remove(0);
-        let ids = Value::Array(vec![Value::Int(9)]);
+        let ids = Value::Array(vec![Value::Int(0), Value::Int(9)]);
         posts.on_reply(tag, Value::Array(vec![ids, Value::Int(0)]), &mut commands);
         let (publish, _, _) = commands.remove(0);
-        let payload = publish.rsplit(|&b| b == b'\r').nth(1).unwrap();
-        let published = super::super::layout::decode_batch("r", payload);
+        let published = super::super::layout::decode_batch("r", last_arg(&publish));
         assert_eq!(published.iter().map(|p| (p.id, p.flagged)).collect::<Vec<_>>(), vec![(9, true)]);
         assert_eq!(posts.unconfirmed(), 1);
 
@@ -627,8 +645,11 @@ mod tests {
         assert!(posts.post(intent("r", "4"), true));
         posts.send(&mut commands);
         let (_, tag, _) = commands.remove(0);
-        let answers =
-            posts.on_reply(tag, Value::Array(vec![Value::Array(vec![Value::Int(0)]), Value::Int(1)]), &mut commands);
+        let answers = posts.on_reply(
+            tag,
+            Value::Array(vec![Value::Array(vec![Value::Int(1), Value::Int(0)]), Value::Int(1)]),
+            &mut commands,
+        );
         assert_eq!(answers, vec![Answer::Repeated { room: "r".into(), author: (1, 1), reread: true }]);
         assert!(commands.is_empty(), "nothing to publish");
     }
@@ -643,7 +664,7 @@ mod tests {
         assert_eq!(posts.replies(tag), 1);
         assert!(!String::from_utf8_lossy(&packed).contains("WAIT"));
         assert_eq!(posts.script, super::super::POST_SCRIPT);
-        let answers = posts.on_reply(tag, Value::Array(vec![Value::Int(3)]), &mut commands);
+        let answers = posts.on_reply(tag, Value::Array(vec![Value::Int(0), Value::Int(3)]), &mut commands);
         assert_eq!(answers, vec![Answer::Posted { room: "r".into(), id: 3, author: (1, 1) }]);
         assert!(commands.is_empty(), "the script published");
     }
@@ -665,7 +686,7 @@ mod tests {
             "the script itself"
         );
         let tag = *tag;
-        let answers = posts.on_reply(tag, Value::Array(vec![Value::Int(0), Value::Int(5)]), &mut commands);
+        let answers = posts.on_reply(tag, Value::Array(vec![Value::Int(1), Value::Int(5)]), &mut commands);
         assert_eq!(
             answers,
             vec![

@@ -7,6 +7,16 @@
 //! page does. A read that never reached Redis is not an empty stream:
 //! answering "nothing" would skip messages still there, so it waits for the
 //! command connection and goes again.
+//!
+//! An entry holds a batch of messages and is filed under the batch's last
+//! id (`layout.rs`), so a range by id is read in whole entries and cut
+//! here. Reading on from an id (`XRANGE (X +`) finds every entry with a
+//! message after it. Reading back from an id `B` (`XREVRANGE (B -`)
+//! misses the entry that holds both `B - 1` and `B`: a second command
+//! (`XRANGE B +  COUNT 1`, the first entry filed at `B` or after) rides in
+//! a chain with it (`Bus::command_chain`), so the two go, and go again,
+//! together. `COUNT` counts entries, each at least one message, so a
+//! range of `limit` entries holds at least `limit` messages.
 
 use std::collections::HashMap;
 
@@ -41,30 +51,46 @@ pub(super) struct Answer {
     pub(super) oldest: Option<u64>,
 }
 
+/// A range command sent and not answered.
+#[derive(Debug)]
+struct Pending {
+    /// Who asked.
+    reader: Reader,
+    /// What was asked.
+    range: ReadRange,
+    /// The packed command (a chain of `replies`), to send again on failure.
+    cmd: Vec<u8>,
+    /// How many replies it takes: 2 for a read back from an id.
+    replies: usize,
+    /// The hash slot it routes by.
+    slot: Option<u16>,
+}
+
 /// Reads sent and not answered.
 #[derive(Debug, Default)]
 pub(super) struct Reads {
     /// Numbers the reads (the low bits of their tags).
     next: u64,
-    /// Range commands sent and not answered, by tag: who asked, and the
-    /// packed command to send again on failure.
-    pending: HashMap<u64, (Reader, Vec<u8>, Option<u16>)>,
+    /// Range commands sent and not answered, by tag.
+    pending: HashMap<u64, Pending>,
     /// Reads that failed for lack of a connection, sent again on `CommandUp`.
-    deferred: Vec<(u64, Reader, Vec<u8>, Option<u16>)>,
+    deferred: Vec<(u64, Pending)>,
     /// The stream's oldest id as answered just before a read, by tag.
     oldest: HashMap<u64, Option<u64>>,
 }
 
 impl Reads {
-    /// Reads `room`'s newest stream entry (its answer's `messages` hold
-    /// it, or nothing for an empty stream). Replies come in order, so when
-    /// this one arrives every read sent before it has been answered.
+    /// Reads `room`'s newest stream entry (its answer's `messages` end
+    /// with the newest message, or are empty for an empty stream). Replies
+    /// come in order, so when this one arrives every read sent before it
+    /// has been answered.
     pub(super) fn newest(&mut self, room: &str, commands: &mut Commands) {
         let tag = self.next_tag();
         let cmd = redis::cmd("XREVRANGE").arg(log_key(room)).arg("+").arg("-").arg("COUNT").arg(1).get_packed_command();
         let slot = route(&log_key(room));
         commands.push((cmd.clone(), tag, slot));
-        self.pending.insert(tag, (Reader::Newest(room.to_string()), cmd, slot));
+        let range = ReadRange::newest(room, usize::MAX);
+        self.pending.insert(tag, Pending { reader: Reader::Newest(room.to_string()), range, cmd, replies: 1, slot });
     }
 
     fn next_tag(&mut self) -> u64 {
@@ -80,46 +106,95 @@ impl Reads {
         let slot = route(&key);
         let first = redis::cmd("XRANGE").arg(&key).arg("-").arg("+").arg("COUNT").arg(1).get_packed_command();
         commands.push((first, tag | TAG_OLDEST, slot));
-        let cmd = if *newest {
-            let end = if *before == u64::MAX { "+".to_string() } else { format!("({before}-0") };
-            redis::cmd("XREVRANGE").arg(key).arg(end).arg("-").arg("COUNT").arg(limit).get_packed_command()
-        } else {
-            redis::cmd("XRANGE")
-                .arg(key)
-                .arg(format!("({after}-0"))
-                .arg("+")
-                .arg("COUNT")
-                .arg(limit)
-                .get_packed_command()
+        let mut cmd = Vec::new();
+        let replies = match (newest, *before) {
+            (true, u64::MAX) => {
+                cmd = redis::cmd("XREVRANGE").arg(&key).arg("+").arg("-").arg("COUNT").arg(limit).get_packed_command();
+                1
+            }
+            (true, before) => {
+                // The entry that may hold ids on both sides of `before`, then the entries below it.
+                cmd.extend(
+                    redis::cmd("XRANGE")
+                        .arg(&key)
+                        .arg(format!("{before}-0"))
+                        .arg("+")
+                        .arg("COUNT")
+                        .arg(1)
+                        .get_packed_command(),
+                );
+                cmd.extend(
+                    redis::cmd("XREVRANGE")
+                        .arg(&key)
+                        .arg(format!("({before}-0"))
+                        .arg("-")
+                        .arg("COUNT")
+                        .arg(limit)
+                        .get_packed_command(),
+                );
+                2
+            }
+            (false, _) => {
+                cmd = redis::cmd("XRANGE")
+                    .arg(&key)
+                    .arg(format!("({after}-0"))
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(limit)
+                    .get_packed_command();
+                1
+            }
         };
         commands.push((cmd.clone(), tag, slot));
-        self.pending.insert(tag, (reader, cmd, slot));
+        self.pending.insert(tag, Pending { reader, range: range.clone(), cmd, replies, slot });
+    }
+
+    /// How many replies the command tagged `tag` takes, if it is a read's.
+    pub(super) fn replies(&self, tag: u64) -> usize {
+        self.pending.get(&tag).map_or(1, |p| p.replies)
     }
 
     /// The command connection is up: reads that failed go again.
     pub(super) fn send_deferred(&mut self, commands: &mut Commands) {
-        for (tag, reader, cmd, slot) in std::mem::take(&mut self.deferred) {
-            commands.push((cmd.clone(), tag, slot));
-            self.pending.insert(tag, (reader, cmd, slot));
+        for (tag, pending) in std::mem::take(&mut self.deferred) {
+            commands.push((pending.cmd.clone(), tag, pending.slot));
+            self.pending.insert(tag, pending);
         }
     }
 
     /// A read's command failed without an answer: the range waits for the
     /// connection (its first-entry half is not sent again; see `on_reply`).
     pub(super) fn on_failed(&mut self, tag: u64) {
-        if let Some((reader, cmd, slot)) = self.pending.remove(&tag) {
-            self.deferred.push((tag, reader, cmd, slot));
+        if let Some(pending) = self.pending.remove(&tag) {
+            self.deferred.push((tag, pending));
         }
     }
 
     /// Redis answered one of a read's commands: the answer, once the range is in.
     pub(super) fn on_reply(&mut self, tag: u64, value: &Value) -> Option<Answer> {
         if tag & TAG_OLDEST != 0 {
-            self.oldest.insert(tag & !TAG_OLDEST, stream_messages(value).first().map(|m| m.id));
+            let tag = tag & !TAG_OLDEST;
+            let room = &self.pending.get(&tag)?.range.room;
+            self.oldest.insert(tag, stream_messages(room, value).first().map(|m| m.id));
             return None;
         }
-        let (reader, _, _) = self.pending.remove(&tag)?;
-        let messages = stream_messages(value);
+        let Pending { reader, range, replies, .. } = self.pending.remove(&tag)?;
+        let mut messages = match value {
+            Value::Array(both) if replies == 2 => {
+                let mut all: Vec<StoredMessage> = both.iter().flat_map(|v| stream_messages(&range.room, v)).collect();
+                all.sort_by_key(|m| m.id);
+                all.dedup_by_key(|m| m.id);
+                all
+            }
+            value => stream_messages(&range.room, value),
+        };
+        // Whole entries came: keep the range asked for.
+        messages.retain(|m| m.id > range.after && m.id < range.before);
+        if range.newest {
+            messages.drain(..messages.len().saturating_sub(range.limit));
+        } else {
+            messages.truncate(range.limit);
+        }
         let page_first = messages.first().map(|m| m.id);
         // Without the first-entry answer (a read sent again after a
         // reconnect), the page's own first id is the best we know.
@@ -133,35 +208,50 @@ impl Reads {
 
 #[cfg(test)]
 mod tests {
+    use super::super::layout::stream_reply;
     use super::*;
 
-    fn entries(ids: &[u64]) -> Value {
-        Value::Array(
-            ids.iter()
-                .map(|&id| {
-                    Value::Array(vec![
-                        Value::Bulk(format!("{id}-0").into_bytes()),
-                        Value::Array(vec![
-                            Value::Bulk(b"m".to_vec()),
-                            Value::Bulk(crate::chat::protocol::message_json("r", id, "u", "t", 5).into_bytes()),
-                        ]),
-                    ])
-                })
-                .collect(),
-        )
+    fn ids(answer: &Answer) -> Vec<u64> {
+        answer.messages.iter().map(|m| m.id).collect()
     }
 
     #[test]
     fn a_page_says_where_the_stream_starts() {
         let mut reads = Reads::default();
         let mut commands = Commands::new();
-        reads.read(Reader::Chat(9), &ReadRange::newest("r", 2).before(5), &mut commands);
+        reads.read(Reader::Chat(9), &ReadRange::newest("r", 2), &mut commands);
         let [(_, first, _), (_, range, _)] = commands.as_slice() else { panic!("two commands: {commands:?}") };
-        assert_eq!(reads.on_reply(*first, &entries(&[1])), None);
-        let answer = reads.on_reply(*range, &entries(&[4, 3])).unwrap();
+        assert_eq!(reads.replies(*range), 1);
+        assert_eq!(reads.on_reply(*first, &stream_reply(&[(1..=2)])), None);
+        let answer = reads.on_reply(*range, &stream_reply(&[(5..=5), (3..=4)])).unwrap();
         assert_eq!(answer.reader, Reader::Chat(9));
-        assert_eq!(answer.messages.iter().map(|m| m.id).collect::<Vec<_>>(), vec![3, 4]);
+        assert_eq!(ids(&answer), vec![4, 5], "the newest 2 of whole entries");
         assert_eq!(answer.oldest, Some(1));
+    }
+
+    /// An entry holds a batch and is filed under its last id: reading back
+    /// from an id inside one needs that entry too, and reading on from an
+    /// id inside one cuts it.
+    #[test]
+    fn ranges_are_cut_from_whole_entries() {
+        let mut reads = Reads::default();
+        let mut commands = Commands::new();
+        reads.read(Reader::Chat(1), &ReadRange::newest("r", 3).before(5), &mut commands);
+        let (chain, tag) = (String::from_utf8_lossy(&commands[1].0).into_owned(), commands[1].1);
+        assert_eq!(reads.replies(tag), 2, "a chain: {chain}");
+        assert!(chain.contains("XRANGE\r\n$16\r\nchatroom:{r}:log\r\n$3\r\n5-0\r\n"), "{chain}");
+        assert!(chain.contains("XREVRANGE\r\n$16\r\nchatroom:{r}:log\r\n$4\r\n(5-0\r\n"), "{chain}");
+        // Entries 1–3 and 4–6: the one at or after 5 is 4–6, those below 5 are 1–3.
+        let both = Value::Array(vec![stream_reply(&[(4..=6)]), stream_reply(&[(1..=3)])]);
+        let answer = reads.on_reply(tag, &both).unwrap();
+        assert_eq!(ids(&answer), vec![2, 3, 4]);
+
+        commands.clear();
+        reads.read(Reader::CatchUp("r".into()), &ReadRange::after("r", 2, 3), &mut commands);
+        let tag = commands[1].1;
+        assert_eq!(reads.replies(tag), 1);
+        let answer = reads.on_reply(tag, &stream_reply(&[(1..=3), (4..=6)])).unwrap();
+        assert_eq!(ids(&answer), vec![3, 4, 5]);
     }
 
     #[test]
@@ -175,7 +265,7 @@ mod tests {
         commands.clear();
         reads.send_deferred(&mut commands);
         assert_eq!(commands.iter().map(|(_, t, _)| *t).collect::<Vec<_>>(), vec![range], "only the range goes again");
-        let answer = reads.on_reply(range, &entries(&[5, 4])).unwrap();
+        let answer = reads.on_reply(range, &stream_reply(&[(5..=5), (4..=4)])).unwrap();
         assert_eq!((answer.reader, answer.oldest), (Reader::CatchUp("r".into()), Some(4)));
     }
 }

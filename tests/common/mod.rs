@@ -722,6 +722,32 @@ impl RedisServer {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
+    /// The messages in `room`'s stream (`chatroom:{ROOM}:log`) on this
+    /// node, oldest first, as JSON events. An entry holds a batch: its
+    /// field `b` is the first id, then each message's event after its id,
+    /// one per line (an entry of an earlier build: field `m`, one event).
+    pub fn stream(&self, room: &str) -> Vec<serde_json::Value> {
+        let reply = self.cli(&["--json", "xrange", &format!("chatroom:{{{room}}}:log"), "-", "+"]);
+        let entries: Vec<(String, Vec<String>)> = serde_json::from_str(&reply).expect("XRANGE as JSON");
+        let prefix = format!(r#"{{"type":"message","room":{},"id":"#, serde_json::Value::from(room));
+        let mut messages = Vec::new();
+        for (_, fields) in entries {
+            match fields.as_slice() {
+                [field, batch] if field == "b" => {
+                    let mut lines = batch.lines();
+                    let first: u64 =
+                        lines.next().and_then(|l| l.parse().ok()).expect("a batch starts with its first id");
+                    for (id, line) in (first..).zip(lines) {
+                        messages.push(serde_json::from_str(&format!("{prefix}{id}{line}")).expect("an event"));
+                    }
+                }
+                [field, event] if field == "m" => messages.push(serde_json::from_str(event).expect("an event")),
+                other => panic!("not a stream entry of ours: {other:?}"),
+            }
+        }
+        messages
+    }
+
     /// Kills the server (SIGKILL: as abrupt as a crash).
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
