@@ -73,12 +73,12 @@ fn check_text(text: &str) {
         let name = post.username.as_deref().and_then(protocol::clean_name).unwrap_or_else(|| "guest".into());
         let event = protocol::message_json("welcome", 7, &name, &post.message, 1_700_000_000_000);
         let v = json(&event, "message_json");
-        assert_eq!(v["message"].as_str(), Some(post.message.as_str()));
+        assert_eq!(v["message"].as_str(), Some(&*post.message));
         // Built by hand, byte for byte what serde_json writes, and read back whole.
         let by_serde = BySerde { kind: "message", room: "welcome", id: 7, username: &name, message: &post.message, ts: 1_700_000_000_000 };
         assert_eq!(event, serde_json::to_string(&by_serde).unwrap(), "message_json differs from serde_json");
         let back = protocol::parse_message_event(event.as_bytes()).expect("message_json reads back");
-        assert_eq!((&*back.username, &*back.message, back.id), (name.as_str(), post.message.as_str(), 7));
+        assert_eq!((&*back.username, &*back.message, back.id), (name.as_str(), &*post.message, 7));
         assert_eq!(v["username"].as_str(), Some(name.as_str()));
         let welcome = protocol::welcome_json("welcome", &name, &[name.as_str()], 1, &[event.as_str()], 7);
         let w = json(&welcome, "welcome_json");

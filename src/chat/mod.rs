@@ -432,14 +432,10 @@ impl Chat {
             // The sharer hands out the id; the message comes back through
             // `accept_ordered` like everyone else's.
             let known_last = self.directory.get(&*room.name).map_or(0, |r| r.last_id);
-            self.handoffs.push(Handoff::Post(PostIntent {
-                room: room.name.to_string(),
-                username: member.name.to_string(),
-                text: post.message,
-                ts: now_ms(),
-                known_last,
-                author: (key, m.serial),
-            }));
+            let mut suffix = String::with_capacity(48 + member.name.len() + post.message.len());
+            protocol::push_message_suffix(&mut suffix, &member.name, &post.message, now_ms());
+            let room = room.name.clone();
+            self.handoffs.push(Handoff::Post(PostIntent { room, suffix, known_last, author: (key, m.serial) }));
             return;
         }
         room.last_id += 1;
@@ -450,7 +446,7 @@ impl Chat {
             record.last_id = record.last_id.max(id);
         }
         let json: Rc<str> = protocol::message_json(&room.name, id, &member.name, &post.message, ts).into();
-        let msg = StoredMessage { id, ts, username: member.name.to_string(), text: post.message };
+        let msg = StoredMessage { id, ts, username: member.name.to_string(), text: post.message.into_owned() };
         let name = room.name.clone();
         self.enqueue_commit(name, msg, json, Some((key, m.serial)));
     }

@@ -12,13 +12,14 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 
-/// A client's post, decoded.
+/// A client's post, decoded; its strings borrowed from the frame where
+/// they hold no escapes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Post {
+pub struct Post<'a> {
     /// The text to broadcast.
-    pub message: String,
+    pub message: Cow<'a, str>,
     /// The name the client put in the frame, if any.
-    pub username: Option<String>,
+    pub username: Option<Cow<'a, str>>,
 }
 
 /// Why a client frame was not a post. Each is answered with an error event.
@@ -31,10 +32,56 @@ pub enum PostError {
 }
 
 #[derive(Deserialize)]
-struct RawPost {
-    message: serde_json::Value,
-    #[serde(default)]
-    username: Option<serde_json::Value>,
+struct RawPost<'a> {
+    #[serde(borrow)]
+    message: Cow<'a, str>,
+    #[serde(default, borrow, deserialize_with = "string_or_nothing")]
+    username: Option<Cow<'a, str>>,
+}
+
+/// A field that counts only if it is a string (anything else reads as
+/// `None`, and is skipped without being kept).
+fn string_or_nothing<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Option<Cow<'de, str>>, D::Error> {
+    struct StringOrNothing;
+    impl<'de> serde::de::Visitor<'de> for StringOrNothing {
+        type Value = Option<Cow<'de, str>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+            Ok(Some(Cow::Borrowed(v)))
+        }
+        fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(Some(Cow::Owned(v.to_string())))
+        }
+        fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+            Ok(Some(Cow::Owned(v)))
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            while map.next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+    }
+    de.deserialize_any(StringOrNothing)
 }
 
 /// Decodes a client text frame into a [`Post`].
@@ -42,17 +89,12 @@ struct RawPost {
 /// `message` must be a string (the original client always sends one); a
 /// non-string `username` is ignored rather than refused, since the server
 /// names members itself.
-pub fn parse_post(text: &str, max_chars: usize) -> Result<Post, PostError> {
-    let raw: RawPost = serde_json::from_str(text).map_err(|_| PostError::BadJson)?;
-    let serde_json::Value::String(message) = raw.message else { return Err(PostError::BadJson) };
+pub fn parse_post(text: &str, max_chars: usize) -> Result<Post<'_>, PostError> {
+    let RawPost { message, username } = serde_json::from_str(text).map_err(|_| PostError::BadJson)?;
     // Count characters only when the byte length could exceed the limit.
     if message.len() > max_chars && message.chars().count() > max_chars {
         return Err(PostError::TooLong);
     }
-    let username = match raw.username {
-        Some(serde_json::Value::String(u)) => Some(u),
-        _ => None,
-    };
     Ok(Post { message, username })
 }
 
@@ -280,6 +322,9 @@ mod tests {
     fn posts() {
         let p = parse_post(r#"{"message": "hi", "username": "alice"}"#, 10).unwrap();
         assert_eq!(p, Post { message: "hi".into(), username: Some("alice".into()) });
+        assert!(matches!(p.message, Cow::Borrowed(_)), "borrowed from the frame");
+        let escaped = parse_post(r#"{"message": "a\"b", "username": {"x": [1, {"y": 2}]}}"#, 10).unwrap();
+        assert_eq!((&*escaped.message, escaped.username), ("a\"b", None));
         assert_eq!(parse_post(r#"{"message": "hi"}"#, 10).unwrap().username, None);
         assert_eq!(parse_post(r#"{"message": "hi", "username": 5}"#, 10).unwrap().username, None);
         assert_eq!(parse_post("not json", 10), Err(PostError::BadJson));

@@ -44,13 +44,12 @@ pub enum Mode {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PostIntent {
     /// The room.
-    pub room: String,
-    /// The poster's name in the room.
-    pub username: String,
-    /// The text.
-    pub text: String,
-    /// When it was posted, in milliseconds since the epoch.
-    pub ts: u64,
+    pub room: Rc<str>,
+    /// The message event after its id ([`protocol::push_message_suffix`]:
+    /// the poster's name in the room, the text, when it was posted): the
+    /// sharer puts the room and the id in front
+    /// ([`protocol::push_message_prefix`]).
+    pub suffix: String,
     /// The highest id this process knew for the room when it was posted:
     /// the post's id must be above it.
     pub known_last: u64,
@@ -360,10 +359,16 @@ mod tests {
             [Handoff::Post(intent)] => intent.clone(),
             other => panic!("expected one post, got {other:?}"),
         };
-        assert_eq!((intent.room.as_str(), intent.text.as_str(), intent.author), ("r", "hi", (1, 7)));
+        assert_eq!((&*intent.room, intent.author), ("r", (1, 7)));
         assert!(chat.requests.is_empty(), "nothing is stored before it has an id");
 
-        let msg = StoredMessage { id: 1, ts: intent.ts, username: intent.username, text: intent.text };
+        let mut json = String::new();
+        protocol::push_message_prefix(&mut json, "r");
+        json.push('1');
+        json.push_str(&intent.suffix);
+        let event = protocol::parse_message_event(json.as_bytes()).expect("the halves make an event");
+        assert_eq!((&*event.username, &*event.message), ("a", "hi"));
+        let msg = StoredMessage { id: 1, ts: event.ts, username: "a".into(), text: "hi".into() };
         chat.accept_ordered("r", OrderedMessage::from_stored("r", &msg), Some(intent.author), false);
         assert_eq!(chat.last_id("r"), 1);
         assert!(

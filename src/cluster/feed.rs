@@ -33,6 +33,7 @@
 //! is until the message comes through.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::rc::Rc;
 
 use super::Commands;
 use super::reads::{Reader, Reads};
@@ -53,7 +54,7 @@ const CATCH_UP_MAX: usize = RESUME_MAX as usize;
 pub(super) struct Feed {
     /// Our own posts Redis has answered for, by room and id, until they
     /// come back through the subscription (their poster is its author).
-    own_posts: HashMap<String, BTreeMap<u64, (usize, u64)>>,
+    own_posts: HashMap<Rc<str>, BTreeMap<u64, (usize, u64)>>,
     /// How many posts `own_posts` holds.
     own_count: usize,
     /// Messages published flagged `unconfirmed` (`--redis-wait`), by
@@ -188,7 +189,7 @@ impl Feed {
 
     /// Redis gave our post `id`: remember its author until the message
     /// comes through, unless it came already.
-    pub(super) fn on_posted(&mut self, room: String, id: u64, author: (usize, u64), chat: &Chat) {
+    pub(super) fn on_posted(&mut self, room: Rc<str>, id: u64, author: (usize, u64), chat: &Chat) {
         if chat.last_id(&room) >= id {
             return;
         }

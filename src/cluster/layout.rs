@@ -254,40 +254,40 @@ pub(super) fn decode_message(room: &str, json: &str) -> Option<OrderedMessage> {
     Some(OrderedMessage { id: event.id, ts: event.ts, json, flagged: event.unconfirmed })
 }
 
-/// The events of a payload of `room`'s, as (id, JSON event) in order.
-/// A payload is a batch ([`batch_payload`]), each line of which becomes
-/// an event with the room's prefix and its id put back in; or, as an
-/// earlier build stored each message (a stream entry's field `m`), whole
-/// events, one per line. Lines that are not UTF-8 are skipped, and so is
-/// a batch whose first line is not an id.
-fn events(room: &str, payload: &[u8]) -> Vec<(Option<u64>, String)> {
+/// Calls `each(id, event)` for the events of a payload of `room`'s, in
+/// order. A payload is a batch ([`batch_payload`]), each line of which
+/// becomes an event with the room's prefix and its id put back in (`id`
+/// is that id); or, as an earlier build stored each message (a stream
+/// entry's field `m`), whole events, one per line (`id` is `None`). Lines
+/// that are not UTF-8 are skipped, and so is a batch whose first line is
+/// not an id. One buffer serves every event of a batch.
+fn for_each_event(room: &str, payload: &[u8], mut each: impl FnMut(Option<u64>, &str)) {
     let mut lines = payload.split(|&b| b == b'\n').map(|line| std::str::from_utf8(line).ok());
     if !payload.first().is_some_and(u8::is_ascii_digit) {
-        return lines.flatten().filter(|line| !line.is_empty()).map(|line| (None, line.to_string())).collect();
+        lines.flatten().filter(|line| !line.is_empty()).for_each(|line| each(None, line));
+        return;
     }
-    let Some(first) = lines.next().flatten().and_then(|line| line.parse::<u64>().ok()) else { return Vec::new() };
-    let prefix = event_prefix(room);
-    lines
-        .zip(0u64..)
-        .filter_map(|(line, i)| {
-            let (line, id) = (line?, first.checked_add(i)?);
-            let mut json = String::with_capacity(prefix.len() + 20 + line.len());
-            json.push_str(&prefix);
-            json.push_str(itoa::Buffer::new().format(id));
-            json.push_str(line);
-            Some((Some(id), json))
-        })
-        .collect()
+    let Some(first) = lines.next().flatten().and_then(|line| line.parse::<u64>().ok()) else { return };
+    let mut json = event_prefix(room);
+    let prefix = json.len();
+    for (line, i) in lines.zip(0u64..) {
+        let (Some(line), Some(id)) = (line, first.checked_add(i)) else { continue };
+        json.truncate(prefix);
+        json.push_str(itoa::Buffer::new().format(id));
+        json.push_str(line);
+        each(Some(id), &json);
+    }
 }
 
 /// Decodes a payload from `room`'s channel ([`batch_payload`]). Lines that
 /// do not decode, or are another room's, are skipped; the rest keep their
 /// order.
 pub fn decode_batch(room: &str, payload: &[u8]) -> Vec<OrderedMessage> {
-    events(room, payload)
-        .into_iter()
-        .filter_map(|(id, json)| decode_message(room, &json).filter(|m| id.is_none_or(|id| m.id == id)))
-        .collect()
+    let mut out = Vec::new();
+    for_each_event(room, payload, |id, json| {
+        out.extend(decode_message(room, json).filter(|m| id.is_none_or(|id| m.id == id)));
+    });
+    out
 }
 
 /// XRANGE/XREVRANGE reply on `room`'s stream → its messages in ascending
@@ -304,18 +304,17 @@ pub fn stream_messages(room: &str, value: &Value) -> Vec<StoredMessage> {
             [k, v] if matches!(k.as_bytes(), Some(b"b" | b"m")) => v.as_bytes(),
             _ => None,
         });
-        for (id, json) in payload.map(|p| events(room, p)).unwrap_or_default() {
-            let Some(event) = protocol::parse_message_event(json.as_bytes()) else { continue };
-            if event.room != room || id.is_some_and(|id| id != event.id) {
-                continue;
+        for_each_event(room, payload.unwrap_or_default(), |id, json| {
+            let Some(event) = protocol::parse_message_event(json.as_bytes()) else { return };
+            if event.room == room && id.is_none_or(|id| id == event.id) {
+                out.push(StoredMessage {
+                    id: event.id,
+                    ts: event.ts,
+                    username: event.username.into_owned(),
+                    text: event.message.into_owned(),
+                });
             }
-            out.push(StoredMessage {
-                id: event.id,
-                ts: event.ts,
-                username: event.username.into_owned(),
-                text: event.message.into_owned(),
-            });
-        }
+        });
     }
     out.sort_by_key(|m| m.id);
     out.dedup_by_key(|m| m.id);

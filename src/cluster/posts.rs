@@ -32,6 +32,7 @@
 //! meanwhile wait, and leave together in the next call.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::rc::Rc;
 
 use data_encoding::HEXLOWER;
 use sha1::{Digest, Sha1};
@@ -42,7 +43,7 @@ use super::layout::{
 use super::{Commands, TAG_INTERNAL, TAG_KIND, TAG_POST, TAG_SCRIPT};
 use crate::bus::Value;
 use crate::chat::PostIntent;
-use crate::chat::protocol::{push_message_suffix, unconfirmed_json};
+use crate::chat::protocol::unconfirmed_json;
 
 /// How long, in milliseconds, a `WAIT` (`--redis-wait`) waits for the
 /// replicas. A replica that keeps up acknowledges within a round trip
@@ -71,7 +72,7 @@ fn join_lines<'a>(lines: impl Iterator<Item = &'a str> + Clone) -> String {
 #[derive(Debug, Clone)]
 struct Post {
     /// The room.
-    room: String,
+    room: Rc<str>,
     /// Its number among this process's posts to the room (from 1).
     seq: u64,
     /// Its JSON event after the id (before it: `layout::event_prefix`).
@@ -89,7 +90,7 @@ pub(super) enum Answer {
     /// subscription, perhaps before this reply).
     Posted {
         /// The room.
-        room: String,
+        room: Rc<str>,
         /// The id Redis gave it.
         id: u64,
         /// The author's connection key and serial.
@@ -102,7 +103,7 @@ pub(super) enum Answer {
     /// make sure (`reread`).
     Repeated {
         /// The room.
-        room: String,
+        room: Rc<str>,
         /// The author's connection key and serial.
         author: (usize, u64),
         /// Whether the room must read its stream (`--redis-wait`).
@@ -136,11 +137,11 @@ pub(super) struct Posts {
     /// when the `WAIT` ended (for `/metrics`).
     unconfirmed: u64,
     /// In a cluster: the rooms with a call in flight.
-    busy: HashSet<String>,
+    busy: HashSet<Rc<str>>,
     /// Counts script calls, for their tags.
     calls: u64,
     /// The number of this process's last post to each room.
-    seqs: HashMap<String, u64>,
+    seqs: HashMap<Rc<str>, u64>,
     /// Posts waiting to be sent: this turn's, and those that waited for
     /// Redis or must go again, in the order they were first sent.
     waiting: VecDeque<Post>,
@@ -232,9 +233,7 @@ impl Posts {
         if !up && self.waiting.len() >= self.backlog_cap {
             return false;
         }
-        let PostIntent { room, username, text, ts, known_last, author } = intent;
-        let mut suffix = String::with_capacity(48 + username.len() + text.len());
-        push_message_suffix(&mut suffix, &username, &text, ts);
+        let PostIntent { room, suffix, known_last, author } = intent;
         let seq = self.seqs.entry(room.clone()).or_insert(0);
         *seq += 1;
         self.waiting.push_back(Post { room, seq: *seq, suffix, author, known_last });
@@ -250,8 +249,8 @@ impl Posts {
         }
         // Group by room, keeping each room's order (rooms in order of
         // their first waiting post, so the oldest post leaves first).
-        let mut order: Vec<String> = Vec::new();
-        let mut by_room: HashMap<String, Vec<Post>> = HashMap::new();
+        let mut order: Vec<Rc<str>> = Vec::new();
+        let mut by_room: HashMap<Rc<str>, Vec<Post>> = HashMap::new();
         let mut held = VecDeque::new();
         for post in self.waiting.drain(..) {
             // A cluster's room with a call in flight: wait for its answer.
@@ -397,7 +396,7 @@ impl Posts {
                     }
                 };
                 // One call's posts are all to one room.
-                let room = posts.first().map(|p| p.room.clone()).unwrap_or_default();
+                let room = posts.first().map_or_else(|| Rc::from(""), |p| p.room.clone());
                 let mut published = Vec::new();
                 let mut answers = Vec::with_capacity(posts.len());
                 for (i, post) in posts.into_iter().enumerate() {
@@ -497,7 +496,13 @@ mod tests {
     use super::*;
 
     fn intent(room: &str, text: &str) -> PostIntent {
-        PostIntent { room: room.into(), username: "a".into(), text: text.into(), ts: 0, known_last: 0, author: (1, 1) }
+        intent_by(room, "a", text, 0)
+    }
+
+    fn intent_by(room: &str, username: &str, text: &str, ts: u64) -> PostIntent {
+        let mut suffix = String::new();
+        crate::chat::protocol::push_message_suffix(&mut suffix, username, text, ts);
+        PostIntent { room: room.into(), suffix, known_last: 0, author: (1, 1) }
     }
 
     /// The (tag, room, sequence numbers) of each call in `commands`.
@@ -506,7 +511,7 @@ mod tests {
             .iter()
             .filter_map(|(_, tag, _)| {
                 let call = posts.in_flight.get(tag)?;
-                let room = call.first()?.room.clone();
+                let room = call.first()?.room.to_string();
                 Some((*tag, room, call.iter().map(|p| p.seq).collect()))
             })
             .collect()
@@ -523,7 +528,7 @@ mod tests {
     fn post_json_halves_make_a_message_event() {
         let mut posts = Posts::new("p", 10, 100);
         let mut commands = Commands::new();
-        let post = PostIntent { username: "al\"ice".into(), ts: 17, known_last: 3, ..intent("r", "hi <b>") };
+        let post = PostIntent { known_last: 3, ..intent_by("r", "al\"ice", "hi <b>", 17) };
         assert!(posts.post(post, true));
         posts.send(&mut commands);
         let post = posts.in_flight.values().next().and_then(|c| c.first()).unwrap();
