@@ -57,6 +57,11 @@ PY
 }
 wait_subscribed() { for _ in $(seq 100); do grep -q "redis: subscribed" "$1" 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 secs() { python3 -c "print(round($1/$hz,2))"; }
+# children_us FILE: CPU (user + system, in µs) of the shell's ended children,
+# from what `times > FILE` (a builtin: run in this shell, not a subshell)
+# wrote; taken before and after a command substitution, the difference is
+# what that command took.
+children_us() { tail -1 "$1" | awk '{ split($1, u, /[ms]/); split($2, s, /[ms]/); printf "%d", (u[1] * 60 + u[2] + s[1] * 60 + s[2]) * 1e6 }'; }
 hz=$(getconf CLK_TCK)
 
 if [ -z "${ROOMS_ONLY:-}" ] && [ -z "${POSTS_ONLY:-}" ]; then
@@ -211,13 +216,14 @@ for rep in $(seq "$REPEAT"); do
             db=$(( db % 15 + 1 ))
             wait_port "$port"
             wait_subscribed "$TMP/pub$batch.log"
-            c0=$(cpu_ticks "$pid"); r0=$(cpu_ticks "$rpid")
+            c0=$(cpu_ticks "$pid"); r0=$(cpu_ticks "$rpid"); times > "$TMP/times0"
             r=$(taskset -c 1 "$LOADGEN" --url "ws://127.0.0.1:$port" --clients 200 --rooms 200 --senders 200 --messages 3000 --window 32 --json || true)
-            c1=$(cpu_ticks "$pid"); r1=$(cpu_ticks "$rpid")
+            times > "$TMP/times1"; c1=$(cpu_ticks "$pid"); r1=$(cpu_ticks "$rpid")
+            l0=$(children_us "$TMP/times0"); l1=$(children_us "$TMP/times1")
             echo "$r" >&2
             calls=$(curl -s "http://127.0.0.1:$port/metrics" | awk '/^chatroom_redis_posts_total /{p=$2} /^chatroom_redis_post_calls_total /{c=$2} END{if (c>0) printf "%.1f", p/c; else print 0}')
-            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$(basename "$bin")" "$batch" "$(echo "$r" | json_get deliveries_per_sec)" \
-                "$(echo "$r" | json_get delivered)" "$((c1 - c0))" "$((r1 - r0))" "$calls" >> "$TMP/posts.tsv"
+            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$(basename "$bin")" "$batch" "$(echo "$r" | json_get deliveries_per_sec)" \
+                "$(echo "$r" | json_get delivered)" "$((c1 - c0))" "$((r1 - r0))" "$calls" "$((l1 - l0))" >> "$TMP/posts.tsv"
             kill "$pid"; wait "$pid" 2>/dev/null || true
         done
     done
@@ -233,23 +239,26 @@ echo "One process (\`--data none --rate-limit 0\`) on core 0; redis-server and l
 echo "one member each, every member posting 3,000 messages with 32 in flight (\`loadgen --clients 200 --rooms 200"
 echo "--senders 200 --messages 3000 --window 32\`), received back on the subscription. \`--redis-batch 1\`: each post"
 echo "its own EVALSHA; \`--redis-batch 100\` (the default): a turn's posts to a room in one EVALSHA and one PUBLISH."
-echo "Medians of $REPEAT runs per binary, alternated, [min–max]; CPU from /proc (utime+stime) over the run."
+echo "Medians of $REPEAT runs per binary, alternated, [min–max]; CPU from /proc (utime+stime) over the run, the"
+echo "load generator's from the shell's \`times\`. Core 1 carries Redis and the load generator: their sum per post"
+echo "against the chatroom's says which core a run was bound by."
 echo
 python3 - "$TMP/posts.tsv" "$hz" <<'PY'
 import sys, statistics as st
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
 hz = int(sys.argv[2])
 by = {}
-for name, batch, pps, delivered, ct, rt, calls in rows:
+for name, batch, pps, delivered, ct, rt, calls, lt in rows:
     d = max(float(delivered or 0), 1.0)
-    by.setdefault((name, batch), []).append((float(pps), int(ct) / hz * 1e6 / d, int(rt) / hz * 1e6 / d, calls))
+    by.setdefault((name, batch), []).append((float(pps), int(ct) / hz * 1e6 / d, int(rt) / hz * 1e6 / d, calls, int(lt) / d))
 def cell(vals, fmt):
     return f"{fmt(st.median(vals))} [{fmt(min(vals))}–{fmt(max(vals))}]"
-print("| binary | batch | posts/s | chatroom µs/post | Redis µs/post | posts per call |")
-print("|---|---|---|---|---|---|")
+print("| binary | batch | posts/s | chatroom µs/post | Redis µs/post | loadgen µs/post | posts per call |")
+print("|---|---|---|---|---|---|---|")
 for (name, batch), runs in by.items():
     print(f"| {name} | {batch} | {cell([r[0] for r in runs], lambda v: f'{v:,.0f}')} | "
-          f"{cell([r[1] for r in runs], lambda v: f'{v:.2f}')} | {cell([r[2] for r in runs], lambda v: f'{v:.2f}')} | {runs[0][3]} |")
+          f"{cell([r[1] for r in runs], lambda v: f'{v:.2f}')} | {cell([r[2] for r in runs], lambda v: f'{v:.2f}')} | "
+          f"{cell([r[4] for r in runs], lambda v: f'{v:.2f}')} | {runs[0][3]} |")
 print()
 print("| binary | posts/s, batch 100 ÷ batch 1 (per round) | median |")
 print("|---|---|---|")
