@@ -46,6 +46,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing))]
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod bus;
 pub mod chat;
 pub mod cluster;
