@@ -228,7 +228,57 @@ const SETTINGS: &[Setting] = &[
         default: "",
         help: "serve /metrics, /healthz, /readyz and /stats on this address instead",
     },
+    Setting {
+        name: "auth-secret",
+        kind: Kind::Text,
+        default: "",
+        help: "HS256 secret (32 bytes or more) that signs users' JWT connection tokens; prefer --auth-secret-file",
+    },
+    Setting {
+        name: "auth-secret-file",
+        kind: Kind::List,
+        default: "",
+        help: "[KID=]FILE[,...]: files each holding an HS256 secret (a token's kid picks the KID one)",
+    },
+    Setting {
+        name: "auth-public-key",
+        kind: Kind::List,
+        default: "",
+        help: "[KID=]FILE[,...]: PEM public keys (RSA, EC P-256, Ed25519) whose RS256/ES256/EdDSA tokens are accepted",
+    },
+    Setting {
+        name: "auth-issuer",
+        kind: Kind::Text,
+        default: "",
+        help: "the iss every token must carry (unset: not checked)",
+    },
+    Setting {
+        name: "auth-audience",
+        kind: Kind::Text,
+        default: "",
+        help: "the aud every token must carry (unset: not checked)",
+    },
+    Setting {
+        name: "guests",
+        kind: Kind::Text,
+        default: "on",
+        help: "users without a token: on (chat), read-only (join and read), off (refused with 4401)",
+    },
 ];
+
+/// Settings whose values `--print-config` never shows.
+const SECRET_SETTINGS: &[&str] = &["auth-secret"];
+
+/// What users without a token may do (`--guests`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Guests {
+    /// Join, read and post, under a name of their choosing.
+    On,
+    /// Join and read; their posts are refused (`read_only`).
+    ReadOnly,
+    /// Refused at the chat endpoints (4401).
+    Off,
+}
 
 /// Where an effective value came from, for `--print-config`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -323,6 +373,18 @@ pub struct Config {
     pub reuse_port: bool,
     /// Separate listener for the operations endpoints.
     pub admin_bind: Option<SocketAddr>,
+    /// `--auth-secret`: an HS256 secret given inline.
+    pub auth_secret: Option<String>,
+    /// `--auth-secret-file`: `[KID=]FILE` each.
+    pub auth_secret_files: Vec<String>,
+    /// `--auth-public-key`: `[KID=]FILE` each.
+    pub auth_public_keys: Vec<String>,
+    /// `--auth-issuer`.
+    pub auth_issuer: Option<String>,
+    /// `--auth-audience`.
+    pub auth_audience: Option<String>,
+    /// `--guests`.
+    pub guests: Guests,
     /// Each setting's effective raw value and its source, for `--print-config`.
     effective: Vec<(&'static str, String, Source)>,
 }
@@ -531,8 +593,26 @@ impl Config {
                 Some(_) => Some(get("admin-bind").addr()?),
                 None => None,
             },
+            auth_secret: optional_text("auth-secret"),
+            auth_secret_files: get("auth-secret-file").list(),
+            auth_public_keys: get("auth-public-key").list(),
+            auth_issuer: optional_text("auth-issuer"),
+            auth_audience: optional_text("auth-audience"),
+            guests: match get("guests").text {
+                "on" => Guests::On,
+                "read-only" => Guests::ReadOnly,
+                "off" => Guests::Off,
+                _ => return Err(get("guests").invalid("on, read-only or off")),
+            },
             effective: SETTINGS.iter().map(|s| (s.name, raw[s.name].0.clone(), raw[s.name].1)).collect(),
         };
+        let keys = config.auth_secret.is_some() || !config.auth_secret_files.is_empty();
+        if config.guests == Guests::Off && !keys && config.auth_public_keys.is_empty() {
+            return Err(ConfigError(
+                "--guests off admits only users with a token: give --auth-secret-file or --auth-public-key too"
+                    .to_string(),
+            ));
+        }
         if let Some(url) = &config.redis
             && !url.starts_with("redis://")
         {
@@ -579,6 +659,7 @@ impl Config {
                 Source::Env => "environment",
                 Source::Cli => "command line",
             };
+            let value = if SECRET_SETTINGS.contains(name) && !value.is_empty() { "<redacted>" } else { value };
             out.push_str(&format!("{name} = {:?}  # {source}\n", value));
         }
         out
@@ -754,6 +835,29 @@ mod tests {
             Ok(Loaded::Run(c)) => *c,
             other => panic!("expected a config, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn identity_settings_parse_and_secrets_are_never_printed() {
+        let c = run(
+            &["--auth-secret", "s3cret-value", "--auth-public-key", "k1=/a.pem, /b.pem", "--guests", "read-only"],
+            &[("CHATROOM_AUTH_ISSUER", "https://site.example")],
+        );
+        assert_eq!(c.auth_secret.as_deref(), Some("s3cret-value"));
+        assert_eq!(c.auth_public_keys, vec!["k1=/a.pem", "/b.pem"]);
+        assert_eq!(
+            (c.auth_issuer.as_deref(), c.auth_audience, c.guests),
+            (Some("https://site.example"), None, Guests::ReadOnly)
+        );
+        assert_eq!(Config::defaults().guests, Guests::On);
+        let Ok(Loaded::Print(text)) = load(&["--auth-secret", "s3cret-value", "--print-config"], &[]) else {
+            panic!("print-config prints")
+        };
+        assert!(text.contains("auth-secret = \"<redacted>\"") && !text.contains("s3cret"), "{text}");
+        let off = load(&["--guests", "off"], &[]).unwrap_err().to_string();
+        assert!(off.contains("--guests off admits only users with a token"), "{off}");
+        assert!(load(&["--guests", "maybe"], &[]).is_err());
+        assert_eq!(run(&["--guests", "off", "--auth-secret-file", "/s"], &[]).guests, Guests::Off);
     }
 
     #[test]

@@ -158,6 +158,26 @@ impl Auth {
         Ok(Some(Auth { keys, issuer, audience }))
     }
 
+    /// The keys `--auth-secret`, `--auth-secret-file` and
+    /// `--auth-public-key` give (a secret file's trailing newline is not
+    /// part of the secret).
+    pub fn from_config(config: &crate::Config) -> Result<Option<Auth>, String> {
+        let mut secrets: Vec<(Option<String>, Vec<u8>)> = Vec::new();
+        if let Some(secret) = &config.auth_secret {
+            secrets.push((None, secret.as_bytes().to_vec()));
+        }
+        for spec in &config.auth_secret_files {
+            let (kid, path) = split_kid(spec);
+            let mut secret =
+                std::fs::read(path).map_err(|e| format!("--auth-secret-file {path}: cannot read it: {e}"))?;
+            while secret.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                secret.pop();
+            }
+            secrets.push((kid, secret));
+        }
+        Auth::new(&secrets, &config.auth_public_keys, config.auth_issuer.clone(), config.auth_audience.clone())
+    }
+
     /// Checks `token`; the user it names, or why not.
     pub fn verify(&self, token: &str) -> Result<Identity, Refusal> {
         let header = jsonwebtoken::decode_header(token).map_err(|e| refusal(e.kind()))?;

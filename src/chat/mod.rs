@@ -147,6 +147,27 @@ pub struct Membership {
     tokens: f64,
     /// When the bucket was last refilled.
     refilled: Instant,
+    /// A guest under `--guests read-only`: its posts are refused.
+    read_only: bool,
+}
+
+/// Who joins a room ([`Chat::join_as`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Who<'a> {
+    /// A guest: the name it asked for (`?username=`), if any; `read_only`
+    /// under `--guests read-only`.
+    Guest {
+        /// The name asked for.
+        name: Option<&'a str>,
+        /// Its posts are refused.
+        read_only: bool,
+    },
+    /// A user the server verified (a signed token): joins under the
+    /// token's name, which posts cannot change.
+    Verified {
+        /// The token's name.
+        name: &'a str,
+    },
 }
 
 /// A post waiting for its commit.
@@ -322,9 +343,23 @@ impl Chat {
     /// connection is closed with 1013).
     pub fn join(
         &mut self,
-        (key, serial): (usize, u64),
+        conn: (usize, u64),
         room: &str,
         name: Option<&str>,
+        since: Option<u64>,
+        now: Instant,
+    ) -> Option<Membership> {
+        self.join_as(conn, room, Who::Guest { name, read_only: false }, since, now)
+    }
+
+    /// [`Chat::join`] for anyone: a guest, or a verified user, who joins
+    /// under the token's name; a guest holding that name in the room is
+    /// renamed (a guest never holds a verified user's name).
+    pub fn join_as(
+        &mut self,
+        (key, serial): (usize, u64),
+        room: &str,
+        who: Who<'_>,
         since: Option<u64>,
         now: Instant,
     ) -> Option<Membership> {
@@ -335,13 +370,21 @@ impl Chat {
             self.drop_if_empty(slot_room);
             return None;
         }
+        let (name, verified, read_only) = match who {
+            Who::Guest { name, read_only } => (name, false, read_only),
+            Who::Verified { name } => (Some(name), true, false),
+        };
         let (wanted, named_by_server, bad_name) = match name.map(clean_name) {
             Some(Some(clean)) => (clean, false, false),
             Some(None) => (self.guest_name(), true, true),
             None => (self.guest_name(), true, false),
         };
         let r = self.live.get_mut(slot_room)?;
-        let (slot, got) = r.add(key, &wanted, since);
+        if verified && let Some((from, to)) = r.displace_guest(&wanted) {
+            let json: Rc<str> = protocol::rename_json(&r.name, &from, &to).into();
+            self.out.push(Outgoing::Room { room: slot_room, json, is_message: false, except: None, author: None });
+        }
+        let (slot, got) = r.add(key, &wanted, since, verified);
         if let Some(m) = r.members.get_mut(slot) {
             m.serial = serial;
         }
@@ -363,11 +406,12 @@ impl Chat {
         Some(Membership {
             room: slot_room,
             slot,
-            named_by_server,
+            named_by_server: named_by_server && !verified,
             posted: false,
             serial,
             tokens: self.settings.rate_burst,
             refilled: now,
+            read_only,
         })
     }
 
@@ -378,6 +422,10 @@ impl Chat {
 
     /// A member's text frame: post it, or answer with an error event.
     pub fn on_text(&mut self, key: usize, m: &mut Membership, text: &str, now: Instant) {
+        if m.read_only {
+            let json = protocol::error_json("read_only", "guests may read this chat but not post; sign in to post");
+            return self.out.push(Outgoing::To { key, json });
+        }
         let post = match protocol::parse_post(text, self.settings.max_text) {
             Ok(post) => post,
             Err(PostError::BadJson) => {

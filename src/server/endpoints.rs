@@ -17,12 +17,42 @@ use std::borrow::Cow;
 use tungstenite::Message;
 
 use super::Server;
+use crate::auth::Identity;
+use crate::chat::Who;
+use crate::config::Guests;
 use crate::conn::Role;
 use crate::frame;
 use crate::handshake::Upgrade;
 use crate::http::Head;
 use crate::outbuf::Chunk;
 use crate::route::{Endpoint, query_value};
+
+/// Why a chat handshake was refused, and how the client is told.
+pub(super) struct Refused {
+    /// The close code: 4401 (no valid token) or 4403 (not allowed here).
+    close: u16,
+    /// The error frame's code.
+    code: &'static str,
+    /// What the client is told (never the token).
+    message: String,
+}
+
+impl Refused {
+    fn unauthorized(message: &str) -> Refused {
+        Refused { close: 4401, code: "unauthorized", message: message.to_string() }
+    }
+
+    fn forbidden(message: String) -> Refused {
+        Refused { close: 4403, code: "forbidden", message }
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` header, if any.
+fn bearer(head: &Head) -> Option<String> {
+    let value = std::str::from_utf8(head.header("authorization")?).ok()?.trim();
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_string())
+}
 
 /// What a message means for its connection.
 pub(super) enum Next {
@@ -42,7 +72,15 @@ impl Server {
                 let name = query_value(head.query(), "username");
                 let since = query_value(head.query(), "since").and_then(|s| s.parse::<u64>().ok());
                 let serial = self.conns.get(key).map_or(0, |c| c.serial());
-                let membership = self.chat.join((key, serial), room, name.as_deref(), since, self.now);
+                let identity = match self.identify(head, room) {
+                    Ok(identity) => identity,
+                    Err(refused) => return self.refuse_member(key, refused),
+                };
+                let who = match &identity {
+                    Some(user) => Who::Verified { name: &user.name },
+                    None => Who::Guest { name: name.as_deref(), read_only: self.cfg.guests == Guests::ReadOnly },
+                };
+                let membership = self.chat.join_as((key, serial), room, who, since, self.now);
                 if let (Some(m), Some(conn)) = (membership, self.conns.get_mut(key)) {
                     conn.set_role(Role::Member(m));
                 }
@@ -65,6 +103,39 @@ impl Server {
                 self.send_text(key, snapshot.as_bytes());
             }
         }
+    }
+
+    /// Who a chat handshake says it is: a verified user (a token that
+    /// checks out and allows `room`), a guest (no token, or no keys
+    /// configured, while `--guests` admits guests), or refused.
+    fn identify(&self, head: &Head, room: &str) -> Result<Option<Identity>, Refused> {
+        let token = query_value(head.query(), "token").map(Cow::into_owned).or_else(|| bearer(head));
+        match (&self.auth, token) {
+            (Some(auth), Some(token)) => {
+                let user = auth.verify(&token).map_err(|why| Refused::unauthorized(why.reason()))?;
+                if user.rooms.as_ref().is_some_and(|rooms| !rooms.matches(room)) {
+                    return Err(Refused::forbidden(format!("your token does not allow room {room}")));
+                }
+                Ok(Some(user))
+            }
+            _ if self.cfg.guests == Guests::Off => {
+                Err(Refused::unauthorized("this chat is for signed-in users: connect with ?token="))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// A WebSocket that failed its identity checks: a browser cannot read
+    /// the status of a refused upgrade (it only sees 1006), so it was
+    /// upgraded, and now gets one error frame and a close frame that say
+    /// why.
+    fn refuse_member(&mut self, key: usize, refused: Refused) {
+        let Refused { close, code, message } = refused;
+        self.send_text(key, crate::chat::protocol::error_json(code, &message).as_bytes());
+        if let Some(conn) = self.conns.get_mut(key) {
+            conn.close_ws(close, &message);
+        }
+        self.mark_dirty(key);
     }
 
     /// Runs `bytes` (or the end of the stream) through the connection's

@@ -209,6 +209,8 @@ pub struct Server {
     timers: Timers,
     /// Rooms and members.
     chat: Chat,
+    /// The keys users' tokens are checked against (`--auth-*`), if any.
+    auth: Option<crate::auth::Auth>,
     /// The storage thread.
     storage: Option<Storage>,
     /// Counters.
@@ -259,6 +261,10 @@ impl Server {
             Some(dir) => Site::dir(dir).map_err(|e| StartError(e.to_string()))?,
             None => Site::embedded(),
         };
+        let auth = crate::auth::Auth::from_config(&cfg).map_err(StartError)?;
+        if let Some(auth) = &auth {
+            info!("tokens checked with {}; guests {:?}", crate::auth::describe(auth), cfg.guests);
+        }
         let mut listener = crate::limits::listen(cfg.bind, cfg.reuse_port)
             .map_err(|e| StartError(format!("cannot listen on {}: {}", cfg.bind, explain_bind_error(&e))))?;
         let local_addr = listener.local_addr().map_err(|e| StartError(format!("listener address: {e}")))?;
@@ -312,6 +318,7 @@ impl Server {
             paused: Vec::new(),
             timers: Timers::new(),
             chat,
+            auth,
             storage: Some(storage),
             metrics: Metrics::default(),
             waker,

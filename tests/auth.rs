@@ -1,0 +1,173 @@
+//! Signed identities at the chat handshake: tokens, guests policy, names
+//! you can trust. Tokens are made here by hand (base64url and HMAC from
+//! `ring`), not by the code under test.
+
+mod common;
+
+use std::net::SocketAddr;
+
+use common::*;
+use data_encoding::BASE64URL_NOPAD;
+use tungstenite::Message;
+use tungstenite::client::IntoClientRequest;
+use tungstenite::stream::MaybeTlsStream;
+
+const SECRET: &str = "test-secret-of-at-least-thirty-two-bytes";
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// An HS256 token over `claims`, signed with `secret`.
+fn token_with(claims: &str, secret: &str) -> String {
+    let message = format!(
+        "{}.{}",
+        BASE64URL_NOPAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#),
+        BASE64URL_NOPAD.encode(claims.as_bytes())
+    );
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+    format!("{message}.{}", BASE64URL_NOPAD.encode(ring::hmac::sign(&key, message.as_bytes()).as_ref()))
+}
+
+/// A valid token for user `sub` named `name`, with extra claims (`,"rooms":[…]`).
+fn token(sub: &str, name: &str, extra: &str) -> String {
+    token_with(&format!(r#"{{"sub":"{sub}","name":"{name}","exp":{}{extra}}}"#, now() + 600), SECRET)
+}
+
+fn server(guests: chatroom::config::Guests) -> TestServer {
+    let mut cfg = config();
+    cfg.auth_secret = Some(SECRET.to_string());
+    cfg.guests = guests;
+    TestServer::with(cfg)
+}
+
+/// The welcome a member gets on joining `room` with `query`.
+fn join(addr: SocketAddr, room: &str, query: &str) -> (Client, serde_json::Value) {
+    let mut c = ws(addr, &format!("/ws/chatroom/{room}{query}"));
+    let welcome = recv_type(&mut c, "welcome");
+    (c, welcome)
+}
+
+/// The error frame and close code a refused member gets.
+fn refused(addr: SocketAddr, path: &str) -> (serde_json::Value, Option<u16>) {
+    let mut c = ws(addr, path);
+    let error = recv_json(&mut c);
+    (error, recv_close(&mut c))
+}
+
+#[test]
+fn a_token_user_joins_under_the_token_s_name_and_keeps_it() {
+    let s = server(chatroom::config::Guests::On);
+    let (mut c, welcome) = join(s.addr, "lobby", &format!("?token={}&username=mallory", token("u-1", "Alice", "")));
+    assert_eq!(welcome["username"], "Alice", "?username= does not apply to a token user");
+    // The original client puts a name in every post: it renames guests only.
+    send_text(&mut c, r#"{"message": "hi", "username": "bob"}"#);
+    let msg = recv_type(&mut c, "message");
+    assert_eq!((msg["username"].as_str(), msg["message"].as_str()), (Some("Alice"), Some("hi")));
+}
+
+#[test]
+fn a_token_in_an_authorization_header_works_too() {
+    let s = server(chatroom::config::Guests::Off);
+    let mut request = format!("ws://{}/ws/chatroom/lobby", s.addr).into_client_request().unwrap();
+    let bearer = format!("Bearer {}", token("u-2", "Bea", "")).parse().unwrap();
+    request.headers_mut().insert("Authorization", bearer);
+    let (mut c, _) = tungstenite::client::client(request, MaybeTlsStream::Plain(tcp(s.addr))).unwrap();
+    assert_eq!(recv_type(&mut c, "welcome")["username"], "Bea");
+}
+
+#[test]
+fn bad_tokens_get_one_error_frame_then_4401() {
+    let s = server(chatroom::config::Guests::On);
+    let expired = token_with(&format!(r#"{{"sub":"u","exp":{}}}"#, now() - 3600), SECRET);
+    let forged =
+        token_with(&format!(r#"{{"sub":"u","exp":{}}}"#, now() + 600), "another-secret-of-thirty-two-bytes-or-more");
+    let no_sub = token_with(&format!(r#"{{"exp":{}}}"#, now() + 600), SECRET);
+    let none = format!(
+        "{}.{}.",
+        BASE64URL_NOPAD.encode(br#"{"alg":"none"}"#),
+        BASE64URL_NOPAD.encode(format!(r#"{{"sub":"u","exp":{}}}"#, now() + 600).as_bytes())
+    );
+    for (what, bad) in
+        [("expired", expired), ("forged", forged), ("no sub", no_sub), ("alg none", none), ("junk", "abc".into())]
+    {
+        let (error, code) = refused(s.addr, &format!("/ws/chatroom/lobby?token={bad}"));
+        assert_eq!((error["type"].as_str(), error["code"].as_str()), (Some("error"), Some("unauthorized")), "{what}");
+        assert!(!error.to_string().contains(&bad), "{what}: the token is never echoed");
+        assert_eq!(code, Some(4401), "{what}");
+    }
+    let (error, _) = refused(
+        s.addr,
+        &format!(
+            "/ws/chatroom/lobby?token={}",
+            token_with(&format!(r#"{{"sub":"u","exp":{}}}"#, now() - 3600), SECRET)
+        ),
+    );
+    assert!(error["message"].as_str().unwrap().contains("expired"), "{error}");
+}
+
+#[test]
+fn a_room_outside_the_token_s_rooms_gets_4403() {
+    let s = server(chatroom::config::Guests::On);
+    let t = token("u-3", "Cy", r#","rooms":["team-*","lobby"]"#);
+    join(s.addr, "team-a", &format!("?token={t}"));
+    join(s.addr, "lobby", &format!("?token={t}"));
+    let (error, code) = refused(s.addr, &format!("/ws/chatroom/secret?token={t}"));
+    assert_eq!((error["code"].as_str(), code), (Some("forbidden"), Some(4403)));
+    assert!(error["message"].as_str().unwrap().contains("secret"), "{error}");
+}
+
+#[test]
+fn read_only_guests_read_but_cannot_post() {
+    let s = server(chatroom::config::Guests::ReadOnly);
+    let (mut guest, _) = join(s.addr, "lobby", "?username=gus");
+    let (mut user, _) = join(s.addr, "lobby", &format!("?token={}", token("u-4", "Dee", "")));
+    send_text(&mut guest, r#"{"message": "may I?"}"#);
+    let error = recv_type(&mut guest, "error");
+    assert_eq!(error["code"], "read_only");
+    send_text(&mut user, r#"{"message": "hello"}"#);
+    let heard = recv_type(&mut guest, "message");
+    assert_eq!((heard["username"].as_str(), heard["message"].as_str()), (Some("Dee"), Some("hello")));
+    assert_eq!(recv_type(&mut user, "message")["message"], "hello", "nothing else was posted");
+}
+
+#[test]
+fn with_guests_off_the_chat_needs_a_token_and_the_echo_stays_open() {
+    let s = server(chatroom::config::Guests::Off);
+    let (error, code) = refused(s.addr, "/ws/chatroom/lobby?username=gus");
+    assert_eq!((error["code"].as_str(), code), (Some("unauthorized"), Some(4401)));
+    join(s.addr, "lobby", &format!("?token={}", token("u-5", "Eve", "")));
+    let mut echo = ws(s.addr, "/ws/echo");
+    send_text(&mut echo, "ping?");
+    assert_eq!(echo.read().unwrap(), Message::text("ping?"));
+}
+
+#[test]
+fn a_guest_never_holds_a_verified_user_s_name() {
+    let s = server(chatroom::config::Guests::On);
+    let (mut early, welcome) = join(s.addr, "lobby", "?username=Alice");
+    assert_eq!(welcome["username"], "Alice");
+    let (_alice, welcome) = join(s.addr, "lobby", &format!("?token={}", token("u-1", "Alice", "")));
+    assert_eq!(welcome["username"], "Alice", "the verified user gets the name");
+    let rename = recv_type(&mut early, "rename");
+    assert_eq!((rename["from"].as_str(), rename["to"].as_str()), (Some("Alice"), Some("Alice-2")), "{rename}");
+    let (_late, welcome) = join(s.addr, "lobby", "?username=Alice");
+    assert_ne!(welcome["username"], "Alice", "a later guest asking for it gets another");
+    // Nor can a guest rename into it with its first post.
+    let (mut guest, _) = join(s.addr, "lobby", "");
+    send_text(&mut guest, r#"{"message": "hi", "username": "Alice"}"#);
+    let msg = recv_type(&mut guest, "message");
+    assert_ne!(msg["username"], "Alice");
+}
+
+#[test]
+fn a_short_secret_or_a_missing_key_file_stops_the_start_with_one_line() {
+    let mut cfg = config();
+    cfg.auth_secret = Some("short".into());
+    let e = chatroom::Server::bind(cfg).err().expect("refused").to_string();
+    assert!(e.contains("too short for HS256") && !e.contains('\n'), "{e}");
+    let mut cfg = config();
+    cfg.auth_public_keys = vec!["/nonexistent/key.pem".into()];
+    let e = chatroom::Server::bind(cfg).err().expect("refused").to_string();
+    assert!(e.contains("/nonexistent/key.pem") && e.contains("cannot read it"), "{e}");
+}
