@@ -71,6 +71,7 @@ impl Bench {
                     ts: 1_764_000_000_000 + self.next_id,
                     username: "bench".to_string(),
                     text: self.text.clone(),
+                    verified: false,
                 },
             }]);
             self.next_id += 1;

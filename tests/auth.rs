@@ -171,3 +171,51 @@ fn a_short_secret_or_a_missing_key_file_stops_the_start_with_one_line() {
     let e = chatroom::Server::bind(cfg).err().expect("refused").to_string();
     assert!(e.contains("/nonexistent/key.pem") && e.contains("cannot read it"), "{e}");
 }
+
+fn verified(event: &serde_json::Value) -> Option<bool> {
+    event["verified"].as_bool()
+}
+
+/// A token user's messages carry `"verified": true`, live and in history
+/// (after a restart, from SQLite); a guest's carry nothing of the kind.
+#[test]
+fn verified_posts_say_so_live_and_in_history() {
+    let dir = temp_dir("auth-verified");
+    let mut cfg = config();
+    cfg.auth_secret = Some(SECRET.to_string());
+    let s = TestServer::with_sqlite(cfg.clone(), &dir);
+    let (mut user, _) = join(s.addr, "lobby", &format!("?token={}", token("u-1", "Alice", "")));
+    let (mut guest, _) = join(s.addr, "lobby", "?username=gus");
+    assert_eq!(verified(&post_and_answer(&mut user, "signed")), Some(true));
+    assert_eq!(verified(&recv_type(&mut guest, "message")), Some(true), "as every member sees it");
+    assert_eq!(verified(&post_and_answer(&mut guest, "unsigned")), None);
+    s.stop();
+    let s = TestServer::with_sqlite(cfg, &dir);
+    let (_c, welcome) = join(s.addr, "lobby", "?username=later");
+    let history: Vec<(Option<&str>, Option<bool>)> =
+        welcome["history"].as_array().unwrap().iter().map(|m| (m["message"].as_str(), verified(m))).collect();
+    assert_eq!(history, vec![(Some("signed"), Some(true)), (Some("unsigned"), None)]);
+}
+
+/// Through Redis the mark travels with the message: a member on another
+/// process sees it, and so does history read from the stream.
+#[test]
+fn the_verified_mark_crosses_processes() {
+    let redis = RedisServer::start(false);
+    let node = || {
+        let mut cfg = config();
+        cfg.auth_secret = Some(SECRET.to_string());
+        cfg.redis = Some(redis.url());
+        TestServer::with(cfg)
+    };
+    let (a, b) = (node(), node());
+    let (mut user, _) = join(a.addr, "lobby", &format!("?token={}", token("u-1", "Alice", "")));
+    let (mut far, _) = join(b.addr, "lobby", "?username=far");
+    let sent = post_and_answer(&mut user, "over redis");
+    assert_eq!(verified(&sent), Some(true));
+    let heard = recv_type(&mut far, "message");
+    assert_eq!((heard["message"].as_str(), verified(&heard)), (Some("over redis"), Some(true)));
+    let late = node();
+    let (_c, welcome) = join(late.addr, "lobby", "?username=late");
+    assert_eq!(verified(&welcome["history"][0]), Some(true), "{welcome}");
+}

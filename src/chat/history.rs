@@ -166,5 +166,5 @@ impl Chat {
 
 /// The JSON event of a stored message.
 pub(super) fn event_json(room: &str, m: &StoredMessage) -> Rc<str> {
-    protocol::message_json(room, m.id, &m.username, &m.text, m.ts).into()
+    protocol::stored_json(room, m).into()
 }

@@ -482,6 +482,9 @@ impl Chat {
             let known_last = self.directory.get(&*room.name).map_or(0, |r| r.last_id);
             let mut suffix = String::with_capacity(48 + member.name.len() + post.message.len());
             protocol::push_message_suffix(&mut suffix, &member.name, &post.message, now_ms());
+            if member.verified {
+                protocol::push_verified(&mut suffix);
+            }
             let room = room.name.clone();
             self.handoffs.push(Handoff::Post(PostIntent { room, suffix, known_last, author: (key, m.serial) }));
             return;
@@ -493,8 +496,9 @@ impl Chat {
         if let Some(record) = self.directory.get_mut(&*room.name) {
             record.last_id = record.last_id.max(id);
         }
-        let json: Rc<str> = protocol::message_json(&room.name, id, &member.name, &post.message, ts).into();
-        let msg = StoredMessage { id, ts, username: member.name.to_string(), text: post.message.into_owned() };
+        let (username, text, verified) = (member.name.to_string(), post.message.into_owned(), member.verified);
+        let msg = StoredMessage { id, ts, username, text, verified };
+        let json: Rc<str> = protocol::stored_json(&room.name, &msg).into();
         let name = room.name.clone();
         self.enqueue_commit(name, msg, json, Some((key, m.serial)));
     }

@@ -130,6 +130,9 @@ pub struct MessageEvent<'a> {
     pub message: Cow<'a, str>,
     /// Milliseconds since the epoch.
     pub ts: u64,
+    /// Posted by a verified user ([`push_verified`]).
+    #[serde(default)]
+    pub verified: bool,
     /// Published although fewer replicas than `--redis-wait` asked for
     /// confirmed it in time (see [`unconfirmed_json`]).
     #[serde(default)]
@@ -166,6 +169,7 @@ pub fn parse_message_event(json: &[u8]) -> Option<MessageEvent<'_>> {
         username: text("username")?,
         message: text("message")?,
         ts: number("ts")?,
+        verified: value.get("verified").and_then(serde_json::Value::as_bool).unwrap_or(false),
         unconfirmed: value.get("unconfirmed").and_then(serde_json::Value::as_bool).unwrap_or(false),
         exact: false,
     })
@@ -199,6 +203,25 @@ pub fn push_message_suffix(out: &mut String, username: &str, message: &str, ts: 
     out.push_str(r#","ts":"#);
     out.push_str(itoa::Buffer::new().format(ts));
     out.push('}');
+}
+
+/// Marks a message event, or its part after the id, as posted by a
+/// verified user: `"verified":true` goes before its closing brace.
+pub fn push_verified(event: &mut String) {
+    if event.ends_with('}') {
+        event.pop();
+        event.push_str(r#","verified":true}"#);
+    }
+}
+
+/// The event of a stored message of `room` ([`message_json`], marked
+/// [`push_verified`] if it was).
+pub fn stored_json(room: &str, msg: &crate::storage::StoredMessage) -> String {
+    let mut json = message_json(room, msg.id, &msg.username, &msg.text, msg.ts);
+    if msg.verified {
+        push_verified(&mut json);
+    }
+    json
 }
 
 /// A message event (from [`message_json`]) flagged `"unconfirmed":true`:

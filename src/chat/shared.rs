@@ -116,7 +116,7 @@ pub struct OrderedMessage {
 impl OrderedMessage {
     /// The event for a stored message of `room`.
     pub fn from_stored(room: &str, msg: &StoredMessage) -> OrderedMessage {
-        let json = protocol::message_json(room, msg.id, &msg.username, &msg.text, msg.ts);
+        let json = protocol::stored_json(room, msg);
         OrderedMessage { id: msg.id, ts: msg.ts, json: json.into(), flagged: false }
     }
 }
@@ -214,7 +214,8 @@ impl Chat {
                 log::error!("room {room}: message {id} is not a message event; not stored");
                 return;
             };
-            Some(StoredMessage { id, ts, username: event.username.into_owned(), text: event.message.into_owned() })
+            let (username, text) = (event.username.into_owned(), event.message.into_owned());
+            Some(StoredMessage { id, ts, username, text, verified: event.verified })
         } else {
             None
         };
@@ -368,7 +369,7 @@ mod tests {
         json.push_str(&intent.suffix);
         let event = protocol::parse_message_event(json.as_bytes()).expect("the halves make an event");
         assert_eq!((&*event.username, &*event.message), ("a", "hi"));
-        let msg = StoredMessage { id: 1, ts: event.ts, username: "a".into(), text: "hi".into() };
+        let msg = StoredMessage { id: 1, ts: event.ts, username: "a".into(), text: "hi".into(), verified: false };
         chat.accept_ordered("r", OrderedMessage::from_stored("r", &msg), Some(intent.author), false);
         assert_eq!(chat.last_id("r"), 1);
         assert!(
@@ -425,7 +426,7 @@ mod tests {
     }
 
     fn stored(id: u64) -> StoredMessage {
-        StoredMessage { id, ts: 1, username: "a".into(), text: "hi".into() }
+        StoredMessage { id, ts: 1, username: "a".into(), text: "hi".into(), verified: false }
     }
 
     #[test]

@@ -228,7 +228,7 @@ mod tests {
     use crate::storage::Request;
 
     fn message(id: u64) -> StoredMessage {
-        StoredMessage { id, ts: 5, username: "u".into(), text: format!("m{id}") }
+        StoredMessage { id, ts: 5, username: "u".into(), text: format!("m{id}"), verified: false }
     }
 
     /// Message `id` of room "r", one to a payload.

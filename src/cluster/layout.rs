@@ -248,7 +248,10 @@ pub(super) fn decode_message(room: &str, json: &str) -> Option<OrderedMessage> {
     let json: Rc<str> = if event.exact && json.ends_with('}') {
         Rc::from(json)
     } else {
-        let json = protocol::message_json(room, event.id, &event.username, &event.message, event.ts);
+        let mut json = protocol::message_json(room, event.id, &event.username, &event.message, event.ts);
+        if event.verified {
+            protocol::push_verified(&mut json);
+        }
         if event.unconfirmed { protocol::unconfirmed_json(&json) } else { json }.into()
     };
     Some(OrderedMessage { id: event.id, ts: event.ts, json, flagged: event.unconfirmed })
@@ -312,6 +315,7 @@ pub fn stream_messages(room: &str, value: &Value) -> Vec<StoredMessage> {
                     ts: event.ts,
                     username: event.username.into_owned(),
                     text: event.message.into_owned(),
+                    verified: event.verified,
                 });
             }
         });

@@ -103,7 +103,13 @@ mod tests {
     fn append(room: &str, id: u64) -> Write {
         Write::Append {
             room: room.to_string(),
-            msg: StoredMessage { id, ts: 1_000 + id, username: "alice".to_string(), text: format!("message {id}") },
+            msg: StoredMessage {
+                id,
+                ts: 1_000 + id,
+                username: "alice".to_string(),
+                text: format!("message {id}"),
+                verified: false,
+            },
         }
     }
 

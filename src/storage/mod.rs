@@ -74,6 +74,9 @@ pub struct StoredMessage {
     pub username: String,
     /// The message text (at most 4,096 characters, checked by the reactor).
     pub text: String,
+    /// Posted by a user whose signed token the server checked (its event
+    /// carries `"verified": true`).
+    pub verified: bool,
 }
 
 /// What the directory knows about a room.

@@ -60,7 +60,7 @@ const WAL_KEEP_BYTES: i64 = 16 << 20;
 /// The schema this build writes, kept in `PRAGMA user_version`. A file with
 /// a higher number was made by a newer chatroom, and we refuse it rather
 /// than write rows it would not expect.
-pub(super) const SCHEMA_VERSION: i64 = 2;
+pub(super) const SCHEMA_VERSION: i64 = 3;
 
 /// How long a statement waits for a lock held by another connection. We
 /// hold the only writer's lock file, so the other connections are our
@@ -69,8 +69,9 @@ pub(super) const SCHEMA_VERSION: i64 = 2;
 /// every message behind it.
 const BUSY_TIMEOUT: Duration = Duration::from_millis(100);
 
-/// Schema version 2 added the inbox (see the module docs). A macro so that
-/// `CREATE_SCHEMA` can include it with `concat!`.
+/// Schema version 2 added the inbox (see the module docs), version 3 the
+/// `verified` column (a message of a user with a signed token). A macro so
+/// that `CREATE_SCHEMA` can include it with `concat!`.
 macro_rules! create_inbox {
     () => {
         "
@@ -80,11 +81,16 @@ macro_rules! create_inbox {
             id       INTEGER NOT NULL,
             ts       INTEGER NOT NULL,
             username TEXT NOT NULL,
-            text     TEXT NOT NULL
+            text     TEXT NOT NULL,
+            verified INTEGER NOT NULL DEFAULT 0
         );
         "
     };
 }
+
+/// Version 3's column, added to files of versions 1 and 2.
+const ADD_VERIFIED_TO_MESSAGES: &str = "ALTER TABLE messages ADD COLUMN verified INTEGER NOT NULL DEFAULT 0;";
+const ADD_VERIFIED_TO_INBOX: &str = "ALTER TABLE inbox ADD COLUMN verified INTEGER NOT NULL DEFAULT 0;";
 
 /// The schema, created once in a fresh file.
 const CREATE_SCHEMA: &str = concat!(
@@ -104,6 +110,7 @@ const CREATE_SCHEMA: &str = concat!(
         ts       INTEGER NOT NULL,
         username TEXT NOT NULL,
         text     TEXT NOT NULL,
+        verified INTEGER NOT NULL DEFAULT 0,
         PRIMARY KEY(room, id)
     ) WITHOUT ROWID;
 ",
@@ -139,7 +146,7 @@ const UPSERT_ROOM: &str = "
 
 /// The message itself, appended to the inbox.
 const INSERT_MESSAGE: &str = "
-    INSERT INTO inbox(room, id, ts, username, text) VALUES (?1, ?2, ?3, ?4, ?5)
+    INSERT INTO inbox(room, id, ts, username, text, verified) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
 ";
 
 /// Files the inbox into `messages`, sorted so each room's rows go in as
@@ -151,8 +158,8 @@ const MERGE_INBOX: &str = "
         ON CONFLICT(name) DO UPDATE SET
             first_seen = min(first_seen, excluded.first_seen),
             last_seen = max(last_seen, excluded.last_seen);
-    INSERT INTO messages(room, id, ts, username, text)
-        SELECT room, id, ts, username, text FROM inbox ORDER BY room, id;
+    INSERT INTO messages(room, id, ts, username, text, verified)
+        SELECT room, id, ts, username, text, verified FROM inbox ORDER BY room, id;
     DELETE FROM inbox;
 ";
 
@@ -169,14 +176,14 @@ pub(super) const MERGE_ROWS: usize = 2_000;
 /// The newest `?4` messages in `(?2, ?3)`: the newest `?4` filed ones
 /// (walked backwards from `?3`) and the inbox's, newest first.
 const READ_NEWEST: &str = "
-    SELECT id, ts, username, text FROM (
+    SELECT id, ts, username, text, verified FROM (
         SELECT * FROM (
-            SELECT id, ts, username, text FROM messages
+            SELECT id, ts, username, text, verified FROM messages
             WHERE room = ?1 AND id > ?2 AND id < ?3
             ORDER BY id DESC LIMIT ?4
         )
         UNION ALL
-        SELECT id, ts, username, text FROM inbox
+        SELECT id, ts, username, text, verified FROM inbox
         WHERE room = ?1 AND id > ?2 AND id < ?3
     )
     ORDER BY id DESC LIMIT ?4
@@ -184,14 +191,14 @@ const READ_NEWEST: &str = "
 
 /// The oldest `?4` messages in `(?2, ?3)`, from both places.
 const READ_OLDEST: &str = "
-    SELECT id, ts, username, text FROM (
+    SELECT id, ts, username, text, verified FROM (
         SELECT * FROM (
-            SELECT id, ts, username, text FROM messages
+            SELECT id, ts, username, text, verified FROM messages
             WHERE room = ?1 AND id > ?2 AND id < ?3
             ORDER BY id ASC LIMIT ?4
         )
         UNION ALL
-        SELECT id, ts, username, text FROM inbox
+        SELECT id, ts, username, text, verified FROM inbox
         WHERE room = ?1 AND id > ?2 AND id < ?3
     )
     ORDER BY id ASC LIMIT ?4
@@ -312,8 +319,13 @@ impl SqliteStore {
         }
 
         if version == 1 {
-            // Version 1 files: add the inbox.
+            // Version 1 files: add the inbox (with this version's columns).
             conn.execute_batch(create_inbox!()).map_err(fail("add the inbox table"))?;
+        } else if version == 2 {
+            conn.execute_batch(ADD_VERIFIED_TO_INBOX).map_err(fail("add the verified column"))?;
+        }
+        if version == 1 || version == 2 {
+            conn.execute_batch(ADD_VERIFIED_TO_MESSAGES).map_err(fail("add the verified column"))?;
             conn.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(fail("record the schema version"))?;
         }
         // File what the last run left in the inbox, so the directory below
@@ -458,7 +470,14 @@ fn write_rows<'a>(
                     return Err(duplicate(room, msg.id));
                 }
                 newest.insert(room, last.max(msg.id));
-                insert_message.execute((room, to_sql(msg.id), to_sql(msg.ts), &msg.username, &msg.text))?;
+                insert_message.execute((
+                    room,
+                    to_sql(msg.id),
+                    to_sql(msg.ts),
+                    &msg.username,
+                    &msg.text,
+                    msg.verified,
+                ))?;
             }
         }
     }
@@ -492,6 +511,7 @@ fn read(conn: &Connection, range: &ReadRange) -> rusqlite::Result<(Vec<StoredMes
             ts: from_sql(row.get(1)?),
             username: row.get(2)?,
             text: row.get(3)?,
+            verified: row.get(4)?,
         })
     })?;
     let mut messages = rows.collect::<rusqlite::Result<Vec<_>>>()?;

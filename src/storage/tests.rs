@@ -94,6 +94,11 @@ impl Reactor {
 
     /// Send a Read and wait for its answer.
     fn read(&mut self, storage: &mut Storage, range: ReadRange) -> (Vec<u64>, Option<u64>) {
+        let (messages, oldest_id) = self.read_messages(storage, range);
+        (messages.iter().map(|m| m.id).collect(), oldest_id)
+    }
+
+    fn read_messages(&mut self, storage: &mut Storage, range: ReadRange) -> (Vec<StoredMessage>, Option<u64>) {
         static TICKETS: AtomicUsize = AtomicUsize::new(1);
         let ticket = TICKETS.fetch_add(1, Ordering::Relaxed) as u64;
         storage.send_all(vec![Request::Read { ticket, range }]);
@@ -101,7 +106,7 @@ impl Reactor {
             match self.next_reply(storage) {
                 Reply::Messages { ticket: got, messages, oldest_id } => {
                     assert_eq!(got, ticket);
-                    return (messages.iter().map(|m| m.id).collect(), oldest_id);
+                    return (messages, oldest_id);
                 }
                 // A Committed from an earlier batch may still be queued.
                 Reply::Committed { .. } | Reply::DataFile { .. } => {}
@@ -116,6 +121,7 @@ fn message(id: u64, username: &str) -> StoredMessage {
         ts: 1_764_000_000_000 + id,
         username: username.to_string(),
         text: format!("message {id} from {username}"),
+        verified: false,
     }
 }
 
@@ -536,6 +542,46 @@ fn a_version_1_file_is_upgraded_in_place() {
     let version: i64 =
         rusqlite::Connection::open(dir.db()).unwrap().query_row("PRAGMA user_version", [], |row| row.get(0)).unwrap();
     assert_eq!(version, sqlite::SCHEMA_VERSION);
+}
+
+/// A file written by schema version 2 (no `verified` column) opens, its
+/// messages read as unverified, and a verified message keeps its mark
+/// through the inbox and into `messages`.
+#[test]
+fn a_version_2_file_gets_the_verified_column() {
+    let dir = TempDir::new();
+    std::fs::create_dir_all(dir.db().parent().unwrap()).unwrap();
+    {
+        let conn = rusqlite::Connection::open(dir.db()).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE users(name TEXT PRIMARY KEY, first_seen INTEGER, last_seen INTEGER);
+             CREATE TABLE rooms(name TEXT PRIMARY KEY, created INTEGER NOT NULL);
+             CREATE TABLE messages(room TEXT NOT NULL, id INTEGER NOT NULL, ts INTEGER NOT NULL,
+                 username TEXT NOT NULL, text TEXT NOT NULL, PRIMARY KEY(room, id)) WITHOUT ROWID;
+             CREATE TABLE inbox(seq INTEGER PRIMARY KEY, room TEXT NOT NULL, id INTEGER NOT NULL,
+                 ts INTEGER NOT NULL, username TEXT NOT NULL, text TEXT NOT NULL);
+             INSERT INTO rooms VALUES ('old', 1);
+             INSERT INTO messages VALUES ('old', 1, 10, 'alice', 'hi');
+             INSERT INTO inbox(room, id, ts, username, text) VALUES ('old', 2, 20, 'bob', 'hello');
+             PRAGMA user_version = 2;",
+        )
+        .unwrap();
+    }
+    let mut reactor = Reactor::new();
+    let (mut storage, directory) = reactor.open(Backend::sqlite(dir.db())).unwrap();
+    assert_eq!(directory[0].last_id, 2);
+    let msg = StoredMessage { verified: true, ..message(3, "carol") };
+    let seq = storage.send_all(vec![Request::Append { room: "old".into(), msg }]);
+    assert_eq!(reactor.wait_committed(&mut storage, seq), vec![(1, Ok(()))]);
+    let read = |reactor: &mut Reactor, storage: &mut Storage| {
+        let (messages, _) = reactor.read_messages(storage, ReadRange::newest("old", 10));
+        messages.iter().map(|m| (m.id, m.verified)).collect::<Vec<_>>()
+    };
+    assert_eq!(read(&mut reactor, &mut storage), vec![(1, false), (2, false), (3, true)], "from the inbox");
+    storage.shutdown().unwrap();
+    let (mut storage, _) = reactor.open(Backend::sqlite(dir.db())).unwrap();
+    assert_eq!(read(&mut reactor, &mut storage), vec![(1, false), (2, false), (3, true)], "filed into messages");
+    storage.shutdown().unwrap();
 }
 
 #[test]
