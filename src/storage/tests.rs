@@ -513,6 +513,14 @@ fn history_spans_the_inbox_and_the_filed_messages() {
     storage.shutdown().unwrap();
 }
 
+/// The tables of a schema version 1 file.
+const VERSION_1_TABLES: &str = "
+    CREATE TABLE users(name TEXT PRIMARY KEY, first_seen INTEGER, last_seen INTEGER);
+    CREATE TABLE rooms(name TEXT PRIMARY KEY, created INTEGER NOT NULL);
+    CREATE TABLE messages(room TEXT NOT NULL, id INTEGER NOT NULL, ts INTEGER NOT NULL,
+        username TEXT NOT NULL, text TEXT NOT NULL, PRIMARY KEY(room, id)) WITHOUT ROWID;
+";
+
 /// A file written by schema version 1 (no inbox) opens, keeps its history
 /// and takes new messages.
 #[test]
@@ -521,12 +529,9 @@ fn a_version_1_file_is_upgraded_in_place() {
     std::fs::create_dir_all(dir.db().parent().unwrap()).unwrap();
     {
         let conn = rusqlite::Connection::open(dir.db()).unwrap();
+        conn.execute_batch(VERSION_1_TABLES).unwrap();
         conn.execute_batch(
-            "CREATE TABLE users(name TEXT PRIMARY KEY, first_seen INTEGER, last_seen INTEGER);
-             CREATE TABLE rooms(name TEXT PRIMARY KEY, created INTEGER NOT NULL);
-             CREATE TABLE messages(room TEXT NOT NULL, id INTEGER NOT NULL, ts INTEGER NOT NULL,
-                 username TEXT NOT NULL, text TEXT NOT NULL, PRIMARY KEY(room, id)) WITHOUT ROWID;
-             INSERT INTO rooms VALUES ('old', 1);
+            "INSERT INTO rooms VALUES ('old', 1);
              INSERT INTO messages VALUES ('old', 1, 10, 'alice', 'hi'), ('old', 2, 20, 'bob', 'hello');
              PRAGMA user_version = 1;",
         )
@@ -553,12 +558,9 @@ fn a_version_2_file_gets_the_verified_column() {
     std::fs::create_dir_all(dir.db().parent().unwrap()).unwrap();
     {
         let conn = rusqlite::Connection::open(dir.db()).unwrap();
+        conn.execute_batch(VERSION_1_TABLES).unwrap();
         conn.execute_batch(
-            "CREATE TABLE users(name TEXT PRIMARY KEY, first_seen INTEGER, last_seen INTEGER);
-             CREATE TABLE rooms(name TEXT PRIMARY KEY, created INTEGER NOT NULL);
-             CREATE TABLE messages(room TEXT NOT NULL, id INTEGER NOT NULL, ts INTEGER NOT NULL,
-                 username TEXT NOT NULL, text TEXT NOT NULL, PRIMARY KEY(room, id)) WITHOUT ROWID;
-             CREATE TABLE inbox(seq INTEGER PRIMARY KEY, room TEXT NOT NULL, id INTEGER NOT NULL,
+            "CREATE TABLE inbox(seq INTEGER PRIMARY KEY, room TEXT NOT NULL, id INTEGER NOT NULL,
                  ts INTEGER NOT NULL, username TEXT NOT NULL, text TEXT NOT NULL);
              INSERT INTO rooms VALUES ('old', 1);
              INSERT INTO messages VALUES ('old', 1, 10, 'alice', 'hi');
