@@ -19,6 +19,7 @@
 //! | [`site`] | the static site: embedded `www/`, safe paths, ETags |
 //! | `response` | building HTTP responses |
 //! | [`handshake`] | the WebSocket opening handshake (RFC 6455 §4) |
+//! | [`auth`] | who a chat connection is: signed JWT identities, checked at the handshake |
 //! | [`ws`] | a WebSocket session: tungstenite over our buffers |
 //! | [`frame`] | encoding server frames once, to share |
 //! | [`echo_room`] | the original site's echo room: greeting and replies |
@@ -36,7 +37,7 @@
 //!
 //! Pure pieces (`http`, `route`, `site`, `response`, `handshake`, `ws`,
 //! `frame`, `echo_room`, `outbuf`, `pacing`, `timer`, `inspect`,
-//! `chat`, the data layout in `cluster`) know nothing about sockets and
+//! `chat`, `auth`, the data layout in `cluster`) know nothing about sockets and
 //! are tested on their own. Clients' sockets are read and written only in
 //! `server/` and `conn/`; Redis's only in `bus/`; the data file only on the
 //! storage thread (`storage/`), which a checkpoint thread helps by copying

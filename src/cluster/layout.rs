@@ -129,7 +129,7 @@ pub(super) fn channel_room(channel: &[u8]) -> Option<&str> {
 /// rise through it), so they are its first `skip` lines. Returns `{skip,
 /// first}`: the posts after the first `skip` took ids `first`, `first + 1`…
 ///
-/// The new posts are one record, a *batch* ([`batch_payload`]): the first
+/// The new posts are one record, a *batch* (`batch_payload`): the first
 /// id, then their lines as they came. It is one stream entry (entry id =
 /// the batch's last id) and one PUBLISH, whatever the number of posts. So
 /// Redis's work per call hardly grows with the posts in it: no per-post
@@ -137,7 +137,7 @@ pub(super) fn channel_room(channel: &[u8]) -> Option<&str> {
 /// string is a `printf`, which dominated the per-post cost when every post
 /// was an entry of its own). Each process puts the id into each event when
 /// it reads a batch ([`decode_batch`]). The stream is trimmed by id,
-/// keeping about ARGV[4] messages (`MINID ~` drops whole nodes only, so
+/// keeping about `ARGV[4]` messages (`MINID ~` drops whole nodes only, so
 /// the trim is cheap).
 pub const POST_SCRIPT: &str = r#"
 local last = tonumber(redis.call('HGET', KEYS[3], ARGV[3]) or '0')
@@ -282,7 +282,7 @@ fn for_each_event(room: &str, payload: &[u8], mut each: impl FnMut(Option<u64>, 
     }
 }
 
-/// Decodes a payload from `room`'s channel ([`batch_payload`]). Lines that
+/// Decodes a payload from `room`'s channel (`batch_payload`). Lines that
 /// do not decode, or are another room's, are skipped; the rest keep their
 /// order.
 pub fn decode_batch(room: &str, payload: &[u8]) -> Vec<OrderedMessage> {
@@ -295,7 +295,7 @@ pub fn decode_batch(room: &str, payload: &[u8]) -> Vec<OrderedMessage> {
 
 /// XRANGE/XREVRANGE reply on `room`'s stream → its messages in ascending
 /// id order. Each entry is `[entry-id, [field, value, ...]]`, with field
-/// `b` = a batch ([`batch_payload`]; the entry id is its last id), or `m`
+/// `b` = a batch (`batch_payload`; the entry id is its last id), or `m`
 /// = one JSON event (the entries of earlier builds).
 pub fn stream_messages(room: &str, value: &Value) -> Vec<StoredMessage> {
     let Value::Array(entries) = value else { return Vec::new() };
