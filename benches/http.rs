@@ -13,6 +13,9 @@
 //!   the accept key, Origin) and [`chatroom::handshake::response_101`].
 //! - `frame/text`: encoding one server text frame, [`chatroom::frame::text`],
 //!   for a chat-sized payload (100 B) and a large one (16 KiB, 4-byte header).
+//! - `auth/verify`: checking a signed-in user's token at the chat
+//!   handshake ([`chatroom::auth::Auth::verify`]): HS256 (`--auth-secret`),
+//!   ES256 and EdDSA (`--auth-public-key`), each a token of typical claims.
 //!
 //! Throughput is the input's size in bytes, so criterion prints bytes per
 //! second; the time per iteration is the cost of one request or frame.
@@ -132,5 +135,36 @@ fn frames(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, parse, framing, handshake, frames);
+fn tokens(c: &mut Criterion) {
+    use chatroom::auth::Auth;
+    use chatroom::testutil::{ed25519_key, es256_key, hs256_signer, jwt};
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 3600;
+    let claims = format!(r#"{{"sub":"u-1234","name":"Alice","exp":{exp},"rooms":["lobby","team-*"]}}"#);
+    let secret = b"0123456789abcdef0123456789abcdef".to_vec();
+    let (es_pem, es_sign) = es256_key().unwrap();
+    let (ed_pem, ed_sign) = ed25519_key().unwrap();
+    let dir = std::env::temp_dir();
+    let (es_path, ed_path) = (
+        dir.join(format!("chatroom-bench-{}-es.pem", std::process::id())),
+        dir.join(format!("chatroom-bench-{}-ed.pem", std::process::id())),
+    );
+    std::fs::write(&es_path, es_pem).unwrap();
+    std::fs::write(&ed_path, ed_pem).unwrap();
+    let keys = [es_path.display().to_string(), ed_path.display().to_string()];
+    let auth = Auth::new(&[(None, secret.clone())], &keys, None, None).unwrap().unwrap();
+    let mut group = c.benchmark_group("auth/verify");
+    for (name, token) in [
+        ("hs256", jwt(r#"{"alg":"HS256","typ":"JWT"}"#, &claims, hs256_signer(&secret))),
+        ("es256", jwt(r#"{"alg":"ES256","typ":"JWT"}"#, &claims, es_sign)),
+        ("eddsa", jwt(r#"{"alg":"EdDSA","typ":"JWT"}"#, &claims, ed_sign)),
+    ] {
+        assert!(auth.verify(&token).is_ok(), "{name}");
+        group.bench_function(name, |b| b.iter(|| auth.verify(black_box(&token)).is_ok()));
+    }
+    group.finish();
+    let _ = std::fs::remove_file(es_path);
+    let _ = std::fs::remove_file(ed_path);
+}
+
+criterion_group!(benches, parse, framing, handshake, frames, tokens);
 criterion_main!(benches);

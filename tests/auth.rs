@@ -6,6 +6,7 @@ mod common;
 
 use std::net::SocketAddr;
 
+use chatroom::testutil::{hs256_signer, jwt};
 use common::*;
 use data_encoding::BASE64URL_NOPAD;
 use tungstenite::Message;
@@ -20,13 +21,7 @@ fn now() -> u64 {
 
 /// An HS256 token over `claims`, signed with `secret`.
 fn token_with(claims: &str, secret: &str) -> String {
-    let message = format!(
-        "{}.{}",
-        BASE64URL_NOPAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#),
-        BASE64URL_NOPAD.encode(claims.as_bytes())
-    );
-    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
-    format!("{message}.{}", BASE64URL_NOPAD.encode(ring::hmac::sign(&key, message.as_bytes()).as_ref()))
+    jwt(r#"{"alg":"HS256","typ":"JWT"}"#, claims, hs256_signer(secret.as_bytes()))
 }
 
 /// A valid token for user `sub` named `name`, with extra claims (`,"rooms":[…]`).

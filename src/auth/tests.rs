@@ -1,29 +1,15 @@
 //! Tokens made by hand (base64url, HMAC or signatures from `ring`), so
 //! what signs them here is not the code under test.
 
-use data_encoding::{BASE64, BASE64URL_NOPAD};
-use ring::rand::SystemRandom;
-use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
+use data_encoding::BASE64URL_NOPAD;
 
 use super::*;
+use crate::testutil::{ed25519_key, es256_key, hs256_signer as hs256, jwt as token};
 
 const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
 
 fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
-}
-
-/// `header.claims.signature`, the signature made by `sign` over the first two.
-fn token(header: &str, claims: &str, sign: impl Fn(&[u8]) -> Vec<u8>) -> String {
-    let message =
-        format!("{}.{}", BASE64URL_NOPAD.encode(header.as_bytes()), BASE64URL_NOPAD.encode(claims.as_bytes()));
-    let signature = sign(message.as_bytes());
-    format!("{message}.{}", BASE64URL_NOPAD.encode(&signature))
-}
-
-fn hs256(secret: &[u8]) -> impl Fn(&[u8]) -> Vec<u8> {
-    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
-    move |msg| ring::hmac::sign(&key, msg).as_ref().to_vec()
 }
 
 fn hs(claims: &str) -> String {
@@ -38,40 +24,26 @@ fn with_secret() -> Auth {
     Auth::new(&[(None, SECRET.to_vec())], &[], None, None).unwrap().unwrap()
 }
 
-/// A PEM file holding a SubjectPublicKeyInfo: `prefix` (the DER up to the
-/// key bits) then the raw public key.
-fn pem_file(name: &str, prefix: &[u8], key: &[u8]) -> String {
-    let der = [prefix, key].concat();
-    let body = BASE64.encode(&der);
-    let lines: Vec<&str> = body.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap()).collect();
-    let pem = format!("-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n", lines.join("\n"));
-    let path = std::env::temp_dir().join(format!("chatroom-auth-{}-{name}.pem", std::process::id()));
+/// `pem` written to a file of its own (tests run in parallel: one name
+/// per call); its path.
+fn pem_file(name: &str, pem: &str) -> String {
+    static FILES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = FILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = std::env::temp_dir().join(format!("chatroom-auth-{}-{n}-{name}.pem", std::process::id()));
     std::fs::write(&path, pem).unwrap();
     path.display().to_string()
 }
 
 /// An ES256 key pair: its public key as a PEM file, and a signer.
 fn es256() -> (String, impl Fn(&[u8]) -> Vec<u8>) {
-    let rng = SystemRandom::new();
-    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
-    let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).unwrap();
-    // SEQUENCE { SEQUENCE { id-ecPublicKey, prime256v1 }, BIT STRING }
-    let prefix = hex("3059301306072a8648ce3d020106082a8648ce3d030107034200");
-    let path = pem_file("es256", &prefix, pair.public_key().as_ref());
-    (path, move |msg: &[u8]| pair.sign(&SystemRandom::new(), msg).unwrap().as_ref().to_vec())
+    let (pem, sign) = es256_key().unwrap();
+    (pem_file("es256", &pem), sign)
 }
 
 /// An Ed25519 key pair: its public key as a PEM file, and a signer.
 fn ed25519() -> (String, impl Fn(&[u8]) -> Vec<u8>) {
-    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
-    let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
-    // SEQUENCE { SEQUENCE { id-Ed25519 }, BIT STRING }
-    let path = pem_file("ed25519", &hex("302a300506032b6570032100"), pair.public_key().as_ref());
-    (path, move |msg: &[u8]| pair.sign(msg).as_ref().to_vec())
-}
-
-fn hex(s: &str) -> Vec<u8> {
-    data_encoding::HEXLOWER.decode(s.as_bytes()).unwrap()
+    let (pem, sign) = ed25519_key().unwrap();
+    (pem_file("ed25519", &pem), sign)
 }
 
 #[test]
