@@ -259,6 +259,12 @@ const SETTINGS: &[Setting] = &[
         help: "the aud every token must carry (unset: not checked)",
     },
     Setting {
+        name: "private-rooms",
+        kind: Kind::List,
+        default: "",
+        help: "rooms (names or prefix-* patterns) only users whose token's rooms claim names them may join, list or read",
+    },
+    Setting {
         name: "guests",
         kind: Kind::Text,
         default: "on",
@@ -385,6 +391,8 @@ pub struct Config {
     pub auth_audience: Option<String>,
     /// `--guests`.
     pub guests: Guests,
+    /// `--private-rooms`: names or `prefix-*` patterns.
+    pub private_rooms: Vec<String>,
     /// Each setting's effective raw value and its source, for `--print-config`.
     effective: Vec<(&'static str, String, Source)>,
 }
@@ -598,6 +606,7 @@ impl Config {
             auth_public_keys: get("auth-public-key").list(),
             auth_issuer: optional_text("auth-issuer"),
             auth_audience: optional_text("auth-audience"),
+            private_rooms: get("private-rooms").list(),
             guests: match get("guests").text {
                 "on" => Guests::On,
                 "read-only" => Guests::ReadOnly,

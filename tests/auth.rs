@@ -214,3 +214,52 @@ fn the_verified_mark_crosses_processes() {
     let (_c, welcome) = join(late.addr, "lobby", "?username=late");
     assert_eq!(verified(&welcome["history"][0]), Some(true), "{welcome}");
 }
+
+/// `--private-rooms team-*`: only a token whose `rooms` names the room
+/// joins it, and to everyone else the API and the stats act as if it did
+/// not exist; a bearer token on the API opens it.
+#[test]
+fn private_rooms_need_a_token_that_names_them() {
+    let mut cfg = config();
+    cfg.auth_secret = Some(SECRET.to_string());
+    cfg.private_rooms = vec!["team-*".into()];
+    let s = TestServer::with(cfg);
+    let member = token("u-1", "Alice", r#","rooms":["team-a"]"#);
+    let (mut alice, _) = join(s.addr, "team-a", &format!("?token={member}"));
+    post_and_answer(&mut alice, "private words");
+    let (_gus, _) = join(s.addr, "lobby", "?username=gus");
+
+    let (error, code) = refused(s.addr, "/ws/chatroom/team-a?username=gus");
+    assert_eq!((error["code"].as_str(), code), (Some("forbidden"), Some(4403)), "a guest");
+    let everywhere = token("u-2", "Bob", "");
+    let (error, code) = refused(s.addr, &format!("/ws/chatroom/team-a?token={everywhere}"));
+    assert_eq!(
+        (error["code"].as_str(), code),
+        (Some("forbidden"), Some(4403)),
+        "a token without rooms: public rooms only"
+    );
+    assert!(error["message"].as_str().unwrap().contains("private"), "{error}");
+
+    let names = |body: &serde_json::Value| -> Vec<String> {
+        body["rooms"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap().to_string()).collect()
+    };
+    let public = names(&get(s.addr, "/api/rooms").json());
+    assert!(public.contains(&"lobby".to_string()) && !public.contains(&"team-a".to_string()), "{public:?}");
+    assert_eq!(get(s.addr, "/api/rooms/team-a").status, 404);
+    assert_eq!(get(s.addr, "/api/rooms/team-a/messages").status, 404);
+    let with_bearer = |path: &str, token: &str| {
+        request(
+            s.addr,
+            &format!("GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"),
+        )
+    };
+    assert_eq!(with_bearer("/api/rooms/team-a", &everywhere).status, 404, "a token that does not name it");
+    let listed = names(&with_bearer("/api/rooms", &member).json());
+    assert!(listed.contains(&"lobby".to_string()) && listed.contains(&"team-a".to_string()), "{listed:?}");
+    let page = with_bearer("/api/rooms/team-a/messages", &member).json();
+    assert_eq!(page["messages"][0]["message"], "private words", "{page}");
+
+    let mut stats = ws(s.addr, "/ws/stats");
+    let snapshot = recv_json(&mut stats).to_string();
+    assert!(snapshot.contains("lobby") && !snapshot.contains("team-a"), "{snapshot}");
+}

@@ -14,6 +14,7 @@
 
 use serde_json::{Value, json};
 
+use crate::auth::Identity;
 use crate::chat::ONLINE_LIST_MAX;
 use crate::response::Response;
 use crate::route::{query_value, valid_room_name};
@@ -39,6 +40,8 @@ pub(super) struct ApiWaiter {
     serial: u64,
     path: String,
     query: String,
+    /// The user the request's bearer token names, if any.
+    viewer: Option<Identity>,
 }
 
 fn not_found() -> Json {
@@ -71,24 +74,27 @@ fn room_json(record: &RoomRecord, online: usize) -> Value {
 impl Server {
     /// Answers `/api/<path>`; `None` when the answer waits (for storage, or
     /// for the directory's refresh from Redis).
-    pub(super) fn on_api(&mut self, key: usize, path: &str, query: &str) -> Option<Response> {
+    /// Private rooms (`--private-rooms`) are left out for a `viewer`
+    /// whose token does not name them, as if they did not exist.
+    pub(super) fn on_api(&mut self, key: usize, path: &str, query: &str, viewer: Option<Identity>) -> Option<Response> {
         if self.needs_directory(path) && !self.directory_ready() {
             let serial = self.conns.get(key)?.serial();
-            self.directory_waiters.push(ApiWaiter { key, serial, path: path.to_string(), query: query.to_string() });
+            let (path, query) = (path.to_string(), query.to_string());
+            self.directory_waiters.push(ApiWaiter { key, serial, path, query, viewer });
             return None;
         }
-        self.api_answer(key, path, query).map(|(status, body)| Response::json(status, body))
+        self.api_answer(key, path, query, viewer.as_ref()).map(|(status, body)| Response::json(status, body))
     }
 
     /// The directory was refreshed: answers a request that waited for it
     /// (unless its connection is gone).
     pub(super) fn answer_waiter(&mut self, waiter: ApiWaiter) {
-        let ApiWaiter { key, serial, path, query } = waiter;
+        let ApiWaiter { key, serial, path, query, viewer } = waiter;
         if self.conns.get(key).is_none_or(|c| c.serial() != serial) {
             return;
         }
         // `None`: a scroll-back read went out, and its answer unparks the connection.
-        if let Some((status, body)) = self.api_answer(key, &path, &query) {
+        if let Some((status, body)) = self.api_answer(key, &path, &query, viewer.as_ref()) {
             self.answer_parked(key, serial, status, body);
         }
     }
@@ -105,9 +111,10 @@ impl Server {
 
     /// The answer to `/api/<path>` from what is known now; `None` when it
     /// waits for storage.
-    fn api_answer(&mut self, key: usize, path: &str, query: &str) -> Option<Json> {
+    fn api_answer(&mut self, key: usize, path: &str, query: &str, viewer: Option<&Identity>) -> Option<Json> {
         let result = match split(path).as_slice() {
-            ["rooms"] => self.api_rooms(query),
+            ["rooms"] => self.api_rooms(query, viewer),
+            ["rooms", room] | ["rooms", room, "messages"] if !self.may_see(viewer, room) => Err(not_found()),
             ["rooms", room] => self.api_room(room),
             ["rooms", room, "messages"] => return self.api_messages(key, room, query),
             _ => Err(not_found()),
@@ -115,11 +122,16 @@ impl Server {
         Some(result.unwrap_or_else(|e| e))
     }
 
-    fn api_rooms(&self, query: &str) -> Result<Json, Json> {
+    fn api_rooms(&self, query: &str, viewer: Option<&Identity>) -> Result<Json, Json> {
         let offset = number(query, "offset", 0)? as usize;
         let limit = (number(query, "limit", PAGE_DEFAULT as u64)? as usize).clamp(1, PAGE_MAX);
-        let mut rooms: Vec<(&RoomRecord, usize)> =
-            self.chat.directory.values().map(|r| (r, self.chat.online(&r.name, 0).0)).collect();
+        let mut rooms: Vec<(&RoomRecord, usize)> = self
+            .chat
+            .directory
+            .values()
+            .filter(|r| self.may_see(viewer, &r.name))
+            .map(|r| (r, self.chat.online(&r.name, 0).0))
+            .collect();
         // Busy rooms first, then the most recently active, then by name (stable pages).
         rooms.sort_by(|(a, ao), (b, bo)| {
             bo.cmp(ao).then(b.last_post.cmp(&a.last_post)).then_with(|| a.name.cmp(&b.name))

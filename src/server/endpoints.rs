@@ -47,6 +47,12 @@ impl Refused {
     }
 }
 
+/// Whether `user`'s token names `room` in its `rooms` claim (a token
+/// without one allows every public room, and no private one).
+fn names_room(user: &Identity, room: &str) -> bool {
+    user.rooms.as_ref().is_some_and(|rooms| rooms.matches(room))
+}
+
 /// The token of an `Authorization: Bearer <token>` header, if any.
 fn bearer(head: &Head) -> Option<String> {
     let value = std::str::from_utf8(head.header("authorization")?).ok()?.trim();
@@ -110,19 +116,36 @@ impl Server {
     /// configured, while `--guests` admits guests), or refused.
     fn identify(&self, head: &Head, room: &str) -> Result<Option<Identity>, Refused> {
         let token = query_value(head.query(), "token").map(Cow::into_owned).or_else(|| bearer(head));
-        match (&self.auth, token) {
+        let user = match (&self.auth, token) {
             (Some(auth), Some(token)) => {
                 let user = auth.verify(&token).map_err(|why| Refused::unauthorized(why.reason()))?;
                 if user.rooms.as_ref().is_some_and(|rooms| !rooms.matches(room)) {
                     return Err(Refused::forbidden(format!("your token does not allow room {room}")));
                 }
-                Ok(Some(user))
+                Some(user)
             }
             _ if self.cfg.guests == Guests::Off => {
-                Err(Refused::unauthorized("this chat is for signed-in users: connect with ?token="))
+                return Err(Refused::unauthorized("this chat is for signed-in users: connect with ?token="));
             }
-            _ => Ok(None),
+            _ => None,
+        };
+        // A private room takes only those whose token names it.
+        if self.private_rooms.matches(room) && !user.as_ref().is_some_and(|u| names_room(u, room)) {
+            return Err(Refused::forbidden(format!("room {room} is private: your token must name it in its rooms")));
         }
+        Ok(user)
+    }
+
+    /// Whether the bearer of a valid token (`Authorization: Bearer`) on
+    /// an HTTP request may see private `room` (the API's view).
+    pub(super) fn may_see(&self, viewer: Option<&Identity>, room: &str) -> bool {
+        !self.private_rooms.matches(room) || viewer.is_some_and(|u| names_room(u, room))
+    }
+
+    /// The user a request's `Authorization: Bearer` token names, if any
+    /// (and valid).
+    pub(super) fn viewer(&self, head: &Head) -> Option<Identity> {
+        self.auth.as_ref()?.verify(&bearer(head)?).ok()
     }
 
     /// A WebSocket that failed its identity checks: a browser cannot read

@@ -211,6 +211,8 @@ pub struct Server {
     chat: Chat,
     /// The keys users' tokens are checked against (`--auth-*`), if any.
     auth: Option<crate::auth::Auth>,
+    /// `--private-rooms`.
+    private_rooms: crate::auth::Patterns,
     /// The storage thread.
     storage: Option<Storage>,
     /// Counters.
@@ -296,6 +298,7 @@ impl Server {
             chat.without_copies();
         }
         let cfg_max_per_ip = cfg.max_per_ip;
+        let private_rooms = crate::auth::Patterns::new(cfg.private_rooms.clone());
         let now = Instant::now();
         Ok(Server {
             poll,
@@ -319,6 +322,7 @@ impl Server {
             timers: Timers::new(),
             chat,
             auth,
+            private_rooms,
             storage: Some(storage),
             metrics: Metrics::default(),
             waker,

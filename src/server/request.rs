@@ -105,7 +105,8 @@ impl Server {
             _ => {}
         }
         if let Some(api) = path.strip_prefix("/api/") {
-            return self.on_api(key, api, head.query());
+            let viewer = self.viewer(head);
+            return self.on_api(key, api, head.query(), viewer);
         }
         let rel = match site::page_for(path) {
             Some(page) => Ok(page),

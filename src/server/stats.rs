@@ -60,7 +60,14 @@ impl Server {
         let (now, then) = (self.sample(), self.last_tick);
         let turns = now.turns.saturating_sub(then.turns);
         let avg_turn_us = if turns > 0 { now.turn_us.saturating_sub(then.turn_us) as f64 / turns as f64 } else { 0.0 };
-        let mut busiest: Vec<(&str, usize)> = self.chat.live.iter().map(|(_, r)| (&*r.name, r.members.len())).collect();
+        // Private rooms are not named to anonymous viewers.
+        let mut busiest: Vec<(&str, usize)> = self
+            .chat
+            .live
+            .iter()
+            .filter(|(_, r)| !self.private_rooms.matches(&r.name))
+            .map(|(_, r)| (&*r.name, r.members.len()))
+            .collect();
         busiest.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
         busiest.truncate(TOP_ROOMS);
         serde_json::json!({

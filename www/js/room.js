@@ -2,7 +2,9 @@
 //
 // The flow, in the order a reader meets it below:
 //   1. the room name comes from the address, the user name from the form;
-//   2. connect() opens ws://host/ws/chatroom/<room>?username=<name>[&since=<lastId>];
+//   2. connect() opens ws://host/ws/chatroom/<room>?username=<name>[&since=<lastId>]
+//      (or ?token=<jwt> for a signed-in user: a site links to
+//      /room/<room>#token=<jwt>; the fragment never reaches a server log);
 //   3. onFrame() handles each JSON frame the server sends (README, "Wire format");
 //   4. onClosed() decides whether to come back: yes, with growing pauses,
 //      unless the user pressed Close. Coming back asks for `since=lastId`,
@@ -27,7 +29,14 @@
     1008: 'this connection fell too far behind (slow consumer)',
     1009: 'a message was too big',
     1013: 'the room is full, try again later',
+    4401: 'this chat needs you signed in (your token is missing, expired or invalid)',
+    4403: 'you may not join this room',
   };
+  // Closes that a reconnect cannot fix: the page stops trying.
+  const FINAL_CLOSES = new Set([4401, 4403]);
+
+  // A signed-in user's token, from the address's fragment (#token=...).
+  const token = new URLSearchParams(location.hash.slice(1)).get('token');
 
   const $ = (id) => document.getElementById(id);
   const ui = {
@@ -160,7 +169,8 @@
     const name = ui.username.value.trim();
     saveName(name);
     const params = new URLSearchParams();
-    if (name) params.set('username', name);
+    if (token) params.set('token', token);
+    else if (name) params.set('username', name);
     if (lastId > 0) params.set('since', String(lastId));
     const query = params.toString();
     const ws = new WebSocket(wsUrl('/ws/chatroom/' + encodeURIComponent(room) + (query ? '?' + query : '')));
@@ -291,7 +301,8 @@
   function onClosed(event) {
     const reason = CLOSE_REASONS[event.code];
     if (reason) systemLine(`closed by the server (${event.code}): ${event.reason || reason}`, 'error');
-    if (!wanted) {
+    if (!wanted || FINAL_CLOSES.has(event.code)) {
+      wanted = false;
       goOffline('offline');
       return;
     }
@@ -339,7 +350,8 @@
     updateOlder();
     try {
       const url = `/api/rooms/${encodeURIComponent(room)}/messages?before=${before}&limit=${OLDER_PAGE}`;
-      const response = await fetch(url, { cache: 'no-store' });
+      const headers = token ? { Authorization: 'Bearer ' + token } : {};
+      const response = await fetch(url, { cache: 'no-store', headers });
       if (response.status === 404) {
         floorId = before; // the room has no stored history at all
         return;

@@ -1,0 +1,68 @@
+// auth.test.mjs: signed-in users on the room page. A site links to
+// /room/<room>#token=<jwt>; the page connects with ?token= and scrolls
+// back with Authorization: Bearer. The token is minted here the way a
+// site's Node backend would: HS256 with node:crypto alone.
+
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import crypto from 'node:crypto';
+
+import {
+  TEST_TIMEOUT_MS, UI_TIMEOUT_MS, startServer, launchBrowser, openPage, closePage,
+  sendMessage, waitForMessage, waitForStatus, unique,
+} from './lib.mjs';
+
+const SECRET = 'browser-test-secret-of-32-bytes-or-more';
+
+/// An HS256 JWT for `claims`, signed with SECRET.
+function mint(claims) {
+  const b64 = (obj) => Buffer.from(JSON.stringify(obj)).toString('base64url');
+  const body = `${b64({ alg: 'HS256', typ: 'JWT' })}.${b64({ exp: Math.floor(Date.now() / 1000) + 600, ...claims })}`;
+  return `${body}.${crypto.createHmac('sha256', SECRET).update(body).digest('base64url')}`;
+}
+
+let server;
+let browser;
+
+before(async () => {
+  server = await startServer({ extraArgs: ['--auth-secret', SECRET, '--private-rooms', 'team-*'] });
+  browser = await launchBrowser();
+});
+
+after(async () => {
+  await browser?.close();
+  await server?.dispose();
+});
+
+test('a token in the fragment joins a private room under its name', { timeout: TEST_TIMEOUT_MS }, async () => {
+  const room = unique('team');
+  const page = await openPage(browser);
+  try {
+    await page.goto(`${server.url}/room/${room}#token=${mint({ sub: 'u-1', name: 'Alice', rooms: ['team-*'] })}`);
+    await page.fill('#username', 'mallory');
+    await page.click('#connect');
+    await waitForStatus(page, 'online');
+    await sendMessage(page, 'signed in');
+    await waitForMessage(page, 'signed in', 'Alice');
+  } finally {
+    await closePage(page);
+  }
+});
+
+test('a page without a token is refused at a private room and stops trying', { timeout: TEST_TIMEOUT_MS }, async () => {
+  const room = unique('team');
+  const page = await openPage(browser);
+  try {
+    await page.goto(`${server.url}/room/${room}`);
+    await page.fill('#username', 'gus');
+    await page.click('#connect');
+    await page.waitForFunction(() => [...document.querySelectorAll('#messages li.sys.error')]
+      .some((li) => li.textContent.includes('4403')), null, { timeout: UI_TIMEOUT_MS, polling: 50 });
+    await waitForStatus(page, 'offline');
+    const lines = await page.$$eval('#messages li.sys', (lis) => lis.map((li) => li.textContent));
+    assert.ok(lines.some((l) => l.includes('private')), `the reason is shown: ${lines.join(' | ')}`);
+    assert.ok(!lines.some((l) => l.includes('reconnecting')), `no reconnect into a refusal: ${lines.join(' | ')}`);
+  } finally {
+    await closePage(page);
+  }
+});
