@@ -263,3 +263,33 @@ fn private_rooms_need_a_token_that_names_them() {
     let snapshot = recv_json(&mut stats).to_string();
     assert!(snapshot.contains("lobby") && !snapshot.contains("team-a"), "{snapshot}");
 }
+
+/// A server at `--max-rooms` answers a new room's join with 503 before the
+/// upgrade, but only to a member the room would take: a stranger to a
+/// private room gets 4403 whether the room is live or not, so a full
+/// server does not tell strangers which private rooms are in use.
+#[test]
+fn a_full_server_does_not_tell_strangers_which_private_rooms_are_live() {
+    let mut cfg = config();
+    cfg.auth_secret = Some(SECRET.to_string());
+    cfg.private_rooms = vec!["team-*".into()];
+    cfg.max_rooms = 1;
+    let s = TestServer::with(cfg);
+    let (_alice, _) = join(s.addr, "team-a", &format!("?token={}", token("u-1", "Alice", r#","rooms":["team-*"]"#)));
+    for room in ["team-a", "team-b"] {
+        let (error, code) = refused(s.addr, &format!("/ws/chatroom/{room}?username=gus"));
+        assert_eq!((error["code"].as_str(), code), (Some("forbidden"), Some(4403)), "{room}");
+    }
+    let upgrade = |path: String| {
+        request(
+            s.addr,
+            &format!(
+                "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+            ),
+        )
+    };
+    let bob = token("u-2", "Bob", r#","rooms":["team-*"]"#);
+    assert_eq!(upgrade(format!("/ws/chatroom/team-b?token={bob}")).status, 503, "a member: the room limit holds");
+    assert_eq!(upgrade(format!("/ws/chatroom/team-a?token={bob}")).status, 101, "the live room takes members");
+}

@@ -139,6 +139,11 @@ pub(super) fn channel_room(channel: &[u8]) -> Option<&str> {
 /// it reads a batch ([`decode_batch`]). The stream is trimmed by id,
 /// keeping about `ARGV[4]` messages (`MINID ~` drops whole nodes only, so
 /// the trim is cheap).
+///
+/// Numbers become strings through `%d`: Lua's own number format is `%.14g`,
+/// which would write id 10^14 as `1e+14`. The id is SET only after the
+/// XADD succeeded, because Redis keeps the writes a failing script made
+/// before its error: a refused entry must not leave the id counter ahead.
 pub const POST_SCRIPT: &str = r#"
 local last = tonumber(redis.call('HGET', KEYS[3], ARGV[3]) or '0')
 local seq = tonumber(ARGV[6])
@@ -163,14 +168,15 @@ if id < known then
 end
 local first = id + 1
 id = id + n - skip
-redis.call('SET', KEYS[1], id)
-local batch = first .. '\n' .. posts
+local batch = string.format('%d\n', first) .. posts
+local entry = string.format('%d-0', id)
 local floor = id - tonumber(ARGV[4])
 if floor > 0 then
-  redis.call('XADD', KEYS[2], 'MINID', '~', floor, id .. '-0', 'b', batch)
+  redis.call('XADD', KEYS[2], 'MINID', '~', string.format('%d', floor), entry, 'b', batch)
 else
-  redis.call('XADD', KEYS[2], id .. '-0', 'b', batch)
+  redis.call('XADD', KEYS[2], entry, 'b', batch)
 end
+redis.call('SET', KEYS[1], string.format('%d', id))
 redis.call('PUBLISH', ARGV[1], batch)
 redis.call('HSET', KEYS[3], ARGV[3], seq + n - 1)
 redis.call('EXPIRE', KEYS[3], ARGV[5])

@@ -69,8 +69,15 @@ pub(super) enum Next {
 }
 
 impl Server {
-    /// A WebSocket has just been accepted on `key`.
-    pub(super) fn on_ws_open(&mut self, key: usize, head: &Head, upgrade: &Upgrade) {
+    /// A WebSocket has just been accepted on `key`; `identity` is what
+    /// [`Server::identify`] said of a chat member (`Ok(None)` elsewhere).
+    pub(super) fn on_ws_open(
+        &mut self,
+        key: usize,
+        head: &Head,
+        upgrade: &Upgrade,
+        identity: Result<Option<Identity>, Refused>,
+    ) {
         match &upgrade.endpoint {
             Endpoint::Echo => {}
             Endpoint::EchoRoom => self.send_text(key, crate::echo_room::GREETING.as_bytes()),
@@ -78,7 +85,7 @@ impl Server {
                 let name = query_value(head.query(), "username");
                 let since = query_value(head.query(), "since").and_then(|s| s.parse::<u64>().ok());
                 let serial = self.conns.get(key).map_or(0, |c| c.serial());
-                let identity = match self.identify(head, room) {
+                let identity = match identity {
                     Ok(identity) => identity,
                     Err(refused) => return self.refuse_member(key, refused),
                 };
@@ -114,7 +121,7 @@ impl Server {
     /// Who a chat handshake says it is: a verified user (a token that
     /// checks out and allows `room`), a guest (no token, or no keys
     /// configured, while `--guests` admits guests), or refused.
-    fn identify(&self, head: &Head, room: &str) -> Result<Option<Identity>, Refused> {
+    pub(super) fn identify(&self, head: &Head, room: &str) -> Result<Option<Identity>, Refused> {
         let token = query_value(head.query(), "token").map(Cow::into_owned).or_else(|| bearer(head));
         let user = match (&self.auth, token) {
             (Some(auth), Some(token)) => {

@@ -180,9 +180,18 @@ impl Server {
                 return Answer::Now(r);
             }
         };
-        // Room admission is decided before the 101, so a refused join is an
-        // HTTP answer the client can read, not a socket that opens and shuts.
+        // Who a chat member is, checked once, here. Room admission is
+        // decided before the 101, so a refused join is an HTTP answer the
+        // client can read, not a socket that opens and shuts; but only for
+        // a member the room would take: to anyone else a private room's
+        // state (is it live?) stays hidden, and they get the 4403 after
+        // the upgrade whatever it is.
+        let identity = match &upgrade.endpoint {
+            Endpoint::Room(room) => self.identify(&head, room),
+            _ => Ok(None),
+        };
         if let Endpoint::Room(room) = &upgrade.endpoint
+            && identity.is_ok()
             && let Err(refusal) = self.chat.admit(room)
         {
             self.metrics.reject(refusal.label);
@@ -192,7 +201,7 @@ impl Server {
             conn.queue_bytes(&handshake::response_101(&upgrade.accept));
         }
         let leftover = self.upgrade(key, WsState::new(upgrade.endpoint.clone(), self.cfg.max_message));
-        self.on_ws_open(key, &head, &upgrade);
+        self.on_ws_open(key, &head, &upgrade, identity);
         self.mark_dirty(key);
         // Bytes that came glued to the head are the first frames: they are
         // handled after the greeting, as if they had arrived a moment later.

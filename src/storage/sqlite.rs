@@ -318,15 +318,14 @@ impl SqliteStore {
             tx.commit().map_err(fail("create the schema"))?;
         }
 
-        if version == 1 {
-            // Version 1 files: add the inbox (with this version's columns).
-            conn.execute_batch(create_inbox!()).map_err(fail("add the inbox table"))?;
-        } else if version == 2 {
-            conn.execute_batch(ADD_VERIFIED_TO_INBOX).map_err(fail("add the verified column"))?;
-        }
-        if version == 1 || version == 2 {
-            conn.execute_batch(ADD_VERIFIED_TO_MESSAGES).map_err(fail("add the verified column"))?;
-            conn.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(fail("record the schema version"))?;
+        if version > 0 && version < SCHEMA_VERSION {
+            // An older file: every step from its version up, in one
+            // transaction (SQLite's schema changes are transactional), so a
+            // crash mid-upgrade leaves the old version whole.
+            let tx = conn.transaction().map_err(fail("upgrade the schema"))?;
+            upgrade(&tx, version).map_err(fail("upgrade the schema"))?;
+            tx.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(fail("record the schema version"))?;
+            tx.commit().map_err(fail("upgrade the schema"))?;
         }
         // File what the last run left in the inbox, so the directory below
         // (and every read until the next merge) has one place to look.
@@ -482,6 +481,18 @@ fn write_rows<'a>(
         }
     }
     Ok(())
+}
+
+/// Brings a file of schema `version` (1 or 2) up to `SCHEMA_VERSION`, one
+/// step per version, inside the caller's transaction.
+fn upgrade(tx: &rusqlite::Transaction, version: i64) -> rusqlite::Result<()> {
+    if version < 2 {
+        // Version 1 had no inbox: add it with this version's columns.
+        tx.execute_batch(create_inbox!())?;
+    } else {
+        tx.execute_batch(ADD_VERIFIED_TO_INBOX)?;
+    }
+    tx.execute_batch(ADD_VERIFIED_TO_MESSAGES)
 }
 
 /// Files the inbox in a transaction of its own (at open and when idle; a

@@ -586,6 +586,31 @@ fn a_version_2_file_gets_the_verified_column() {
     storage.shutdown().unwrap();
 }
 
+/// An upgrade that fails part way leaves the file as it was: here a
+/// version 2 file whose `messages` table already has the column version 3
+/// adds, so the second step fails after the first (the inbox's column)
+/// succeeded. The open fails, and the inbox has no new column.
+#[test]
+fn a_failed_upgrade_changes_nothing() {
+    let dir = TempDir::new();
+    std::fs::create_dir_all(dir.db().parent().unwrap()).unwrap();
+    let conn = rusqlite::Connection::open(dir.db()).unwrap();
+    conn.execute_batch(VERSION_1_TABLES).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE inbox(seq INTEGER PRIMARY KEY, room TEXT NOT NULL, id INTEGER NOT NULL,
+             ts INTEGER NOT NULL, username TEXT NOT NULL, text TEXT NOT NULL);
+         ALTER TABLE messages ADD COLUMN verified INTEGER NOT NULL DEFAULT 0;
+         PRAGMA user_version = 2;",
+    )
+    .unwrap();
+    let reactor = Reactor::new();
+    assert!(reactor.open(Backend::sqlite(dir.db())).is_err(), "the second step fails");
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0)).unwrap();
+    let inbox_columns: i64 =
+        conn.query_row("SELECT count(*) FROM pragma_table_info('inbox')", [], |row| row.get(0)).unwrap();
+    assert_eq!((version, inbox_columns), (2, 6), "the version and the inbox as they were");
+}
+
 #[test]
 fn the_log_is_gone_after_the_server_stops() {
     let dir = TempDir::new();

@@ -44,6 +44,9 @@ test('a token in the fragment joins a private room under its name', { timeout: T
     await waitForStatus(page, 'online');
     await sendMessage(page, 'signed in');
     await waitForMessage(page, 'signed in', 'Alice');
+    const mark = await page.$eval('#messages li.msg .verified', (span) => span.title);
+    assert.equal(mark, 'signed in', 'a signed-in user\'s message is marked');
+    assert.ok(!page.url().includes('token'), `the token is out of the address bar: ${page.url()}`);
   } finally {
     await closePage(page);
   }

@@ -4,7 +4,9 @@
 //   1. the room name comes from the address, the user name from the form;
 //   2. connect() opens ws://host/ws/chatroom/<room>?username=<name>[&since=<lastId>]
 //      (or ?token=<jwt> for a signed-in user: a site links to
-//      /room/<room>#token=<jwt>; the fragment never reaches a server log);
+//      /room/<room>#token=<jwt>: a browser never sends the fragment with
+//      the page's request, and the page takes it out of the address bar;
+//      the handshake carries it as ?token=, which chatroom never logs);
 //   3. onFrame() handles each JSON frame the server sends (README, "Wire format");
 //   4. onClosed() decides whether to come back: yes, with growing pauses,
 //      unless the user pressed Close. Coming back asks for `since=lastId`,
@@ -36,7 +38,10 @@
   const FINAL_CLOSES = new Set([4401, 4403]);
 
   // A signed-in user's token, from the address's fragment (#token=...).
+  // Read once, then taken out of the address bar (and so out of the
+  // history, bookmarks and anything the user copies from it).
   const token = new URLSearchParams(location.hash.slice(1)).get('token');
+  if (token) history.replaceState(null, '', location.pathname + location.search);
 
   const $ = (id) => document.getElementById(id);
   const ui = {
@@ -108,6 +113,8 @@
     return el('li', { class: mine ? 'msg mine' : 'msg', 'data-id': m.id },
       el('div', { class: 'meta' },
         el('span', { class: 'who ' + hueClass(m.username) }, m.username),
+        // A signed-in user's message ("verified": true): the name is theirs.
+        m.verified ? el('span', { class: 'verified', title: 'signed in' }, '✓') : null,
         timeEl(m.ts)),
       el('p', { class: 'text' }, m.message));
   }
