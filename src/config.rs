@@ -265,6 +265,24 @@ const SETTINGS: &[Setting] = &[
         help: "rooms (names or prefix-* patterns) only users whose token's rooms claim names them may join, list or read",
     },
     Setting {
+        name: "api-key",
+        kind: Kind::List,
+        default: "",
+        help: "keys (16 bytes or more each) that open the server API as Authorization: Bearer KEY; prefer --api-key-file",
+    },
+    Setting {
+        name: "api-key-file",
+        kind: Kind::List,
+        default: "",
+        help: "FILE[,...]: files holding API keys, one per line",
+    },
+    Setting {
+        name: "max-body",
+        kind: Kind::Size,
+        default: "64KiB",
+        help: "largest request body the server API accepts (413 past it)",
+    },
+    Setting {
         name: "guests",
         kind: Kind::Text,
         default: "on",
@@ -273,7 +291,7 @@ const SETTINGS: &[Setting] = &[
 ];
 
 /// Settings whose values `--print-config` never shows.
-const SECRET_SETTINGS: &[&str] = &["auth-secret"];
+const SECRET_SETTINGS: &[&str] = &["auth-secret", "api-key"];
 
 /// What users without a token may do (`--guests`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -393,6 +411,12 @@ pub struct Config {
     pub guests: Guests,
     /// `--private-rooms`: names or `prefix-*` patterns.
     pub private_rooms: Vec<String>,
+    /// `--api-key`: keys given inline.
+    pub api_keys: Vec<String>,
+    /// `--api-key-file`: files of keys, one per line.
+    pub api_key_files: Vec<String>,
+    /// `--max-body`: the largest request body read, in bytes.
+    pub max_body: usize,
     /// Each setting's effective raw value and its source, for `--print-config`.
     effective: Vec<(&'static str, String, Source)>,
 }
@@ -607,6 +631,9 @@ impl Config {
             auth_issuer: optional_text("auth-issuer"),
             auth_audience: optional_text("auth-audience"),
             private_rooms: get("private-rooms").list(),
+            api_keys: get("api-key").list(),
+            api_key_files: get("api-key-file").list(),
+            max_body: get("max-body").size(0, 1 << 30)?,
             guests: match get("guests").text {
                 "on" => Guests::On,
                 "read-only" => Guests::ReadOnly,
@@ -859,10 +886,10 @@ mod tests {
             (Some("https://site.example"), None, Guests::ReadOnly)
         );
         assert_eq!(Config::defaults().guests, Guests::On);
-        let Ok(Loaded::Print(text)) = load(&["--auth-secret", "s3cret-value", "--print-config"], &[]) else {
-            panic!("print-config prints")
-        };
+        let args = ["--auth-secret", "s3cret-value", "--api-key", "k3y-value-0123456789", "--print-config"];
+        let Ok(Loaded::Print(text)) = load(&args, &[]) else { panic!("print-config prints") };
         assert!(text.contains("auth-secret = \"<redacted>\"") && !text.contains("s3cret"), "{text}");
+        assert!(text.contains("api-key = \"<redacted>\"") && !text.contains("k3y"), "{text}");
         let off = load(&["--guests", "off"], &[]).unwrap_err().to_string();
         assert!(off.contains("--guests off admits only users with a token"), "{off}");
         assert!(load(&["--guests", "maybe"], &[]).is_err());

@@ -19,7 +19,7 @@
 //! | [`site`] | the static site: embedded `www/`, safe paths, ETags |
 //! | `response` | building HTTP responses |
 //! | [`handshake`] | the WebSocket opening handshake (RFC 6455 §4) |
-//! | [`auth`] | who a chat connection is: signed JWT identities, checked at the handshake |
+//! | [`auth`] | who a chat connection is: signed JWT identities, checked at the handshake; the server API's keys |
 //! | [`ws`] | a WebSocket session: tungstenite over our buffers |
 //! | [`frame`] | encoding server frames once, to share |
 //! | [`echo_room`] | the original site's echo room: greeting and replies |

@@ -463,7 +463,19 @@ fn acknowledged_posts_after_a_failover(redis_wait: usize) -> Failover {
     let index = |port: u16| cluster.nodes.iter().position(|n| n.port == port).unwrap();
     let (m, r) = (index(master), index(replica));
     let (mut ann, _) = join(&a, room, "?username=ann");
-    let before = post_acked(&mut ann, "before", 3);
+    // A replica confirms a WAIT only once its first sync is done, and on a
+    // busy machine it may still miss the 100 ms now and then: posts until
+    // one comes back confirmed, a bounded number of them.
+    let online = eventually(Duration::from_secs(20), || {
+        let replication = cluster.nodes[m].cli(&["info", "replication"]);
+        replication.lines().any(|l| l.starts_with("slave0:") && l.contains("state=online"))
+    });
+    assert!(online, "the replica never finished its first sync");
+    let mut before = post_acked(&mut ann, "before", 3);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while before.last().is_some_and(|(_, flagged)| *flagged) && std::time::Instant::now() < deadline {
+        before.extend(post_acked(&mut ann, &format!("before{}-", before.len() + 1), 1));
+    }
 
     cluster.nodes[r].signal(libc::SIGSTOP);
     cluster.nodes[m].cli(&["client", "kill", "type", "replica"]);
@@ -523,7 +535,7 @@ fn without_redis_wait_a_failover_loses_acknowledged_posts() {
 #[test]
 fn with_redis_wait_a_failover_loses_no_confirmed_post() {
     let f = acknowledged_posts_after_a_failover(1);
-    assert!(f.before.iter().all(|(_, flagged)| !flagged), "{:?}", f.before);
+    assert!(f.before.last().is_some_and(|(_, flagged)| !flagged), "confirmed before: {:?}", f.before);
     assert!(f.after.last().is_some_and(|(_, flagged)| !flagged), "confirmed again: {:?}", f.after);
     assert!(f.during.iter().all(|(_, flagged)| *flagged), "{:?}", f.during);
     assert!(f.lost.iter().all(|(_, flagged)| *flagged), "no confirmed post lost: {:?}", f.lost);

@@ -27,6 +27,7 @@
 //! [`MIN_SECRET_BYTES`] is refused at start: a short secret can be found
 //! by brute force from any one token.
 
+mod api_key;
 mod pattern;
 mod provider;
 
@@ -37,6 +38,7 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
 use serde::Deserialize;
 
+pub use api_key::{ApiKeys, MIN_KEY_BYTES};
 pub use pattern::Patterns;
 
 /// Seconds a token's `exp` and `nbf` may be off by.

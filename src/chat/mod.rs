@@ -30,9 +30,11 @@
 //! - `shared.rs`: what the chat hands out and takes back when its rooms are
 //!   shared ([`Handoff`], [`Mode`]).
 //! - `roster.rs`: members connected to other processes.
+//! - `backend.rs`: posts from the server API (a site's backend).
 //! - `flights.rs`: posts not yet complete, by connection and room: whether
 //!   a connection may be read (`--max-posts-in-flight`).
 
+mod backend;
 mod flights;
 mod history;
 pub mod protocol;
@@ -41,7 +43,7 @@ mod roster;
 pub mod shared;
 pub mod warm;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 use std::time::{Instant, SystemTime};
 
@@ -239,6 +241,9 @@ pub struct Chat {
     elsewhere: Roster,
     /// Posts not yet complete, by connection and room (`--max-posts-in-flight`).
     flights: Flights,
+    /// The serials of the API requests whose posts await their outcome
+    /// (see `backend.rs`).
+    api_authors: HashSet<u64>,
     /// Whether messages are stored here. Always in [`Mode::Local`]; in
     /// [`Mode::Shared`] only with a data file: history is read from the
     /// sharer, so a copy in memory would never be read (see
@@ -284,6 +289,7 @@ impl Chat {
             elsewhere: Roster::default(),
             flights: Flights::new(cfg.max_posts_in_flight),
             copies: true,
+            api_authors: HashSet::new(),
         };
         chat.ensure_directory(DEFAULT_ROOM);
         chat
@@ -541,14 +547,20 @@ impl Chat {
             match result {
                 Ok(()) => {
                     committed += 1;
-                    let PendingPost { room, id, ts, json, sender, .. } = post;
+                    let PendingPost { room, id, ts, json, mut sender, .. } = post;
+                    // An API request is answered now; members' copies
+                    // are theirs only.
+                    if sender.is_some_and(|author| self.api_outcome(author, Ok((&room, Some(id))))) {
+                        sender = None;
+                    }
                     self.broadcast(&room, Ordered { id, ts, json, sender });
                 }
                 Err(reason) => {
                     log::error!("history commit failed: {reason}");
-                    if let Some((key, serial)) = post.sender {
-                        let json =
-                            protocol::error_json("unavailable", "the message could not be stored and was not sent");
+                    if let Some((key, serial)) = post.sender
+                        && !self.api_outcome((key, serial), Err(NotSent::NotStored))
+                    {
+                        let json = protocol::error_json("unavailable", NotSent::NotStored.text());
                         self.out.push(Outgoing::ToSerial { key, serial, json });
                     }
                 }

@@ -128,6 +128,19 @@ pub enum NotSent {
     Unreachable,
     /// The sharer tried, and the post was refused.
     Refused,
+    /// Storage could not commit it (a post numbered here).
+    NotStored,
+}
+
+impl NotSent {
+    /// What the author is told.
+    pub fn text(self) -> &'static str {
+        match self {
+            NotSent::Unreachable => "the chat backend is unreachable; this message was not sent",
+            NotSent::Refused => "the chat backend refused this message; it was not sent",
+            NotSent::NotStored => "the message could not be stored and was not sent",
+        }
+    }
 }
 
 impl Chat {
@@ -254,11 +267,10 @@ impl Chat {
     /// Tells a post's author that it was not sent (which also ends its flight).
     pub fn refuse_post(&mut self, (key, serial): (usize, u64), why: NotSent) {
         self.flights.end(serial);
-        let text = match why {
-            NotSent::Unreachable => "the chat backend is unreachable; this message was not sent",
-            NotSent::Refused => "the chat backend refused this message; it was not sent",
-        };
-        let json = protocol::error_json("unavailable", text);
+        if self.api_outcome((key, serial), Err(why)) {
+            return;
+        }
+        let json = protocol::error_json("unavailable", why.text());
         self.out.push(Outgoing::ToSerial { key, serial, json });
     }
 

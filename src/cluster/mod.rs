@@ -390,10 +390,15 @@ impl Cluster {
                     match answer {
                         posts::Answer::Posted { room, id, author } => {
                             chat.post_acknowledged(author);
-                            self.feed.on_posted(room, id, author, chat);
+                            // An API request is answered now; a member's
+                            // copy, when it comes back, is its answer.
+                            if !chat.api_posted(author, &room, Some(id)) {
+                                self.feed.on_posted(room, id, author, chat);
+                            }
                         }
                         posts::Answer::Repeated { room, author, reread } => {
                             chat.post_acknowledged(author);
+                            chat.api_posted(author, &room, None);
                             if reread && self.channels.hears(&room) {
                                 self.feed.catch_up(&room, &mut self.reads, &mut self.commands);
                             }

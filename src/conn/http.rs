@@ -13,6 +13,12 @@ fn keeps_raw_head(head: &crate::http::Head) -> bool {
     head.path() == "/ws/inspect"
 }
 
+/// Which requests' bodies are read: the server API's writes (POST under
+/// `/api/`). Every other body is skipped as it arrives.
+fn takes_body(head: &crate::http::Head) -> bool {
+    head.method == Some(crate::http::Method::Post) && head.path().starts_with("/api/")
+}
+
 /// The HTTP phase.
 #[derive(Debug, Default)]
 pub(super) struct HttpState {
@@ -75,9 +81,9 @@ pub(crate) enum HttpDeadline {
 impl HttpState {
     /// A fresh connection's: nothing read yet.
     pub(super) fn new() -> HttpState {
-        // No endpoint takes a request body: every body is skipped as it
-        // arrives, and its request answered at the head.
-        let reader = RequestReader::with_raw_head(keeps_raw_head).with_bodies(|_| false);
+        // Only the server API's writes take a body: every other body is
+        // skipped as it arrives, and its request answered at the head.
+        let reader = RequestReader::with_raw_head(keeps_raw_head).with_bodies(takes_body);
         HttpState { reader, ..HttpState::default() }
     }
 }

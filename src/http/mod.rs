@@ -35,7 +35,13 @@ pub enum Method {
     Get,
     /// HEAD: GET without the body.
     Head,
-    /// Anything else (answered with 405 and `Allow: GET, HEAD`).
+    /// POST: the server API's writes (a JSON body).
+    Post,
+    /// DELETE: the server API's removals.
+    Delete,
+    /// OPTIONS: a browser's CORS preflight.
+    Options,
+    /// Anything else (answered with 405).
     Other,
 }
 
@@ -153,6 +159,9 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, HeadError> {
     let method = match req.method {
         Some("GET") => Method::Get,
         Some("HEAD") => Method::Head,
+        Some("POST") => Method::Post,
+        Some("DELETE") => Method::Delete,
+        Some("OPTIONS") => Method::Options,
         _ => Method::Other,
     };
     let target = req.path.unwrap_or("").to_string();

@@ -14,11 +14,11 @@
 
 use serde_json::{Value, json};
 
-use crate::auth::Identity;
 use crate::chat::ONLINE_LIST_MAX;
 use crate::response::Response;
 use crate::route::{query_value, valid_room_name};
 use crate::server::Server;
+use crate::server::backend::Viewer;
 use crate::storage::RoomRecord;
 
 /// Rooms per page by default, and at most.
@@ -41,7 +41,7 @@ pub(super) struct ApiWaiter {
     path: String,
     query: String,
     /// The user the request's bearer token names, if any.
-    viewer: Option<Identity>,
+    viewer: Viewer,
 }
 
 fn not_found() -> Json {
@@ -76,14 +76,14 @@ impl Server {
     /// for the directory's refresh from Redis).
     /// Private rooms (`--private-rooms`) are left out for a `viewer`
     /// whose token does not name them, as if they did not exist.
-    pub(super) fn on_api(&mut self, key: usize, path: &str, query: &str, viewer: Option<Identity>) -> Option<Response> {
+    pub(super) fn on_api(&mut self, key: usize, path: &str, query: &str, viewer: Viewer) -> Option<Response> {
         if self.needs_directory(path) && !self.directory_ready() {
             let serial = self.conns.get(key)?.serial();
             let (path, query) = (path.to_string(), query.to_string());
             self.directory_waiters.push(ApiWaiter { key, serial, path, query, viewer });
             return None;
         }
-        self.api_answer(key, path, query, viewer.as_ref()).map(|(status, body)| Response::json(status, body))
+        self.api_answer(key, path, query, &viewer).map(|(status, body)| Response::json(status, body))
     }
 
     /// The directory was refreshed: answers a request that waited for it
@@ -94,7 +94,7 @@ impl Server {
             return;
         }
         // `None`: a scroll-back read went out, and its answer unparks the connection.
-        if let Some((status, body)) = self.api_answer(key, &path, &query, viewer.as_ref()) {
+        if let Some((status, body)) = self.api_answer(key, &path, &query, &viewer) {
             self.answer_parked(key, serial, status, body);
         }
     }
@@ -111,7 +111,7 @@ impl Server {
 
     /// The answer to `/api/<path>` from what is known now; `None` when it
     /// waits for storage.
-    fn api_answer(&mut self, key: usize, path: &str, query: &str, viewer: Option<&Identity>) -> Option<Json> {
+    fn api_answer(&mut self, key: usize, path: &str, query: &str, viewer: &Viewer) -> Option<Json> {
         let result = match split(path).as_slice() {
             ["rooms"] => self.api_rooms(query, viewer),
             ["rooms", room] | ["rooms", room, "messages"] if !self.may_see(viewer, room) => Err(not_found()),
@@ -122,7 +122,7 @@ impl Server {
         Some(result.unwrap_or_else(|e| e))
     }
 
-    fn api_rooms(&self, query: &str, viewer: Option<&Identity>) -> Result<Json, Json> {
+    fn api_rooms(&self, query: &str, viewer: &Viewer) -> Result<Json, Json> {
         let offset = number(query, "offset", 0)? as usize;
         let limit = (number(query, "limit", PAGE_DEFAULT as u64)? as usize).clamp(1, PAGE_MAX);
         let mut rooms: Vec<(&RoomRecord, usize)> = self

@@ -17,6 +17,7 @@ use std::borrow::Cow;
 use tungstenite::Message;
 
 use super::Server;
+use super::backend::Viewer;
 use crate::auth::Identity;
 use crate::chat::Who;
 use crate::config::Guests;
@@ -54,7 +55,7 @@ fn names_room(user: &Identity, room: &str) -> bool {
 }
 
 /// The token of an `Authorization: Bearer <token>` header, if any.
-fn bearer(head: &Head) -> Option<String> {
+pub(super) fn bearer(head: &Head) -> Option<String> {
     let value = std::str::from_utf8(head.header("authorization")?).ok()?.trim();
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_string())
@@ -143,16 +144,29 @@ impl Server {
         Ok(user)
     }
 
-    /// Whether the bearer of a valid token (`Authorization: Bearer`) on
-    /// an HTTP request may see private `room` (the API's view).
-    pub(super) fn may_see(&self, viewer: Option<&Identity>, room: &str) -> bool {
-        !self.private_rooms.matches(room) || viewer.is_some_and(|u| names_room(u, room))
+    /// Whether `viewer` (an HTTP request's `Authorization: Bearer`) may
+    /// see `room`: a public room, anyone; a private one, a user whose
+    /// token names it, or the site's backend (an API key).
+    pub(super) fn may_see(&self, viewer: &Viewer, room: &str) -> bool {
+        !self.private_rooms.matches(room)
+            || match viewer {
+                Viewer::Backend => true,
+                Viewer::User(user) => names_room(user, room),
+                Viewer::Anyone => false,
+            }
     }
 
-    /// The user a request's `Authorization: Bearer` token names, if any
-    /// (and valid).
-    pub(super) fn viewer(&self, head: &Head) -> Option<Identity> {
-        self.auth.as_ref()?.verify(&bearer(head)?).ok()
+    /// Who an HTTP request's `Authorization: Bearer` says it is: an API
+    /// key is the site's backend; else a valid token names a user.
+    pub(super) fn viewer(&self, head: &Head) -> Viewer {
+        let Some(bearer) = bearer(head) else { return Viewer::Anyone };
+        if self.api_keys.as_ref().is_some_and(|keys| keys.check(&bearer)) {
+            return Viewer::Backend;
+        }
+        match self.auth.as_ref().map(|auth| auth.verify(&bearer)) {
+            Some(Ok(user)) => Viewer::User(user),
+            _ => Viewer::Anyone,
+        }
     }
 
     /// A WebSocket that failed its identity checks: a browser cannot read

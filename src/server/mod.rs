@@ -12,6 +12,7 @@
 //! | `respond.rs` | HTTP: whole requests out of the reader, answers queued in order |
 //! | `request.rs` | what one request gets: a page, the API, an upgrade |
 //! | `api.rs` | the JSON API over rooms |
+//! | `backend.rs` | the server API: a site's backend posts, with an API key |
 //! | `endpoints.rs` | WebSocket: frames to messages, each endpoint's reply |
 //! | `pressure.rs` | a member with too many posts in flight is not read, then resumed |
 //! | `inspect.rs` | the learn page's inspector: descriptions and commands |
@@ -54,6 +55,7 @@ use crate::timer::Timers;
 
 mod accept;
 mod api;
+mod backend;
 mod delivery;
 mod endpoints;
 mod flush;
@@ -111,11 +113,6 @@ const REPLY_ROUNDS: usize = 4;
 /// this size is already cheap per byte, and held bytes are memory (at most
 /// this much per listener on top of what one turn queues).
 pub const HOLD_BYTES: usize = 4 * 1024;
-
-/// A request body accepted at most, in bytes (a body is read whole, and
-/// a GET's is then ignored; reading it exactly keeps the next pipelined
-/// request aligned). A larger one is refused with 413 before it is read.
-const MAX_BODY: usize = 64 * 1024;
 
 /// When accept fails for lack of descriptors (EMFILE), how soon to retry.
 /// Edge-triggered epoll sends no new event for clients already queued, so
@@ -213,6 +210,8 @@ pub struct Server {
     auth: Option<crate::auth::Auth>,
     /// `--private-rooms`.
     private_rooms: crate::auth::Patterns,
+    /// The keys that open the server API (`--api-key`), if any.
+    api_keys: Option<crate::auth::ApiKeys>,
     /// The storage thread.
     storage: Option<Storage>,
     /// Counters.
@@ -266,6 +265,10 @@ impl Server {
         let auth = crate::auth::Auth::from_config(&cfg).map_err(StartError)?;
         if let Some(auth) = &auth {
             info!("tokens checked with {}; guests {:?}", crate::auth::describe(auth), cfg.guests);
+        }
+        let api_keys = crate::auth::ApiKeys::from_config(&cfg).map_err(StartError)?;
+        if let Some(keys) = &api_keys {
+            info!("server API open to {} key(s)", keys.len());
         }
         let mut listener = crate::limits::listen(cfg.bind, cfg.reuse_port)
             .map_err(|e| StartError(format!("cannot listen on {}: {}", cfg.bind, explain_bind_error(&e))))?;
@@ -323,6 +326,7 @@ impl Server {
             chat,
             auth,
             private_rooms,
+            api_keys,
             storage: Some(storage),
             metrics: Metrics::default(),
             waker,

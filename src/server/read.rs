@@ -14,7 +14,7 @@
 
 use log::debug;
 
-use super::{MAX_BODY, MAX_READS_PER_TURN, Server};
+use super::{MAX_READS_PER_TURN, Server};
 use crate::conn::Received;
 use crate::http::MAX_HEAD;
 use crate::timer::{Timer, TimerKind};
@@ -56,7 +56,7 @@ impl Server {
             if conn.is_closing() {
                 return self.read_and_discard(key);
             }
-            if conn.http_input_paused(MAX_HEAD + MAX_BODY) {
+            if conn.http_input_paused(MAX_HEAD + self.cfg.max_body) {
                 // Left unread until the answers leave (then we come back).
                 return;
             }

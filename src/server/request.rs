@@ -4,7 +4,8 @@
 //! requests arrived on the connection, and says what to do with it as an
 //! [`Answer`]; `respond.rs` carries that out, keeping pipelined answers in
 //! order. The answer follows from the method and the path: we serve GET
-//! and HEAD, and a body, if one came, is read and not used.
+//! and HEAD everywhere, and POST and DELETE under `/api/` (the server
+//! API, `backend.rs`, the only requests whose body is read).
 
 use log::debug;
 
@@ -54,8 +55,9 @@ impl Server {
         // While shutting down, every answer is the connection's last.
         let keep_alive = head.keep_alive() && !self.is_draining();
         let head_only = head.method == Some(Method::Head);
-        let response = match head.method {
-            Some(Method::Get | Method::Head) => self.answer(key, &head, &path),
+        let response = match (head.method, path.strip_prefix("/api/")) {
+            (Some(Method::Get | Method::Head), _) => self.answer(key, &head, &path),
+            (Some(Method::Post | Method::Delete), Some(api)) => self.on_backend(key, &head, api, &request.body),
             _ => Some(Response::text(405, "only GET and HEAD are served here").header("Allow", "GET, HEAD")),
         };
         match response {

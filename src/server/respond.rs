@@ -6,8 +6,8 @@
 //! pipelined behind it stay in the reader until the answer is queued
 //! ([`Server::answer_parked`]), so answers never overtake each other.
 
+use super::Server;
 use super::request::Answer;
-use super::{MAX_BODY, Server};
 use crate::conn::{HttpStep, WsState};
 use crate::response::Response;
 use crate::timer::{Timer, TimerKind};
@@ -22,9 +22,9 @@ impl Server {
     /// the session.
     pub(super) fn process_http(&mut self, key: usize) -> Option<Vec<u8>> {
         loop {
-            let (now, max_pending) = (self.now, self.cfg.max_pending);
+            let (now, max_pending, max_body) = (self.now, self.cfg.max_pending, self.cfg.max_body);
             let conn = self.conns.get_mut(key)?;
-            match conn.next_request(now, max_pending, MAX_BODY) {
+            match conn.next_request(now, max_pending, max_body) {
                 HttpStep::Wait => return None,
                 HttpStep::Started => {
                     let (serial, at) = (conn.serial(), now + self.cfg.header_timeout);

@@ -1,0 +1,271 @@
+//! The server API a site's backend uses (`--api-key`): posting into a room,
+//! its keys, and its bodies, read by the same framing as every request.
+
+mod common;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+
+const KEY: &str = "backend-key-0123456789";
+const OLD_KEY: &str = "old-backend-key-0123456789";
+
+fn server_with(f: impl FnOnce(&mut chatroom::Config)) -> TestServer {
+    let mut cfg = config();
+    cfg.api_keys = vec![KEY.into(), OLD_KEY.into()];
+    f(&mut cfg);
+    TestServer::with(cfg)
+}
+
+/// A POST's raw bytes, with `headers` (each ending in CRLF) and `body`.
+fn post_raw(path: &str, headers: &str, body: &str) -> String {
+    format!("POST {path} HTTP/1.1\r\nHost: x\r\n{headers}Content-Length: {}\r\n\r\n{body}", body.len())
+}
+
+/// The headers of a well-formed API call with `key`.
+fn with_key(key: &str) -> String {
+    format!("Authorization: Bearer {key}\r\nContent-Type: application/json\r\n")
+}
+
+/// Posts `body` to room `room` with the first key.
+fn post(addr: SocketAddr, room: &str, body: &str) -> HttpResponse {
+    request(addr, &post_raw(&format!("/api/rooms/{room}/messages"), &with_key(KEY), body))
+}
+
+/// A backend's post is stored and broadcast like a member's, marked
+/// verified; the answer (201, with its id) comes once it is committed, the
+/// room is created if it did not exist, and any configured key works.
+#[test]
+fn a_backend_posts_into_a_room_and_gets_the_id() {
+    let s = server_with(|_| {});
+    let mut member = ws(s.addr, "/ws/chatroom/lobby?username=amy");
+    recv_type(&mut member, "welcome");
+    let r = post(s.addr, "lobby", r#"{"message":"deploy at 5","username":"ops-bot"}"#);
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.json(), serde_json::json!({"room": "lobby", "id": 1}));
+    let heard = recv_type(&mut member, "message");
+    assert_eq!(
+        (&heard["id"], &heard["username"], &heard["message"], &heard["verified"]),
+        (&1.into(), &"ops-bot".into(), &"deploy at 5".into(), &true.into()),
+        "{heard}"
+    );
+    let r = request(
+        s.addr,
+        &post_raw("/api/rooms/fresh-room/messages", &with_key(OLD_KEY), r#"{"message":"first","username":"ops"}"#),
+    );
+    assert_eq!((r.status, r.json()["id"].as_u64()), (201, Some(1)), "a new room, with the other key");
+    let page = get(s.addr, "/api/rooms/fresh-room/messages").json();
+    assert_eq!(page["messages"][0]["message"], "first", "{page}");
+    assert_eq!(page["messages"][0]["verified"], true, "{page}");
+    let r = post(s.addr, "fresh-room", r#"{"message":"second","username":"ops"}"#);
+    assert_eq!(r.json()["id"], 2, "ids go on from the room's last");
+}
+
+/// Without a key, with a wrong one, or with a user's token: 401, and
+/// nothing is posted. A server started without keys has no such route.
+#[test]
+fn the_api_needs_one_of_the_keys() {
+    let s = server_with(|_| {});
+    let body = r#"{"message":"sneaky","username":"x"}"#;
+    let path = "/api/rooms/welcome/messages";
+    for (what, headers) in [
+        ("no key", "Content-Type: application/json\r\n".to_string()),
+        ("a wrong key", with_key("backend-key-0123456788")),
+        ("a prefix of the key", with_key(&KEY[..KEY.len() - 1])),
+        ("not a bearer", format!("Authorization: Basic {KEY}\r\nContent-Type: application/json\r\n")),
+    ] {
+        let r = request(s.addr, &post_raw(path, &headers, body));
+        assert_eq!(r.status, 401, "{what}: {}", r.text());
+        assert_eq!(r.header("www-authenticate"), Some("Bearer"), "{what}");
+        assert_eq!(r.json()["error"], "unauthorized", "{what}");
+    }
+    assert_eq!(get(s.addr, "/api/rooms/welcome").json()["messages"], 0, "nothing was posted");
+
+    let plain = TestServer::start();
+    let r = request(plain.addr, &post_raw(path, &with_key(KEY), body));
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert!(r.json()["message"].as_str().unwrap().contains("--api-key"), "{}", r.text());
+}
+
+/// Bodies: not JSON by its Content-Type → 415, not the right JSON → 400
+/// saying why, over `--max-body` → 413 before it is read, a bad room or
+/// name or a text too long → 400. None of them posts anything.
+#[test]
+fn bad_bodies_get_the_right_status() {
+    let s = server_with(|cfg| cfg.max_body = 1024);
+    let path = "/api/rooms/welcome/messages";
+    let auth = format!("Authorization: Bearer {KEY}\r\n");
+    let good = r#"{"message":"hi","username":"ops"}"#;
+    let cases = [
+        ("no content type", post_raw(path, &auth, good), 415, "unsupported_media_type"),
+        (
+            "text/plain",
+            post_raw(path, &format!("{auth}Content-Type: text/plain\r\n"), good),
+            415,
+            "unsupported_media_type",
+        ),
+        ("broken JSON", post_raw(path, &with_key(KEY), r#"{"message":"#), 400, "bad_json"),
+        ("no username", post_raw(path, &with_key(KEY), r#"{"message":"hi"}"#), 400, "bad_json"),
+        ("a number for text", post_raw(path, &with_key(KEY), r#"{"message":5,"username":"a"}"#), 400, "bad_json"),
+        ("a bad name", post_raw(path, &with_key(KEY), r#"{"message":"hi","username":"  "}"#), 400, "bad_name"),
+        ("a bad room", post_raw("/api/rooms/no.dots/messages", &with_key(KEY), good), 400, "bad_room"),
+        (
+            "too long",
+            post_raw(path, &with_key(KEY), &format!(r#"{{"message":"{}","username":"a"}}"#, "x".repeat(4097))),
+            413,
+            "",
+        ),
+    ];
+    for (what, raw, status, code) in cases {
+        let r = request(s.addr, &raw);
+        assert_eq!(r.status, status, "{what}: {}", r.text());
+        if !code.is_empty() {
+            assert_eq!(r.json()["error"], code, "{what}");
+        }
+    }
+    // Under --max-body but over --max-text.
+    let s = server_with(|cfg| cfg.max_text = 10);
+    let r = request(s.addr, &post_raw(path, &with_key(KEY), r#"{"message":"eleven char","username":"a"}"#));
+    assert_eq!((r.status, r.json()["error"].as_str()), (400, Some("too_long")), "{}", r.text());
+    assert_eq!(get(s.addr, "/api/rooms/welcome").json()["messages"], 0, "nothing was posted");
+}
+
+/// A body that arrives in pieces is read whole; requests pipelined behind
+/// a post are answered after it, in order, on the same connection.
+#[test]
+fn bodies_in_pieces_and_pipelining_work() {
+    let s = server_with(|_| {});
+    let mut c = tcp(s.addr);
+    let raw = post_raw("/api/rooms/lobby/messages", &with_key(KEY), r#"{"message":"in pieces","username":"ops"}"#);
+    for piece in raw.as_bytes().chunks(7) {
+        c.write_all(piece).unwrap();
+        c.flush().unwrap();
+    }
+    let mut buf = Vec::new();
+    let r = read_response(&mut c, &mut buf, false);
+    assert_eq!((r.status, r.json()["id"].as_u64()), (201, Some(1)), "{}", r.text());
+
+    let second = post_raw("/api/rooms/lobby/messages", &with_key(KEY), r#"{"message":"two","username":"ops"}"#);
+    let third = post_raw("/api/rooms/lobby/messages", &with_key(KEY), r#"{"message":"three","username":"ops"}"#);
+    let read = "GET /api/rooms/lobby/messages HTTP/1.1\r\nHost: x\r\n\r\n";
+    c.write_all(format!("{second}{third}{read}").as_bytes()).unwrap();
+    let answers: Vec<HttpResponse> = (0..3).map(|_| read_response(&mut c, &mut buf, false)).collect();
+    assert_eq!(answers[0].json()["id"], 2);
+    assert_eq!(answers[1].json()["id"], 3);
+    let page = answers[2].json();
+    let texts: Vec<&str> =
+        page["messages"].as_array().unwrap().iter().map(|m| m["message"].as_str().unwrap()).collect();
+    assert_eq!(texts, ["in pieces", "two", "three"], "the read saw both posts");
+}
+
+/// A body sent too slowly is cut off by `--header-timeout` (408), which
+/// covers the whole request, body included.
+#[test]
+fn a_slow_body_times_out() {
+    let s = server_with(|cfg| cfg.header_timeout = Duration::from_millis(300));
+    let mut c = tcp(s.addr);
+    let raw = post_raw("/api/rooms/welcome/messages", &with_key(KEY), r#"{"message":"slow","username":"ops"}"#);
+    let (head, body) = raw.split_at(raw.len() - 10);
+    c.write_all(head.as_bytes()).unwrap();
+    assert!(!body.is_empty(), "the rest never comes");
+    let r = read_response(&mut c, &mut Vec::new(), false);
+    assert_eq!(r.status, 408, "{}", r.text());
+    assert_eq!(get(s.addr, "/api/rooms/welcome").json()["messages"], 0, "nothing was posted");
+}
+
+/// An API key also opens private rooms' read API.
+#[test]
+fn a_key_reads_private_rooms() {
+    let s = server_with(|cfg| cfg.private_rooms = vec!["team-*".into()]);
+    assert_eq!(post(s.addr, "team-a", r#"{"message":"inside","username":"ops"}"#).status, 201);
+    assert_eq!(get(s.addr, "/api/rooms/team-a/messages").status, 404, "hidden from anyone");
+    let read = |path: &str| {
+        request(
+            s.addr,
+            &format!("GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nConnection: close\r\n\r\n"),
+        )
+    };
+    assert_eq!(read("/api/rooms/team-a/messages").json()["messages"][0]["message"], "inside");
+    let rooms = read("/api/rooms").json();
+    assert!(rooms["rooms"].as_array().unwrap().iter().any(|r| r["name"] == "team-a"), "{rooms}");
+}
+
+/// With Redis, a backend's post on one process reaches a member on another,
+/// and the ids are the room's shared ones.
+#[test]
+fn a_backend_post_crosses_processes() {
+    let redis = RedisServer::start(false);
+    let node = || server_with(|cfg| cfg.redis = Some(redis.url()));
+    let (a, b) = (node(), node());
+    let mut far = ws(b.addr, "/ws/chatroom/lobby?username=far");
+    recv_type(&mut far, "welcome");
+    let mut near = ws(a.addr, "/ws/chatroom/lobby?username=near");
+    recv_type(&mut near, "welcome");
+    post_and_answer(&mut near, "a member first");
+    recv_type(&mut far, "message");
+    let r = post(a.addr, "lobby", r#"{"message":"from the backend","username":"ops"}"#);
+    assert_eq!((r.status, r.json()["id"].as_u64()), (201, Some(2)), "{}", r.text());
+    let heard = recv_type(&mut far, "message");
+    assert_eq!((heard["id"].as_u64(), heard["verified"].as_bool()), (Some(2), Some(true)), "{heard}");
+    // A room nobody on this process hears is posted all the same.
+    let r = post(a.addr, "quiet", r#"{"message":"to nobody","username":"ops"}"#);
+    assert_eq!((r.status, r.json()["id"].as_u64()), (201, Some(1)), "{}", r.text());
+    let stored = redis.stream("quiet");
+    assert_eq!(stored.len(), 1, "{stored:?}");
+}
+
+/// Keys come from `--api-key-file` too (one per line); a key under 16
+/// bytes stops the start, in one line that does not show it.
+#[test]
+fn keys_from_files_and_their_rules() {
+    let dir = temp_dir("api-keys");
+    let file = dir.join("keys");
+    std::fs::write(&file, format!("{KEY}\n\n{OLD_KEY}\n")).unwrap();
+    let s = TestServer::with({
+        let mut cfg = config();
+        cfg.api_key_files = vec![file.display().to_string()];
+        cfg
+    });
+    let r = request(
+        s.addr,
+        &post_raw("/api/rooms/lobby/messages", &with_key(OLD_KEY), r#"{"message":"filed","username":"ops"}"#),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+
+    let mut cfg = config();
+    cfg.api_keys = vec!["short".into()];
+    let e = chatroom::Server::bind(cfg).err().expect("refused").to_string();
+    assert!(e.contains("at least 16") && !e.contains("short") && !e.contains('\n'), "{e}");
+}
+
+/// With SQLite the answer waits for the commit: every 201 is in the
+/// history after a restart, and once the data file is full (as a full disk
+/// is, through `--max-data-size`) the backend gets 503, ids staying gapless.
+#[test]
+fn a_201_is_on_disk_and_a_full_disk_is_a_503() {
+    let dir = temp_dir("backend-sqlite");
+    let mut cfg = config();
+    cfg.api_keys = vec![KEY.into()];
+    cfg.max_data_size = Some(96 * 1024);
+    let s = TestServer::with_sqlite(cfg.clone(), &dir);
+    let long = "x".repeat(4000);
+    let mut stored = 0;
+    let refused = loop {
+        let r = post(s.addr, "archive", &format!(r#"{{"message":"{long}{stored}","username":"ops"}}"#));
+        if r.status != 201 {
+            break r;
+        }
+        stored += 1;
+        assert_eq!(r.json()["id"], stored, "ids stay gapless");
+        assert!(stored < 1000, "the file never filled");
+    };
+    assert_eq!((refused.status, refused.json()["error"].as_str()), (503, Some("unavailable")), "{}", refused.text());
+    assert!(stored > 0, "a few posts fit before the limit");
+    s.stop();
+    cfg.max_data_size = None;
+    let s = TestServer::with_sqlite(cfg, &dir);
+    let page = get(s.addr, &format!("/api/rooms/archive/messages?limit={}", stored + 5)).json();
+    assert_eq!(page["messages"].as_array().map(Vec::len), Some(stored as usize), "every 201 was stored");
+}
