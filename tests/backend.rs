@@ -269,3 +269,127 @@ fn a_201_is_on_disk_and_a_full_disk_is_a_503() {
     let page = get(s.addr, &format!("/api/rooms/archive/messages?limit={}", stored + 5)).json();
     assert_eq!(page["messages"].as_array().map(Vec::len), Some(stored as usize), "every 201 was stored");
 }
+
+/// `DELETE /api/rooms/<room>/messages/<id>` as `key` on `addr`.
+fn delete(addr: SocketAddr, room: &str, id: &str, key: &str) -> HttpResponse {
+    request(
+        addr,
+        &format!(
+            "DELETE /api/rooms/{room}/messages/{id} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nConnection: close\r\n\r\n"
+        ),
+    )
+}
+
+/// The tombstone of message `id` of `room`, as history shows it.
+fn is_tombstone(event: &serde_json::Value, room: &str, id: u64) -> bool {
+    let fields: Vec<&str> = event.as_object().map(|o| o.keys().map(String::as_str).collect()).unwrap_or_default();
+    event["type"] == "message"
+        && event["room"] == room
+        && event["id"] == id
+        && event["deleted"] == true
+        && event["ts"].is_u64()
+        && fields.len() == 5
+}
+
+/// A deleted message becomes a tombstone everywhere: members are told
+/// live, and the welcome, a `?since=` resume and scroll-back show the id
+/// with no name and no text. Deleting twice is fine; an id the room never
+/// had, or a room that does not exist, is 404; without a key, 401.
+#[test]
+fn a_backend_deletes_a_message_and_history_keeps_a_tombstone() {
+    let s = server_with(|_| {});
+    let mut amy = ws(s.addr, "/ws/chatroom/lobby?username=amy");
+    recv_type(&mut amy, "welcome");
+    for text in ["one", "regrettable", "three"] {
+        post_and_answer(&mut amy, text);
+    }
+    let r = delete(s.addr, "lobby", "2", KEY);
+    assert_eq!(r.status, 204, "{}", r.text());
+    assert!(r.body.is_empty());
+    let told = recv_type(&mut amy, "delete");
+    assert_eq!(told, serde_json::json!({"type": "delete", "room": "lobby", "id": 2}));
+
+    let (_bob, welcome) = {
+        let mut c = ws(s.addr, "/ws/chatroom/lobby?username=bob");
+        let w = recv_type(&mut c, "welcome");
+        (c, w)
+    };
+    let history = welcome["history"].as_array().unwrap();
+    assert_eq!(history.len(), 3, "{welcome}");
+    assert!(is_tombstone(&history[1], "lobby", 2), "{}", history[1]);
+    assert_eq!(history[2]["message"], "three");
+    let mut resumed = ws(s.addr, "/ws/chatroom/lobby?username=cy&since=1");
+    let w = recv_type(&mut resumed, "welcome");
+    assert!(is_tombstone(&w["history"][0], "lobby", 2), "{w}");
+    let page = get(s.addr, "/api/rooms/lobby/messages").json();
+    assert!(is_tombstone(&page["messages"][1], "lobby", 2), "{page}");
+    assert!(!page.to_string().contains("regrettable"), "{page}");
+
+    assert_eq!(delete(s.addr, "lobby", "2", KEY).status, 204, "twice");
+    for (room, id) in [("lobby", "4"), ("lobby", "0"), ("lobby", "x"), ("nowhere", "1")] {
+        let r = delete(s.addr, room, id, KEY);
+        assert_eq!((r.status, r.json()["error"].as_str()), (404, Some("not_found")), "{room}/{id}");
+    }
+    assert_eq!(delete(s.addr, "lobby", "1", "not-the-key-0123456789").status, 401);
+    let page = get(s.addr, "/api/rooms/lobby/messages").json();
+    assert_eq!(page["messages"][0]["message"], "one", "a refused delete deletes nothing");
+}
+
+/// With SQLite the tombstone is on disk: after a restart the history still
+/// has the id and not the text, whether the message had been filed into
+/// `messages` or was still in the inbox.
+#[test]
+fn a_deletion_survives_a_restart() {
+    let dir = temp_dir("backend-delete");
+    let mut cfg = config();
+    cfg.api_keys = vec![KEY.into()];
+    let s = TestServer::with_sqlite(cfg.clone(), &dir);
+    for text in ["filed secret", "keep"] {
+        assert_eq!(post(s.addr, "vault", &format!(r#"{{"message":"{text}","username":"ops"}}"#)).status, 201);
+    }
+    s.stop();
+    // Filed at the restart; the next one stays in the inbox.
+    let s = TestServer::with_sqlite(cfg.clone(), &dir);
+    assert_eq!(post(s.addr, "vault", r#"{"message":"inbox secret","username":"ops"}"#).status, 201);
+    assert_eq!(delete(s.addr, "vault", "1", KEY).status, 204);
+    assert_eq!(delete(s.addr, "vault", "3", KEY).status, 204);
+    s.stop();
+    let s = TestServer::with_sqlite(cfg, &dir);
+    let page = get(s.addr, "/api/rooms/vault/messages").json();
+    let messages = page["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 3, "{page}");
+    assert!(is_tombstone(&messages[0], "vault", 1) && is_tombstone(&messages[2], "vault", 3), "{page}");
+    assert_eq!(messages[1]["message"], "keep");
+    assert!(!page.to_string().contains("secret"), "{page}");
+}
+
+/// With Redis a deletion reaches every process: a member on another one
+/// is told, history read from the stream there shows the tombstone (the
+/// stream still holds the entry: the room's deleted set is applied on
+/// read), and so does a process that starts afterwards. The id check is
+/// Redis's: an id the room never had is 404.
+#[test]
+fn a_deletion_crosses_processes() {
+    let redis = RedisServer::start(false);
+    let node = || server_with(|cfg| cfg.redis = Some(redis.url()));
+    let (a, b) = (node(), node());
+    let mut far = ws(b.addr, "/ws/chatroom/lobby?username=far");
+    recv_type(&mut far, "welcome");
+    for text in ["hello", "oops", "bye"] {
+        assert_eq!(post(a.addr, "lobby", &format!(r#"{{"message":"{text}","username":"ops"}}"#)).status, 201);
+        assert_eq!(recv_type(&mut far, "message")["message"], text);
+    }
+    let r = delete(a.addr, "lobby", "2", KEY);
+    assert_eq!(r.status, 204, "{}", r.text());
+    assert_eq!(recv_type(&mut far, "delete"), serde_json::json!({"type": "delete", "room": "lobby", "id": 2}));
+    let page = get(b.addr, "/api/rooms/lobby/messages").json();
+    assert!(is_tombstone(&page["messages"][1], "lobby", 2), "{page}");
+    let late = node();
+    let mut c = ws(late.addr, "/ws/chatroom/lobby?username=late&since=1");
+    let w = recv_type(&mut c, "welcome");
+    assert!(is_tombstone(&w["history"][0], "lobby", 2), "{w}");
+    assert_eq!(w["history"][1]["message"], "bye");
+    assert!(redis.stream("lobby").iter().any(|m| m["message"] == "oops"), "the stream keeps the entry");
+    assert_eq!(delete(a.addr, "lobby", "9", KEY).status, 404);
+    assert_eq!(delete(b.addr, "nowhere", "1", KEY).status, 404);
+}

@@ -14,8 +14,8 @@ use std::rc::Rc;
 
 use serde_json::json;
 
-use super::{Chat, Handoff, Mode, NotSent, Outgoing, PostIntent, now_ms, protocol};
-use crate::storage::StoredMessage;
+use super::{Chat, Handoff, Mode, NotSent, Outgoing, Pending, PostIntent, now_ms, protocol};
+use crate::storage::{Request, StoredMessage};
 
 impl Chat {
     /// Posts `text` to `room` under `name` for the API request on
@@ -52,24 +52,111 @@ impl Chat {
         self.enqueue_commit(Rc::from(room), msg, json, Some(author));
     }
 
-    /// If `author` is a parked API request, answers it: posted in a room
-    /// as an id (`None`: posted before, by a retry whose answer was lost,
-    /// id unknown), or not sent. Returns whether it was one (a member's
-    /// post is acknowledged by its copy of the message instead).
-    pub(super) fn api_outcome(
+    /// The server API deletes message `id` of `room` for the request on
+    /// connection `author`. Returns false when there is no such message
+    /// here to delete (404); with Redis the sharer decides, and answers
+    /// through [`Chat::api_deleted`]. Deleting a message twice is fine.
+    pub fn delete_from_api(&mut self, room: &str, id: u64, author: (usize, u64)) -> bool {
+        if self.mode == Mode::Shared {
+            self.api_authors.insert(author.1);
+            self.handoffs.push(Handoff::Delete { room: room.to_string(), id, author });
+            return true;
+        }
+        if !self.directory.get(room).is_some_and(|r| (1..=r.last_id).contains(&id)) {
+            return false;
+        }
+        self.api_authors.insert(author.1);
+        self.enqueue_delete(Rc::from(room), id, Some(author));
+        true
+    }
+
+    /// Hands a delete to storage, numbered like a post (`on_committed`
+    /// then calls [`Chat::apply_delete`] and answers its author).
+    pub(super) fn enqueue_delete(&mut self, room: Rc<str>, id: u64, author: Option<(usize, u64)>) {
+        self.requests.push(Request::Delete { room: room.to_string(), id });
+        self.appended += 1;
+        self.pending.push_back(Pending::Delete { seq: self.appended, room, id, author });
+    }
+
+    /// Storage committed (or failed) a delete. Here (`Mode::Local`) that
+    /// is when it takes effect; a shared copy's delete took effect when
+    /// the sharer said so.
+    pub(super) fn on_delete_committed(
         &mut self,
-        (key, serial): (usize, u64),
-        outcome: Result<(&str, Option<u64>), NotSent>,
-    ) -> bool {
+        room: &str,
+        id: u64,
+        author: Option<(usize, u64)>,
+        result: &Result<(), String>,
+    ) {
+        match result {
+            Ok(()) => {
+                if self.mode == Mode::Local {
+                    self.apply_delete(room, id);
+                }
+                if let Some(author) = author {
+                    self.api_deleted(author, Ok(true));
+                }
+            }
+            Err(reason) => {
+                log::error!("room {room}: deleting message {id} failed: {reason}");
+                if let Some(author) = author {
+                    self.api_deleted(author, Err(NotSent::NotStored));
+                }
+            }
+        }
+    }
+
+    /// Message `id` of `room` is deleted (committed here, or told by the
+    /// sharer): every copy this process holds becomes its tombstone (the
+    /// live room's recent history, a post still waiting for its commit,
+    /// and, in shared mode, the local copy on disk), and the room's members
+    /// here are told with a `delete` event.
+    pub fn apply_delete(&mut self, room: &str, id: u64) {
+        let tombstone = |json: &str| {
+            let ts = protocol::parse_message_event(json.as_bytes()).map_or(0, |event| event.ts);
+            Rc::<str>::from(protocol::tombstone_json(room, id, ts))
+        };
+        for pending in &mut self.pending {
+            if let Pending::Post(post) = pending
+                && post.id == id
+                && &*post.room == room
+            {
+                post.json = tombstone(&post.json);
+            }
+        }
+        self.warm.forget(room);
+        if self.mode == Mode::Shared && self.copies {
+            self.enqueue_delete(Rc::from(room), id, None);
+        }
+        let Some(&slot) = self.index.get(room) else { return };
+        let Some(live) = self.live.get_mut(slot) else { return };
+        if let Some((_, json)) = live.recent.iter_mut().find(|(cached, _)| *cached == id) {
+            *json = tombstone(json);
+        }
+        let json: Rc<str> = protocol::delete_json(room, id).into();
+        self.out.push(Outgoing::Room { room: slot, json, is_message: false, except: None, author: None });
+    }
+
+    /// If `author` is a parked API request, answers it with `status` and
+    /// `body`. Returns whether it was one (a member's post is acknowledged
+    /// by its copy of the message instead).
+    fn answer_api(&mut self, (key, serial): (usize, u64), status: u16, body: Vec<u8>) -> bool {
         if !self.api_authors.remove(&serial) {
             return false;
         }
+        self.out.push(Outgoing::Http { key, serial, status, body });
+        true
+    }
+
+    /// If `author` is a parked API request, answers it: posted in a room
+    /// as an id (`None`: posted before, by a retry whose answer was lost,
+    /// id unknown), or not sent. Returns whether it was one.
+    pub(super) fn api_outcome(&mut self, author: (usize, u64), outcome: Result<(&str, Option<u64>), NotSent>) -> bool {
         let (status, body) = match outcome {
             Ok((room, id)) => (201, json!({"room": room, "id": id})),
             Err(why) => (503, json!({"error": "unavailable", "message": why.text()})),
         };
-        self.out.push(Outgoing::Http { key, serial, status, body: body.to_string().into_bytes() });
-        true
+        self.answer_api(author, status, body.to_string().into_bytes())
     }
 
     /// The sharer stored a post as `id` (`None`: stored before, id
@@ -77,5 +164,16 @@ impl Chat {
     /// answered; a member's post is acknowledged by its copy instead.
     pub fn api_posted(&mut self, author: (usize, u64), room: &str, id: Option<u64>) -> bool {
         self.api_outcome(author, Ok((room, id)))
+    }
+
+    /// The outcome of an API delete: done (204), no such message (404),
+    /// or not done (503).
+    pub fn api_deleted(&mut self, author: (usize, u64), outcome: Result<bool, NotSent>) {
+        let (status, body) = match outcome {
+            Ok(true) => (204, Vec::new()),
+            Ok(false) => (404, br#"{"error":"not_found","message":"no such message"}"#.to_vec()),
+            Err(why) => (503, json!({"error": "unavailable", "message": why.text()}).to_string().into_bytes()),
+        };
+        self.answer_api(author, status, body);
     }
 }

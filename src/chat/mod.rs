@@ -184,6 +184,30 @@ struct PendingPost {
     sender: Option<(usize, u64)>,
 }
 
+/// A sequenced write handed to storage, waiting for its commit.
+#[derive(Debug)]
+enum Pending {
+    /// A post: broadcast once committed.
+    Post(PendingPost),
+    /// A delete (`backend.rs`): applied once committed.
+    Delete {
+        seq: u64,
+        room: Rc<str>,
+        id: u64,
+        /// The API request that asked for it (none for a shared copy's).
+        author: Option<(usize, u64)>,
+    },
+}
+
+impl Pending {
+    fn seq(&self) -> u64 {
+        match self {
+            Pending::Post(post) => post.seq,
+            Pending::Delete { seq, .. } => *seq,
+        }
+    }
+}
+
 /// A message ready to go out: its id, time, event and local author.
 struct Ordered {
     id: u64,
@@ -217,7 +241,7 @@ pub struct Chat {
     /// The history of rooms that emptied lately, for when they fill again.
     warm: WarmCaches,
     /// Posts handed to storage, in commit order.
-    pending: VecDeque<PendingPost>,
+    pending: VecDeque<Pending>,
     /// Storage reads in flight, by ticket.
     reads: HashMap<u64, PendingRead>,
     next_ticket: u64,
@@ -514,7 +538,7 @@ impl Chat {
         let (id, ts) = (msg.id, msg.ts);
         self.requests.push(Request::Append { room: room.to_string(), msg });
         self.appended += 1;
-        self.pending.push_back(PendingPost { seq: self.appended, room, id, ts, json, sender });
+        self.pending.push_back(Pending::Post(PendingPost { seq: self.appended, room, id, ts, json, sender }));
     }
 
     /// The token bucket: `--rate-burst` deep, refilled at `--rate-limit` per second.
@@ -536,8 +560,15 @@ impl Chat {
     /// Storage committed (or failed) every append up to `upto`.
     pub fn on_committed(&mut self, upto: u64, result: &Result<(), String>) -> usize {
         let mut committed = 0;
-        while self.pending.front().is_some_and(|p| p.seq <= upto) {
-            let Some(post) = self.pending.pop_front() else { break };
+        while self.pending.front().is_some_and(|p| p.seq() <= upto) {
+            let post = match self.pending.pop_front() {
+                Some(Pending::Post(post)) => post,
+                Some(Pending::Delete { room, id, author, .. }) => {
+                    self.on_delete_committed(&room, id, author, result);
+                    continue;
+                }
+                None => break,
+            };
             // A shared post's flight ended when Redis answered it.
             if self.mode == Mode::Local
                 && let Some((_, serial)) = post.sender

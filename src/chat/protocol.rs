@@ -122,14 +122,17 @@ pub struct MessageEvent<'a> {
     pub room: Cow<'a, str>,
     /// The room's sequence number.
     pub id: u64,
-    /// The sender's name, stamped by the server.
-    #[serde(borrow)]
+    /// The sender's name, stamped by the server (empty in a tombstone).
+    #[serde(borrow, default)]
     pub username: Cow<'a, str>,
-    /// The text.
-    #[serde(borrow)]
+    /// The text (empty in a tombstone).
+    #[serde(borrow, default)]
     pub message: Cow<'a, str>,
     /// Milliseconds since the epoch.
     pub ts: u64,
+    /// A deleted message's tombstone ([`tombstone_json`]).
+    #[serde(default)]
+    pub deleted: bool,
     /// Posted by a verified user ([`push_verified`]).
     #[serde(default)]
     pub verified: bool,
@@ -166,9 +169,10 @@ pub fn parse_message_event(json: &[u8]) -> Option<MessageEvent<'_>> {
         kind: Cow::Borrowed("message"),
         room: text("room")?,
         id: number("id")?,
-        username: text("username")?,
-        message: text("message")?,
+        username: text("username").unwrap_or_default(),
+        message: text("message").unwrap_or_default(),
         ts: number("ts")?,
+        deleted: value.get("deleted").and_then(serde_json::Value::as_bool).unwrap_or(false),
         verified: value.get("verified").and_then(serde_json::Value::as_bool).unwrap_or(false),
         unconfirmed: value.get("unconfirmed").and_then(serde_json::Value::as_bool).unwrap_or(false),
         exact: false,
@@ -217,11 +221,40 @@ pub fn push_verified(event: &mut String) {
 /// The event of a stored message of `room` ([`message_json`], marked
 /// [`push_verified`] if it was).
 pub fn stored_json(room: &str, msg: &crate::storage::StoredMessage) -> String {
+    if msg.is_deleted() {
+        return tombstone_json(room, msg.id, msg.ts);
+    }
     let mut json = message_json(room, msg.id, &msg.username, &msg.text, msg.ts);
     if msg.verified {
         push_verified(&mut json);
     }
     json
+}
+
+/// What history keeps of a deleted message, in place of its event:
+/// `{"type":"message","room":…,"id":N,"deleted":true,"ts":…}`, no name
+/// and no text. The id stays, so ids stay gapless and a client resuming
+/// with `?since=` sees the message is gone.
+pub fn tombstone_json(room: &str, id: u64, ts: u64) -> String {
+    let mut out = String::with_capacity(64 + room.len());
+    push_message_prefix(&mut out, room);
+    out.push_str(itoa::Buffer::new().format(id));
+    out.push_str(r#","deleted":true,"ts":"#);
+    out.push_str(itoa::Buffer::new().format(ts));
+    out.push('}');
+    out
+}
+
+/// Tells a room's members that message `id` was deleted:
+/// `{"type":"delete","room":…,"id":N}`.
+pub fn delete_json(room: &str, id: u64) -> String {
+    let mut out = String::with_capacity(40 + room.len());
+    out.push_str(r#"{"type":"delete","room":"#);
+    push_json_str(&mut out, room);
+    out.push_str(r#","id":"#);
+    out.push_str(itoa::Buffer::new().format(id));
+    out.push('}');
+    out
 }
 
 /// A message event (from [`message_json`]) flagged `"unconfirmed":true`:
@@ -431,5 +464,17 @@ mod tests {
         let p: serde_json::Value = serde_json::from_str(&presence_many_json("r", None, None, 5000)).unwrap();
         assert!(p.get("joined").is_none());
         assert_eq!(p["online_count"], 5000);
+    }
+
+    #[test]
+    fn a_tombstone_keeps_id_and_time_only_and_reads_back_as_one() {
+        let stored = crate::storage::StoredMessage::tombstone(7, 1234);
+        let json = stored_json("r\"1", &stored);
+        assert_eq!(json, r#"{"type":"message","room":"r\"1","id":7,"deleted":true,"ts":1234}"#);
+        let event = parse_message_event(json.as_bytes()).unwrap();
+        assert!(event.deleted && event.exact && event.username.is_empty() && event.message.is_empty());
+        assert_eq!((event.id, event.ts), (7, 1234));
+        let live: serde_json::Value = serde_json::from_str(&delete_json("r\"1", 7)).unwrap();
+        assert_eq!(live, serde_json::json!({"type": "delete", "room": "r\"1", "id": 7}));
     }
 }

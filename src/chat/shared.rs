@@ -81,6 +81,18 @@ pub enum Handoff {
     },
     /// A post waiting for its id.
     Post(PostIntent),
+    /// The server API deletes message `id` of `room`: the sharer checks
+    /// the id exists, records the deletion and tells every process
+    /// ([`Chat::apply_delete`]); `author` (the API request) is answered
+    /// through [`Chat::api_deleted`].
+    Delete {
+        /// The room.
+        room: String,
+        /// The message's id.
+        id: u64,
+        /// The API request's connection (key, serial).
+        author: (usize, u64),
+    },
     /// History to read; the answer goes to [`Chat::on_messages`] with the
     /// same ticket.
     Read {

@@ -52,6 +52,12 @@ impl WarmCaches {
         self.rooms.push_back(Parked { name, newest, recent });
     }
 
+    /// Drops the parked history of `name`, if any (a message in it was
+    /// deleted).
+    pub fn forget(&mut self, name: &str) {
+        self.rooms.retain(|p| &*p.name != name);
+    }
+
     /// The parked history of `name`, if it is still the whole truth: the
     /// room's last id is still `last_id`. Taken either way.
     pub fn take(&mut self, name: &str, last_id: u64) -> Option<Recent> {

@@ -63,6 +63,11 @@ pub(super) struct Feed {
     unconfirmed: HashSet<(String, u64)>,
     /// Messages held, by room, while the room catches up.
     held: HashMap<String, Vec<OrderedMessage>>,
+    /// Messages deleted lately, by (room, id): one held, or read by a
+    /// catch-up that ran before the delete, becomes its tombstone when it
+    /// is handed over (a delete record and a read's answer come on
+    /// different connections, in no set order).
+    deleted: HashSet<(String, u64)>,
     /// Rooms whose subscription came (back) while they were catching up:
     /// the read on its way may have run before the subscription took
     /// effect, so they read once more before handing anything over.
@@ -202,7 +207,18 @@ impl Feed {
         }
     }
 
-    fn accept(&mut self, room: &str, msg: OrderedMessage, chat: &mut Chat) {
+    /// Message `id` of `room` was deleted (its channel said so).
+    pub(super) fn on_deleted(&mut self, room: &str, id: u64) {
+        if self.deleted.len() >= OWN_POSTS_MAX {
+            self.deleted.clear();
+        }
+        self.deleted.insert((room.to_string(), id));
+    }
+
+    fn accept(&mut self, room: &str, mut msg: OrderedMessage, chat: &mut Chat) {
+        if !self.deleted.is_empty() && self.deleted.contains(&(room.to_string(), msg.id)) {
+            msg.json = crate::chat::protocol::tombstone_json(room, msg.id, msg.ts).into();
+        }
         let mut author = None;
         if let Some(ids) = self.own_posts.get_mut(room) {
             author = ids.remove(&msg.id);

@@ -89,6 +89,14 @@ pub(super) fn log_key(room: &str) -> String {
     format!("chatroom:{{{room}}}:log")
 }
 
+/// The key of a room's deleted ids: a sorted set (score = member = the
+/// id). A stream entry cannot be rewritten, so a deleted message stays in
+/// the stream and every read applies this set, turning it into its
+/// tombstone before anyone sees it (`reads.rs`).
+pub(super) fn deleted_key(room: &str) -> String {
+    format!("chatroom:{{{room}}}:deleted")
+}
+
 /// The key of a room's sequence marks.
 pub(super) fn seq_key(room: &str) -> String {
     format!("chatroom:{{{room}}}:seq")
@@ -202,6 +210,36 @@ pub(super) fn event_prefix(room: &str) -> String {
     prefix
 }
 
+/// Deletes message `ARGV[2]` of a room. KEYS: 1 = the room's id
+/// counter, 2 = its deleted ids ([`deleted_key`]); ARGV: 1 = the room's
+/// channel, 2 = the id. Returns 0 for an id the room never handed out,
+/// else records the id and publishes a delete record ([`delete_record`])
+/// after every message up to it (a channel keeps its order), so each
+/// process applies it after the message. Deleting twice records and
+/// publishes it again, harmlessly.
+pub const DELETE_SCRIPT: &str = r#"
+local id = tonumber(ARGV[2])
+if id == nil or id < 1 or id > tonumber(redis.call('GET', KEYS[1]) or '0') then
+  return 0
+end
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[2])
+redis.call('PUBLISH', ARGV[1], 'd' .. ARGV[2])
+return 1
+"#;
+
+/// The delete script as a process runs it: in a Redis Cluster on the
+/// room's sharded channel.
+pub(super) fn delete_script(sharded: bool) -> String {
+    if sharded { DELETE_SCRIPT.replace("'PUBLISH'", "'SPUBLISH'") } else { DELETE_SCRIPT.to_string() }
+}
+
+/// The id a payload on a room's channel deletes, if it is a delete
+/// record (`d<id>`), not a batch (which starts with a digit, or `{` in the
+/// layout an earlier build published).
+pub fn delete_record(payload: &[u8]) -> Option<u64> {
+    std::str::from_utf8(payload.strip_prefix(b"d")?).ok()?.parse().ok()
+}
+
 /// The line of [`POST_SCRIPT`] that publishes.
 const PUBLISH_LINE: &str = "redis.call('PUBLISH', ARGV[1], batch)\n";
 
@@ -253,6 +291,8 @@ pub(super) fn decode_message(room: &str, json: &str) -> Option<OrderedMessage> {
     }
     let json: Rc<str> = if event.exact && json.ends_with('}') {
         Rc::from(json)
+    } else if event.deleted {
+        protocol::tombstone_json(room, event.id, event.ts).into()
     } else {
         let mut json = protocol::message_json(room, event.id, &event.username, &event.message, event.ts);
         if event.verified {
@@ -377,6 +417,14 @@ pub(super) fn stream_reply(batches: &[std::ops::RangeInclusive<u64>]) -> Value {
         ])
     };
     Value::Array(batches.iter().map(entry).collect())
+}
+
+/// Test data: a read's reply as the bus gives a chain's, one value per
+/// command: the stream's `ranges`, then the range's `deleted` ids.
+#[cfg(test)]
+pub(super) fn read_reply(ranges: Vec<Value>, deleted: &[u64]) -> Value {
+    let deleted = deleted.iter().map(|id| Value::Bulk(id.to_string().into_bytes())).collect();
+    Value::Array(ranges.into_iter().chain([Value::Array(deleted)]).collect())
 }
 
 #[cfg(test)]

@@ -117,6 +117,7 @@ mod posts;
 mod presence;
 mod reads;
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use log::{info, warn};
@@ -155,6 +156,8 @@ const TAG_ROOMS: u64 = TAG_INTERNAL | 2;
 /// With `TAG_INTERNAL`: the commands of a directory refresh (the low bits
 /// are `directory.rs`'s).
 const TAG_DIRECTORY: u64 = TAG_INTERNAL | 1 << 61;
+/// With `TAG_INTERNAL`: a delete script call (the low bits number it).
+const TAG_DELETE: u64 = TAG_INTERNAL | 1 << 60;
 
 /// Redis-mode state: what is on its way to Redis, and what came back.
 #[derive(Debug)]
@@ -175,6 +178,10 @@ pub struct Cluster {
     received: u64,
     /// A Redis Cluster: sharded channels, the room list spread.
     sharded: bool,
+    /// The server API's deletes sent and not answered, by number: (room,
+    /// id, the request's connection).
+    deletes: HashMap<u64, (String, u64, (usize, u64))>,
+    next_delete: u64,
 }
 
 /// What the cluster counted, for `/metrics`.
@@ -207,6 +214,8 @@ impl Cluster {
             directory: Directory::default(),
             received: 0,
             sharded: false,
+            deletes: HashMap::new(),
+            next_delete: 0,
         }
     }
 
@@ -233,10 +242,57 @@ impl Cluster {
                         chat.refuse_post(author, NotSent::Unreachable);
                     }
                 }
+                Handoff::Delete { room, id, author } => self.delete(room, id, author, chat),
                 Handoff::Read { ticket, range } => self.reads.read(Reader::Chat(ticket), &range, &mut self.commands),
                 Handoff::Presence { rooms } => self.presence.publish(rooms, false, &mut self.commands),
             }
         }
+    }
+
+    /// Sends the server API's delete of message `id` of `room`
+    /// ([`layout::DELETE_SCRIPT`]); its reply answers `author`. Deletes
+    /// are rare: the script goes whole (EVAL), no cache to keep.
+    fn delete(&mut self, room: String, id: u64, author: (usize, u64), chat: &mut Chat) {
+        if !self.up {
+            return chat.api_deleted(author, Err(NotSent::Unreachable));
+        }
+        self.next_delete += 1;
+        let tag = TAG_DELETE | (self.next_delete & ((1 << 60) - 1));
+        let channel = layout::room_channel(&room);
+        let (id_key, deleted_key) = (layout::id_key(&room), layout::deleted_key(&room));
+        let cmd = redis::cmd("EVAL")
+            .arg(layout::delete_script(self.sharded))
+            .arg(2)
+            .arg(&id_key)
+            .arg(deleted_key)
+            .arg(channel)
+            .arg(id)
+            .get_packed_command();
+        self.commands.push((cmd, tag, layout::route(&id_key)));
+        self.deletes.insert(tag, (room, id, author));
+    }
+
+    /// A delete script answered (or failed, `None`).
+    fn on_deleted(&mut self, tag: u64, value: Option<Value>, chat: &mut Chat) {
+        let Some((room, id, author)) = self.deletes.remove(&tag) else { return };
+        let outcome = match value {
+            Some(Value::Int(1)) => {
+                // A room heard here learns it from its channel, like every
+                // other process; one that is not has nothing live to tell,
+                // but perhaps a copy on disk.
+                if !self.channels.hears(&room) {
+                    chat.apply_delete(&room, id);
+                }
+                Ok(true)
+            }
+            Some(Value::Int(0)) => Ok(false),
+            Some(other) => {
+                warn!("redis: deleting message {id} of room {room}: {other:?}");
+                Err(NotSent::Refused)
+            }
+            None => Err(NotSent::Unreachable),
+        };
+        chat.api_deleted(author, outcome);
     }
 
     /// One event from the bus.
@@ -283,6 +339,11 @@ impl Cluster {
             BusEvent::Message { channel, payload } => {
                 if channel == PRESENCE_CHANNEL || payload.starts_with(presence::NOTE_START) {
                     self.presence.on_note(&payload, now, chat, &mut self.commands);
+                } else if let Some(room) = channel_room(&channel)
+                    && let Some(id) = layout::delete_record(&payload)
+                {
+                    self.feed.on_deleted(room, id);
+                    chat.apply_delete(room, id);
                 } else if let Some(room) = channel_room(&channel) {
                     // A room's channel carries that room's messages only.
                     let batch = decode_batch(room, &payload);
@@ -424,6 +485,7 @@ impl Cluster {
                 }
             }
             _ if tag == TAG_ROOMS => chat.learn_rooms(layout::room_list(&value)),
+            _ if tag & TAG_DELETE == TAG_DELETE => self.on_deleted(tag, Some(value), chat),
             _ if tag & TAG_DIRECTORY == TAG_DIRECTORY => {
                 if let Some((room, online)) = self.directory.on_reply(tag, &value, chat, &mut self.commands, now) {
                     self.presence.on_online(&room, online, now, chat);
@@ -448,6 +510,7 @@ impl Cluster {
                 }
             }
             TAG_READ => self.reads.on_failed(tag),
+            _ if tag & TAG_DELETE == TAG_DELETE => self.on_deleted(tag, None, chat),
             _ if tag & TAG_DIRECTORY == TAG_DIRECTORY => self.directory.on_failed(tag),
             _ => {}
         }
@@ -549,12 +612,16 @@ mod tests {
         // The welcome read's answers, then the newest entry's.
         let reply = |tag, value| BusEvent::Reply { tag, value };
         cluster.on_event(reply(welcome[0], entries([1])), &mut chat, now);
-        cluster.on_event(reply(welcome[1], entries((1801..=2000).rev())), &mut chat, now);
+        cluster.on_event(
+            reply(welcome[1], layout::read_reply(vec![entries((1801..=2000).rev())], &[])),
+            &mut chat,
+            now,
+        );
         assert_eq!(chat.last_id("r"), 2000);
         cluster.on_event(reply(newest_tag, entries([2003])), &mut chat, now);
         let (range, range_tag) = last_command(&mut cluster);
         assert!(range.contains("(2000-0"), "read on from the welcome's newest: {range}");
-        cluster.on_event(reply(range_tag, entries(2001..=2003)), &mut chat, now);
+        cluster.on_event(reply(range_tag, layout::read_reply(vec![entries(2001..=2003)], &[])), &mut chat, now);
         assert_eq!(stored(&mut chat), vec![2001, 2002, 2003]);
 
         chat.on_committed(u64::MAX, &Ok(()));

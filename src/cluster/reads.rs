@@ -17,10 +17,14 @@
 //! a chain with it (`Bus::command_chain`), so the two go, and go again,
 //! together. `COUNT` counts entries, each at least one message, so a
 //! range of `limit` entries holds at least `limit` messages.
+//!
+//! Last in the chain comes the range's deleted ids (`ZRANGEBYSCORE` on
+//! the room's deleted set): a deleted message is still in the stream, and
+//! becomes its tombstone here, before any reader sees it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
-use super::layout::{log_key, route, stream_messages};
+use super::layout::{deleted_key, log_key, route, stream_messages};
 use super::{Commands, TAG_KIND, TAG_READ};
 use crate::bus::Value;
 use crate::storage::{ReadRange, StoredMessage};
@@ -145,6 +149,16 @@ impl Reads {
                 1
             }
         };
+        // The deleted ids in the range ride last in the chain.
+        let bound = |id: u64| if id == u64::MAX { "+inf".to_string() } else { format!("({id}") };
+        cmd.extend(
+            redis::cmd("ZRANGEBYSCORE")
+                .arg(deleted_key(room))
+                .arg(bound(*after))
+                .arg(bound(*before))
+                .get_packed_command(),
+        );
+        let replies = replies + 1;
         commands.push((cmd.clone(), tag, slot));
         self.pending.insert(tag, Pending { reader, range: range.clone(), cmd, replies, slot });
     }
@@ -179,15 +193,25 @@ impl Reads {
             return None;
         }
         let Pending { reader, range, replies, .. } = self.pending.remove(&tag)?;
-        let mut messages = match value {
-            Value::Array(both) if replies == 2 => {
-                let mut all: Vec<StoredMessage> = both.iter().flat_map(|v| stream_messages(&range.room, v)).collect();
-                all.sort_by_key(|m| m.id);
-                all.dedup_by_key(|m| m.id);
-                all
-            }
-            value => stream_messages(&range.room, value),
+        // A chain's replies: the stream's ranges, then the deleted ids (a
+        // newest-entry read is one command, with no deleted ids to apply).
+        let (ranges, deleted) = match value {
+            _ if replies == 1 => (std::slice::from_ref(value), &[][..]),
+            Value::Array(parts) if parts.len() == replies => parts.split_at(replies - 1),
+            _ => (&[][..], &[][..]),
         };
+        let mut messages: Vec<StoredMessage> = ranges.iter().flat_map(|v| stream_messages(&range.room, v)).collect();
+        messages.sort_by_key(|m| m.id);
+        messages.dedup_by_key(|m| m.id);
+        let deleted: HashSet<u64> = match deleted.first() {
+            Some(Value::Array(ids)) => {
+                ids.iter().filter_map(|id| std::str::from_utf8(id.as_bytes()?).ok()?.parse().ok()).collect()
+            }
+            _ => HashSet::new(),
+        };
+        for m in messages.iter_mut().filter(|m| deleted.contains(&m.id)) {
+            *m = StoredMessage::tombstone(m.id, m.ts);
+        }
         // Whole entries came: keep the range asked for.
         messages.retain(|m| m.id > range.after && m.id < range.before);
         if range.newest {
@@ -208,7 +232,7 @@ impl Reads {
 
 #[cfg(test)]
 mod tests {
-    use super::super::layout::stream_reply;
+    use super::super::layout::{read_reply, stream_reply};
     use super::*;
 
     fn ids(answer: &Answer) -> Vec<u64> {
@@ -221,9 +245,9 @@ mod tests {
         let mut commands = Commands::new();
         reads.read(Reader::Chat(9), &ReadRange::newest("r", 2), &mut commands);
         let [(_, first, _), (_, range, _)] = commands.as_slice() else { panic!("two commands: {commands:?}") };
-        assert_eq!(reads.replies(*range), 1);
+        assert_eq!(reads.replies(*range), 2, "the range, then its deleted ids");
         assert_eq!(reads.on_reply(*first, &stream_reply(&[(1..=2)])), None);
-        let answer = reads.on_reply(*range, &stream_reply(&[(5..=5), (3..=4)])).unwrap();
+        let answer = reads.on_reply(*range, &read_reply(vec![stream_reply(&[(5..=5), (3..=4)])], &[])).unwrap();
         assert_eq!(answer.reader, Reader::Chat(9));
         assert_eq!(ids(&answer), vec![4, 5], "the newest 2 of whole entries");
         assert_eq!(answer.oldest, Some(1));
@@ -238,20 +262,35 @@ mod tests {
         let mut commands = Commands::new();
         reads.read(Reader::Chat(1), &ReadRange::newest("r", 3).before(5), &mut commands);
         let (chain, tag) = (String::from_utf8_lossy(&commands[1].0).into_owned(), commands[1].1);
-        assert_eq!(reads.replies(tag), 2, "a chain: {chain}");
+        assert_eq!(reads.replies(tag), 3, "a chain: {chain}");
         assert!(chain.contains("XRANGE\r\n$16\r\nchatroom:{r}:log\r\n$3\r\n5-0\r\n"), "{chain}");
         assert!(chain.contains("XREVRANGE\r\n$16\r\nchatroom:{r}:log\r\n$4\r\n(5-0\r\n"), "{chain}");
         // Entries 1–3 and 4–6: the one at or after 5 is 4–6, those below 5 are 1–3.
-        let both = Value::Array(vec![stream_reply(&[(4..=6)]), stream_reply(&[(1..=3)])]);
+        let both = read_reply(vec![stream_reply(&[(4..=6)]), stream_reply(&[(1..=3)])], &[]);
         let answer = reads.on_reply(tag, &both).unwrap();
         assert_eq!(ids(&answer), vec![2, 3, 4]);
 
         commands.clear();
         reads.read(Reader::CatchUp("r".into()), &ReadRange::after("r", 2, 3), &mut commands);
         let tag = commands[1].1;
-        assert_eq!(reads.replies(tag), 1);
-        let answer = reads.on_reply(tag, &stream_reply(&[(1..=3), (4..=6)])).unwrap();
+        assert_eq!(reads.replies(tag), 2);
+        let answer = reads.on_reply(tag, &read_reply(vec![stream_reply(&[(1..=3), (4..=6)])], &[])).unwrap();
         assert_eq!(ids(&answer), vec![3, 4, 5]);
+    }
+
+    /// A deleted message is still in the stream: the range's deleted ids,
+    /// last in the chain, turn it into its tombstone (same id and time).
+    #[test]
+    fn deleted_ids_become_tombstones() {
+        let mut reads = Reads::default();
+        let mut commands = Commands::new();
+        reads.read(Reader::Chat(1), &ReadRange::after("r", 1, 10).before(6), &mut commands);
+        let chain = String::from_utf8_lossy(&commands[1].0).into_owned();
+        assert!(chain.contains("ZRANGEBYSCORE\r\n$20\r\nchatroom:{r}:deleted\r\n$2\r\n(1\r\n$2\r\n(6\r\n"), "{chain}");
+        let answer = reads.on_reply(commands[1].1, &read_reply(vec![stream_reply(&[(1..=6)])], &[3, 5])).unwrap();
+        let shown: Vec<(u64, bool, u64)> = answer.messages.iter().map(|m| (m.id, m.is_deleted(), m.ts)).collect();
+        assert_eq!(shown, [(2, false, 5), (3, true, 5), (4, false, 5), (5, true, 5)]);
+        assert!(answer.messages[1].text.is_empty() && answer.messages[1].username.is_empty());
     }
 
     #[test]
@@ -265,7 +304,7 @@ mod tests {
         commands.clear();
         reads.send_deferred(&mut commands);
         assert_eq!(commands.iter().map(|(_, t, _)| *t).collect::<Vec<_>>(), vec![range], "only the range goes again");
-        let answer = reads.on_reply(range, &stream_reply(&[(5..=5), (4..=4)])).unwrap();
+        let answer = reads.on_reply(range, &read_reply(vec![stream_reply(&[(5..=5), (4..=4)])], &[])).unwrap();
         assert_eq!((answer.reader, answer.oldest), (Reader::CatchUp("r".into()), Some(4)));
     }
 }

@@ -1,13 +1,14 @@
 //! The server API: what a site's backend may do (`--api-key`).
 //!
-//! `POST /api/rooms/<room>/messages` posts as the backend. The request
+//! `POST /api/rooms/<room>/messages` posts as the backend, and
+//! `DELETE /api/rooms/<room>/messages/<id>` takes a message down. The request
 //! carries `Authorization: Bearer KEY` (one of `--api-key`'s keys) and a
 //! JSON body (`Content-Type: application/json`, at most `--max-body`
 //! bytes, read by the same framing as every request: in pieces, bounded
 //! by `--header-timeout`, pipelining kept). The answer waits for the post's
 //! outcome: the connection is parked, and the chat answers it once the
-//! message is committed (201 with its id) or refused (503); see
-//! `chat/backend.rs`.
+//! post or the delete is committed (201 with the id, 204) or refused
+//! (503); see `chat/backend.rs`.
 //!
 //! The same header may instead carry a user's JWT, for the read API of
 //! private rooms ([`Viewer`]); a key is tried first, in constant time.
@@ -18,7 +19,7 @@ use serde_json::json;
 use super::Server;
 use crate::auth::Identity;
 use crate::chat::protocol::clean_name;
-use crate::http::Head;
+use crate::http::{Head, Method};
 use crate::response::Response;
 use crate::route::valid_room_name;
 
@@ -65,12 +66,33 @@ impl Server {
             return Some(r.header("WWW-Authenticate", "Bearer"));
         }
         let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
-        let post = head.method == Some(crate::http::Method::Post);
+        let (post, delete) = (head.method == Some(Method::Post), head.method == Some(Method::Delete));
         match segments.as_slice() {
             ["rooms", room, "messages"] if post => self.api_post(key, head, room, body),
             ["rooms", _, "messages"] => Some(error(405, "method_not_allowed", "POST a message here")),
+            ["rooms", room, "messages", id] if delete => self.api_delete(key, room, id),
+            ["rooms", _, "messages", _] => Some(error(405, "method_not_allowed", "DELETE a message here")),
             _ => Some(error(404, "not_found", "no such route")),
         }
+    }
+
+    /// `DELETE /api/rooms/<room>/messages/<id>`: 204 once the message is
+    /// a tombstone everywhere it is kept, 404 for an id the room never
+    /// had (see `chat/backend.rs`).
+    fn api_delete(&mut self, key: usize, room: &str, id: &str) -> Option<Response> {
+        let not_found = || Some(error(404, "not_found", "no such message"));
+        let Ok(id) = id.parse::<u64>() else { return not_found() };
+        if !valid_room_name(room) {
+            return not_found();
+        }
+        if self.is_draining() {
+            return Some(error(503, "unavailable", "the server is shutting down").header("Retry-After", "1"));
+        }
+        let serial = self.conns.get(key).map_or(0, |c| c.serial());
+        if !self.chat.delete_from_api(room, id, (key, serial)) {
+            return not_found();
+        }
+        None
     }
 
     /// `POST /api/rooms/<room>/messages` `{"message": …, "username": …}`.

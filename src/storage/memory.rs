@@ -64,6 +64,14 @@ impl Store for MemoryStore {
                 Write::CreateRoom { room, .. } => {
                     self.rooms.entry(room.clone()).or_default();
                 }
+                Write::Delete { room, id } => {
+                    if let Some(entry) = self.rooms.get_mut(room) {
+                        let at = entry.recent.partition_point(|m| m.id < *id);
+                        if let Some(msg) = entry.recent.get_mut(at).filter(|m| m.id == *id) {
+                            *msg = StoredMessage::tombstone(msg.id, msg.ts);
+                        }
+                    }
+                }
                 Write::Append { room, msg } => {
                     let entry = self.rooms.entry(room.clone()).or_default();
                     entry.last_id = msg.id;

@@ -79,6 +79,21 @@ pub struct StoredMessage {
     pub verified: bool,
 }
 
+impl StoredMessage {
+    /// What is left of message `id` once deleted: its id and time, no
+    /// name and no text. The empty name marks it (a posted message always
+    /// has a name), in memory and in SQLite alike, so a tombstone needs no
+    /// column of its own.
+    pub fn tombstone(id: u64, ts: u64) -> StoredMessage {
+        StoredMessage { id, ts, username: String::new(), text: String::new(), verified: false }
+    }
+
+    /// Whether this is a deleted message's tombstone.
+    pub fn is_deleted(&self) -> bool {
+        self.username.is_empty()
+    }
+}
+
 /// What the directory knows about a room.
 ///
 /// [`Storage::open`] returns one of these per stored room so the reactor can
@@ -157,6 +172,17 @@ pub enum Request {
         /// The message itself.
         msg: StoredMessage,
     },
+    /// Take a message's text and name out of the history, keeping its id
+    /// and time as a tombstone ([`StoredMessage::tombstone`]), so ids stay
+    /// gapless. Deleting a tombstone, or an id no longer stored, changes
+    /// nothing. Numbered with the Appends (a *sequenced write*): the
+    /// reactor learns it is durable through the same [`Reply::Committed`].
+    Delete {
+        /// The room.
+        room: String,
+        /// The message's id.
+        id: u64,
+    },
     /// Read the messages `range` names. `ticket` is echoed back.
     Read {
         /// Chosen by the reactor to match the answer to whoever asked.
@@ -166,6 +192,14 @@ pub enum Request {
     },
     /// Commit what is pending and stop the thread.
     Shutdown,
+}
+
+impl Request {
+    /// Whether it takes a sequence number (Append, Delete): the writes
+    /// whose durability the reactor waits for.
+    pub fn is_sequenced(&self) -> bool {
+        matches!(self, Request::Append { .. } | Request::Delete { .. })
+    }
 }
 
 /// What the storage thread answers.
@@ -271,6 +305,8 @@ enum Write {
     CreateRoom { room: String, created: u64 },
     /// See [`Request::Append`].
     Append { room: String, msg: StoredMessage },
+    /// See [`Request::Delete`].
+    Delete { room: String, id: u64 },
 }
 
 /// Why storage could not start or stop cleanly. Its `Display` says what
@@ -430,7 +466,7 @@ impl Storage {
     pub fn send_all(&mut self, reqs: Vec<Request>) -> u64 {
         let mut seq = 0;
         for req in &reqs {
-            if let Request::Append { .. } = req {
+            if req.is_sequenced() {
                 self.appends_sent += 1;
                 seq = self.appends_sent;
             }
@@ -445,7 +481,7 @@ impl Storage {
             self.orphans.extend(replies);
             return seq;
         }
-        let first_seq = self.appends_sent - reqs.iter().filter(|r| matches!(r, Request::Append { .. })).count() as u64;
+        let first_seq = self.appends_sent - reqs.iter().filter(|r| r.is_sequenced()).count() as u64;
         let Some(requests) = &self.requests else {
             return seq;
         };
@@ -458,7 +494,7 @@ impl Storage {
             let mut n = first_seq;
             for req in reqs {
                 match req {
-                    Request::Append { .. } => {
+                    Request::Append { .. } | Request::Delete { .. } => {
                         n += 1;
                         self.orphans.push_back(Reply::Committed {
                             upto: n,

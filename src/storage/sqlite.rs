@@ -149,12 +149,23 @@ const INSERT_MESSAGE: &str = "
     INSERT INTO inbox(room, id, ts, username, text, verified) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
 ";
 
+/// A deleted message's tombstone ([`StoredMessage::tombstone`]): its
+/// name and text emptied where the row is, the inbox or `messages`.
+/// `secure_delete = FAST` (set at open) zeroes the old bytes in the pages
+/// it rewrites, so the text does not linger in the page's free space.
+const DELETE_MESSAGE: &str = "
+    UPDATE messages SET username = '', text = '', verified = 0 WHERE room = ?1 AND id = ?2;
+";
+const DELETE_INBOX_MESSAGE: &str = "
+    UPDATE inbox SET username = '', text = '', verified = 0 WHERE room = ?1 AND id = ?2;
+";
+
 /// Files the inbox into `messages`, sorted so each room's rows go in as
-/// one run, and its posters into `users`. (`WHERE true` is SQLite's way of
-/// telling an upsert's ON from a join's.)
+/// one run, and its posters into `users` (not a tombstone's empty name;
+/// a WHERE is also SQLite's way of telling an upsert's ON from a join's).
 const MERGE_INBOX: &str = "
     INSERT INTO users(name, first_seen, last_seen)
-        SELECT username, min(ts), max(ts) FROM inbox WHERE true GROUP BY username
+        SELECT username, min(ts), max(ts) FROM inbox WHERE username <> '' GROUP BY username
         ON CONFLICT(name) DO UPDATE SET
             first_seen = min(first_seen, excluded.first_seen),
             last_seen = max(last_seen, excluded.last_seen);
@@ -303,6 +314,10 @@ impl SqliteStore {
         // `WAL_KEEP_BYTES` is cut back when it starts over.
         conn.pragma_update(None, "wal_autocheckpoint", WAL_BACKSTOP_PAGES).map_err(fail("set wal_autocheckpoint"))?;
         conn.pragma_update(None, "journal_size_limit", WAL_KEEP_BYTES).map_err(fail("set journal_size_limit"))?;
+        // A deleted message's text is overwritten with zeros where SQLite
+        // rewrites its page anyway (FAST: no extra I/O), not left in the
+        // page's free space.
+        conn.pragma_update(None, "secure_delete", "FAST").map_err(fail("set secure_delete"))?;
 
         let version: i64 =
             conn.pragma_query_value(None, "user_version", |row| row.get(0)).map_err(fail("read the schema version"))?;
@@ -459,6 +474,10 @@ fn write_rows<'a>(
                 if rooms_seen.insert(room) {
                     upsert_room.execute((room, to_sql(*created)))?;
                 }
+            }
+            Write::Delete { room, id } => {
+                conn.prepare_cached(DELETE_MESSAGE)?.execute((room, to_sql(*id)))?;
+                conn.prepare_cached(DELETE_INBOX_MESSAGE)?.execute((room, to_sql(*id)))?;
             }
             Write::Append { room, msg } => {
                 if !last_ids.contains_key(room) && rooms_seen.insert(room) {

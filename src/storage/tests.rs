@@ -176,6 +176,63 @@ fn memory_appends_then_reads() {
     appends_then_reads(Backend::Memory { keep_per_room: 1_000 });
 }
 
+/// A delete leaves a tombstone (id and time, no name, no text), counts as
+/// a sequenced write, is idempotent, and ignores ids never stored. With
+/// SQLite it holds in the inbox and in the filed table, and after a
+/// restart; the tombstone's empty name never reaches `users`.
+fn deletes_leave_tombstones(backend: Backend) {
+    let mut reactor = Reactor::new();
+    let (mut storage, _) = reactor.open(backend.clone()).unwrap();
+    for id in 1..=4 {
+        storage.send_all(vec![append("r", id)]);
+    }
+    let delete = |id| Request::Delete { room: "r".into(), id };
+    let seq =
+        storage.send_all(vec![delete(2), delete(2), delete(99), Request::Delete { room: "nowhere".into(), id: 1 }]);
+    assert_eq!(seq, 8, "a delete takes a sequence number, as an append does");
+    assert!(reactor.wait_committed(&mut storage, seq).iter().all(|(_, r)| r.is_ok()));
+    let expect = |reactor: &mut Reactor, storage: &mut Storage| {
+        let (messages, oldest) = reactor.read_messages(storage, ReadRange::newest("r", 10));
+        assert_eq!(oldest, Some(1));
+        let tombstone = StoredMessage::tombstone(2, message(2, "alice").ts);
+        assert_eq!(messages, vec![message(1, "alice"), tombstone, message(3, "alice"), message(4, "alice")]);
+        assert!(messages[1].is_deleted() && !messages[0].is_deleted());
+    };
+    expect(&mut reactor, &mut storage);
+    storage.shutdown().unwrap();
+    if let Backend::Sqlite { path, .. } = &backend {
+        // Reopening files the inbox; the tombstone stays one.
+        let (mut storage, directory) = reactor.open(backend.clone()).unwrap();
+        assert_eq!((directory[0].messages, directory[0].last_id), (4, 4), "ids stay gapless");
+        expect(&mut reactor, &mut storage);
+        let seq = storage.send_all(vec![delete(3)]);
+        assert!(reactor.wait_committed(&mut storage, seq).iter().all(|(_, r)| r.is_ok()));
+        storage.shutdown().unwrap();
+        let conn = rusqlite::Connection::open(path).unwrap();
+        let texts: Vec<String> = conn
+            .prepare("SELECT text FROM messages UNION ALL SELECT text FROM inbox ORDER BY 1")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(texts, ["", "", "message 1 from alice", "message 4 from alice"], "filed and inbox rows");
+        let blank: i64 = conn.query_row("SELECT count(*) FROM users WHERE name = ''", [], |r| r.get(0)).unwrap();
+        assert_eq!(blank, 0);
+    }
+}
+
+#[test]
+fn sqlite_deletes_leave_tombstones() {
+    let dir = TempDir::new();
+    deletes_leave_tombstones(Backend::sqlite(dir.db()));
+}
+
+#[test]
+fn memory_deletes_leave_tombstones() {
+    deletes_leave_tombstones(Backend::Memory { keep_per_room: 10 });
+}
+
 /// A read sent right after appends, without waiting, still sees them: reads
 /// run after their batch commits, and Committed is queued before Messages.
 fn read_sees_earlier_appends(backend: Backend) {

@@ -36,6 +36,7 @@ pub(super) struct Batch {
     /// Reads (ticket, range) waiting for the batch's commit, so they see the
     /// writes before them.
     reads: Vec<(u64, ReadRange)>,
+    /// Sequenced writes taken (Appends and Deletes).
     appends: u64,
     /// Requests taken (for `MAX_BATCH_REQUESTS`).
     taken: usize,
@@ -55,6 +56,10 @@ impl Batch {
                 Request::Append { room, msg } => {
                     self.appends += 1;
                     self.writes.push(Write::Append { room, msg });
+                }
+                Request::Delete { room, id } => {
+                    self.appends += 1;
+                    self.writes.push(Write::Delete { room, id });
                 }
                 Request::Read { ticket, range } => self.reads.push((ticket, range)),
                 Request::Shutdown => {

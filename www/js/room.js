@@ -109,6 +109,10 @@
   }
 
   function messageEl(m) {
+    // A deleted message keeps its place (its id) with no name and no text.
+    if (m.deleted) {
+      return el('li', { class: 'msg deleted', 'data-id': m.id }, el('p', { class: 'text' }, 'message deleted'));
+    }
     const mine = m.username === me;
     return el('li', { class: mine ? 'msg mine' : 'msg', 'data-id': m.id },
       el('div', { class: 'meta' },
@@ -239,6 +243,7 @@
         return systemLine(f.username + ' left');
       case 'presence': return onPresence(f);
       case 'rename': return onRename(f);
+      case 'delete': return onDelete(f);
       case 'error': return systemLine(f.message || f.code || 'error', 'error');
       case 'gap':
         if (Number.isInteger(f.oldest_id)) floorId = Math.max(floorId, f.oldest_id);
@@ -289,6 +294,13 @@
     if (joined.length) parts.push(joined.join(', ') + ' joined');
     if (left.length) parts.push(left.join(', ') + ' left');
     if (parts.length) systemLine(parts.join('; '));
+  }
+
+  // A message was taken down: its line becomes the tombstone history shows.
+  function onDelete(f) {
+    if (!Number.isInteger(f.id)) return;
+    const line = ui.messages.querySelector(`li.msg[data-id="${f.id}"]`);
+    if (line) line.replaceWith(messageEl({ id: f.id, deleted: true }));
   }
 
   function onRename(f) {
