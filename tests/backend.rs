@@ -393,3 +393,133 @@ fn a_deletion_crosses_processes() {
     assert_eq!(delete(a.addr, "lobby", "9", KEY).status, 404);
     assert_eq!(delete(b.addr, "nowhere", "1", KEY).status, 404);
 }
+
+/// `POST /api/rooms/<room>/kick` with `body` on `addr`.
+fn kick(addr: SocketAddr, room: &str, body: &str) -> HttpResponse {
+    request(addr, &post_raw(&format!("/api/rooms/{room}/kick"), &with_key(KEY), body))
+}
+
+/// `GET /api/rooms/<room>/bans` with the key.
+fn bans(addr: SocketAddr, room: &str) -> serde_json::Value {
+    let raw = format!(
+        "GET /api/rooms/{room}/bans HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nConnection: close\r\n\r\n"
+    );
+    request(addr, &raw).json()
+}
+
+/// The close code and reason a client gets next (its frames before it skipped).
+fn close_of(c: &mut Client) -> (u16, String) {
+    loop {
+        match c.read() {
+            Ok(tungstenite::Message::Close(Some(frame))) => return (frame.code.into(), frame.reason.to_string()),
+            Ok(tungstenite::Message::Close(None)) => return (1005, String::new()),
+            Ok(_) => {}
+            Err(e) => panic!("no close frame: {e}"),
+        }
+    }
+}
+
+/// A refused join: its error frame and close code.
+fn refused_join(addr: SocketAddr, path: &str) -> (serde_json::Value, u16) {
+    let mut c = ws(addr, path);
+    let error = recv_json(&mut c);
+    (error, close_of(&mut c).0)
+}
+
+/// A kick closes the member it names with 4001 and the reason, and nobody
+/// else; without `ban_seconds` the member may come back.
+#[test]
+fn a_kick_closes_the_member_with_4001() {
+    let s = server_with(|_| {});
+    let mut amy = ws(s.addr, "/ws/chatroom/lobby?username=amy");
+    recv_type(&mut amy, "welcome");
+    let mut bob = ws(s.addr, "/ws/chatroom/lobby?username=bob");
+    recv_type(&mut bob, "welcome");
+    let r = kick(s.addr, "lobby", r#"{"username":"amy","reason":"cool off"}"#);
+    assert_eq!((r.status, r.json()), (200, serde_json::json!({"closed": 1, "banned": []})), "{}", r.text());
+    assert_eq!(close_of(&mut amy), (4001, "cool off".to_string()));
+    assert_eq!(post_and_answer(&mut bob, "still here")["message"], "still here");
+    let mut back = ws(s.addr, "/ws/chatroom/lobby?username=amy");
+    assert_eq!(recv_type(&mut back, "welcome")["username"], "amy", "no ban: back at once");
+    let r = kick(s.addr, "lobby", r#"{"username":"nobody"}"#);
+    assert_eq!(r.json()["closed"], 0);
+    for body in [r#"{"username":"amy","user":"u-1"}"#, r#"{"reason":"x"}"#, r#"{"username":"amy","ban":5}"#] {
+        assert_eq!(kick(s.addr, "lobby", body).status, 400, "{body}");
+    }
+}
+
+/// With `ban_seconds` a guest is banned by address: its next join gets a
+/// `banned` error frame and 4403 saying until when and why, in that room
+/// only, until the ban is lifted through the API (or lapses).
+#[test]
+fn a_ban_keeps_a_guest_out_until_lifted() {
+    let s = server_with(|_| {});
+    let mut amy = ws(s.addr, "/ws/chatroom/lobby?username=amy");
+    recv_type(&mut amy, "welcome");
+    let r = kick(s.addr, "lobby", r#"{"username":"amy","ban_seconds":3600,"reason":"spam"}"#);
+    assert_eq!(r.json(), serde_json::json!({"closed": 1, "banned": ["address:127.0.0.1"]}));
+    assert_eq!(close_of(&mut amy).0, 4001);
+    let (error, code) = refused_join(s.addr, "/ws/chatroom/lobby?username=amy2");
+    assert_eq!((error["code"].as_str(), code), (Some("banned"), 4403), "{error}");
+    let message = error["message"].as_str().unwrap();
+    assert!(message.contains("until") && message.contains("GMT") && message.ends_with("spam"), "{message}");
+    let mut elsewhere = ws(s.addr, "/ws/chatroom/other?username=amy");
+    recv_type(&mut elsewhere, "welcome");
+    let listed = bans(s.addr, "lobby");
+    assert_eq!(listed["bans"][0]["who"], "address:127.0.0.1", "{listed}");
+    assert_eq!(listed["bans"][0]["reason"], "spam");
+    assert!(listed["bans"][0]["until"].as_u64().unwrap() > 3_500_000, "{listed}");
+    assert_eq!(get(s.addr, "/api/rooms/lobby/bans").status, 401, "the list needs the key");
+
+    let lift = |who: &str| {
+        request(
+            s.addr,
+            &format!(
+                "DELETE /api/rooms/lobby/bans/{who} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nConnection: close\r\n\r\n"
+            ),
+        )
+    };
+    assert_eq!(lift("address:127.0.0.1").status, 204);
+    assert_eq!(lift("address:127.0.0.1").status, 404, "no such ban any more");
+    let mut back = ws(s.addr, "/ws/chatroom/lobby?username=amy");
+    recv_type(&mut back, "welcome");
+}
+
+/// A user with a token is kicked and banned by `sub`: every connection of
+/// theirs in the room closes, their token cannot rejoin, a guest from the
+/// same address still can, and the ban outlives a restart (SQLite).
+#[test]
+fn a_user_is_banned_by_token_and_the_ban_survives_a_restart() {
+    let dir = temp_dir("backend-bans");
+    let secret = "test-secret-of-at-least-thirty-two-bytes";
+    let mut cfg = config();
+    cfg.api_keys = vec![KEY.into()];
+    cfg.auth_secret = Some(secret.into());
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let token = chatroom::testutil::jwt(
+        r#"{"alg":"HS256","typ":"JWT"}"#,
+        &format!(r#"{{"sub":"u-7","name":"Mal","exp":{}}}"#, now + 600),
+        chatroom::testutil::hs256_signer(secret.as_bytes()),
+    );
+    let s = TestServer::with_sqlite(cfg.clone(), &dir);
+    let mut tabs: Vec<Client> = (0..2).map(|_| ws(s.addr, &format!("/ws/chatroom/lobby?token={token}"))).collect();
+    for tab in &mut tabs {
+        recv_type(tab, "welcome");
+    }
+    let r = kick(s.addr, "lobby", r#"{"user":"u-7","ban_seconds":600}"#);
+    assert_eq!(r.json(), serde_json::json!({"closed": 2, "banned": ["user:u-7"]}), "both tabs");
+    for tab in &mut tabs {
+        assert_eq!(close_of(tab), (4001, "kicked by a moderator".to_string()));
+    }
+    let (error, code) = refused_join(s.addr, &format!("/ws/chatroom/lobby?token={token}"));
+    assert_eq!((error["code"].as_str(), code), (Some("banned"), 4403), "{error}");
+    let mut guest = ws(s.addr, "/ws/chatroom/lobby?username=guest");
+    recv_type(&mut guest, "welcome");
+    drop(guest);
+    s.stop();
+
+    let s = TestServer::with_sqlite(cfg, &dir);
+    let (error, code) = refused_join(s.addr, &format!("/ws/chatroom/lobby?token={token}"));
+    assert_eq!((error["code"].as_str(), code), (Some("banned"), 4403), "after a restart: {error}");
+    assert_eq!(bans(s.addr, "lobby")["bans"][0]["who"], "user:u-7");
+}

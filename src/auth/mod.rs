@@ -28,6 +28,7 @@
 //! by brute force from any one token.
 
 mod api_key;
+pub mod bans;
 mod pattern;
 mod provider;
 

@@ -17,7 +17,31 @@ use serde_json::json;
 use super::{Chat, Handoff, Mode, NotSent, Outgoing, Pending, PostIntent, now_ms, protocol};
 use crate::storage::{Request, StoredMessage};
 
+/// Whom a kick names.
+#[derive(Clone, Copy, Debug)]
+pub enum KickTarget<'a> {
+    /// Every member shown under this name.
+    Name(&'a str),
+    /// Every member whose token's `sub` is this.
+    User(&'a str),
+}
+
 impl Chat {
+    /// The members of `room` connected here that `target` names: each
+    /// one's connection (key, serial) and token `sub` (`None`: a guest).
+    pub fn kick_targets(&self, room: &str, target: KickTarget) -> Vec<(usize, u64, Option<Rc<str>>)> {
+        let Some(live) = self.index.get(room).and_then(|&slot| self.live.get(slot)) else { return Vec::new() };
+        live.members
+            .iter()
+            .map(|(_, m)| m)
+            .filter(|m| match target {
+                KickTarget::Name(name) => &*m.name == name,
+                KickTarget::User(sub) => m.sub.as_deref() == Some(sub),
+            })
+            .map(|m| (m.key, m.serial, m.sub.clone()))
+            .collect()
+    }
+
     /// Posts `text` to `room` under `name` for the API request on
     /// connection `author`; the room is created if it does not exist. The
     /// caller has checked the room name, the text's length and the name.

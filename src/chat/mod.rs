@@ -52,6 +52,7 @@ use slab::Slab;
 use crate::config::Config;
 use crate::handshake::Refusal;
 use crate::storage::{ReadRange, Request, RoomRecord, StoredMessage};
+pub use backend::KickTarget;
 use flights::Flights;
 use history::PendingRead;
 use protocol::{PostError, clean_name};
@@ -169,6 +170,8 @@ pub enum Who<'a> {
     Verified {
         /// The token's name.
         name: &'a str,
+        /// The token's `sub`: the user, whatever the name (kicks by user).
+        sub: &'a str,
     },
 }
 
@@ -400,10 +403,11 @@ impl Chat {
             self.drop_if_empty(slot_room);
             return None;
         }
-        let (name, verified, read_only) = match who {
-            Who::Guest { name, read_only } => (name, false, read_only),
-            Who::Verified { name } => (Some(name), true, false),
+        let (name, sub, read_only) = match who {
+            Who::Guest { name, read_only } => (name, None, read_only),
+            Who::Verified { name, sub } => (Some(name), Some(Rc::from(sub)), false),
         };
+        let verified = sub.is_some();
         let (wanted, named_by_server, bad_name) = match name.map(clean_name) {
             Some(Some(clean)) => (clean, false, false),
             Some(None) => (self.guest_name(), true, true),
@@ -414,7 +418,7 @@ impl Chat {
             let json: Rc<str> = protocol::rename_json(&r.name, &from, &to).into();
             self.out.push(Outgoing::Room { room: slot_room, json, is_message: false, except: None, author: None });
         }
-        let (slot, got) = r.add(key, &wanted, since, verified);
+        let (slot, got) = r.add(key, &wanted, since, sub);
         if let Some(m) = r.members.get_mut(slot) {
             m.serial = serial;
         }
@@ -512,7 +516,7 @@ impl Chat {
             let known_last = self.directory.get(&*room.name).map_or(0, |r| r.last_id);
             let mut suffix = String::with_capacity(48 + member.name.len() + post.message.len());
             protocol::push_message_suffix(&mut suffix, &member.name, &post.message, now_ms());
-            if member.verified {
+            if member.verified() {
                 protocol::push_verified(&mut suffix);
             }
             let room = room.name.clone();
@@ -526,7 +530,7 @@ impl Chat {
         if let Some(record) = self.directory.get_mut(&*room.name) {
             record.last_id = record.last_id.max(id);
         }
-        let (username, text, verified) = (member.name.to_string(), post.message.into_owned(), member.verified);
+        let (username, text, verified) = (member.name.to_string(), post.message.into_owned(), member.verified());
         let msg = StoredMessage { id, ts, username, text, verified };
         let json: Rc<str> = protocol::stored_json(&room.name, &msg).into();
         let name = room.name.clone();

@@ -23,12 +23,20 @@ pub struct Member {
     pub name: Rc<str>,
     /// Has received its welcome frame (and so receives broadcasts).
     pub welcomed: bool,
-    /// Joined with a verified token: no guest may hold its name here.
-    pub verified: bool,
+    /// The `sub` of the verified token it joined with (`None`: a guest).
+    /// No guest may hold a verified member's name here.
+    pub sub: Option<Rc<str>>,
     /// `?since=` asked at the handshake, until the welcome is sent.
     pub since: Option<u64>,
     /// Waiting for a storage read before its welcome.
     pub awaiting_read: bool,
+}
+
+impl Member {
+    /// Joined with a verified token.
+    pub fn verified(&self) -> bool {
+        self.sub.is_some()
+    }
 }
 
 /// A room with at least one member (or one loading).
@@ -78,11 +86,11 @@ impl Room {
 
     /// Adds a member under a unique version of `name` (`alice`, `alice-2`,
     /// ...). Returns its slot and the name it got.
-    pub fn add(&mut self, key: usize, name: &str, since: Option<u64>, verified: bool) -> (usize, String) {
+    pub fn add(&mut self, key: usize, name: &str, since: Option<u64>, sub: Option<Rc<str>>) -> (usize, String) {
         let name = self.unique_name(name);
         let shared: Rc<str> = Rc::from(name.as_str());
         self.names.insert(shared.clone());
-        let member = Member { key, serial: 0, name: shared, verified, welcomed: false, since, awaiting_read: false };
+        let member = Member { key, serial: 0, name: shared, sub, welcomed: false, since, awaiting_read: false };
         (self.members.insert(member), name)
     }
 
@@ -90,7 +98,7 @@ impl Room {
     /// verified user can take it; returns (old, new), or `None` if no
     /// guest holds `name`.
     pub fn displace_guest(&mut self, name: &str) -> Option<(String, String)> {
-        let (_, guest) = self.members.iter_mut().find(|(_, m)| !m.verified && &*m.name == name)?;
+        let (_, guest) = self.members.iter_mut().find(|(_, m)| !m.verified() && &*m.name == name)?;
         let old = guest.name.clone();
         let new = (2..).map(|n| format!("{name}-{n}")).find(|c| !self.names.contains(c.as_str())).unwrap_or_default();
         let shared: Rc<str> = Rc::from(new.as_str());
@@ -179,13 +187,13 @@ mod tests {
     #[test]
     fn names_get_suffixes() {
         let mut room = Room::new("r", 0, 10, true);
-        assert_eq!(room.add(1, "alice", None, false).1, "alice");
-        assert_eq!(room.add(2, "alice", None, false).1, "alice-2");
-        assert_eq!(room.add(3, "alice", None, false).1, "alice-3");
-        let (slot, _) = room.add(4, "bob", None, false);
+        assert_eq!(room.add(1, "alice", None, None).1, "alice");
+        assert_eq!(room.add(2, "alice", None, None).1, "alice-2");
+        assert_eq!(room.add(3, "alice", None, None).1, "alice-3");
+        let (slot, _) = room.add(4, "bob", None, None);
         assert_eq!(room.rename(slot, "alice"), Some(("bob".into(), "alice-4".into())));
         assert_eq!(room.remove(slot), Some("alice-4".into()));
-        assert_eq!(room.add(5, "alice", None, false).1, "alice-4");
+        assert_eq!(room.add(5, "alice", None, None).1, "alice-4");
     }
 
     #[test]

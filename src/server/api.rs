@@ -117,9 +117,28 @@ impl Server {
             ["rooms", room] | ["rooms", room, "messages"] if !self.may_see(viewer, room) => Err(not_found()),
             ["rooms", room] => self.api_room(room),
             ["rooms", room, "messages"] => return self.api_messages(key, room, query),
+            ["rooms", room, "bans"] => self.api_bans(room, viewer),
             _ => Err(not_found()),
         };
         Some(result.unwrap_or_else(|e| e))
+    }
+
+    /// `GET /api/rooms/<room>/bans` (the server API: an API key only):
+    /// the bans in force, `{"room", "bans": [{"who", "until", "reason"}]}`.
+    fn api_bans(&mut self, room: &str, viewer: &Viewer) -> Result<Json, Json> {
+        if !matches!(viewer, Viewer::Backend) {
+            let body = json!({"error": "unauthorized", "message": "send one of the server's API keys as Authorization: Bearer KEY"});
+            return Err((401, body.to_string().into_bytes()));
+        }
+        let now = crate::chat::now_ms();
+        self.bans.sweep(now);
+        let bans: Vec<Value> = self
+            .bans
+            .list(room, now)
+            .into_iter()
+            .map(|(who, ban)| json!({"who": who, "until": ban.until, "reason": ban.reason}))
+            .collect();
+        Ok((200, json!({"room": room, "bans": bans}).to_string().into_bytes()))
     }
 
     fn api_rooms(&self, query: &str, viewer: &Viewer) -> Result<Json, Json> {

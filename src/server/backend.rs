@@ -18,10 +18,14 @@ use serde_json::json;
 
 use super::Server;
 use crate::auth::Identity;
+use crate::auth::bans::{self, Ban};
+use crate::chat::KickTarget;
 use crate::chat::protocol::clean_name;
+use crate::conn::Role;
 use crate::http::{Head, Method};
 use crate::response::Response;
 use crate::route::valid_room_name;
+use crate::storage::{BanRecord, Request};
 
 /// Who an API request says it is (`Authorization: Bearer`).
 #[derive(Debug)]
@@ -40,6 +44,20 @@ struct NewMessage {
     message: String,
     username: String,
 }
+
+/// The body of `POST /api/rooms/<room>/kick`: whom (a name or a user),
+/// and optionally a ban and its reason.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Kick {
+    username: Option<String>,
+    user: Option<String>,
+    ban_seconds: Option<u64>,
+    reason: Option<String>,
+}
+
+/// What a kicked member's close frame says when the moderator gave no reason.
+const KICKED: &str = "kicked by a moderator";
 
 /// An error answer: `{"error": code, "message": …}`.
 fn error(status: u16, code: &str, message: &str) -> Response {
@@ -72,8 +90,82 @@ impl Server {
             ["rooms", _, "messages"] => Some(error(405, "method_not_allowed", "POST a message here")),
             ["rooms", room, "messages", id] if delete => self.api_delete(key, room, id),
             ["rooms", _, "messages", _] => Some(error(405, "method_not_allowed", "DELETE a message here")),
+            ["rooms", room, "kick"] if post => Some(self.api_kick(head, room, body)),
+            ["rooms", room, "bans", who] if delete => Some(self.api_unban(room, who)),
             _ => Some(error(404, "not_found", "no such route")),
         }
+    }
+
+    /// `POST /api/rooms/<room>/kick` `{"username"|"user", "ban_seconds"?,
+    /// "reason"?}`: closes the members it names with 4001 and the reason;
+    /// with `ban_seconds`, bans them from the room until then (a user by
+    /// token `sub`, a guest by address; a user named by `user` is banned
+    /// even when not connected). 200 `{"closed": k, "banned": [who…]}`.
+    fn api_kick(&mut self, head: &Head, room: &str, body: &[u8]) -> Response {
+        if !is_json(head) {
+            return error(415, "unsupported_media_type", "send the body as Content-Type: application/json");
+        }
+        let kick: Kick = match serde_json::from_slice(body) {
+            Ok(kick) => kick,
+            Err(e) => return error(400, "bad_json", &format!("the body must be {{\"username\" or \"user\": …}}: {e}")),
+        };
+        if !valid_room_name(room) {
+            return error(400, "bad_room", "room names are 1-64 characters of A-Z, a-z, 0-9, _ and -");
+        }
+        let target = match (&kick.username, &kick.user) {
+            (Some(name), None) => KickTarget::Name(name),
+            (None, Some(sub)) if !sub.is_empty() => KickTarget::User(sub),
+            _ => return error(400, "bad_json", "name the member with exactly one of \"username\" and \"user\""),
+        };
+        let reason = kick.reason.as_deref().filter(|r| !r.is_empty()).unwrap_or(KICKED);
+        let mut whos: Vec<String> = Vec::new();
+        if let KickTarget::User(sub) = target {
+            whos.push(bans::user_who(sub));
+        }
+        let targets = self.chat.kick_targets(room, target);
+        let mut closed = 0;
+        for (key, serial, sub) in targets {
+            let Some(conn) = self.conns.get_mut(key).filter(|c| c.serial() == serial) else { continue };
+            whos.push(match sub {
+                Some(sub) => bans::user_who(&sub),
+                None => bans::address_who(conn.ip().0),
+            });
+            conn.close_ws(4001, reason);
+            // Out of the room now, not when the close handshake is done:
+            // no more messages for it, and its name is free.
+            let role = conn.role_mut().map(|role| std::mem::replace(role, Role::None));
+            if let Some(role) = role {
+                self.on_ws_closed(role);
+            }
+            self.mark_dirty(key);
+            closed += 1;
+        }
+        whos.sort();
+        whos.dedup();
+        let banned = match kick.ban_seconds {
+            Some(seconds) if seconds > 0 => {
+                let until = crate::chat::now_ms().saturating_add(seconds.saturating_mul(1000));
+                let reason = kick.reason.unwrap_or_default();
+                for who in &whos {
+                    self.bans.insert(room, who, Ban { until, reason: reason.clone() });
+                    let record = BanRecord { room: room.to_string(), who: who.clone(), until, reason: reason.clone() };
+                    self.chat.requests.push(Request::Ban(record));
+                }
+                whos
+            }
+            _ => Vec::new(),
+        };
+        Response::json(200, json!({"closed": closed, "banned": banned}).to_string().into_bytes())
+    }
+
+    /// `DELETE /api/rooms/<room>/bans/<who>`: 204, or 404 for no such ban.
+    fn api_unban(&mut self, room: &str, who: &str) -> Response {
+        let who = percent_encoding::percent_decode_str(who).decode_utf8_lossy();
+        if !bans::valid_who(&who) || !self.bans.lift(room, &who) {
+            return error(404, "not_found", "no such ban");
+        }
+        self.chat.requests.push(Request::Unban { room: room.to_string(), who: who.into_owned() });
+        Response::new(204)
     }
 
     /// `DELETE /api/rooms/<room>/messages/<id>`: 204 once the message is

@@ -13,12 +13,14 @@
 //! Replies are queued on the connection's output, never written here.
 
 use std::borrow::Cow;
+use std::net::IpAddr;
 
 use tungstenite::Message;
 
 use super::Server;
 use super::backend::Viewer;
 use crate::auth::Identity;
+use crate::auth::bans::{self, Ban};
 use crate::chat::Who;
 use crate::config::Guests;
 use crate::conn::Role;
@@ -45,6 +47,17 @@ impl Refused {
 
     fn forbidden(message: String) -> Refused {
         Refused { close: 4403, code: "forbidden", message }
+    }
+
+    /// Banned from `room` (the server API's kick with `ban_seconds`).
+    fn banned(room: &str, ban: &Ban) -> Refused {
+        let until = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ban.until);
+        let mut message = format!("you are banned from room {room} until {}", httpdate::fmt_http_date(until));
+        if !ban.reason.is_empty() {
+            message.push_str(": ");
+            message.push_str(&ban.reason);
+        }
+        Refused { close: 4403, code: "banned", message }
     }
 }
 
@@ -91,7 +104,7 @@ impl Server {
                     Err(refused) => return self.refuse_member(key, refused),
                 };
                 let who = match &identity {
-                    Some(user) => Who::Verified { name: &user.name },
+                    Some(user) => Who::Verified { name: &user.name, sub: &user.sub },
                     None => Who::Guest { name: name.as_deref(), read_only: self.cfg.guests == Guests::ReadOnly },
                 };
                 let membership = self.chat.join_as((key, serial), room, who, since, self.now);
@@ -119,10 +132,11 @@ impl Server {
         }
     }
 
-    /// Who a chat handshake says it is: a verified user (a token that
-    /// checks out and allows `room`), a guest (no token, or no keys
-    /// configured, while `--guests` admits guests), or refused.
-    pub(super) fn identify(&self, head: &Head, room: &str) -> Result<Option<Identity>, Refused> {
+    /// Who a chat handshake from address `ip` says it is: a verified user
+    /// (a token that checks out and allows `room`), a guest (no token, or
+    /// no keys configured, while `--guests` admits guests), or refused
+    /// (a bad token, a room not allowed, a ban).
+    pub(super) fn identify(&self, head: &Head, room: &str, ip: IpAddr) -> Result<Option<Identity>, Refused> {
         let token = query_value(head.query(), "token").map(Cow::into_owned).or_else(|| bearer(head));
         let user = match (&self.auth, token) {
             (Some(auth), Some(token)) => {
@@ -140,6 +154,14 @@ impl Server {
         // A private room takes only those whose token names it.
         if self.private_rooms.matches(room) && !user.as_ref().is_some_and(|u| names_room(u, room)) {
             return Err(Refused::forbidden(format!("room {room} is private: your token must name it in its rooms")));
+        }
+        // A banned user, by token; a guest, by address.
+        let who = match &user {
+            Some(user) => bans::user_who(&user.sub),
+            None => bans::address_who(ip),
+        };
+        if let Some(ban) = self.bans.find(room, &[&who], crate::chat::now_ms()) {
+            return Err(Refused::banned(room, ban));
         }
         Ok(user)
     }

@@ -212,6 +212,8 @@ pub struct Server {
     private_rooms: crate::auth::Patterns,
     /// The keys that open the server API (`--api-key`), if any.
     api_keys: Option<crate::auth::ApiKeys>,
+    /// Who may not join which room (the server API's bans).
+    bans: crate::auth::bans::Bans,
     /// The storage thread.
     storage: Option<Storage>,
     /// Counters.
@@ -293,7 +295,11 @@ impl Server {
             Some(path) => Backend::Sqlite { path: path.clone(), max_size: cfg.max_data_size },
             None => Backend::Memory { keep_per_room: 1000 },
         };
-        let (storage, rooms) = Storage::open(backend, waker.clone()).map_err(|e| StartError(e.to_string()))?;
+        let (mut storage, rooms) = Storage::open(backend, waker.clone()).map_err(|e| StartError(e.to_string()))?;
+        let mut bans = crate::auth::bans::Bans::default();
+        for ban in storage.take_bans() {
+            bans.insert(&ban.room, &ban.who, crate::auth::bans::Ban { until: ban.until, reason: ban.reason });
+        }
         let (bus, cluster) = Server::open_redis(&cfg, poll.registry())?;
         let mode = if cluster.is_some() { Mode::Shared } else { Mode::Local };
         let mut chat = Chat::new(&cfg, rooms, mode);
@@ -327,6 +333,7 @@ impl Server {
             auth,
             private_rooms,
             api_keys,
+            bans,
             storage: Some(storage),
             metrics: Metrics::default(),
             waker,

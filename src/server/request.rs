@@ -188,8 +188,9 @@ impl Server {
         // a member the room would take: to anyone else a private room's
         // state (is it live?) stays hidden, and they get the 4403 after
         // the upgrade whatever it is.
+        let ip = self.conns.get(key).map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |c| c.ip().0);
         let identity = match &upgrade.endpoint {
-            Endpoint::Room(room) => self.identify(&head, room),
+            Endpoint::Room(room) => self.identify(&head, room, ip),
             _ => Ok(None),
         };
         if let Endpoint::Room(room) = &upgrade.endpoint

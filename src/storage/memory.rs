@@ -64,6 +64,8 @@ impl Store for MemoryStore {
                 Write::CreateRoom { room, .. } => {
                     self.rooms.entry(room.clone()).or_default();
                 }
+                // Bans live in the reactor's table; memory keeps no copy.
+                Write::Ban(_) | Write::Unban { .. } => {}
                 Write::Delete { room, id } => {
                     if let Some(entry) = self.rooms.get_mut(room) {
                         let at = entry.recent.partition_point(|m| m.id < *id);

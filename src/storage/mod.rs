@@ -94,6 +94,19 @@ impl StoredMessage {
     }
 }
 
+/// A ban as storage keeps it (see `auth::bans`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BanRecord {
+    /// The room.
+    pub room: String,
+    /// Whom it names: `user:<sub>` or `address:<ip>`.
+    pub who: String,
+    /// Until when, in milliseconds since the epoch.
+    pub until: u64,
+    /// Why.
+    pub reason: String,
+}
+
 /// What the directory knows about a room.
 ///
 /// [`Storage::open`] returns one of these per stored room so the reactor can
@@ -182,6 +195,16 @@ pub enum Request {
         room: String,
         /// The message's id.
         id: u64,
+    },
+    /// Keep a ban (replacing the same who's earlier ban in the room), so
+    /// that it outlives a restart until it lapses.
+    Ban(BanRecord),
+    /// Forget a ban.
+    Unban {
+        /// The room.
+        room: String,
+        /// Whom it named (`auth::bans`).
+        who: String,
     },
     /// Read the messages `range` names. `ticket` is echoed back.
     Read {
@@ -307,6 +330,10 @@ enum Write {
     Append { room: String, msg: StoredMessage },
     /// See [`Request::Delete`].
     Delete { room: String, id: u64 },
+    /// See [`Request::Ban`].
+    Ban(BanRecord),
+    /// See [`Request::Unban`].
+    Unban { room: String, who: String },
 }
 
 /// Why storage could not start or stop cleanly. Its `Display` says what
@@ -403,6 +430,8 @@ pub struct Storage {
     /// handoff (two context switches and a wake-up per turn) would cost more
     /// than the work. Its replies wait in `orphans` for [`Storage::try_recv`].
     inline: Option<(Box<dyn Store>, u64)>,
+    /// The bans in force found at open, until taken.
+    bans: Vec<BanRecord>,
 }
 
 impl Storage {
@@ -413,15 +442,15 @@ impl Storage {
     /// after each batch of replies is queued.
     pub fn open(backend: Backend, waker: Arc<mio::Waker>) -> Result<(Storage, Vec<RoomRecord>), StorageError> {
         let backend_is_memory = matches!(backend, Backend::Memory { .. });
-        let (store, directory): (Box<dyn Store>, Vec<RoomRecord>) = match backend {
+        let (store, directory, bans): (Box<dyn Store>, Vec<RoomRecord>, Vec<BanRecord>) = match backend {
             Backend::Sqlite { path, max_size } => {
-                let (store, directory) = sqlite::SqliteStore::open(&path, max_size)?;
+                let (store, directory, bans) = sqlite::SqliteStore::open(&path, max_size)?;
                 log::info!("storage: {} opened, {} rooms in the directory", path.display(), directory.len());
-                (Box::new(store), directory)
+                (Box::new(store), directory, bans)
             }
             Backend::Memory { keep_per_room } => {
                 log::info!("storage: in memory only, keeping the last {keep_per_room} messages per room");
-                (Box::new(memory::MemoryStore::new(keep_per_room)), Vec::new())
+                (Box::new(memory::MemoryStore::new(keep_per_room)), Vec::new(), Vec::new())
             }
         };
 
@@ -438,6 +467,7 @@ impl Storage {
                 orphans: VecDeque::new(),
                 waker,
                 inline: Some((store, 0)),
+                bans,
             };
             return Ok((storage, directory));
         }
@@ -455,6 +485,7 @@ impl Storage {
             orphans: VecDeque::new(),
             waker,
             inline: None,
+            bans,
         };
         Ok((storage, directory))
     }
@@ -504,7 +535,7 @@ impl Storage {
                     Request::Read { ticket, .. } => {
                         self.orphans.push_back(Reply::Messages { ticket, messages: Vec::new(), oldest_id: None })
                     }
-                    Request::CreateRoom { .. } | Request::Shutdown => {}
+                    Request::CreateRoom { .. } | Request::Ban(_) | Request::Unban { .. } | Request::Shutdown => {}
                 }
             }
             if let Err(e) = self.waker.wake() {
@@ -512,6 +543,11 @@ impl Storage {
             }
         }
         seq
+    }
+
+    /// The bans in force the data file held at open (once; empty after).
+    pub fn take_bans(&mut self) -> Vec<BanRecord> {
+        std::mem::take(&mut self.bans)
     }
 
     /// Take one reply if any is ready (never blocks).

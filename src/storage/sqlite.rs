@@ -48,7 +48,7 @@ use rusqlite::{Connection, OptionalExtension};
 
 use super::checkpointer::Checkpointer;
 use super::lock::DataLock;
-use super::{ReadRange, RoomRecord, StorageError, Store, StoredMessage, Write};
+use super::{BanRecord, ReadRange, RoomRecord, StorageError, Store, StoredMessage, Write};
 
 /// Pages in the write-ahead log before the storage connection checkpoints
 /// it itself (see `open`): about 16 MiB.
@@ -148,6 +148,21 @@ const UPSERT_ROOM: &str = "
 const INSERT_MESSAGE: &str = "
     INSERT INTO inbox(room, id, ts, username, text, verified) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
 ";
+
+/// Bans that outlive a restart (`auth::bans`). Created in any file, of
+/// any schema version, when missing: a table an older chatroom does not
+/// know changes nothing for it, so it needs no new version.
+const CREATE_BANS: &str = "
+    CREATE TABLE IF NOT EXISTS bans(
+        room   TEXT NOT NULL,
+        who    TEXT NOT NULL,
+        until  INTEGER NOT NULL,
+        reason TEXT NOT NULL,
+        PRIMARY KEY(room, who)
+    ) WITHOUT ROWID;
+";
+const UPSERT_BAN: &str = "INSERT OR REPLACE INTO bans(room, who, until, reason) VALUES (?1, ?2, ?3, ?4)";
+const DELETE_BAN: &str = "DELETE FROM bans WHERE room = ?1 AND who = ?2";
 
 /// A deleted message's tombstone ([`StoredMessage::tombstone`]): its
 /// name and text emptied where the row is, the inbox or `messages`.
@@ -253,7 +268,10 @@ fn identity(path: &Path) -> std::io::Result<(u64, u64)> {
 
 impl SqliteStore {
     /// Lock, open and prepare `path`, and load the room directory.
-    pub(super) fn open(path: &Path, max_size: Option<u64>) -> Result<(SqliteStore, Vec<RoomRecord>), StorageError> {
+    pub(super) fn open(
+        path: &Path,
+        max_size: Option<u64>,
+    ) -> Result<(SqliteStore, Vec<RoomRecord>, Vec<BanRecord>), StorageError> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|source| StorageError::Io {
                 context: format!(
@@ -347,6 +365,8 @@ impl SqliteStore {
         file_inbox(&conn).map_err(fail("file the inbox"))?;
 
         let directory = load_directory(&conn).map_err(fail("load the room directory"))?;
+        conn.execute_batch(CREATE_BANS).map_err(fail("add the bans table"))?;
+        let bans = load_bans(&conn, crate::chat::now_ms()).map_err(fail("load the bans"))?;
         let last_ids = directory.iter().map(|r| (r.name.clone(), r.last_id)).collect();
         let identity = identity(path).map_err(|source| StorageError::Io {
             context: format!("cannot read data file {}", path.display()),
@@ -364,7 +384,7 @@ impl SqliteStore {
             path: path.to_path_buf(),
             identity,
         };
-        Ok((store, directory))
+        Ok((store, directory, bans))
     }
 }
 
@@ -475,6 +495,12 @@ fn write_rows<'a>(
                     upsert_room.execute((room, to_sql(*created)))?;
                 }
             }
+            Write::Ban(ban) => {
+                conn.prepare_cached(UPSERT_BAN)?.execute((&ban.room, &ban.who, to_sql(ban.until), &ban.reason))?;
+            }
+            Write::Unban { room, who } => {
+                conn.prepare_cached(DELETE_BAN)?.execute((room, who))?;
+            }
             Write::Delete { room, id } => {
                 conn.prepare_cached(DELETE_MESSAGE)?.execute((room, to_sql(*id)))?;
                 conn.prepare_cached(DELETE_INBOX_MESSAGE)?.execute((room, to_sql(*id)))?;
@@ -561,6 +587,16 @@ fn read(conn: &Connection, range: &ReadRange) -> rusqlite::Result<(Vec<StoredMes
 }
 
 /// The grouped query behind [`RoomRecord`]s (see [`LOAD_DIRECTORY`]).
+/// The bans in force at `now` (ms); lapsed ones are deleted on the way.
+fn load_bans(conn: &Connection, now: u64) -> rusqlite::Result<Vec<BanRecord>> {
+    conn.execute("DELETE FROM bans WHERE until <= ?1", [to_sql(now)])?;
+    let mut stmt = conn.prepare("SELECT room, who, until, reason FROM bans ORDER BY room, who")?;
+    let rows = stmt.query_map([], |row| {
+        Ok(BanRecord { room: row.get(0)?, who: row.get(1)?, until: from_sql(row.get(2)?), reason: row.get(3)? })
+    })?;
+    rows.collect()
+}
+
 fn load_directory(conn: &Connection) -> rusqlite::Result<Vec<RoomRecord>> {
     let mut stmt = conn.prepare(LOAD_DIRECTORY)?;
     let rows = stmt.query_map([], |row| {

@@ -61,6 +61,8 @@ impl Batch {
                     self.appends += 1;
                     self.writes.push(Write::Delete { room, id });
                 }
+                Request::Ban(ban) => self.writes.push(Write::Ban(ban)),
+                Request::Unban { room, who } => self.writes.push(Write::Unban { room, who }),
                 Request::Read { ticket, range } => self.reads.push((ticket, range)),
                 Request::Shutdown => {
                     // The handle sends nothing after Shutdown; stop taking.
