@@ -16,6 +16,7 @@
 //! | `conn` | a connection: its socket, its output, its phase (HTTP → WebSocket) and its life (open → closing → lingering → dead) |
 //! | [`http`] | request heads with httparse; [`http::framing`] cuts a connection's bytes into requests (bodies, pipelining, limits) |
 //! | [`route`] | which endpoint a path names; query values |
+//! | [`api_body`] | the server API's request bodies (a site's backend posts, kicks) |
 //! | [`site`] | the static site: embedded `www/`, safe paths, ETags |
 //! | `response` | building HTTP responses |
 //! | [`handshake`] | the WebSocket opening handshake (RFC 6455 §4) |
@@ -35,7 +36,7 @@
 //! | `limits` | descriptor limits, the listening socket, `--max-per-ip` |
 //! | [`config`] | every setting: flags, environment, config file |
 //!
-//! Pure pieces (`http`, `route`, `site`, `response`, `handshake`, `ws`,
+//! Pure pieces (`http`, `route`, `api_body`, `site`, `response`, `handshake`, `ws`,
 //! `frame`, `echo_room`, `outbuf`, `pacing`, `timer`, `inspect`,
 //! `chat`, `auth`, the data layout in `cluster`) know nothing about sockets and
 //! are tested on their own. Clients' sockets are read and written only in
@@ -47,6 +48,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing))]
 #![warn(missing_docs)]
 
+pub mod api_body;
 pub mod auth;
 pub mod bus;
 pub mod chat;

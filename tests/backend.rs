@@ -523,3 +523,81 @@ fn a_user_is_banned_by_token_and_the_ban_survives_a_restart() {
     assert_eq!((error["code"].as_str(), code), (Some("banned"), 4403), "after a restart: {error}");
     assert_eq!(bans(s.addr, "lobby")["bans"][0]["who"], "user:u-7");
 }
+
+/// The frames a client gets until its close frame, and the close code.
+fn frames_until_close(c: &mut Client) -> (Vec<serde_json::Value>, u16) {
+    let mut frames = Vec::new();
+    loop {
+        match c.read() {
+            Ok(tungstenite::Message::Text(text)) => frames.push(serde_json::from_str(text.as_str()).unwrap()),
+            Ok(tungstenite::Message::Close(frame)) => return (frames, frame.map_or(1005, |f| f.code.into())),
+            Ok(_) => {}
+            Err(e) => panic!("no close frame: {e}; frames so far {frames:?}"),
+        }
+    }
+}
+
+/// With Redis a kick and its ban reach every process: a guest on another
+/// process is closed with 4001 and banned there and on the process that
+/// kicked (by address); a user is banned by `sub` on a process that starts
+/// afterwards, which learns the room's bans as it starts to hear the room
+/// and closes the user it admitted before; lifting the ban reaches them all.
+#[test]
+fn kicks_and_bans_cross_processes() {
+    let redis = RedisServer::start(false);
+    let secret = "test-secret-of-at-least-thirty-two-bytes";
+    let node = || {
+        server_with(|cfg| {
+            cfg.redis = Some(redis.url());
+            cfg.auth_secret = Some(secret.into());
+        })
+    };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let token = chatroom::testutil::jwt(
+        r#"{"alg":"HS256","typ":"JWT"}"#,
+        &format!(r#"{{"sub":"u-7","name":"Mal","exp":{}}}"#, now + 600),
+        chatroom::testutil::hs256_signer(secret.as_bytes()),
+    );
+    let (a, b) = (node(), node());
+    let mut bob = ws(a.addr, "/ws/chatroom/lobby?username=bob");
+    recv_type(&mut bob, "welcome");
+    let mut amy = ws(b.addr, "/ws/chatroom/lobby?username=amy");
+    recv_type(&mut amy, "welcome");
+    let mut mal = ws(b.addr, &format!("/ws/chatroom/lobby?token={token}"));
+    recv_type(&mut mal, "welcome");
+
+    let r = kick(a.addr, "lobby", r#"{"username":"amy","ban_seconds":600,"reason":"spam"}"#);
+    assert_eq!(r.json()["closed"], 0, "amy is not on this process");
+    assert_eq!(close_of(&mut amy), (4001, "spam".to_string()));
+    let banned_here = |addr| {
+        eventually(IO_TIMEOUT, || {
+            let (error, code) = refused_join(addr, "/ws/chatroom/lobby?username=amy");
+            error["code"] == "banned" && code == 4403
+        })
+    };
+    assert!(banned_here(b.addr), "banned where she was");
+    assert!(banned_here(a.addr), "and on the process that kicked her");
+
+    let r = kick(a.addr, "lobby", r#"{"user":"u-7","ban_seconds":600}"#);
+    assert_eq!(r.json()["banned"], serde_json::json!(["user:u-7"]));
+    assert_eq!(close_of(&mut mal).0, 4001);
+    let c = node();
+    let mut late = ws(c.addr, &format!("/ws/chatroom/lobby?token={token}"));
+    let (frames, code) = frames_until_close(&mut late);
+    assert_eq!(code, 4403, "{frames:?}");
+    assert!(frames.iter().any(|f| f["type"] == "error" && f["code"] == "banned"), "{frames:?}");
+
+    let lift = request(
+        a.addr,
+        &format!(
+            "DELETE /api/rooms/lobby/bans/user:u-7 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nConnection: close\r\n\r\n"
+        ),
+    );
+    assert_eq!(lift.status, 204);
+    let back = eventually(IO_TIMEOUT, || {
+        let mut c = ws(b.addr, &format!("/ws/chatroom/lobby?token={token}"));
+        recv_json(&mut c)["type"] == "welcome"
+    });
+    assert!(back, "the lifted ban reached the other process");
+    assert_eq!(post_and_answer(&mut bob, "still here")["message"], "still here");
+}

@@ -15,31 +15,94 @@ use std::rc::Rc;
 use serde_json::json;
 
 use super::{Chat, Handoff, Mode, NotSent, Outgoing, Pending, PostIntent, now_ms, protocol};
-use crate::storage::{Request, StoredMessage};
+use crate::auth::bans::Ban;
+use crate::storage::{BanRecord, Request, StoredMessage};
 
 /// Whom a kick names.
-#[derive(Clone, Copy, Debug)]
-pub enum KickTarget<'a> {
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum KickTarget {
     /// Every member shown under this name.
-    Name(&'a str),
+    #[serde(rename = "username")]
+    Name(String),
     /// Every member whose token's `sub` is this.
-    User(&'a str),
+    #[serde(rename = "user")]
+    User(String),
 }
 
 impl Chat {
     /// The members of `room` connected here that `target` names: each
     /// one's connection (key, serial) and token `sub` (`None`: a guest).
-    pub fn kick_targets(&self, room: &str, target: KickTarget) -> Vec<(usize, u64, Option<Rc<str>>)> {
+    pub fn kick_targets(&self, room: &str, target: &KickTarget) -> Vec<(usize, u64, Option<Rc<str>>)> {
         let Some(live) = self.index.get(room).and_then(|&slot| self.live.get(slot)) else { return Vec::new() };
         live.members
             .iter()
             .map(|(_, m)| m)
             .filter(|m| match target {
-                KickTarget::Name(name) => &*m.name == name,
-                KickTarget::User(sub) => m.sub.as_deref() == Some(sub),
+                KickTarget::Name(name) => *m.name == **name,
+                KickTarget::User(sub) => m.sub.as_deref() == Some(sub.as_str()),
             })
             .map(|m| (m.key, m.serial, m.sub.clone()))
             .collect()
+    }
+
+    /// The members of `room` connected here: (key, serial, token `sub`).
+    pub fn members_of(&self, room: &str) -> Vec<(usize, u64, Option<Rc<str>>)> {
+        let Some(live) = self.index.get(room).and_then(|&slot| self.live.get(slot)) else { return Vec::new() };
+        live.members.iter().map(|(_, m)| (m.key, m.serial, m.sub.clone())).collect()
+    }
+
+    /// A kick made here (the server API), which has closed the members it
+    /// names here: with Redis, the other processes close theirs.
+    pub fn kick_elsewhere(&mut self, room: &str, target: KickTarget, reason: &str, until: Option<u64>) {
+        if self.mode == Mode::Shared {
+            self.handoffs.push(Handoff::Kick { room: room.to_string(), target, reason: reason.to_string(), until });
+        }
+    }
+
+    /// A kick made on another process: the members it names here go
+    /// (the reactor closes them, [`Outgoing::Kick`]).
+    pub fn kick_here(&mut self, room: &str, target: &KickTarget, reason: &str, until: Option<u64>) {
+        for (key, serial, sub) in self.kick_targets(room, target) {
+            let (room, reason) = (room.to_string(), reason.to_string());
+            self.out.push(Outgoing::Kick { key, serial, sub, room, reason, until });
+        }
+    }
+
+    /// Bans `who` from `room` until `ban.until`: in the table every join
+    /// is checked against, and where bans are kept (SQLite; with Redis,
+    /// Redis, which tells the other processes).
+    pub fn ban(&mut self, room: &str, who: &str, ban: Ban) {
+        self.bans.insert(room, who, ban.clone());
+        let (room, who) = (room.to_string(), who.to_string());
+        match self.mode {
+            Mode::Local => {
+                let record = BanRecord { room, who, until: ban.until, reason: ban.reason };
+                self.requests.push(Request::Ban(record));
+            }
+            Mode::Shared => self.handoffs.push(Handoff::Ban { room, who, ban }),
+        }
+    }
+
+    /// Lifts `who`'s ban from `room`; whether there was one here.
+    pub fn unban(&mut self, room: &str, who: &str) -> bool {
+        let lifted = self.bans.lift(room, who);
+        let (room, who) = (room.to_string(), who.to_string());
+        match self.mode {
+            Mode::Local if lifted => self.requests.push(Request::Unban { room, who }),
+            Mode::Local => {}
+            Mode::Shared => self.handoffs.push(Handoff::Unban { room, who }),
+        }
+        lifted
+    }
+
+    /// The sharer read `room`'s bans (as this process started to hear
+    /// the room): they join the table, and the members who came in before
+    /// they were known are checked against them.
+    pub fn bans_loaded(&mut self, room: &str, bans: Vec<(String, Ban)>) {
+        for (who, ban) in bans {
+            self.bans.insert(room, &who, ban);
+        }
+        self.out.push(Outgoing::CheckBans { room: room.to_string() });
     }
 
     /// Posts `text` to `room` under `name` for the API request on

@@ -120,6 +120,31 @@ pub enum Outgoing {
         /// Close reason.
         reason: &'static str,
     },
+    /// A kick that came from another process (`backend.rs`): close this
+    /// member's connection, if it is still the same one, with 4001 and
+    /// the reason, and take it out of the room; with `until`, ban it
+    /// (by `sub`, or for a guest by its address, which only the reactor
+    /// knows) from `room` until then.
+    Kick {
+        /// Connection key.
+        key: usize,
+        /// Its serial.
+        serial: u64,
+        /// Its token's `sub` (`None`: a guest).
+        sub: Option<Rc<str>>,
+        /// The room.
+        room: String,
+        /// The close frame's reason.
+        reason: String,
+        /// Ban until then (ms since the epoch).
+        until: Option<u64>,
+    },
+    /// A room's bans were (re)loaded (`Chat::bans_loaded`): members who
+    /// joined before this process knew of a ban must go.
+    CheckBans {
+        /// The room.
+        room: String,
+    },
     /// An HTTP answer that waited for storage.
     Http {
         /// Connection key.
@@ -268,6 +293,8 @@ pub struct Chat {
     elsewhere: Roster,
     /// Posts not yet complete, by connection and room (`--max-posts-in-flight`).
     flights: Flights,
+    /// Who may not join which room (the server API's bans).
+    pub bans: crate::auth::bans::Bans,
     /// The serials of the API requests whose posts await their outcome
     /// (see `backend.rs`).
     api_authors: HashSet<u64>,
@@ -317,6 +344,7 @@ impl Chat {
             flights: Flights::new(cfg.max_posts_in_flight),
             copies: true,
             api_authors: HashSet::new(),
+            bans: crate::auth::bans::Bans::default(),
         };
         chat.ensure_directory(DEFAULT_ROOM);
         chat

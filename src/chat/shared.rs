@@ -93,6 +93,33 @@ pub enum Handoff {
         /// The API request's connection (key, serial).
         author: (usize, u64),
     },
+    /// A kick, for the members of `room` on the other processes.
+    Kick {
+        /// The room.
+        room: String,
+        /// Whom.
+        target: super::KickTarget,
+        /// The close frame's reason.
+        reason: String,
+        /// Ban the kicked until then (ms since the epoch).
+        until: Option<u64>,
+    },
+    /// A ban to keep, and to tell the other processes.
+    Ban {
+        /// The room.
+        room: String,
+        /// Whom (`auth::bans`).
+        who: String,
+        /// The ban.
+        ban: crate::auth::bans::Ban,
+    },
+    /// A ban lifted.
+    Unban {
+        /// The room.
+        room: String,
+        /// Whom.
+        who: String,
+    },
     /// History to read; the answer goes to [`Chat::on_messages`] with the
     /// same ticket.
     Read {

@@ -97,6 +97,76 @@ pub(super) fn deleted_key(room: &str) -> String {
     format!("chatroom:{{{room}}}:deleted")
 }
 
+/// The key of a room's bans: a hash, who → `{"until", "reason"}`
+/// (`auth::bans`). Lapsed bans are dropped when a process reads them.
+pub(super) fn bans_key(room: &str) -> String {
+    format!("chatroom:{{{room}}}:bans")
+}
+
+/// A moderation record on a room's channel, after the room's messages
+/// published before it: `k` a kick ([`KickRecord`]), `b` a ban
+/// ([`BanNote`]), `u<who>` a ban lifted. (A batch starts with a digit, a
+/// delete with `d`, a presence note with `{`.)
+#[derive(Debug, PartialEq, Eq)]
+pub enum Moderation {
+    /// Close the members it names, and ban them when it says so.
+    Kick(KickRecord),
+    /// Keep this ban.
+    Ban(BanNote),
+    /// Lift this who's ban.
+    Unban(String),
+}
+
+/// A kick as published (`k` + JSON).
+#[derive(Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KickRecord {
+    /// Whom.
+    pub target: crate::chat::KickTarget,
+    /// The close frame's reason (may be empty).
+    pub reason: String,
+    /// Ban the kicked until then (ms since the epoch).
+    pub until: Option<u64>,
+}
+
+/// A ban as published (`b` + JSON) and as the bans hash holds it (the
+/// hash's field is `who`, its value the rest).
+#[derive(Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BanNote {
+    /// Whom (`auth::bans`); not in the hash's value.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub who: String,
+    /// Until when (ms since the epoch).
+    pub until: u64,
+    /// Why.
+    pub reason: String,
+}
+
+impl Moderation {
+    /// The record's bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let (tag, json) = match self {
+            Moderation::Kick(kick) => (b'k', serde_json::to_vec(kick)),
+            Moderation::Ban(ban) => (b'b', serde_json::to_vec(ban)),
+            Moderation::Unban(who) => return [b"u", who.as_bytes()].concat(),
+        };
+        let mut out = vec![tag];
+        out.extend(json.unwrap_or_default());
+        out
+    }
+
+    /// Reads a record; `None` for anything else (a batch, a delete, a
+    /// presence note, or a record that does not parse).
+    pub fn decode(payload: &[u8]) -> Option<Moderation> {
+        let (&tag, rest) = payload.split_first()?;
+        match tag {
+            b'k' => serde_json::from_slice(rest).ok().map(Moderation::Kick),
+            b'b' => serde_json::from_slice::<BanNote>(rest).ok().filter(|b| !b.who.is_empty()).map(Moderation::Ban),
+            b'u' => std::str::from_utf8(rest).ok().map(|who| Moderation::Unban(who.to_string())),
+            _ => None,
+        }
+    }
+}
+
 /// The key of a room's sequence marks.
 pub(super) fn seq_key(room: &str) -> String {
     format!("chatroom:{{{room}}}:seq")
@@ -430,6 +500,31 @@ pub(super) fn read_reply(ranges: Vec<Value>, deleted: &[u64]) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn moderation_records_read_back_and_nothing_else_reads_as_one() {
+        let records = [
+            Moderation::Kick(KickRecord {
+                target: crate::chat::KickTarget::User("u-1".into()),
+                reason: "spam".into(),
+                until: Some(5),
+            }),
+            Moderation::Kick(KickRecord {
+                target: crate::chat::KickTarget::Name("amy".into()),
+                reason: String::new(),
+                until: None,
+            }),
+            Moderation::Ban(BanNote { who: "address:::1".into(), until: 9, reason: "x".into() }),
+            Moderation::Unban("user:u-1".into()),
+        ];
+        for record in records {
+            assert_eq!(Moderation::decode(&record.encode()), Some(record));
+        }
+        let batch = batch_payload(3, ["x"]);
+        for other in [batch.as_bytes(), b"d7", br#"{"proc":"p"}"#, b"k{", br#"b{"until":1,"reason":""}"#, b""] {
+            assert_eq!(Moderation::decode(other), None, "{}", String::from_utf8_lossy(other));
+        }
+    }
 
     /// An entry as earlier builds stored a message: one event, field `m`.
     fn old_entry(room: &str, id: u64) -> Value {

@@ -122,12 +122,14 @@ use std::time::{Duration, Instant};
 
 use log::{info, warn};
 
+use crate::auth::bans::Ban;
 use crate::bus::{BusEvent, Value, Which};
 use crate::chat::{Chat, Handoff, NotSent};
 use channels::RoomChannels;
 pub use channels::Subscription;
 use directory::Directory;
 use feed::Feed;
+use layout::Moderation;
 use layout::channel_room;
 pub use layout::{POST_SCRIPT, PRESENCE_CHANNEL, STREAM_MAXLEN, decode_batch, stream_messages};
 use posts::Posts;
@@ -158,6 +160,8 @@ const TAG_ROOMS: u64 = TAG_INTERNAL | 2;
 const TAG_DIRECTORY: u64 = TAG_INTERNAL | 1 << 61;
 /// With `TAG_INTERNAL`: a delete script call (the low bits number it).
 const TAG_DELETE: u64 = TAG_INTERNAL | 1 << 60;
+/// With `TAG_INTERNAL`: the read of a room's bans (the low bits number it).
+const TAG_BANS: u64 = TAG_INTERNAL | 1 << 59;
 
 /// Redis-mode state: what is on its way to Redis, and what came back.
 #[derive(Debug)]
@@ -182,6 +186,8 @@ pub struct Cluster {
     /// id, the request's connection).
     deletes: HashMap<u64, (String, u64, (usize, u64))>,
     next_delete: u64,
+    /// Reads of rooms' bans sent and not answered, by tag: the room.
+    ban_reads: HashMap<u64, String>,
 }
 
 /// What the cluster counted, for `/metrics`.
@@ -216,6 +222,7 @@ impl Cluster {
             sharded: false,
             deletes: HashMap::new(),
             next_delete: 0,
+            ban_reads: HashMap::new(),
         }
     }
 
@@ -243,10 +250,79 @@ impl Cluster {
                     }
                 }
                 Handoff::Delete { room, id, author } => self.delete(room, id, author, chat),
+                Handoff::Kick { room, target, reason, until } => {
+                    self.publish(&room, Moderation::Kick(layout::KickRecord { target, reason, until }));
+                }
+                Handoff::Ban { room, who, ban } => {
+                    let key = layout::bans_key(&room);
+                    let value = serde_json::to_vec(&layout::BanNote {
+                        who: String::new(),
+                        until: ban.until,
+                        reason: ban.reason.clone(),
+                    })
+                    .unwrap_or_default();
+                    let cmd = redis::cmd("HSET").arg(&key).arg(&who).arg(value).get_packed_command();
+                    self.commands.push((cmd, TAG_INTERNAL, layout::route(&key)));
+                    self.publish(&room, Moderation::Ban(layout::BanNote { who, until: ban.until, reason: ban.reason }));
+                }
+                Handoff::Unban { room, who } => {
+                    let key = layout::bans_key(&room);
+                    let cmd = redis::cmd("HDEL").arg(&key).arg(&who).get_packed_command();
+                    self.commands.push((cmd, TAG_INTERNAL, layout::route(&key)));
+                    self.publish(&room, Moderation::Unban(who));
+                }
                 Handoff::Read { ticket, range } => self.reads.read(Reader::Chat(ticket), &range, &mut self.commands),
                 Handoff::Presence { rooms } => self.presence.publish(rooms, false, &mut self.commands),
             }
         }
+    }
+
+    /// Publishes a moderation record on `room`'s channel (after the
+    /// room's messages published before it).
+    fn publish(&mut self, room: &str, record: Moderation) {
+        let channel = layout::room_channel(room);
+        let verb = if self.sharded { "SPUBLISH" } else { "PUBLISH" };
+        let cmd = redis::cmd(verb).arg(&channel).arg(record.encode()).get_packed_command();
+        self.commands.push((cmd, TAG_INTERNAL, layout::route(&channel)));
+    }
+
+    /// Reads `room`'s bans (as this process starts to hear the room).
+    fn read_bans(&mut self, room: &str) {
+        self.next_delete += 1;
+        let tag = TAG_BANS | (self.next_delete & ((1 << 59) - 1));
+        let key = layout::bans_key(room);
+        let cmd = redis::cmd("HGETALL").arg(&key).get_packed_command();
+        self.commands.push((cmd, tag, layout::route(&key)));
+        self.ban_reads.insert(tag, room.to_string());
+    }
+
+    /// A room's bans came back: those in force join the chat's table,
+    /// lapsed ones are deleted.
+    fn on_bans(&mut self, tag: u64, value: &Value, chat: &mut Chat) {
+        let Some(room) = self.ban_reads.remove(&tag) else { return };
+        let Value::Array(pairs) = value else { return };
+        let now = crate::chat::now_ms();
+        let mut bans = Vec::new();
+        let mut lapsed = Vec::new();
+        for pair in pairs.chunks(2) {
+            let [who, note] = pair else { continue };
+            let (Some(who), Some(note)) = (who.as_bytes(), note.as_bytes()) else { continue };
+            let (Ok(who), Ok(note)) = (std::str::from_utf8(who), serde_json::from_slice::<layout::BanNote>(note))
+            else {
+                continue;
+            };
+            if note.until > now {
+                bans.push((who.to_string(), Ban { until: note.until, reason: note.reason }));
+            } else {
+                lapsed.push(who.to_string());
+            }
+        }
+        if !lapsed.is_empty() {
+            let key = layout::bans_key(&room);
+            let cmd = redis::cmd("HDEL").arg(&key).arg(lapsed).get_packed_command();
+            self.commands.push((cmd, TAG_INTERNAL, layout::route(&key)));
+        }
+        chat.bans_loaded(&room, bans);
     }
 
     /// Sends the server API's delete of message `id` of `room`
@@ -312,7 +388,10 @@ impl Cluster {
             }
             BusEvent::SubscribedUp => {
                 info!("redis: subscribed");
-                for room in self.channels.rooms() {
+                let rooms: Vec<String> = self.channels.rooms().cloned().collect();
+                for room in &rooms {
+                    // Bans and messages published while not subscribed.
+                    self.read_bans(room);
                     self.feed.catch_up(room, &mut self.reads, &mut self.commands);
                 }
             }
@@ -320,6 +399,8 @@ impl Cluster {
                 // A room's first subscription: what was posted since its
                 // welcome read, and before this, was not heard.
                 if let Some(room) = channel_room(&channel).filter(|room| self.channels.hears(room)) {
+                    // Bans made while the room was not heard here.
+                    self.read_bans(room);
                     self.feed.catch_up(room, &mut self.reads, &mut self.commands);
                     // In a cluster, presence too travels on the room's channel.
                     self.presence.ask(room, chat, &mut self.commands);
@@ -344,6 +425,18 @@ impl Cluster {
                 {
                     self.feed.on_deleted(room, id);
                     chat.apply_delete(room, id);
+                } else if let Some(room) = channel_room(&channel)
+                    && let Some(record) = Moderation::decode(&payload)
+                {
+                    match record {
+                        Moderation::Kick(kick) => chat.kick_here(room, &kick.target, &kick.reason, kick.until),
+                        Moderation::Ban(note) => {
+                            chat.bans.insert(room, &note.who, Ban { until: note.until, reason: note.reason });
+                        }
+                        Moderation::Unban(who) => {
+                            chat.bans.lift(room, &who);
+                        }
+                    }
                 } else if let Some(room) = channel_room(&channel) {
                     // A room's channel carries that room's messages only.
                     let batch = decode_batch(room, &payload);
@@ -486,6 +579,7 @@ impl Cluster {
             }
             _ if tag == TAG_ROOMS => chat.learn_rooms(layout::room_list(&value)),
             _ if tag & TAG_DELETE == TAG_DELETE => self.on_deleted(tag, Some(value), chat),
+            _ if tag & TAG_BANS == TAG_BANS => self.on_bans(tag, &value, chat),
             _ if tag & TAG_DIRECTORY == TAG_DIRECTORY => {
                 if let Some((room, online)) = self.directory.on_reply(tag, &value, chat, &mut self.commands, now) {
                     self.presence.on_online(&room, online, now, chat);
@@ -511,6 +605,9 @@ impl Cluster {
             }
             TAG_READ => self.reads.on_failed(tag),
             _ if tag & TAG_DELETE == TAG_DELETE => self.on_deleted(tag, None, chat),
+            _ if tag & TAG_BANS == TAG_BANS => {
+                self.ban_reads.remove(&tag);
+            }
             _ if tag & TAG_DIRECTORY == TAG_DIRECTORY => self.directory.on_failed(tag),
             _ => {}
         }

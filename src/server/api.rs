@@ -131,8 +131,9 @@ impl Server {
             return Err((401, body.to_string().into_bytes()));
         }
         let now = crate::chat::now_ms();
-        self.bans.sweep(now);
+        self.chat.bans.sweep(now);
         let bans: Vec<Value> = self
+            .chat
             .bans
             .list(room, now)
             .into_iter()

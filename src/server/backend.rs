@@ -13,19 +13,17 @@
 //! The same header may instead carry a user's JWT, for the read API of
 //! private rooms ([`Viewer`]); a key is tried first, in constant time.
 
-use serde::Deserialize;
 use serde_json::json;
 
 use super::Server;
+use crate::api_body::{self, BodyError};
 use crate::auth::Identity;
 use crate::auth::bans::{self, Ban};
 use crate::chat::KickTarget;
-use crate::chat::protocol::clean_name;
 use crate::conn::Role;
 use crate::http::{Head, Method};
 use crate::response::Response;
 use crate::route::valid_room_name;
-use crate::storage::{BanRecord, Request};
 
 /// Who an API request says it is (`Authorization: Bearer`).
 #[derive(Debug)]
@@ -38,38 +36,22 @@ pub(super) enum Viewer {
     Backend,
 }
 
-/// The body of `POST /api/rooms/<room>/messages`.
-#[derive(Deserialize)]
-struct NewMessage {
-    message: String,
-    username: String,
-}
-
-/// The body of `POST /api/rooms/<room>/kick`: whom (a name or a user),
-/// and optionally a ban and its reason.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Kick {
-    username: Option<String>,
-    user: Option<String>,
-    ban_seconds: Option<u64>,
-    reason: Option<String>,
-}
-
 /// What a kicked member's close frame says when the moderator gave no reason.
 const KICKED: &str = "kicked by a moderator";
+
+/// The close frame's reason for a kick with `reason`.
+pub(super) fn close_reason(reason: &str) -> &str {
+    if reason.is_empty() { KICKED } else { reason }
+}
 
 /// An error answer: `{"error": code, "message": …}`.
 fn error(status: u16, code: &str, message: &str) -> Response {
     Response::json(status, json!({"error": code, "message": message}).to_string().into_bytes())
 }
 
-/// Whether the request says its body is JSON (`application/json`, any
-/// parameters such as `charset` allowed).
-fn is_json(head: &Head) -> bool {
-    head.header_str("content-type")
-        .and_then(|value| value.split(';').next())
-        .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"))
+/// The answer to a refused body.
+fn refused(e: BodyError) -> Response {
+    error(e.status, e.code, &e.message)
 }
 
 impl Server {
@@ -100,72 +82,97 @@ impl Server {
     /// "reason"?}`: closes the members it names with 4001 and the reason;
     /// with `ban_seconds`, bans them from the room until then (a user by
     /// token `sub`, a guest by address; a user named by `user` is banned
-    /// even when not connected). 200 `{"closed": k, "banned": [who…]}`.
+    /// even when not connected). With Redis the other processes do the
+    /// same with theirs. 200 `{"closed": k, "banned": [who…]}`, counting
+    /// this process's members.
     fn api_kick(&mut self, head: &Head, room: &str, body: &[u8]) -> Response {
-        if !is_json(head) {
-            return error(415, "unsupported_media_type", "send the body as Content-Type: application/json");
+        if !api_body::is_json(head.header_str("content-type")) {
+            return refused(api_body::not_json());
         }
-        let kick: Kick = match serde_json::from_slice(body) {
+        let kick = match api_body::kick(body) {
             Ok(kick) => kick,
-            Err(e) => return error(400, "bad_json", &format!("the body must be {{\"username\" or \"user\": …}}: {e}")),
+            Err(e) => return refused(e),
         };
         if !valid_room_name(room) {
             return error(400, "bad_room", "room names are 1-64 characters of A-Z, a-z, 0-9, _ and -");
         }
-        let target = match (&kick.username, &kick.user) {
-            (Some(name), None) => KickTarget::Name(name),
-            (None, Some(sub)) if !sub.is_empty() => KickTarget::User(sub),
-            _ => return error(400, "bad_json", "name the member with exactly one of \"username\" and \"user\""),
-        };
-        let reason = kick.reason.as_deref().filter(|r| !r.is_empty()).unwrap_or(KICKED);
+        let target = kick.target;
+        let reason = kick.reason;
+        let until = kick
+            .ban_seconds
+            .filter(|&seconds| seconds > 0)
+            .map(|seconds| crate::chat::now_ms().saturating_add(seconds.saturating_mul(1000)));
         let mut whos: Vec<String> = Vec::new();
-        if let KickTarget::User(sub) = target {
+        if let KickTarget::User(sub) = &target {
             whos.push(bans::user_who(sub));
         }
-        let targets = self.chat.kick_targets(room, target);
-        let mut closed = 0;
+        let targets = self.chat.kick_targets(room, &target);
+        let closed = targets.len();
         for (key, serial, sub) in targets {
-            let Some(conn) = self.conns.get_mut(key).filter(|c| c.serial() == serial) else { continue };
-            whos.push(match sub {
-                Some(sub) => bans::user_who(&sub),
-                None => bans::address_who(conn.ip().0),
-            });
-            conn.close_ws(4001, reason);
-            // Out of the room now, not when the close handshake is done:
-            // no more messages for it, and its name is free.
-            let role = conn.role_mut().map(|role| std::mem::replace(role, Role::None));
-            if let Some(role) = role {
-                self.on_ws_closed(role);
-            }
-            self.mark_dirty(key);
-            closed += 1;
+            whos.extend(self.kick_member(key, serial, sub.as_deref(), close_reason(&reason)));
         }
         whos.sort();
         whos.dedup();
-        let banned = match kick.ban_seconds {
-            Some(seconds) if seconds > 0 => {
-                let until = crate::chat::now_ms().saturating_add(seconds.saturating_mul(1000));
-                let reason = kick.reason.unwrap_or_default();
+        self.chat.kick_elsewhere(room, target, &reason, until);
+        let banned = match until {
+            Some(until) => {
                 for who in &whos {
-                    self.bans.insert(room, who, Ban { until, reason: reason.clone() });
-                    let record = BanRecord { room: room.to_string(), who: who.clone(), until, reason: reason.clone() };
-                    self.chat.requests.push(Request::Ban(record));
+                    self.chat.ban(room, who, Ban { until, reason: reason.clone() });
                 }
                 whos
             }
-            _ => Vec::new(),
+            None => Vec::new(),
         };
         Response::json(200, json!({"closed": closed, "banned": banned}).to_string().into_bytes())
+    }
+
+    /// Closes member connection `key` (if still `serial`) with 4001 and
+    /// `reason`, and takes it out of its room at once (no more messages
+    /// for it, and its name is free). Returns whom a ban would name.
+    pub(super) fn kick_member(&mut self, key: usize, serial: u64, sub: Option<&str>, reason: &str) -> Option<String> {
+        let conn = self.conns.get_mut(key).filter(|c| c.serial() == serial)?;
+        let who = match sub {
+            Some(sub) => bans::user_who(sub),
+            None => bans::address_who(conn.ip().0),
+        };
+        conn.close_ws(4001, reason);
+        let role = conn.role_mut().map(|role| std::mem::replace(role, Role::None));
+        if let Some(role) = role {
+            self.on_ws_closed(role);
+        }
+        self.mark_dirty(key);
+        Some(who)
     }
 
     /// `DELETE /api/rooms/<room>/bans/<who>`: 204, or 404 for no such ban.
     fn api_unban(&mut self, room: &str, who: &str) -> Response {
         let who = percent_encoding::percent_decode_str(who).decode_utf8_lossy();
-        if !bans::valid_who(&who) || !self.bans.lift(room, &who) {
+        if !bans::valid_who(&who) || !self.chat.unban(room, &who) {
             return error(404, "not_found", "no such ban");
         }
-        self.chat.requests.push(Request::Unban { room: room.to_string(), who: who.into_owned() });
         Response::new(204)
+    }
+
+    /// Bans were loaded for `room` (with Redis, as this process started to
+    /// hear it): members who joined before then and are banned go, as at
+    /// a join (an error frame, then 4403).
+    pub(super) fn enforce_bans(&mut self, room: &str) {
+        let now = crate::chat::now_ms();
+        for (key, serial, sub) in self.chat.members_of(room) {
+            let Some(conn) = self.conns.get(key).filter(|c| c.serial() == serial) else { continue };
+            let who = match &sub {
+                Some(sub) => bans::user_who(sub),
+                None => bans::address_who(conn.ip().0),
+            };
+            let Some(ban) = self.chat.bans.find(room, &[&who], now) else { continue };
+            let refused = super::endpoints::Refused::banned(room, ban);
+            let Some(conn) = self.conns.get_mut(key) else { continue };
+            let role = conn.role_mut().map(|role| std::mem::replace(role, Role::None));
+            if let Some(role) = role {
+                self.on_ws_closed(role);
+            }
+            self.refuse_member(key, refused);
+        }
     }
 
     /// `DELETE /api/rooms/<room>/messages/<id>`: 204 once the message is
@@ -189,34 +196,21 @@ impl Server {
 
     /// `POST /api/rooms/<room>/messages` `{"message": …, "username": …}`.
     fn api_post(&mut self, key: usize, head: &Head, room: &str, body: &[u8]) -> Option<Response> {
-        if !is_json(head) {
-            return Some(error(415, "unsupported_media_type", "send the body as Content-Type: application/json"));
+        if !api_body::is_json(head.header_str("content-type")) {
+            return Some(refused(api_body::not_json()));
         }
-        let new: NewMessage = match serde_json::from_slice(body) {
+        let new = match api_body::new_message(body, self.cfg.max_text) {
             Ok(new) => new,
-            Err(e) => {
-                return Some(error(
-                    400,
-                    "bad_json",
-                    &format!("the body must be {{\"message\": …, \"username\": …}}: {e}"),
-                ));
-            }
+            Err(e) => return Some(refused(e)),
         };
         if !valid_room_name(room) {
             return Some(error(400, "bad_room", "room names are 1-64 characters of A-Z, a-z, 0-9, _ and -"));
         }
-        let max = self.cfg.max_text;
-        if new.message.len() > max && new.message.chars().count() > max {
-            return Some(error(400, "too_long", &format!("messages are at most {max} characters")));
-        }
-        let Some(name) = clean_name(&new.username) else {
-            return Some(error(400, "bad_name", "names are 1-32 characters without control characters"));
-        };
         if self.is_draining() {
             return Some(error(503, "unavailable", "the server is shutting down").header("Retry-After", "1"));
         }
         let serial = self.conns.get(key).map_or(0, |c| c.serial());
-        self.chat.post_from_api(room, &name, &new.message, (key, serial));
+        self.chat.post_from_api(room, &new.username, &new.message, (key, serial));
         None
     }
 }

@@ -67,10 +67,23 @@ impl Server {
                     conn.close_ws(code, reason);
                     self.mark_dirty(key);
                 }
+                Outgoing::Kick { key, serial, sub, room, reason, until } => {
+                    let who = self.kick_member(key, serial, sub.as_deref(), super::backend::close_reason(&reason));
+                    if let (Some(who), Some(until)) = (who, until) {
+                        self.chat.ban(&room, &who, crate::auth::bans::Ban { until, reason });
+                    }
+                }
+                Outgoing::CheckBans { room } => self.enforce_bans(&room),
                 Outgoing::Http { key, serial, status, body } => self.answer_parked(key, serial, status, body),
             }
         }
-        self.chat.out = out;
+        // Keep the buffer; what the chat decided meanwhile (a kicked
+        // member leaving, say) goes out too.
+        let meanwhile = std::mem::replace(&mut self.chat.out, out);
+        if !meanwhile.is_empty() {
+            self.chat.out.extend(meanwhile);
+            self.deliver_chat();
+        }
         for key in over_cap {
             self.drop_slow_consumer(key);
         }

@@ -50,7 +50,7 @@ impl Refused {
     }
 
     /// Banned from `room` (the server API's kick with `ban_seconds`).
-    fn banned(room: &str, ban: &Ban) -> Refused {
+    pub(super) fn banned(room: &str, ban: &Ban) -> Refused {
         let until = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ban.until);
         let mut message = format!("you are banned from room {room} until {}", httpdate::fmt_http_date(until));
         if !ban.reason.is_empty() {
@@ -160,7 +160,7 @@ impl Server {
             Some(user) => bans::user_who(&user.sub),
             None => bans::address_who(ip),
         };
-        if let Some(ban) = self.bans.find(room, &[&who], crate::chat::now_ms()) {
+        if let Some(ban) = self.chat.bans.find(room, &[&who], crate::chat::now_ms()) {
             return Err(Refused::banned(room, ban));
         }
         Ok(user)
@@ -195,7 +195,7 @@ impl Server {
     /// the status of a refused upgrade (it only sees 1006), so it was
     /// upgraded, and now gets one error frame and a close frame that say
     /// why.
-    fn refuse_member(&mut self, key: usize, refused: Refused) {
+    pub(super) fn refuse_member(&mut self, key: usize, refused: Refused) {
         let Refused { close, code, message } = refused;
         self.send_text(key, crate::chat::protocol::error_json(code, &message).as_bytes());
         if let Some(conn) = self.conns.get_mut(key) {

@@ -212,8 +212,6 @@ pub struct Server {
     private_rooms: crate::auth::Patterns,
     /// The keys that open the server API (`--api-key`), if any.
     api_keys: Option<crate::auth::ApiKeys>,
-    /// Who may not join which room (the server API's bans).
-    bans: crate::auth::bans::Bans,
     /// The storage thread.
     storage: Option<Storage>,
     /// Counters.
@@ -296,13 +294,13 @@ impl Server {
             None => Backend::Memory { keep_per_room: 1000 },
         };
         let (mut storage, rooms) = Storage::open(backend, waker.clone()).map_err(|e| StartError(e.to_string()))?;
-        let mut bans = crate::auth::bans::Bans::default();
-        for ban in storage.take_bans() {
-            bans.insert(&ban.room, &ban.who, crate::auth::bans::Ban { until: ban.until, reason: ban.reason });
-        }
+        let bans = storage.take_bans();
         let (bus, cluster) = Server::open_redis(&cfg, poll.registry())?;
         let mode = if cluster.is_some() { Mode::Shared } else { Mode::Local };
         let mut chat = Chat::new(&cfg, rooms, mode);
+        for ban in bans {
+            chat.bans.insert(&ban.room, &ban.who, crate::auth::bans::Ban { until: ban.until, reason: ban.reason });
+        }
         if mode == Mode::Shared && cfg.data.is_none() {
             chat.without_copies();
         }
@@ -333,7 +331,6 @@ impl Server {
             auth,
             private_rooms,
             api_keys,
-            bans,
             storage: Some(storage),
             metrics: Metrics::default(),
             waker,
