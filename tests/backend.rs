@@ -394,6 +394,19 @@ fn a_deletion_crosses_processes() {
     assert_eq!(delete(b.addr, "nowhere", "1", KEY).status, 404);
 }
 
+/// The HS256 secret of the tests with signed-in users.
+const SECRET: &str = "test-secret-of-at-least-thirty-two-bytes";
+
+/// A token of user `u-7`, named Mal, signed with `SECRET`.
+fn mal_token() -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    chatroom::testutil::jwt(
+        r#"{"alg":"HS256","typ":"JWT"}"#,
+        &format!(r#"{{"sub":"u-7","name":"Mal","exp":{}}}"#, now + 600),
+        chatroom::testutil::hs256_signer(SECRET.as_bytes()),
+    )
+}
+
 /// `POST /api/rooms/<room>/kick` with `body` on `addr`.
 fn kick(addr: SocketAddr, room: &str, body: &str) -> HttpResponse {
     request(addr, &post_raw(&format!("/api/rooms/{room}/kick"), &with_key(KEY), body))
@@ -491,16 +504,10 @@ fn a_ban_keeps_a_guest_out_until_lifted() {
 #[test]
 fn a_user_is_banned_by_token_and_the_ban_survives_a_restart() {
     let dir = temp_dir("backend-bans");
-    let secret = "test-secret-of-at-least-thirty-two-bytes";
     let mut cfg = config();
     cfg.api_keys = vec![KEY.into()];
-    cfg.auth_secret = Some(secret.into());
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-    let token = chatroom::testutil::jwt(
-        r#"{"alg":"HS256","typ":"JWT"}"#,
-        &format!(r#"{{"sub":"u-7","name":"Mal","exp":{}}}"#, now + 600),
-        chatroom::testutil::hs256_signer(secret.as_bytes()),
-    );
+    cfg.auth_secret = Some(SECRET.into());
+    let token = mal_token();
     let s = TestServer::with_sqlite(cfg.clone(), &dir);
     let mut tabs: Vec<Client> = (0..2).map(|_| ws(s.addr, &format!("/ws/chatroom/lobby?token={token}"))).collect();
     for tab in &mut tabs {
@@ -545,19 +552,13 @@ fn frames_until_close(c: &mut Client) -> (Vec<serde_json::Value>, u16) {
 #[test]
 fn kicks_and_bans_cross_processes() {
     let redis = RedisServer::start(false);
-    let secret = "test-secret-of-at-least-thirty-two-bytes";
     let node = || {
         server_with(|cfg| {
             cfg.redis = Some(redis.url());
-            cfg.auth_secret = Some(secret.into());
+            cfg.auth_secret = Some(SECRET.into());
         })
     };
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-    let token = chatroom::testutil::jwt(
-        r#"{"alg":"HS256","typ":"JWT"}"#,
-        &format!(r#"{{"sub":"u-7","name":"Mal","exp":{}}}"#, now + 600),
-        chatroom::testutil::hs256_signer(secret.as_bytes()),
-    );
+    let token = mal_token();
     let (a, b) = (node(), node());
     let mut bob = ws(a.addr, "/ws/chatroom/lobby?username=bob");
     recv_type(&mut bob, "welcome");
