@@ -602,3 +602,89 @@ fn kicks_and_bans_cross_processes() {
     assert!(back, "the lifted ban reached the other process");
     assert_eq!(post_and_answer(&mut bob, "still here")["message"], "still here");
 }
+
+/// A token of user `sub` named `name` whose `moderate` claim is `rooms`.
+fn moderator_token(sub: &str, name: &str, rooms: &str) -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    chatroom::testutil::jwt(
+        r#"{"alg":"HS256","typ":"JWT"}"#,
+        &format!(r#"{{"sub":"{sub}","name":"{name}","exp":{},"moderate":{rooms}}}"#, now + 600),
+        chatroom::testutil::hs256_signer(SECRET.as_bytes()),
+    )
+}
+
+/// A member whose token moderates the room deletes and kicks with frames,
+/// to the same effect as the server API: the welcome says it moderates,
+/// members see the delete, the kicked is closed with 4001 and banned.
+#[test]
+fn a_moderator_deletes_and_kicks_from_the_room() {
+    let s = server_with(|cfg| cfg.auth_secret = Some(SECRET.into()));
+    let token = moderator_token("m-1", "Mod", r#"["lob*"]"#);
+    let mut moderator = ws(s.addr, &format!("/ws/chatroom/lobby?token={token}"));
+    assert_eq!(recv_type(&mut moderator, "welcome")["moderator"], true);
+    let mut amy = ws(s.addr, "/ws/chatroom/lobby?username=amy");
+    assert!(recv_type(&mut amy, "welcome").get("moderator").is_none(), "only moderators are told");
+    post_and_answer(&mut amy, "bad words");
+    recv_type(&mut moderator, "message");
+
+    send_text(&mut moderator, r#"{"type":"delete","id":1}"#);
+    let deleted = serde_json::json!({"type": "delete", "room": "lobby", "id": 1});
+    assert_eq!(recv_type(&mut moderator, "delete"), deleted);
+    assert_eq!(recv_type(&mut amy, "delete"), deleted);
+    let page = get(s.addr, "/api/rooms/lobby/messages").json();
+    assert!(is_tombstone(&page["messages"][0], "lobby", 1), "{page}");
+    send_text(&mut moderator, r#"{"type":"delete","id":7}"#);
+    assert_eq!(recv_type(&mut moderator, "error")["code"], "not_found");
+
+    send_text(&mut moderator, r#"{"type":"kick","username":"amy","ban_seconds":60,"reason":"language"}"#);
+    assert_eq!(close_of(&mut amy), (4001, "language".to_string()));
+    let (error, code) = refused_join(s.addr, "/ws/chatroom/lobby?username=amy");
+    assert_eq!((error["code"].as_str(), code), (Some("banned"), 4403), "{error}");
+}
+
+/// Anyone else gets `forbidden`: a guest, a user with a token but no
+/// `moderate` claim, and a moderator of another room; nothing happens.
+#[test]
+fn only_the_room_s_moderators_may_delete_or_kick() {
+    let s = server_with(|cfg| cfg.auth_secret = Some(SECRET.into()));
+    let mut amy = ws(s.addr, "/ws/chatroom/lobby?username=amy");
+    recv_type(&mut amy, "welcome");
+    post_and_answer(&mut amy, "keep me");
+    let elsewhere = moderator_token("m-2", "Other", r#"["team-b"]"#);
+    let plain = mal_token();
+    for query in ["?username=guest".to_string(), format!("?token={plain}"), format!("?token={elsewhere}")] {
+        let mut c = ws(s.addr, &format!("/ws/chatroom/lobby{query}"));
+        recv_type(&mut c, "welcome");
+        for frame in [r#"{"type":"delete","id":1}"#, r#"{"type":"kick","username":"amy"}"#] {
+            send_text(&mut c, frame);
+            assert_eq!(recv_type(&mut c, "error")["code"], "forbidden", "{query} {frame}");
+        }
+    }
+    assert_eq!(post_and_answer(&mut amy, "still here")["message"], "still here");
+    let page = get(s.addr, "/api/rooms/lobby/messages").json();
+    assert_eq!(page["messages"][0]["message"], "keep me");
+}
+
+/// With Redis a moderator on one process kicks a member on another.
+#[test]
+fn a_moderator_kicks_across_processes() {
+    let redis = RedisServer::start(false);
+    let node = || {
+        server_with(|cfg| {
+            cfg.redis = Some(redis.url());
+            cfg.auth_secret = Some(SECRET.into());
+        })
+    };
+    let (a, b) = (node(), node());
+    let mut amy = ws(b.addr, "/ws/chatroom/lobby?username=amy");
+    recv_type(&mut amy, "welcome");
+    let token = moderator_token("m-1", "Mod", r#"["lobby"]"#);
+    let mut moderator = ws(a.addr, &format!("/ws/chatroom/lobby?token={token}"));
+    recv_type(&mut moderator, "welcome");
+    post_and_answer(&mut amy, "bad words");
+    recv_type(&mut moderator, "message");
+    send_text(&mut moderator, r#"{"type":"delete","id":1}"#);
+    assert_eq!(recv_type(&mut amy, "delete")["id"], 1);
+    send_text(&mut moderator, r#"{"type":"kick","username":"amy"}"#);
+    assert_eq!(close_of(&mut amy), (4001, "kicked by a moderator".to_string()));
+}

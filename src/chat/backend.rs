@@ -14,7 +14,7 @@ use std::rc::Rc;
 
 use serde_json::json;
 
-use super::{Chat, Handoff, Mode, NotSent, Outgoing, Pending, PostIntent, now_ms, protocol};
+use super::{Chat, Handoff, Membership, Mode, NotSent, Outgoing, Pending, PostIntent, now_ms, protocol};
 use crate::auth::bans::Ban;
 use crate::storage::{BanRecord, Request, StoredMessage};
 
@@ -139,6 +139,35 @@ impl Chat {
         self.enqueue_commit(Rc::from(room), msg, json, Some(author));
     }
 
+    /// A moderator's frame ([`protocol::Command`]) from member `key`: the
+    /// server API's delete or kick, in the member's room. Anyone whose
+    /// token does not moderate the room gets a `forbidden` error.
+    pub(super) fn on_command(&mut self, key: usize, m: &Membership, command: protocol::Command) {
+        if !m.moderator {
+            let json = protocol::error_json("forbidden", "only this room's moderators may delete messages or kick");
+            return self.out.push(Outgoing::To { key, json });
+        }
+        let Some(room) = self.live.get(m.room).map(|r| r.name.to_string()) else { return };
+        match command {
+            protocol::Command::Delete { id } => {
+                let author = (key, m.serial);
+                if self.mode == Mode::Shared {
+                    self.handoffs.push(Handoff::Delete { room, id, author });
+                } else if self.directory.get(&room).is_some_and(|r| (1..=r.last_id).contains(&id)) {
+                    self.enqueue_delete(Rc::from(room.as_str()), id, None);
+                } else {
+                    self.api_deleted(author, Ok(false));
+                }
+            }
+            protocol::Command::Kick { username, ban_seconds, reason } => {
+                let until = ban_seconds.filter(|&s| s > 0).map(|s| now_ms().saturating_add(s.saturating_mul(1000)));
+                let (target, reason) = (KickTarget::Name(username), reason.unwrap_or_default());
+                self.kick_here(&room, &target, &reason, until);
+                self.kick_elsewhere(&room, target, &reason, until);
+            }
+        }
+    }
+
     /// The server API deletes message `id` of `room` for the request on
     /// connection `author`. Returns false when there is no such message
     /// here to delete (404); with Redis the sharer decides, and answers
@@ -253,14 +282,24 @@ impl Chat {
         self.api_outcome(author, Ok((room, id)))
     }
 
-    /// The outcome of an API delete: done (204), no such message (404),
-    /// or not done (503).
+    /// The outcome of a delete: done (204), no such message (404), or not
+    /// done (503) for the server API; for a moderator's frame the `delete`
+    /// event is the answer, and an error frame says what went wrong.
     pub fn api_deleted(&mut self, author: (usize, u64), outcome: Result<bool, NotSent>) {
-        let (status, body) = match outcome {
+        let (status, body) = match &outcome {
             Ok(true) => (204, Vec::new()),
             Ok(false) => (404, br#"{"error":"not_found","message":"no such message"}"#.to_vec()),
             Err(why) => (503, json!({"error": "unavailable", "message": why.text()}).to_string().into_bytes()),
         };
-        self.answer_api(author, status, body);
+        if self.answer_api(author, status, body) {
+            return;
+        }
+        let (key, serial) = author;
+        let json = match outcome {
+            Ok(true) => return,
+            Ok(false) => protocol::error_json("not_found", "no such message in this room"),
+            Err(why) => protocol::error_json("unavailable", why.text()),
+        };
+        self.out.push(Outgoing::ToSerial { key, serial, json });
     }
 }

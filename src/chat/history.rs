@@ -93,7 +93,10 @@ impl Chat {
         let count = room.members.len() + elsewhere.len();
         online.extend(elsewhere.iter().take(ONLINE_LIST_MAX.saturating_sub(online.len())).map(|s| s.as_str()));
         let history: Vec<&str> = history.iter().map(|h| &**h).collect();
-        let json = protocol::welcome_json(&room.name, &member.name, &online, count, &history, room.committed_id);
+        let mut json = protocol::welcome_json(&room.name, &member.name, &online, count, &history, room.committed_id);
+        if member.moderator {
+            protocol::push_moderator(&mut json);
+        }
         if let Some(m) = room.members.get_mut(slot) {
             m.welcomed = true;
             m.since = None;

@@ -177,6 +177,9 @@ pub struct Membership {
     refilled: Instant,
     /// A guest under `--guests read-only`: its posts are refused.
     read_only: bool,
+    /// Its token's `moderate` claim names the room: it may send
+    /// [`protocol::Command`]s.
+    moderator: bool,
 }
 
 /// Who joins a room ([`Chat::join_as`]).
@@ -197,6 +200,8 @@ pub enum Who<'a> {
         name: &'a str,
         /// The token's `sub`: the user, whatever the name (kicks by user).
         sub: &'a str,
+        /// Its `moderate` claim names the room.
+        moderator: bool,
     },
 }
 
@@ -431,9 +436,9 @@ impl Chat {
             self.drop_if_empty(slot_room);
             return None;
         }
-        let (name, sub, read_only) = match who {
-            Who::Guest { name, read_only } => (name, None, read_only),
-            Who::Verified { name, sub } => (Some(name), Some(Rc::from(sub)), false),
+        let (name, sub, read_only, moderator) = match who {
+            Who::Guest { name, read_only } => (name, None, read_only, false),
+            Who::Verified { name, sub, moderator } => (Some(name), Some(Rc::from(sub)), false, moderator),
         };
         let verified = sub.is_some();
         let (wanted, named_by_server, bad_name) = match name.map(clean_name) {
@@ -449,6 +454,7 @@ impl Chat {
         let (slot, got) = r.add(key, &wanted, since, sub);
         if let Some(m) = r.members.get_mut(slot) {
             m.serial = serial;
+            m.moderator = moderator;
         }
         r.joined.push((got, key));
         if r.members.len() == 1 && self.mode == Mode::Shared {
@@ -474,6 +480,7 @@ impl Chat {
             tokens: self.settings.rate_burst,
             refilled: now,
             read_only,
+            moderator,
         })
     }
 
@@ -485,12 +492,18 @@ impl Chat {
     /// A member's text frame: post it, or answer with an error event.
     pub fn on_text(&mut self, key: usize, m: &mut Membership, text: &str, now: Instant) {
         if m.read_only {
+            if let Some(command) = protocol::parse_command(text) {
+                return self.on_command(key, m, command);
+            }
             let json = protocol::error_json("read_only", "guests may read this chat but not post; sign in to post");
             return self.out.push(Outgoing::To { key, json });
         }
         let post = match protocol::parse_post(text, self.settings.max_text) {
             Ok(post) => post,
             Err(PostError::BadJson) => {
+                if let Some(command) = protocol::parse_command(text) {
+                    return self.on_command(key, m, command);
+                }
                 let json = protocol::error_json("bad_json", r#"send {"message": "text"} as a JSON object"#);
                 return self.out.push(Outgoing::To { key, json });
             }

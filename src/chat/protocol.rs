@@ -84,6 +84,45 @@ fn string_or_nothing<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Option<C
     de.deserialize_any(StringOrNothing)
 }
 
+/// A moderator's frame: a member whose token's `moderate` claim names the
+/// room may delete a message or kick a member, as the server API does.
+#[derive(Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Command {
+    /// `{"type":"delete","id":N}`.
+    Delete {
+        /// The message's id.
+        id: u64,
+    },
+    /// `{"type":"kick","username":…}`, optionally `"ban_seconds"` and `"reason"`.
+    Kick {
+        /// Whom, by the name the room shows.
+        username: String,
+        /// Ban for this long.
+        #[serde(default)]
+        ban_seconds: Option<u64>,
+        /// Why.
+        #[serde(default)]
+        reason: Option<String>,
+    },
+}
+
+/// Decodes a frame that is not a post as a moderator's command, if it is
+/// one (asked only after [`parse_post`] refused the frame, so posts pay
+/// nothing for it).
+pub fn parse_command(text: &str) -> Option<Command> {
+    serde_json::from_str(text).ok()
+}
+
+/// Marks a welcome frame: its member moderates the room (the page shows
+/// delete and kick actions).
+pub fn push_moderator(welcome: &mut String) {
+    if welcome.ends_with('}') {
+        welcome.pop();
+        welcome.push_str(r#","moderator":true}"#);
+    }
+}
+
 /// Decodes a client text frame into a [`Post`].
 ///
 /// `message` must be a string (the original client always sends one); a

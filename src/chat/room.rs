@@ -26,6 +26,8 @@ pub struct Member {
     /// The `sub` of the verified token it joined with (`None`: a guest).
     /// No guest may hold a verified member's name here.
     pub sub: Option<Rc<str>>,
+    /// Its token's `moderate` claim names this room.
+    pub moderator: bool,
     /// `?since=` asked at the handshake, until the welcome is sent.
     pub since: Option<u64>,
     /// Waiting for a storage read before its welcome.
@@ -90,7 +92,16 @@ impl Room {
         let name = self.unique_name(name);
         let shared: Rc<str> = Rc::from(name.as_str());
         self.names.insert(shared.clone());
-        let member = Member { key, serial: 0, name: shared, sub, welcomed: false, since, awaiting_read: false };
+        let member = Member {
+            key,
+            serial: 0,
+            name: shared,
+            sub,
+            moderator: false,
+            welcomed: false,
+            since,
+            awaiting_read: false,
+        };
         (self.members.insert(member), name)
     }
 

@@ -104,7 +104,9 @@ impl Server {
                     Err(refused) => return self.refuse_member(key, refused),
                 };
                 let who = match &identity {
-                    Some(user) => Who::Verified { name: &user.name, sub: &user.sub },
+                    Some(user) => {
+                        Who::Verified { name: &user.name, sub: &user.sub, moderator: user.moderate.matches(room) }
+                    }
                     None => Who::Guest { name: name.as_deref(), read_only: self.cfg.guests == Guests::ReadOnly },
                 };
                 let membership = self.chat.join_as((key, serial), room, who, since, self.now);

@@ -1,23 +1,34 @@
-// backend.test.mjs: what a site's backend does through the server API
-// (--api-key), seen from the room page: a message the backend deletes
-// vanishes live from an open page, and a page opened afterwards shows the
-// tombstone in its history, never the text.
+// backend.test.mjs: moderation seen from the room page. A message the
+// site's backend deletes (server API, --api-key) vanishes live from an open
+// page, and a page opened afterwards shows the tombstone, never the text. A
+// moderator (a token whose `moderate` claim names the room) deletes with the
+// page's own buttons, and a member it kicks is told why and does not
+// reconnect into the ban.
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import crypto from 'node:crypto';
 
 import {
   TEST_TIMEOUT_MS, UI_TIMEOUT_MS, startServer, launchBrowser, openPage, closePage,
-  joinRoom, sendMessage, waitForMessage, unique,
+  joinRoom, sendMessage, waitForMessage, waitForStatus, unique,
 } from './lib.mjs';
 
 const KEY = 'browser-test-api-key-0123456789';
+const SECRET = 'browser-test-secret-of-32-bytes-or-more';
+
+/// An HS256 JWT for `claims`, signed with SECRET (node:crypto alone).
+function mint(claims) {
+  const b64 = (obj) => Buffer.from(JSON.stringify(obj)).toString('base64url');
+  const body = `${b64({ alg: 'HS256', typ: 'JWT' })}.${b64({ exp: Math.floor(Date.now() / 1000) + 600, ...claims })}`;
+  return `${body}.${crypto.createHmac('sha256', SECRET).update(body).digest('base64url')}`;
+}
 
 let server;
 let browser;
 
 before(async () => {
-  server = await startServer({ extraArgs: ['--api-key', KEY] });
+  server = await startServer({ extraArgs: ['--api-key', KEY, '--auth-secret', SECRET] });
   browser = await launchBrowser();
 });
 
@@ -62,5 +73,42 @@ test('a deleted message vanishes live and stays a tombstone', { timeout: TEST_TI
   } finally {
     await closePage(first);
     await closePage(second);
+  }
+});
+
+test('a moderator deletes a message and kicks a member from the page', { timeout: TEST_TIMEOUT_MS }, async () => {
+  const room = unique('mod');
+  const mod = await openPage(browser);
+  const guest = await openPage(browser);
+  try {
+    await mod.goto(`${server.url}/room/${room}#token=${mint({ sub: 'm-1', name: 'Moe', moderate: [room] })}`);
+    await mod.fill('#username', 'ignored');
+    await mod.click('#connect');
+    await waitForStatus(mod, 'online');
+    await joinRoom(guest, server.url, room, 'gus');
+    await sendMessage(guest, 'rude words');
+    await waitForMessage(mod, 'rude words', 'gus');
+    assert.equal(await guest.$$eval('button.delete, button.kick', (b) => b.length), 0, 'no actions for members');
+
+    await mod.click('#messages li.msg[data-id="1"] button.delete');
+    await guest.waitForSelector('#messages li.msg.deleted[data-id="1"]', { timeout: UI_TIMEOUT_MS });
+    assert.deepEqual(await texts(guest), ['message deleted']);
+
+    await mod.click('#online button.kick[data-name="gus"]');
+    await guest.waitForFunction(() => [...document.querySelectorAll('#messages li.sys.error')]
+      .some((li) => li.textContent.includes('4001')), null, { timeout: UI_TIMEOUT_MS, polling: 50 });
+    await waitForStatus(guest, 'offline');
+    const lines = await guest.$$eval('#messages li.sys', (lis) => lis.map((li) => li.textContent));
+    assert.ok(lines.some((l) => l.includes('removed by Moe')), `the reason is shown: ${lines.join(' | ')}`);
+    assert.ok(!lines.some((l) => l.includes('reconnecting')), `no reconnect into the ban: ${lines.join(' | ')}`);
+
+    // Pressing Connect again meets the ban, and the page says so.
+    await guest.click('#connect');
+    await guest.waitForFunction(() => [...document.querySelectorAll('#messages li.sys.error')]
+      .some((li) => li.textContent.includes('banned')), null, { timeout: UI_TIMEOUT_MS, polling: 50 });
+    await waitForStatus(guest, 'offline');
+  } finally {
+    await closePage(mod);
+    await closePage(guest);
   }
 });

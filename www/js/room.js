@@ -32,10 +32,13 @@
     1009: 'a message was too big',
     1013: 'the room is full, try again later',
     4401: 'this chat needs you signed in (your token is missing, expired or invalid)',
+    4001: 'a moderator removed you from this room',
     4403: 'you may not join this room',
   };
   // Closes that a reconnect cannot fix: the page stops trying.
-  const FINAL_CLOSES = new Set([4401, 4403]);
+  const FINAL_CLOSES = new Set([4001, 4401, 4403]);
+  // A moderator's kick from this page also bans for this long.
+  const KICK_BAN_SECONDS = 600;
 
   // A signed-in user's token, from the address's fragment (#token=...).
   // Read once, then taken out of the address bar (and so out of the
@@ -82,6 +85,7 @@
   let attempt = 0;          // reconnects tried since the last welcome
   let retryTimer = null;    // the pending reconnect, if any
   let me = '';              // our name, as the server knows it
+  let moderator = false;    // the welcome said our token moderates this room
   let lastId = 0;           // highest message id shown
   let oldestId = null;      // lowest message id shown (null: none yet)
   let floorId = 1;          // nothing older than this exists any more
@@ -119,7 +123,10 @@
         el('span', { class: 'who ' + hueClass(m.username) }, m.username),
         // A signed-in user's message ("verified": true): the name is theirs.
         m.verified ? el('span', { class: 'verified', title: 'signed in' }, '✓') : null,
-        timeEl(m.ts)),
+        timeEl(m.ts),
+        // A moderator's action; its mark is drawn by CSS, so the line's
+        // text stays the message's.
+        moderator ? el('button', { type: 'button', class: 'delete', 'data-id': m.id, title: 'delete this message' }) : null),
       el('p', { class: 'text' }, m.message));
   }
 
@@ -145,7 +152,10 @@
     if (Number.isInteger(count)) onlineCount = count;
     const names = [...online.keys()].sort((a, b) => a.localeCompare(b));
     ui.online.replaceChildren(...names.map((name) =>
-      el('li', { class: name === me ? 'me ' + hueClass(name) : hueClass(name) }, name)));
+      el('li', { class: name === me ? 'me ' + hueClass(name) : hueClass(name) }, name,
+        moderator && name !== me
+          ? el('button', { type: 'button', class: 'kick', 'data-name': name, title: `remove ${name} (banned for ${KICK_BAN_SECONDS / 60} min)` })
+          : null)));
     ui.onlineCount.textContent = String(onlineCount);
   }
 
@@ -256,6 +266,7 @@
   function onWelcome(f) {
     attempt = 0;
     me = f.username || me;
+    moderator = f.moderator === true;
     ui.username.value = me;
     if (Number.isInteger(f.last_id) && f.last_id < lastId) {
       // The room now ends before what we have seen: its history was wiped
@@ -344,6 +355,12 @@
 
   // ---- sending -------------------------------------------------------------
 
+  // A moderator's frames: the server checks the token's `moderate` claim,
+  // and answers anyone else with a `forbidden` error.
+  function moderate(frame) {
+    if (socket && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify(frame));
+  }
+
   function send(event) {
     event.preventDefault();
     const text = ui.input.value;
@@ -424,4 +441,14 @@
   ui.close.addEventListener('click', disconnect);
   ui.composer.addEventListener('submit', send);
   ui.older.addEventListener('click', loadOlder);
+  ui.messages.addEventListener('click', (event) => {
+    const button = event.target.closest('button.delete');
+    if (button) moderate({ type: 'delete', id: Number(button.dataset.id) });
+  });
+  ui.online.addEventListener('click', (event) => {
+    const button = event.target.closest('button.kick');
+    if (button) {
+      moderate({ type: 'kick', username: button.dataset.name, ban_seconds: KICK_BAN_SECONDS, reason: `removed by ${me}` });
+    }
+  });
 })();
