@@ -7,22 +7,18 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import crypto from 'node:crypto';
 
 import {
   TEST_TIMEOUT_MS, UI_TIMEOUT_MS, startServer, launchBrowser, openPage, closePage,
   joinRoom, sendMessage, waitForMessage, waitForStatus, unique,
+  mintToken,
 } from './lib.mjs';
 
 const KEY = 'browser-test-api-key-0123456789';
 const SECRET = 'browser-test-secret-of-32-bytes-or-more';
 
-/// An HS256 JWT for `claims`, signed with SECRET (node:crypto alone).
-function mint(claims) {
-  const b64 = (obj) => Buffer.from(JSON.stringify(obj)).toString('base64url');
-  const body = `${b64({ alg: 'HS256', typ: 'JWT' })}.${b64({ exp: Math.floor(Date.now() / 1000) + 600, ...claims })}`;
-  return `${body}.${crypto.createHmac('sha256', SECRET).update(body).digest('base64url')}`;
-}
+/// An HS256 JWT for `claims`, signed with SECRET.
+const mint = (claims) => mintToken(SECRET, claims);
 
 let server;
 let browser;

@@ -12,6 +12,7 @@
 // Every wait here is bounded: a broken server or page fails a test, it never
 // hangs the run.
 
+import crypto from 'node:crypto';
 import { before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -271,3 +272,11 @@ export async function assertClean(page, where) {
   assert.deepEqual(await cspViolations(page), [], `${where}: CSP violations`);
 }
 
+
+/// An HS256 JWT for `claims` (expiring in 10 minutes), signed with
+/// `secret` the way a site's Node backend would: node:crypto alone.
+export function mintToken(secret, claims) {
+  const b64 = (obj) => Buffer.from(JSON.stringify(obj)).toString('base64url');
+  const body = `${b64({ alg: 'HS256', typ: 'JWT' })}.${b64({ exp: Math.floor(Date.now() / 1000) + 600, ...claims })}`;
+  return `${body}.${crypto.createHmac('sha256', secret).update(body).digest('base64url')}`;
+}
