@@ -103,6 +103,18 @@ fn check_origin(head: &Head, allow_origin: &[String]) -> Result<(), Refusal> {
     }
 }
 
+/// The `Origin` of a cross-origin request that `--allow-origin` lists
+/// (its host[:port]), for the CORS headers of its answer: a page of that
+/// site may read the API and load the client module. `None` for a request
+/// without `Origin`, from the server's own host, or from a site not listed.
+pub fn cors_origin<'h>(head: &'h Head, allow_origin: &[String]) -> Option<&'h str> {
+    let origin = head.header_str("origin")?;
+    let host_port = origin.split_once("://")?.1.trim_end_matches('/').to_ascii_lowercase();
+    let listed = allow_origin.iter().any(|a| strip_default_port(a) == strip_default_port(&host_port));
+    // A value that could break a header line never goes back out.
+    (listed && !origin.bytes().any(|b| b.is_ascii_control())).then_some(origin)
+}
+
 /// `example.com:80` and `example.com:443` compare equal to `example.com`:
 /// a browser omits the default port in `Origin` but a client may send it in `Host`.
 fn strip_default_port(host: &str) -> &str {

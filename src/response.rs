@@ -65,6 +65,15 @@ impl Response {
         self
     }
 
+    /// Lets a page of `origin` (a site `--allow-origin` lists) read this
+    /// answer (CORS).
+    pub fn cors(self, origin: Option<&str>) -> Response {
+        match origin {
+            Some(origin) => self.header("Access-Control-Allow-Origin", origin).header("Vary", "Origin"),
+            None => self,
+        }
+    }
+
     /// Adds the security headers a page (HTML) carries.
     pub fn page_headers(self) -> Response {
         self.header("Content-Security-Policy", CSP)

@@ -293,3 +293,23 @@ fn a_full_server_does_not_tell_strangers_which_private_rooms_are_live() {
     assert_eq!(upgrade(format!("/ws/chatroom/team-b?token={bob}")).status, 503, "a member: the room limit holds");
     assert_eq!(upgrade(format!("/ws/chatroom/team-a?token={bob}")).status, 101, "the live room takes members");
 }
+
+/// The README's Python snippet, run as written: a backend with nothing but
+/// Python's standard library mints a token the server accepts.
+#[test]
+fn the_readme_s_python_snippet_mints_a_token_the_server_accepts() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let start = readme.find("```python\n").expect("a Python block in the README") + "```python\n".len();
+    let snippet = &readme[start..start + readme[start..].find("```").unwrap()];
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(snippet)
+        .env("CHATROOM_AUTH_SECRET", SECRET)
+        .output()
+        .expect("python3 runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let s = server(chatroom::config::Guests::On);
+    let (_c, welcome) = join(s.addr, "lobby", &format!("?token={token}"));
+    assert_eq!(welcome["username"], "Alice", "{welcome}");
+}

@@ -688,3 +688,44 @@ fn a_moderator_kicks_across_processes() {
     send_text(&mut moderator, r#"{"type":"kick","username":"amy"}"#);
     assert_eq!(close_of(&mut amy), (4001, "kicked by a moderator".to_string()));
 }
+
+/// `--allow-origin` also governs CORS: a listed site's pages may read the
+/// API (answers, parked ones included, name the origin) and load the
+/// client module, and their preflights are answered; other sites get no
+/// CORS headers, and their preflights 403.
+#[test]
+fn listed_origins_may_use_the_api_from_their_pages() {
+    let s = server_with(|cfg| cfg.allow_origin = vec!["site.example".into()]);
+    let from = |origin: &str, raw: &str| {
+        let raw = raw.replacen("\r\n", &format!("\r\nOrigin: {origin}\r\n"), 1);
+        request(s.addr, &raw)
+    };
+    let read = "GET /api/rooms HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let r = from("https://site.example", read);
+    assert_eq!(
+        (r.header("access-control-allow-origin"), r.header("vary")),
+        (Some("https://site.example"), Some("Origin"))
+    );
+    assert_eq!(from("https://evil.example", read).header("access-control-allow-origin"), None);
+    let module =
+        from("https://site.example", "GET /js/chatroom-client.js HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert_eq!((module.status, module.header("access-control-allow-origin")), (200, Some("https://site.example")));
+    assert!(module.text().contains("export class ChatroomClient"));
+    let page = from("https://site.example", "GET /room/lobby HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert_eq!(page.header("access-control-allow-origin"), None, "pages are not shared");
+
+    let preflight = "OPTIONS /api/rooms/lobby/messages HTTP/1.1\r\nHost: x\r\nAccess-Control-Request-Method: POST\r\n\
+                     Access-Control-Request-Headers: authorization, content-type\r\nConnection: close\r\n\r\n";
+    let r = from("https://site.example", preflight);
+    assert_eq!(r.status, 204);
+    assert_eq!(r.header("access-control-allow-origin"), Some("https://site.example"));
+    assert!(r.header("access-control-allow-methods").unwrap().contains("POST"));
+    assert!(r.header("access-control-allow-headers").unwrap().to_ascii_lowercase().contains("authorization"));
+    assert_eq!(from("https://evil.example", preflight).status, 403);
+
+    let posted = from(
+        "https://site.example",
+        &post_raw("/api/rooms/lobby/messages", &with_key(KEY), r#"{"message":"hi","username":"ops"}"#),
+    );
+    assert_eq!((posted.status, posted.header("access-control-allow-origin")), (201, Some("https://site.example")));
+}

@@ -35,12 +35,14 @@ pub(super) struct HttpState {
 }
 
 /// How to send an answer that had to wait.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Parked {
     /// The request was HEAD: send no body.
     pub(crate) head_only: bool,
     /// Keep the connection open afterwards.
     pub(crate) keep_alive: bool,
+    /// The listed cross-origin `Origin` the answer's CORS headers name.
+    pub(crate) cors: Option<Box<str>>,
 }
 
 /// What the HTTP phase wants done next (see [`Connection::next_request`]).

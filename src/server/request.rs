@@ -4,8 +4,9 @@
 //! requests arrived on the connection, and says what to do with it as an
 //! [`Answer`]; `respond.rs` carries that out, keeping pipelined answers in
 //! order. The answer follows from the method and the path: we serve GET
-//! and HEAD everywhere, and POST and DELETE under `/api/` (the server
-//! API, `backend.rs`, the only requests whose body is read).
+//! and HEAD everywhere, POST and DELETE under `/api/` (the server API,
+//! `backend.rs`, the only requests whose body is read), and OPTIONS (CORS
+//! preflights) for the API and the client module.
 
 use log::debug;
 
@@ -28,6 +29,24 @@ pub(super) enum Answer {
     /// The connection is a WebSocket now; these bytes came glued to the
     /// upgrade request (its first frames).
     Upgraded(Vec<u8>),
+}
+
+/// The client module sites embed (`www/js/chatroom-client.js`), which
+/// pages of other origins may load (CORS).
+const CLIENT_MODULE: &str = "/js/chatroom-client.js";
+
+/// The answer to a CORS preflight (`OPTIONS`) of the API or the client
+/// module: for a listed origin, what it may send (the CORS headers are
+/// added by the caller); for any other origin, 403.
+fn preflight(head: &Head, cors: Option<&str>) -> Response {
+    if head.header("origin").is_some() && cors.is_none() {
+        return Response::text(403, "this Origin is not allowed here (see --allow-origin)");
+    }
+    Response::new(204)
+        .header("Allow", "GET, HEAD, POST, DELETE, OPTIONS")
+        .header("Access-Control-Allow-Methods", "GET, HEAD, POST, DELETE")
+        .header("Access-Control-Allow-Headers", "Authorization, Content-Type")
+        .header("Access-Control-Max-Age", "600")
 }
 
 impl Server {
@@ -55,14 +74,19 @@ impl Server {
         // While shutting down, every answer is the connection's last.
         let keep_alive = head.keep_alive() && !self.is_draining();
         let head_only = head.method == Some(Method::Head);
+        // The API and the client module may be read by pages of the sites
+        // `--allow-origin` lists (CORS); nothing else is shared.
+        let shared = path.starts_with("/api/") || path == CLIENT_MODULE;
+        let cors = handshake::cors_origin(&head, &self.cfg.allow_origin).filter(|_| shared);
         let response = match (head.method, path.strip_prefix("/api/")) {
             (Some(Method::Get | Method::Head), _) => self.answer(key, &head, &path),
             (Some(Method::Post | Method::Delete), Some(api)) => self.on_backend(key, &head, api, &request.body),
+            (Some(Method::Options), _) if shared => Some(preflight(&head, cors)),
             _ => Some(Response::text(405, "only GET and HEAD are served here").header("Allow", "GET, HEAD")),
         };
         match response {
-            Some(response) => Answer::Now(response.head_only(head_only).close(!keep_alive)),
-            None => Answer::Later(Parked { head_only, keep_alive }),
+            Some(response) => Answer::Now(response.cors(cors).head_only(head_only).close(!keep_alive)),
+            None => Answer::Later(Parked { head_only, keep_alive, cors: cors.map(Box::from) }),
         }
     }
 

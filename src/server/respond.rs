@@ -91,7 +91,10 @@ impl Server {
             return;
         }
         let Some(parked) = conn.unpark() else { return };
-        let response = Response::json(status, body).head_only(parked.head_only).close(!parked.keep_alive);
+        let response = Response::json(status, body)
+            .cors(parked.cors.as_deref())
+            .head_only(parked.head_only)
+            .close(!parked.keep_alive);
         self.respond(key, response);
         self.read_again(key);
     }

@@ -1,23 +1,27 @@
 // room.js: one chat room, /room/<name>.
 //
-// The flow, in the order a reader meets it below:
-//   1. the room name comes from the address, the user name from the form;
-//   2. connect() opens ws://host/ws/chatroom/<room>?username=<name>[&since=<lastId>]
-//      (or ?token=<jwt> for a signed-in user: a site links to
-//      /room/<room>#token=<jwt>: a browser never sends the fragment with
-//      the page's request, and the page takes it out of the address bar;
-//      the handshake carries it as ?token=, which chatroom never logs);
-//   3. onFrame() handles each JSON frame the server sends (README, "Wire format");
-//   4. onClosed() decides whether to come back: yes, with growing pauses,
-//      unless the user pressed Close. Coming back asks for `since=lastId`,
-//      so the server resends only what we missed while away;
+// The connection itself (the handshake's query, reconnecting with growing
+// pauses and ?since=, which closes are final, scroll-back requests) is the
+// client module's, chatroom-client.js, which sites embedding the chat use
+// too. This page draws what it reports. The flow, in the order a reader
+// meets it below:
+//   1. the room name comes from the address, the user name from the form
+//      (or a signed-in user's token: a site links to /room/<room>#token=<jwt>;
+//      a browser never sends the fragment with the page's request, and the
+//      page takes it out of the address bar; the handshake carries it as
+//      ?token=, which chatroom never logs);
+//   2. connect() asks the client to connect;
+//   3. each frame the server sends arrives as an event of its type and is
+//      drawn (README, "Wire format");
+//   4. onClosed() and onReconnecting() say what the client decided: stop
+//      (Close pressed, or a close a reconnect cannot fix), or come back;
 //   5. loadOlder() fetches history above the oldest message on screen.
 //
 // Every message carries the room's sequence number (`id`: 1, 2, 3... without
 // gaps). Remembering the highest one we showed (`lastId`) is all it takes to
 // never show a message twice and to resume exactly where we left off.
 
-'use strict';
+import { ChatroomClient } from '/js/chatroom-client.js';
 
 (() => {
   const NAME_KEY = 'chatroom.username';  // localStorage key for the last name used
@@ -35,8 +39,6 @@
     4001: 'a moderator removed you from this room',
     4403: 'you may not join this room',
   };
-  // Closes that a reconnect cannot fix: the page stops trying.
-  const FINAL_CLOSES = new Set([4001, 4401, 4403]);
   // A moderator's kick from this page also bans for this long.
   const KICK_BAN_SECONDS = 600;
 
@@ -80,10 +82,7 @@
 
   // ---- state -------------------------------------------------------------
 
-  let socket = null;        // the current WebSocket, or null while offline
-  let wanted = false;       // true from Connect until Close: come back after drops
-  let attempt = 0;          // reconnects tried since the last welcome
-  let retryTimer = null;    // the pending reconnect, if any
+  let client = null;        // the room's ChatroomClient (made once the room name checks out)
   let me = '';              // our name, as the server knows it
   let moderator = false;    // the welcome said our token moderates this room
   let lastId = 0;           // highest message id shown
@@ -176,49 +175,15 @@
   // ---- 2. connecting -----------------------------------------------------
 
   function connect() {
-    clearTimeout(retryTimer);
-    retryTimer = null;
-    if (socket) {
-      // Connect while connected (perhaps with a new name): start over.
-      const old = socket;
-      socket = null;
-      old.close(1000);
-    }
-    wanted = true;
     ui.close.disabled = false;
-
-    const name = ui.username.value.trim();
-    saveName(name);
-    const params = new URLSearchParams();
-    if (token) params.set('token', token);
-    else if (name) params.set('username', name);
-    if (lastId > 0) params.set('since', String(lastId));
-    const query = params.toString();
-    const ws = new WebSocket(wsUrl('/ws/chatroom/' + encodeURIComponent(room) + (query ? '?' + query : '')));
-    socket = ws;
+    saveName(ui.username.value.trim());
     setStatus(ui.status, 'connecting');
-
-    // A socket we replaced may still report in; only the current one counts.
-    ws.addEventListener('message', (event) => { if (socket === ws) onFrame(event.data); });
-    ws.addEventListener('close', (event) => {
-      if (socket !== ws) return;
-      socket = null;
-      onClosed(event);
-    });
-    // No 'error' handler: a 'close' event always follows it, and that is
-    // where we decide what to do.
+    client.connect();
   }
 
   function disconnect() {
-    wanted = false;
-    clearTimeout(retryTimer);
-    retryTimer = null;
+    client.close();
     ui.close.disabled = true;
-    if (socket) {
-      const old = socket;
-      socket = null;
-      old.close(1000, 'bye');
-    }
     goOffline('offline');
     systemLine('disconnected');
   }
@@ -231,40 +196,33 @@
 
   // ---- 3. frames from the server ------------------------------------------
 
-  function onFrame(data) {
-    if (typeof data !== 'string') return; // the chat protocol is text only
-    let f;
-    try {
-      f = JSON.parse(data);
-    } catch {
-      systemLine('the server sent something that is not JSON', 'error');
-      return;
-    }
-    switch (f.type) {
-      case 'welcome': return onWelcome(f);
-      case 'message': return addMessage(f);
-      case 'join':
-        addOnline(f.username);
-        renderOnline(f.online_count);
-        return systemLine(f.username + ' joined');
-      case 'leave':
-        removeOnline(f.username);
-        renderOnline(f.online_count);
-        return systemLine(f.username + ' left');
-      case 'presence': return onPresence(f);
-      case 'rename': return onRename(f);
-      case 'delete': return onDelete(f);
-      case 'error': return systemLine(f.message || f.code || 'error', 'error');
-      case 'gap':
-        if (Number.isInteger(f.oldest_id)) floorId = Math.max(floorId, f.oldest_id);
-        updateOlder();
-        return systemLine('older messages are no longer available');
-      default: // a frame type newer than this page: ignore it
-    }
-  }
+  // What each frame type does to the page (a type newer than this page
+  // has no entry, and is ignored).
+  const onFrame = {
+    welcome: (f) => onWelcome(f),
+    message: (f) => addMessage(f),
+    join: (f) => {
+      addOnline(f.username);
+      renderOnline(f.online_count);
+      systemLine(f.username + ' joined');
+    },
+    leave: (f) => {
+      removeOnline(f.username);
+      renderOnline(f.online_count);
+      systemLine(f.username + ' left');
+    },
+    presence: (f) => onPresence(f),
+    rename: (f) => onRename(f),
+    delete: (f) => onDelete(f),
+    error: (f) => systemLine(f.message || f.code || 'error', 'error'),
+    gap: (f) => {
+      if (Number.isInteger(f.oldest_id)) floorId = Math.max(floorId, f.oldest_id);
+      updateOlder();
+      systemLine('older messages are no longer available');
+    },
+  };
 
   function onWelcome(f) {
-    attempt = 0;
     me = f.username || me;
     moderator = f.moderator === true;
     ui.username.value = me;
@@ -328,38 +286,35 @@
 
   // ---- 4. closes and reconnects --------------------------------------------
 
-  function onClosed(event) {
-    const reason = CLOSE_REASONS[event.code];
-    if (reason) systemLine(`closed by the server (${event.code}): ${event.reason || reason}`, 'error');
-    if (!wanted || FINAL_CLOSES.has(event.code)) {
-      wanted = false;
-      goOffline('offline');
-      return;
-    }
-    // Unexpected: try again after a pause that doubles each time (with
-    // jitter, see backoffDelay). Say so once, not on every failed try.
-    const delay = backoffDelay(attempt);
-    if (attempt === 0) systemLine('connection lost, reconnecting…');
-    attempt += 1;
+  // The client stopped: Close was pressed, or the server closed in a way
+  // a reconnect cannot fix (4001 kicked, 4401 no valid token, 4403 not
+  // allowed or banned).
+  function onClosed({ code, reason }) {
+    const meaning = CLOSE_REASONS[code];
+    if (meaning) systemLine(`closed by the server (${code}): ${reason || meaning}`, 'error');
+    goOffline('offline');
+  }
+
+  // The client comes back after a pause; say so once, not on every try.
+  function onReconnecting({ code, reason, delay, attempt }) {
+    // 4401: the client asks for the token once more before it gives up.
+    if (code === 4401) return goOffline('checking the token again');
+    const meaning = CLOSE_REASONS[code];
+    if (meaning) systemLine(`closed by the server (${code}): ${reason || meaning}`, 'error');
+    if (attempt === 1) systemLine('connection lost, reconnecting…');
     goOffline(`reconnecting in ${(delay / 1000).toFixed(1)} s`);
-    retryTimer = setTimeout(connect, delay);
   }
 
   // When the network comes back, don't wait out the rest of a long pause.
   window.addEventListener('online', () => {
-    if (wanted && !socket) {
-      attempt = 0;
-      connect();
+    if (client && client.wanted && !client.socket) {
+      client.attempt = 0;
+      client.connect();
     }
   });
 
   // ---- sending -------------------------------------------------------------
 
-  // A moderator's frames: the server checks the token's `moderate` claim,
-  // and answers anyone else with a `forbidden` error.
-  function moderate(frame) {
-    if (socket && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify(frame));
-  }
 
   function send(event) {
     event.preventDefault();
@@ -369,11 +324,10 @@
       systemLine(`a message can be at most ${MAX_CHARS} characters`, 'error');
       return;
     }
-    if (!socket || socket.readyState !== WebSocket.OPEN) {
+    if (!client.post(text)) {
       systemLine('not connected: press Connect first', 'error');
       return;
     }
-    socket.send(JSON.stringify({ message: text }));
     ui.input.value = '';
     ui.input.focus();
   }
@@ -385,15 +339,11 @@
     loadingOlder = true;
     updateOlder();
     try {
-      const url = `/api/rooms/${encodeURIComponent(room)}/messages?before=${before}&limit=${OLDER_PAGE}`;
-      const headers = token ? { Authorization: 'Bearer ' + token } : {};
-      const response = await fetch(url, { cache: 'no-store', headers });
-      if (response.status === 404) {
+      const data = await client.older(before, OLDER_PAGE);
+      if (data === null) {
         floorId = before; // the room has no stored history at all
         return;
       }
-      if (!response.ok) throw new Error('HTTP ' + response.status);
-      const data = await response.json();
       const all = Array.isArray(data.messages) ? data.messages : [];
       const fresh = all.filter((m) => Number.isInteger(m.id) && m.id < before && !shown.has(m.id));
       if (fresh.length) prepend(fresh);
@@ -437,18 +387,28 @@
 
   ui.title.textContent = '#' + room;
   document.title = '#' + room + ' – chatroom';
+  client = new ChatroomClient(room, {
+    username: () => ui.username.value.trim(),
+    // The fragment's token, the same every time: a 4401 cannot be mended here.
+    getToken: token ? async () => token : null,
+  });
+  for (const [type, handle] of Object.entries(onFrame)) {
+    client.addEventListener(type, (event) => handle(event.detail));
+  }
+  client.addEventListener('closed', (event) => onClosed(event.detail));
+  client.addEventListener('reconnecting', (event) => onReconnecting(event.detail));
   ui.join.addEventListener('submit', (event) => { event.preventDefault(); connect(); });
   ui.close.addEventListener('click', disconnect);
   ui.composer.addEventListener('submit', send);
   ui.older.addEventListener('click', loadOlder);
   ui.messages.addEventListener('click', (event) => {
+    // A moderator's frames: the server checks the token's `moderate`
+    // claim, and answers anyone else with a `forbidden` error.
     const button = event.target.closest('button.delete');
-    if (button) moderate({ type: 'delete', id: Number(button.dataset.id) });
+    if (button) client.remove(Number(button.dataset.id));
   });
   ui.online.addEventListener('click', (event) => {
     const button = event.target.closest('button.kick');
-    if (button) {
-      moderate({ type: 'kick', username: button.dataset.name, ban_seconds: KICK_BAN_SECONDS, reason: `removed by ${me}` });
-    }
+    if (button) client.kick(button.dataset.name, { banSeconds: KICK_BAN_SECONDS, reason: `removed by ${me}` });
   });
 })();
