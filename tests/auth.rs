@@ -313,3 +313,21 @@ fn the_readme_s_python_snippet_mints_a_token_the_server_accepts() {
     let (_c, welcome) = join(s.addr, "lobby", &format!("?token={token}"));
     assert_eq!(welcome["username"], "Alice", "{welcome}");
 }
+
+/// One person, one name: a second tab of the same user (same `sub`) joins
+/// under the same name; another user with that `name` claim gets a suffix,
+/// and the name stays held until the user's last tab leaves.
+#[test]
+fn two_tabs_of_one_user_share_the_name() {
+    let s = server(chatroom::config::Guests::On);
+    let alice = token("u-1", "Alice", "");
+    let (first, w1) = join(s.addr, "lobby", &format!("?token={alice}"));
+    let (mut second, w2) = join(s.addr, "lobby", &format!("?token={alice}"));
+    assert_eq!((w1["username"].as_str(), w2["username"].as_str()), (Some("Alice"), Some("Alice")));
+    let (_other, w3) = join(s.addr, "lobby", &format!("?token={}", token("u-2", "Alice", "")));
+    assert_eq!(w3["username"], "Alice-2", "another user");
+    drop(first);
+    assert_eq!(recv_type(&mut second, "leave")["username"], "Alice", "the first tab is gone");
+    let (_guest, w4) = join(s.addr, "lobby", "?username=Alice");
+    assert_ne!(w4["username"], "Alice", "still held by the second tab: {w4}");
+}

@@ -32,21 +32,21 @@ pub enum KickTarget {
 impl Chat {
     /// The members of `room` connected here that `target` names: each
     /// one's connection (key, serial) and token `sub` (`None`: a guest).
-    pub fn kick_targets(&self, room: &str, target: &KickTarget) -> Vec<(usize, u64, Option<Rc<str>>)> {
+    pub fn kick_targets(&self, room: &str, target: &KickTarget) -> Vec<(usize, u64, Option<Rc<String>>)> {
         let Some(live) = self.index.get(room).and_then(|&slot| self.live.get(slot)) else { return Vec::new() };
         live.members
             .iter()
             .map(|(_, m)| m)
             .filter(|m| match target {
                 KickTarget::Name(name) => *m.name == **name,
-                KickTarget::User(sub) => m.sub.as_deref() == Some(sub.as_str()),
+                KickTarget::User(sub) => m.sub.as_deref() == Some(sub),
             })
             .map(|m| (m.key, m.serial, m.sub.clone()))
             .collect()
     }
 
     /// The members of `room` connected here: (key, serial, token `sub`).
-    pub fn members_of(&self, room: &str) -> Vec<(usize, u64, Option<Rc<str>>)> {
+    pub fn members_of(&self, room: &str) -> Vec<(usize, u64, Option<Rc<String>>)> {
         let Some(live) = self.index.get(room).and_then(|&slot| self.live.get(slot)) else { return Vec::new() };
         live.members.iter().map(|(_, m)| (m.key, m.serial, m.sub.clone())).collect()
     }

@@ -131,7 +131,7 @@ pub enum Outgoing {
         /// Its serial.
         serial: u64,
         /// Its token's `sub` (`None`: a guest).
-        sub: Option<Rc<str>>,
+        sub: Option<Rc<String>>,
         /// The room.
         room: String,
         /// The close frame's reason.
@@ -438,7 +438,7 @@ impl Chat {
         }
         let (name, sub, read_only, moderator) = match who {
             Who::Guest { name, read_only } => (name, None, read_only, false),
-            Who::Verified { name, sub, moderator } => (Some(name), Some(Rc::from(sub)), false, moderator),
+            Who::Verified { name, sub, moderator } => (Some(name), Some(Rc::new(sub.to_string())), false, moderator),
         };
         let verified = sub.is_some();
         let (wanted, named_by_server, bad_name) = match name.map(clean_name) {

@@ -109,7 +109,7 @@ impl Server {
         let targets = self.chat.kick_targets(room, &target);
         let closed = targets.len();
         for (key, serial, sub) in targets {
-            whos.extend(self.kick_member(key, serial, sub.as_deref(), close_reason(&reason)));
+            whos.extend(self.kick_member(key, serial, sub.as_deref().map(String::as_str), close_reason(&reason)));
         }
         whos.sort();
         whos.dedup();

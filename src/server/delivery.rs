@@ -68,7 +68,12 @@ impl Server {
                     self.mark_dirty(key);
                 }
                 Outgoing::Kick { key, serial, sub, room, reason, until } => {
-                    let who = self.kick_member(key, serial, sub.as_deref(), super::backend::close_reason(&reason));
+                    let who = self.kick_member(
+                        key,
+                        serial,
+                        sub.as_deref().map(String::as_str),
+                        super::backend::close_reason(&reason),
+                    );
                     if let (Some(who), Some(until)) = (who, until) {
                         self.chat.ban(&room, &who, crate::auth::bans::Ban { until, reason });
                     }
