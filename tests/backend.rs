@@ -729,3 +729,36 @@ fn listed_origins_may_use_the_api_from_their_pages() {
     );
     assert_eq!((posted.status, posted.header("access-control-allow-origin")), (201, Some("https://site.example")));
 }
+
+/// With Redis and a data file, a process keeps copies of the messages it
+/// hears. A message deleted while it did not hear the room (its members
+/// gone, its grace over) leaves its copy as soon as the room is heard here
+/// again: the process reads the room's deleted ids when it subscribes.
+#[test]
+fn a_deletion_reaches_the_copies_of_a_process_that_was_not_listening() {
+    let redis = RedisServer::start(false);
+    let dir = temp_dir("backend-copies");
+    let mut cfg = config();
+    cfg.api_keys = vec![KEY.into()];
+    cfg.redis = Some(redis.url());
+    cfg.room_grace = Duration::from_millis(100);
+    let a = server_with(|c| c.redis = Some(redis.url()));
+    let b = TestServer::with_sqlite(cfg.clone(), &dir);
+    let mut bea = ws(b.addr, "/ws/chatroom/lobby?username=bea");
+    recv_type(&mut bea, "welcome");
+    assert_eq!(post(a.addr, "lobby", r#"{"message":"copied secret","username":"ops"}"#).status, 201);
+    assert_eq!(recv_type(&mut bea, "message")["message"], "copied secret");
+    drop(bea);
+    let unheard = eventually(IO_TIMEOUT, || metric(b.addr, "chatroom_redis_unsubscribes_total") >= 1.0);
+    assert!(unheard, "b stops listening to the room");
+    assert_eq!(delete(a.addr, "lobby", "1", KEY).status, 204);
+    let mut back = ws(b.addr, "/ws/chatroom/lobby?username=bea");
+    let welcome = recv_type(&mut back, "welcome");
+    assert!(is_tombstone(&welcome["history"][0], "lobby", 1), "{welcome}");
+    let copies = || -> Vec<String> {
+        let conn = rusqlite::Connection::open(dir.join("chatroom.db")).unwrap();
+        let mut stmt = conn.prepare("SELECT text FROM messages UNION ALL SELECT text FROM inbox").unwrap();
+        stmt.query_map([], |row| row.get(0)).unwrap().collect::<Result<_, _>>().unwrap()
+    };
+    assert!(eventually(IO_TIMEOUT, || copies() == [""]), "the copy lost its text: {:?}", copies());
+}

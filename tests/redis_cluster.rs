@@ -542,3 +542,58 @@ fn with_redis_wait_a_failover_loses_no_confirmed_post() {
     assert_eq!(f.lost, f.during, "the flagged posts were indeed at risk");
     assert!(f.history_matches_stream);
 }
+
+/// Moderation on a Redis Cluster, rooms on every master: the server API's
+/// delete (its script in the room's slot, the delete record on the room's
+/// sharded channel, the deleted set applied to reads) and kick with a ban
+/// (the kick record, the bans hash in the room's slot) reach a member on
+/// another process.
+#[test]
+fn deletes_kicks_and_bans_on_a_cluster() {
+    const KEY: &str = "cluster-api-key-0123456789";
+    let cluster = RedisCluster::start();
+    let with_key = || {
+        let mut cfg = config();
+        cfg.redis_cluster = vec![cluster.seeds()];
+        cfg.api_keys = vec![KEY.into()];
+        TestServer::with(cfg)
+    };
+    let (a, b) = (with_key(), with_key());
+    wait_up(&a);
+    wait_up(&b);
+    let call = |method: &str, path: &str, body: &str| {
+        request(
+            a.addr,
+            &format!(
+                "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nContent-Type: application/json\r\n\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            ),
+        )
+    };
+    for room in rooms_on_every_master(&cluster, "mod", 1) {
+        let (mut amy, _) = join(&b, &room, "?username=amy");
+        post_and_answer(&mut amy, "oops");
+        assert_eq!(call("DELETE", &format!("/api/rooms/{room}/messages/1"), "").status, 204, "{room}");
+        assert_eq!(recv_type(&mut amy, "delete")["id"], 1, "{room}");
+        let page = get(b.addr, &format!("/api/rooms/{room}/messages")).json();
+        assert_eq!(page["messages"][0]["deleted"], true, "{room}: {page}");
+        assert_eq!(call("DELETE", &format!("/api/rooms/{room}/messages/5"), "").status, 404, "{room}");
+
+        let kicked = call("POST", &format!("/api/rooms/{room}/kick"), r#"{"username":"amy","ban_seconds":60}"#);
+        assert_eq!(kicked.status, 200, "{room}");
+        let closed = loop {
+            match amy.read() {
+                Ok(tungstenite::Message::Close(frame)) => break frame.map(|f| u16::from(f.code)),
+                Ok(_) => {}
+                Err(e) => panic!("{room}: no close frame: {e}"),
+            }
+        };
+        assert_eq!(closed, Some(4001), "{room}");
+        let banned = eventually(IO_TIMEOUT, || {
+            let mut c = ws(b.addr, &format!("/ws/chatroom/{room}?username=amy"));
+            recv_json(&mut c)["code"] == "banned"
+        });
+        assert!(banned, "{room}: the ban holds on the process that closed her");
+    }
+}

@@ -222,6 +222,23 @@ impl Chat {
         }
     }
 
+    /// Whether messages are copied to disk here (shared mode with a data
+    /// file), so that deletions must reach the copies too.
+    pub fn keeps_copies(&self) -> bool {
+        self.mode == Mode::Shared && self.copies
+    }
+
+    /// The sharer's deleted ids of `room`: the copies on disk become
+    /// tombstones (idempotent; nothing is sent to members, who read
+    /// history from the sharer with the deletions applied).
+    pub fn purge_copies(&mut self, room: &str, ids: &[u64]) {
+        if self.keeps_copies() {
+            for &id in ids {
+                self.enqueue_delete(Rc::from(room), id, None);
+            }
+        }
+    }
+
     /// Message `id` of `room` is deleted (committed here, or told by the
     /// sharer): every copy this process holds becomes its tombstone (the
     /// live room's recent history, a post still waiting for its commit,

@@ -162,6 +162,9 @@ const TAG_DIRECTORY: u64 = TAG_INTERNAL | 1 << 61;
 const TAG_DELETE: u64 = TAG_INTERNAL | 1 << 60;
 /// With `TAG_INTERNAL`: the read of a room's bans (the low bits number it).
 const TAG_BANS: u64 = TAG_INTERNAL | 1 << 59;
+/// With `TAG_INTERNAL`: the read of a room's deleted ids, for the copies
+/// on disk (the low bits number it).
+const TAG_DELETED: u64 = TAG_INTERNAL | 1 << 58;
 
 /// Redis-mode state: what is on its way to Redis, and what came back.
 #[derive(Debug)]
@@ -286,14 +289,32 @@ impl Cluster {
         self.commands.push((cmd, TAG_INTERNAL, layout::route(&channel)));
     }
 
-    /// Reads `room`'s bans (as this process starts to hear the room).
-    fn read_bans(&mut self, room: &str) {
+    /// Reads `room`'s bans, and with copies on disk its deleted ids, as
+    /// this process starts to hear the room: both may have changed while
+    /// it did not.
+    fn read_bans(&mut self, room: &str, chat: &Chat) {
         self.next_delete += 1;
-        let tag = TAG_BANS | (self.next_delete & ((1 << 59) - 1));
+        let number = self.next_delete & ((1 << 58) - 1);
         let key = layout::bans_key(room);
         let cmd = redis::cmd("HGETALL").arg(&key).get_packed_command();
-        self.commands.push((cmd, tag, layout::route(&key)));
-        self.ban_reads.insert(tag, room.to_string());
+        self.commands.push((cmd, TAG_BANS | number, layout::route(&key)));
+        self.ban_reads.insert(TAG_BANS | number, room.to_string());
+        if chat.keeps_copies() {
+            let key = layout::deleted_key(room);
+            let cmd = redis::cmd("ZRANGE").arg(&key).arg(0).arg(-1).get_packed_command();
+            self.commands.push((cmd, TAG_DELETED | number, layout::route(&key)));
+            self.ban_reads.insert(TAG_DELETED | number, room.to_string());
+        }
+    }
+
+    /// A room's deleted ids came back: the copies on disk lose their text
+    /// (a message deleted while this process did not hear the room).
+    fn on_deleted_ids(&mut self, tag: u64, value: &Value, chat: &mut Chat) {
+        let Some(room) = self.ban_reads.remove(&tag) else { return };
+        let Value::Array(ids) = value else { return };
+        let ids: Vec<u64> =
+            ids.iter().filter_map(|id| std::str::from_utf8(id.as_bytes()?).ok()?.parse().ok()).collect();
+        chat.purge_copies(&room, &ids);
     }
 
     /// A room's bans came back: those in force join the chat's table,
@@ -391,7 +412,7 @@ impl Cluster {
                 let rooms: Vec<String> = self.channels.rooms().cloned().collect();
                 for room in &rooms {
                     // Bans and messages published while not subscribed.
-                    self.read_bans(room);
+                    self.read_bans(room, chat);
                     self.feed.catch_up(room, &mut self.reads, &mut self.commands);
                 }
             }
@@ -400,7 +421,7 @@ impl Cluster {
                 // welcome read, and before this, was not heard.
                 if let Some(room) = channel_room(&channel).filter(|room| self.channels.hears(room)) {
                     // Bans made while the room was not heard here.
-                    self.read_bans(room);
+                    self.read_bans(room, chat);
                     self.feed.catch_up(room, &mut self.reads, &mut self.commands);
                     // In a cluster, presence too travels on the room's channel.
                     self.presence.ask(room, chat, &mut self.commands);
@@ -578,13 +599,15 @@ impl Cluster {
                 }
             }
             _ if tag == TAG_ROOMS => chat.learn_rooms(layout::room_list(&value)),
-            _ if tag & TAG_DELETE == TAG_DELETE => self.on_deleted(tag, Some(value), chat),
-            _ if tag & TAG_BANS == TAG_BANS => self.on_bans(tag, &value, chat),
+            // Bit 61 first: a directory tag's own bits run below it.
             _ if tag & TAG_DIRECTORY == TAG_DIRECTORY => {
                 if let Some((room, online)) = self.directory.on_reply(tag, &value, chat, &mut self.commands, now) {
                     self.presence.on_online(&room, online, now, chat);
                 }
             }
+            _ if tag & TAG_DELETE == TAG_DELETE => self.on_deleted(tag, Some(value), chat),
+            _ if tag & TAG_BANS == TAG_BANS => self.on_bans(tag, &value, chat),
+            _ if tag & TAG_DELETED == TAG_DELETED => self.on_deleted_ids(tag, &value, chat),
             _ => {
                 if let Value::Error(e) = value {
                     warn!("redis: {e}");
@@ -604,11 +627,11 @@ impl Cluster {
                 }
             }
             TAG_READ => self.reads.on_failed(tag),
+            _ if tag & TAG_DIRECTORY == TAG_DIRECTORY => self.directory.on_failed(tag),
             _ if tag & TAG_DELETE == TAG_DELETE => self.on_deleted(tag, None, chat),
-            _ if tag & TAG_BANS == TAG_BANS => {
+            _ if tag & TAG_BANS == TAG_BANS || tag & TAG_DELETED == TAG_DELETED => {
                 self.ban_reads.remove(&tag);
             }
-            _ if tag & TAG_DIRECTORY == TAG_DIRECTORY => self.directory.on_failed(tag),
             _ => {}
         }
     }
