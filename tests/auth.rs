@@ -331,3 +331,30 @@ fn two_tabs_of_one_user_share_the_name() {
     let (_guest, w4) = join(s.addr, "lobby", "?username=Alice");
     assert_ne!(w4["username"], "Alice", "still held by the second tab: {w4}");
 }
+
+/// With Redis a room spans processes, and so do its names: a guest on one
+/// process never holds a name a verified user holds on another (nor one
+/// another guest holds there); it gets the usual suffix.
+#[test]
+fn a_guest_elsewhere_never_takes_a_verified_name() {
+    let redis = RedisServer::start(false);
+    let node = || {
+        let mut cfg = config();
+        cfg.auth_secret = Some(SECRET.to_string());
+        cfg.redis = Some(redis.url());
+        TestServer::with(cfg)
+    };
+    let (a, b) = (node(), node());
+    let (_alice, _) = join(a.addr, "lobby", &format!("?token={}", token("u-1", "Alice", "")));
+    let (_gus, _) = join(a.addr, "lobby", "?username=gus");
+    let (_watcher, _) = join(b.addr, "lobby", "?username=watcher");
+    let known = eventually(IO_TIMEOUT, || {
+        let names = get(b.addr, "/api/rooms/lobby").json()["online_names"].to_string();
+        names.contains("\"Alice\"") && names.contains("\"gus\"")
+    });
+    assert!(known, "b hears who is on a");
+    let (_guest, w) = join(b.addr, "lobby", "?username=Alice");
+    assert_eq!(w["username"], "Alice-2");
+    let (_other, w) = join(b.addr, "lobby", "?username=gus");
+    assert_eq!(w["username"], "gus-2");
+}

@@ -451,7 +451,10 @@ impl Chat {
             let json: Rc<str> = protocol::rename_json(&r.name, &from, &to).into();
             self.out.push(Outgoing::Room { room: slot_room, json, is_message: false, except: None, author: None });
         }
-        let (slot, got) = r.add(key, &wanted, since, sub);
+        // A guest also avoids the names members on other processes hold
+        // (with Redis): a verified user's there among them.
+        let elsewhere = if verified { &[][..] } else { self.elsewhere.names(room) };
+        let (slot, got) = r.add(key, &wanted, since, sub, elsewhere);
         if let Some(m) = r.members.get_mut(slot) {
             m.serial = serial;
             m.moderator = moderator;
@@ -529,7 +532,7 @@ impl Chat {
             match clean_name(wanted) {
                 Some(clean) => {
                     let Some(room) = self.live.get_mut(m.room) else { return };
-                    if let Some((from, to)) = room.rename(m.slot, &clean) {
+                    if let Some((from, to)) = room.rename(m.slot, &clean, self.elsewhere.names(&room.name)) {
                         let json: Rc<str> = protocol::rename_json(&room.name, &from, &to).into();
                         self.out.push(Outgoing::Room {
                             room: m.room,

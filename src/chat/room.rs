@@ -91,7 +91,16 @@ impl Room {
     /// ...). Returns its slot and the name it got. A user with a token
     /// already here under `name` (another tab of theirs) keeps it: one
     /// person, one name, however many connections.
-    pub fn add(&mut self, key: usize, name: &str, since: Option<u64>, sub: Option<Rc<String>>) -> (usize, String) {
+    /// `elsewhere` are names members on other processes hold in the room
+    /// (a guest avoids them too).
+    pub fn add(
+        &mut self,
+        key: usize,
+        name: &str,
+        since: Option<u64>,
+        sub: Option<Rc<String>>,
+        elsewhere: &[String],
+    ) -> (usize, String) {
         let same_user = sub.as_ref().and_then(|sub| {
             self.members
                 .iter()
@@ -101,7 +110,7 @@ impl Room {
         let shared = match same_user {
             Some(held) => held,
             None => {
-                let shared: Rc<str> = Rc::from(self.unique_name(name).as_str());
+                let shared: Rc<str> = Rc::from(self.unique_name(name, elsewhere).as_str());
                 self.names.insert(shared.clone());
                 shared
             }
@@ -145,14 +154,15 @@ impl Room {
         Some(member.name.to_string())
     }
 
-    /// Renames a member to a unique version of `wanted`; returns (old, new).
-    pub fn rename(&mut self, slot: usize, wanted: &str) -> Option<(String, String)> {
+    /// Renames a member to a unique version of `wanted`, avoiding the names
+    /// held `elsewhere` too; returns (old, new).
+    pub fn rename(&mut self, slot: usize, wanted: &str, elsewhere: &[String]) -> Option<(String, String)> {
         let old = self.members.get(slot)?.name.to_string();
         if old == wanted {
             return None;
         }
         self.names.remove(old.as_str());
-        let new = self.unique_name(wanted);
+        let new = self.unique_name(wanted, elsewhere);
         let shared: Rc<str> = Rc::from(new.as_str());
         self.names.insert(shared.clone());
         if let Some(m) = self.members.get_mut(slot) {
@@ -161,14 +171,12 @@ impl Room {
         Some((old, new))
     }
 
-    fn unique_name(&self, name: &str) -> String {
-        if !self.names.contains(name) {
+    fn unique_name(&self, name: &str, elsewhere: &[String]) -> String {
+        let free = |candidate: &str| !self.names.contains(candidate) && !elsewhere.iter().any(|n| n == candidate);
+        if free(name) {
             return name.to_string();
         }
-        (2..)
-            .map(|n| format!("{name}-{n}"))
-            .find(|candidate| !self.names.contains(candidate.as_str()))
-            .unwrap_or_default()
+        (2..).map(|n| format!("{name}-{n}")).find(|candidate| free(candidate)).unwrap_or_default()
     }
 
     /// Records a committed message in the recent history.
@@ -217,13 +225,13 @@ mod tests {
     #[test]
     fn names_get_suffixes() {
         let mut room = Room::new("r", 0, 10, true);
-        assert_eq!(room.add(1, "alice", None, None).1, "alice");
-        assert_eq!(room.add(2, "alice", None, None).1, "alice-2");
-        assert_eq!(room.add(3, "alice", None, None).1, "alice-3");
-        let (slot, _) = room.add(4, "bob", None, None);
-        assert_eq!(room.rename(slot, "alice"), Some(("bob".into(), "alice-4".into())));
+        assert_eq!(room.add(1, "alice", None, None, &[]).1, "alice");
+        assert_eq!(room.add(2, "alice", None, None, &[]).1, "alice-2");
+        assert_eq!(room.add(3, "alice", None, None, &[]).1, "alice-3");
+        let (slot, _) = room.add(4, "bob", None, None, &[]);
+        assert_eq!(room.rename(slot, "alice", &[]), Some(("bob".into(), "alice-4".into())));
         assert_eq!(room.remove(slot), Some("alice-4".into()));
-        assert_eq!(room.add(5, "alice", None, None).1, "alice-4");
+        assert_eq!(room.add(5, "alice", None, None, &[]).1, "alice-4");
     }
 
     #[test]
