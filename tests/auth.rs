@@ -36,6 +36,14 @@ fn server(guests: chatroom::config::Guests) -> TestServer {
     TestServer::with(cfg)
 }
 
+/// A process with tokens on, sharing its rooms through `redis`.
+fn redis_node(redis: &RedisServer) -> TestServer {
+    let mut cfg = config();
+    cfg.auth_secret = Some(SECRET.to_string());
+    cfg.redis = Some(redis.url());
+    TestServer::with(cfg)
+}
+
 /// The welcome a member gets on joining `room` with `query`.
 fn join(addr: SocketAddr, room: &str, query: &str) -> (Client, serde_json::Value) {
     let mut c = ws(addr, &format!("/ws/chatroom/{room}{query}"));
@@ -197,12 +205,7 @@ fn verified_posts_say_so_live_and_in_history() {
 #[test]
 fn the_verified_mark_crosses_processes() {
     let redis = RedisServer::start(false);
-    let node = || {
-        let mut cfg = config();
-        cfg.auth_secret = Some(SECRET.to_string());
-        cfg.redis = Some(redis.url());
-        TestServer::with(cfg)
-    };
+    let node = || redis_node(&redis);
     let (a, b) = (node(), node());
     let (mut user, _) = join(a.addr, "lobby", &format!("?token={}", token("u-1", "Alice", "")));
     let (mut far, _) = join(b.addr, "lobby", "?username=far");
@@ -338,12 +341,7 @@ fn two_tabs_of_one_user_share_the_name() {
 #[test]
 fn a_guest_elsewhere_never_takes_a_verified_name() {
     let redis = RedisServer::start(false);
-    let node = || {
-        let mut cfg = config();
-        cfg.auth_secret = Some(SECRET.to_string());
-        cfg.redis = Some(redis.url());
-        TestServer::with(cfg)
-    };
+    let node = || redis_node(&redis);
     let (a, b) = (node(), node());
     let (_alice, _) = join(a.addr, "lobby", &format!("?token={}", token("u-1", "Alice", "")));
     let (_gus, _) = join(a.addr, "lobby", "?username=gus");
