@@ -356,3 +356,17 @@ fn a_guest_elsewhere_never_takes_a_verified_name() {
     let (_other, w) = join(b.addr, "lobby", "?username=gus");
     assert_eq!(w["username"], "gus-2");
 }
+
+/// The other way round: a guest holds a name on one process when a user
+/// with that `name` claim joins on another; the guest is renamed (a
+/// `rename` event), as it would be on the same process.
+#[test]
+fn a_guest_elsewhere_gives_way_to_a_verified_user() {
+    let redis = RedisServer::start(false);
+    let (a, b) = (redis_node(&redis), redis_node(&redis));
+    let (mut guest, _) = join(b.addr, "lobby", "?username=Alice");
+    let (_alice, w) = join(a.addr, "lobby", &format!("?token={}", token("u-1", "Alice", "")));
+    assert_eq!(w["username"], "Alice");
+    let renamed = recv_type(&mut guest, "rename");
+    assert_eq!((renamed["from"].as_str(), renamed["to"].as_str()), (Some("Alice"), Some("Alice-2")), "{renamed}");
+}

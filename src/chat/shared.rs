@@ -320,6 +320,15 @@ impl Chat {
         self.elsewhere.update(room, &joined, &left);
         let Some(&slot) = self.index.get(room) else { return };
         let Some(live) = self.live.get_mut(slot) else { return };
+        // A guest avoids names held elsewhere as it joins, so a name that
+        // arrives held by a guest here is a signed-in user's (or, rarely,
+        // two guests joined at once): the guest here takes a suffix.
+        for name in &joined {
+            if let Some((from, to)) = live.displace_guest(name) {
+                let json: Rc<str> = protocol::rename_json(&live.name, &from, &to).into();
+                self.out.push(Outgoing::Room { room: slot, json, is_message: false, except: None, author: None });
+            }
+        }
         // usize::MAX: no local connection to spare from its own join event.
         live.joined.extend(joined.into_iter().map(|n| (n, usize::MAX)));
         live.left.extend(left);
