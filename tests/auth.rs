@@ -370,3 +370,28 @@ fn a_guest_elsewhere_gives_way_to_a_verified_user() {
     let renamed = recv_type(&mut guest, "rename");
     assert_eq!((renamed["from"].as_str(), renamed["to"].as_str()), (Some("Alice"), Some("Alice-2")), "{renamed}");
 }
+
+/// Tokens never reach the log, even at debug level: not a good one on the
+/// handshake's query, not a bad one, not one in an API request's header.
+#[test]
+fn tokens_never_reach_the_log() {
+    let good = token("u-1", "Alice", "");
+    let forged =
+        token_with(&format!(r#"{{"sub":"u-1","exp":{}}}"#, now() + 600), "another-secret-of-thirty-two-bytes!!");
+    let mut server = RealServer::spawn_logging(&[], &["--auth-secret", SECRET, "--data", "none"], "debug");
+    let (_alice, _) = join(server.addr, "lobby", &format!("?token={good}"));
+    let (error, code) = refused(server.addr, &format!("/ws/chatroom/lobby?token={forged}"));
+    assert_eq!((error["code"].as_str(), code), (Some("unauthorized"), Some(4401)));
+    let r = request(
+        server.addr,
+        &format!("GET /api/rooms HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {good}\r\nConnection: close\r\n\r\n"),
+    );
+    assert_eq!(r.status, 200);
+    server.signal(libc::SIGTERM);
+    assert!(server.wait_exit(IO_TIMEOUT).is_some_and(|s| s.success()), "a clean stop");
+    let log = server.log.lock().unwrap().join("\n");
+    assert!(log.contains("chatroom listening"), "the log was read: {log}");
+    for secret in [good.as_str(), forged.as_str(), "token="] {
+        assert!(!log.contains(secret), "{secret} in the log:\n{log}");
+    }
+}

@@ -468,6 +468,8 @@ pub struct RealServer {
     pub addr: SocketAddr,
     /// Its process id.
     pub pid: i32,
+    /// Every line it has logged so far.
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl RealServer {
@@ -475,6 +477,11 @@ impl RealServer {
     /// e.g. `["prlimit", "--nofile=40:40"]`, or empty) and waits for the
     /// "listening on" line of its log.
     pub fn spawn(prefix: &[&str], args: &[&str]) -> RealServer {
+        RealServer::spawn_logging(prefix, args, "info")
+    }
+
+    /// [`RealServer::spawn`] with `RUST_LOG` at `level`.
+    pub fn spawn_logging(prefix: &[&str], args: &[&str], level: &str) -> RealServer {
         use std::io::BufRead;
         let bin = env!("CARGO_BIN_EXE_chatroom");
         let mut command = match prefix.split_first() {
@@ -488,15 +495,18 @@ impl RealServer {
         let mut child = command
             .args(["--bind", "127.0.0.1:0"])
             .args(args)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", level)
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = mpsc::channel();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = log.clone();
         // Keep draining the log so the child never blocks on a full pipe.
         std::thread::spawn(move || {
             for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                kept.lock().unwrap().push(line.clone());
                 if let Some(rest) = line.split("listening on http://").nth(1) {
                     let _ = tx.send(rest.trim().parse::<SocketAddr>().unwrap());
                 }
@@ -507,7 +517,7 @@ impl RealServer {
         });
         let addr = rx.recv_timeout(IO_TIMEOUT).expect("the server did not report its address");
         let pid = child.id() as i32;
-        RealServer { child, addr, pid }
+        RealServer { child, addr, pid, log }
     }
 
     /// Sends `signal` (e.g. `libc::SIGTERM`) to the server.
