@@ -113,13 +113,13 @@ fn handshake(c: &mut Criterion) {
     group.throughput(Throughput::Bytes(UPGRADE.len() as u64));
     // The checks and the accept key alone, on a parsed head...
     group.bench_function("validate_and_101", |b| {
-        b.iter(|| validate(black_box(&head), &allow).map(|up| response_101(&up.accept)))
+        b.iter(|| validate(black_box(&head), &allow).map(|up| response_101(&up.accept, None)))
     });
     // ...and from the raw bytes, as a new connection's first read.
     group.bench_function("parse_validate_and_101", |b| {
         b.iter(|| {
             let head = parse_head(black_box(UPGRADE)).ok().flatten()?;
-            validate(&head, &allow).ok().map(|up| response_101(&up.accept))
+            validate(&head, &allow).ok().map(|up| response_101(&up.accept, None))
         })
     });
     group.finish();

@@ -85,7 +85,7 @@ fn decode(c: &mut Criterion) {
 
     for (name, input, frames, read_size) in cases {
         let chunks: Vec<&[u8]> = input.chunks(read_size).collect();
-        let mut session = Session::new(MAX_MESSAGE);
+        let mut session = Session::new(MAX_MESSAGE, None);
         let mut out = OutQueue::new();
         let mut messages = Vec::with_capacity(frames);
 

@@ -288,6 +288,36 @@ const SETTINGS: &[Setting] = &[
         default: "on",
         help: "users without a token: on (chat), read-only (join and read), off (refused with 4401)",
     },
+    Setting {
+        name: "compression",
+        kind: Kind::Text,
+        default: "shared",
+        help: "permessage-deflate: off, shared (large frames compressed once for all, no memory per connection) or dedicated (a compressor per connection)",
+    },
+    Setting {
+        name: "compression-min",
+        kind: Kind::Size,
+        default: "1KiB",
+        help: "with --compression shared, frames smaller than this go uncompressed",
+    },
+    Setting {
+        name: "compression-window-bits",
+        kind: Kind::Count,
+        default: "12",
+        help: "with --compression dedicated, the compression window per connection: 2^N bytes (9-15)",
+    },
+    Setting {
+        name: "compression-mem-level",
+        kind: Kind::Count,
+        default: "8",
+        help: "with --compression dedicated, zlib's memory level (1-9): the compressor's buffer of pending symbols",
+    },
+    Setting {
+        name: "compression-level",
+        kind: Kind::Count,
+        default: "1",
+        help: "DEFLATE effort, 1 (fastest) to 9 (smallest)",
+    },
 ];
 
 /// Settings whose values `--print-config` never shows.
@@ -417,6 +447,8 @@ pub struct Config {
     pub api_key_files: Vec<String>,
     /// `--max-body`: the largest request body read, in bytes.
     pub max_body: usize,
+    /// `--compression*`: permessage-deflate.
+    pub compression: crate::deflate::Settings,
     /// Each setting's effective raw value and its source, for `--print-config`.
     effective: Vec<(&'static str, String, Source)>,
 }
@@ -639,6 +671,18 @@ impl Config {
                 "read-only" => Guests::ReadOnly,
                 "off" => Guests::Off,
                 _ => return Err(get("guests").invalid("on, read-only or off")),
+            },
+            compression: crate::deflate::Settings {
+                mode: match get("compression").text {
+                    "off" => crate::deflate::Mode::Off,
+                    "shared" => crate::deflate::Mode::Shared,
+                    "dedicated" => crate::deflate::Mode::Dedicated,
+                    _ => return Err(get("compression").invalid("off, shared or dedicated")),
+                },
+                min: get("compression-min").size(0, 1 << 30)?,
+                window_bits: get("compression-window-bits").count(9, 15)? as u8,
+                mem_level: get("compression-mem-level").count(1, 9)? as u8,
+                level: get("compression-level").count(1, 9)? as u8,
             },
             effective: SETTINGS.iter().map(|s| (s.name, raw[s.name].0.clone(), raw[s.name].1)).collect(),
         };

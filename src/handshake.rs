@@ -24,6 +24,9 @@ pub struct Upgrade {
     pub key: String,
     /// `base64(sha1(key + GUID))`, the `Sec-WebSocket-Accept` value.
     pub accept: String,
+    /// permessage-deflate as agreed, and the `Sec-WebSocket-Extensions`
+    /// answer (set by the server, which knows its settings).
+    pub extension: Option<(crate::deflate::Agreed, String)>,
 }
 
 /// Why an upgrade was refused: an HTTP status, a reason for the body and
@@ -80,7 +83,7 @@ pub fn validate(head: &Head, allow_origin: &[String]) -> Result<Upgrade, Refusal
     }
     check_origin(head, allow_origin)?;
     let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
-    Ok(Upgrade { endpoint, key: key.to_string(), accept })
+    Ok(Upgrade { endpoint, key: key.to_string(), accept, extension: None })
 }
 
 /// Cross-site WebSocket hijacking defence (OWASP): a browser always sends
@@ -121,10 +124,12 @@ fn strip_default_port(host: &str) -> &str {
     host.strip_suffix(":80").or_else(|| host.strip_suffix(":443")).unwrap_or(host)
 }
 
-/// The `101 Switching Protocols` head that completes the handshake (§4.2.2).
-pub fn response_101(accept: &str) -> Vec<u8> {
+/// The `101 Switching Protocols` head that completes the handshake
+/// (§4.2.2), with the extension we took, if any (§9.1).
+pub fn response_101(accept: &str, extensions: Option<&str>) -> Vec<u8> {
+    let extensions = extensions.map(|e| format!("Sec-WebSocket-Extensions: {e}\r\n")).unwrap_or_default();
     format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n{extensions}\r\n"
     )
     .into_bytes()
 }
@@ -147,7 +152,7 @@ mod tests {
         let up = validate(&head(GOOD), &[]).unwrap();
         assert_eq!(up.accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
         assert_eq!(up.endpoint, Endpoint::Echo);
-        let text = String::from_utf8(response_101(&up.accept)).unwrap();
+        let text = String::from_utf8(response_101(&up.accept, None)).unwrap();
         assert!(text.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
     }
 

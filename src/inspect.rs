@@ -55,6 +55,10 @@ pub struct Inspector {
     in_fragmented: bool,
     /// Stopped describing (after a malformed or oversized frame).
     stopped: bool,
+    /// permessage-deflate was agreed (each message compressed alone).
+    deflate: bool,
+    /// The compressed message being described: its DEFLATE bytes so far.
+    compressed: Option<Vec<u8>>,
 }
 
 /// What the learn page asked the server to do.
@@ -113,7 +117,11 @@ impl Inspector {
     pub fn new(head: &Head, upgrade: &Upgrade) -> Inspector {
         let concatenated = format!("{}{GUID}", upgrade.key);
         let digest = Sha1::digest(concatenated.as_bytes());
-        let response = String::from_utf8_lossy(&response_101(&upgrade.accept)).into_owned();
+        let response = String::from_utf8_lossy(&response_101(
+            &upgrade.accept,
+            upgrade.extension.as_ref().map(|(_, answer)| answer.as_str()),
+        ))
+        .into_owned();
         let handshake = json!({
             "type": "handshake",
             "request": String::from_utf8_lossy(&head.raw),
@@ -125,9 +133,10 @@ impl Inspector {
             "accept": BASE64.encode(&digest),
             "accept_sent": upgrade.accept,
             "response": response,
+            "extension": upgrade.extension.as_ref().map(|(_, answer)| answer),
         })
         .to_string();
-        Inspector { handshake, ..Inspector::default() }
+        Inspector { handshake, deflate: upgrade.extension.is_some(), ..Inspector::default() }
     }
 
     /// The first message: how the handshake went.
@@ -221,8 +230,13 @@ impl Inspector {
             problems
                 .push("not masked: a client MUST mask every frame (RFC 6455 §5.1); the server closes with 1002".into());
         }
-        if header.rsv1 || header.rsv2 || header.rsv3 {
+        let is_data_start = matches!(header.opcode, OpCode::Data(Data::Text | Data::Binary));
+        if header.rsv2 || header.rsv3 || (header.rsv1 && !self.deflate) {
             problems.push("RSV bit set without a negotiated extension (§5.2): closed with 1002".into());
+        } else if header.rsv1 && !is_data_start {
+            problems.push(
+                "RSV1 marks a compressed message's first frame, and only that (RFC 7692 §6.1): closed with 1002".into(),
+            );
         }
         let is_control = matches!(header.opcode, OpCode::Control(_));
         if is_control && !header.is_final {
@@ -243,6 +257,22 @@ impl Inspector {
         if let OpCode::Data(_) = header.opcode {
             self.in_fragmented = !header.is_final;
         }
+        // A compressed message (RSV1 on its first frame): its frames'
+        // payloads are DEFLATE bytes, inflated once the last one is in.
+        let mut inflated = None;
+        if self.deflate && matches!(header.opcode, OpCode::Data(_)) {
+            if header.rsv1 && is_data_start {
+                self.compressed = Some(Vec::new());
+            }
+            if let Some(bytes) = &mut self.compressed {
+                bytes.extend_from_slice(&payload);
+                if header.is_final {
+                    let mut bytes = self.compressed.take().unwrap_or_default();
+                    inflated = Some(crate::deflate::inflate(&mut bytes, None, MAX_BUFFERED));
+                }
+            }
+        }
+        let compressed = self.compressed.is_some() || inflated.is_some();
         if let Some(obj) = d.as_object_mut() {
             obj.insert("payload_length".into(), json!(length));
             obj.insert("mask_key_hex".into(), json!(header.mask.map(|m| hex(&m))));
@@ -251,7 +281,19 @@ impl Inspector {
             obj.insert("truncated".into(), json!(payload.len() > SHOWN));
             let text = std::str::from_utf8(&payload).ok();
             obj.insert("payload_text".into(), json!(text));
-            if header.opcode == OpCode::Data(Data::Text) && header.is_final && text.is_none() {
+            obj.insert("compressed".into(), json!(compressed));
+            match &inflated {
+                Some(Ok(bytes)) => {
+                    obj.insert("inflated_length".into(), json!(bytes.len()));
+                    obj.insert("inflated_hex".into(), json!(hex(shown(bytes))));
+                    obj.insert("inflated_text".into(), json!(std::str::from_utf8(bytes).ok()));
+                }
+                Some(Err((code, why))) => {
+                    problems.push(format!("the message does not inflate ({why}): closed with {code}"))
+                }
+                None => {}
+            }
+            if header.opcode == OpCode::Data(Data::Text) && header.is_final && text.is_none() && !compressed {
                 problems.push("text payload is not valid UTF-8 (§8.1): closed with 1007".into());
             }
             if header.opcode == OpCode::Control(Control::Close) {

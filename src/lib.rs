@@ -22,6 +22,7 @@
 //! | [`handshake`] | the WebSocket opening handshake (RFC 6455 §4) |
 //! | [`auth`] | who a chat connection is: signed JWT identities, checked at the handshake; the server API's keys |
 //! | [`ws`] | a WebSocket session: tungstenite over our buffers |
+//! | [`deflate`] | permessage-deflate (RFC 7692): the offer, inflating what clients send, compressing what we send |
 //! | [`frame`] | encoding server frames once, to share |
 //! | [`echo_room`] | the original site's echo room: greeting and replies |
 //! | [`chat`] | rooms, members, posts, presence, history and resume |
@@ -37,7 +38,7 @@
 //! | [`config`] | every setting: flags, environment, config file |
 //!
 //! Pure pieces (`http`, `route`, `api_body`, `site`, `response`, `handshake`, `ws`,
-//! `frame`, `echo_room`, `outbuf`, `pacing`, `timer`, `inspect`,
+//! `deflate`, `frame`, `echo_room`, `outbuf`, `pacing`, `timer`, `inspect`,
 //! `chat`, `auth`, the data layout in `cluster`) know nothing about sockets and
 //! are tested on their own. Clients' sockets are read and written only in
 //! `server/` and `conn/`; Redis's only in `bus/`; the data file only on the
@@ -55,6 +56,7 @@ pub mod chat;
 pub mod cluster;
 pub mod config;
 pub(crate) mod conn;
+pub mod deflate;
 pub mod echo_room;
 pub mod frame;
 pub mod handshake;

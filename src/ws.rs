@@ -13,6 +13,11 @@
 //! tungstenite's `write`, which would copy each frame into its own buffer:
 //! they are encoded by [`crate::frame`] and pushed onto the same queue, so
 //! control frames and data frames stay in one order.
+//!
+//! A session that negotiated permessage-deflate puts one more step in
+//! front of tungstenite: [`crate::deflate::inflate`] takes compressed
+//! messages out of the byte stream and inflates them, and passes the rest
+//! on, frame by frame.
 
 use std::io::{self, Read, Write};
 
@@ -21,6 +26,8 @@ use tungstenite::error::{CapacityError, Error, ProtocolError};
 use tungstenite::protocol::frame::coding::{CloseCode, Control, OpCode};
 use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig, WebSocketContext};
 
+use crate::deflate::inflate::Piece;
+use crate::deflate::{self, Extension};
 use crate::frame;
 use crate::outbuf::OutQueue;
 
@@ -88,6 +95,9 @@ impl Write for Pipe<'_> {
 pub struct Session {
     ctx: WebSocketContext,
     closing: Closing,
+    /// permessage-deflate, if the handshake agreed it (boxed: most of it
+    /// is only needed by connections that use it).
+    extension: Option<Box<Extension>>,
 }
 
 impl std::fmt::Debug for Session {
@@ -97,8 +107,9 @@ impl std::fmt::Debug for Session {
 }
 
 impl Session {
-    /// A server-side session that accepts messages up to `max_message` bytes.
-    pub fn new(max_message: usize) -> Session {
+    /// A server-side session that accepts messages up to `max_message`
+    /// bytes (inflated, with `extension`).
+    pub fn new(max_message: usize, extension: Option<Extension>) -> Session {
         let mut config = WebSocketConfig::default();
         config.read_buffer_size = READ_BUFFER;
         // We never let tungstenite buffer output: every frame it writes goes
@@ -108,7 +119,16 @@ impl Session {
         config.max_write_buffer_size = 64 * 1024;
         config.max_message_size = Some(max_message);
         config.max_frame_size = Some(max_message);
-        Session { ctx: WebSocketContext::new(Role::Server, Some(config)), closing: Closing::No }
+        Session {
+            ctx: WebSocketContext::new(Role::Server, Some(config)),
+            closing: Closing::No,
+            extension: extension.map(Box::new),
+        }
+    }
+
+    /// The permessage-deflate state, if negotiated.
+    pub fn extension(&mut self) -> Option<&mut Extension> {
+        self.extension.as_deref_mut()
     }
 
     /// Where the closing handshake stands.
@@ -138,6 +158,53 @@ impl Session {
             }
             return input.len();
         }
+        if self.extension.is_none() {
+            return self.decode(input, eof, out, messages, max);
+        }
+        // Through the deflate filter: a piece is at most one frame, so
+        // tungstenite makes at most one message of each, and the cap is
+        // kept to the message.
+        let start = messages.len();
+        let mut rest = input;
+        while messages.len() - start < max || (eof && rest.is_empty()) {
+            let Some(extension) = self.extension.as_deref_mut() else { break };
+            match extension.inbound.next(&mut rest) {
+                Piece::Plain(bytes) => {
+                    self.decode(bytes, false, out, messages, usize::MAX);
+                }
+                Piece::Head(bytes, len) => {
+                    self.decode(bytes.get(..len).unwrap_or_default(), false, out, messages, usize::MAX);
+                }
+                Piece::Message(message) => messages.push(message),
+                Piece::Wait => {
+                    if eof {
+                        // tungstenite must hear the end of the stream.
+                        self.decode(&[], true, out, messages, usize::MAX);
+                    }
+                    break;
+                }
+                Piece::Fail((code, reason)) => {
+                    self.fail(code, reason, out);
+                    return input.len();
+                }
+            }
+            if matches!(self.closing, Closing::Done | Closing::Failed) {
+                return input.len();
+            }
+        }
+        input.len() - rest.len()
+    }
+
+    /// tungstenite's part of [`Session::feed`]: decodes frames from
+    /// `input`, `max` messages at most.
+    fn decode(
+        &mut self,
+        input: &[u8],
+        eof: bool,
+        out: &mut OutQueue,
+        messages: &mut Vec<Message>,
+        max: usize,
+    ) -> usize {
         let mut pipe = Pipe { input, eof, out };
         let mut taken = 0;
         loop {
@@ -217,6 +284,15 @@ impl Session {
         self.closing = Closing::Failed;
     }
 
+    /// The frame that carries data `payload` to this client: compressed
+    /// if the extension was agreed and it pays, plain otherwise.
+    pub fn data_frame(&mut self, opcode: OpCode, payload: &[u8], settings: &deflate::Settings) -> Vec<u8> {
+        match self.extension.as_deref_mut().and_then(|e| e.frame(opcode, payload, settings)) {
+            Some(frame) => frame,
+            None => frame::encode(opcode, payload),
+        }
+    }
+
     /// Sends a ping (the heartbeat); the client must answer with a pong.
     pub fn ping(&mut self, payload: &[u8], out: &mut OutQueue) {
         if self.closing == Closing::No {
@@ -268,7 +344,7 @@ mod tests {
         let mut bytes = client_frame(0x1, true, b"hello");
         bytes.extend(client_frame(0x2, false, b"bin"));
         bytes.extend(client_frame(0x0, true, b"ary"));
-        let mut s = Session::new(1024);
+        let mut s = Session::new(1024, None);
         let mut out = OutQueue::new();
         let mut got = vec![];
         for chunk in bytes.chunks(3) {
@@ -284,7 +360,7 @@ mod tests {
         for text in ["one", "two", "three"] {
             bytes.extend(client_frame(0x1, true, text.as_bytes()));
         }
-        let mut s = Session::new(1024);
+        let mut s = Session::new(1024, None);
         let mut out = OutQueue::new();
         let mut got = vec![];
         let taken = s.feed(&bytes, false, &mut out, &mut got, 2);
@@ -298,7 +374,7 @@ mod tests {
 
     #[test]
     fn ping_gets_pong_and_close_gets_close() {
-        let mut s = Session::new(1024);
+        let mut s = Session::new(1024, None);
         let mut out = OutQueue::new();
         let mut got = vec![];
         s.feed(&client_frame(0x9, true, b"hi"), false, &mut out, &mut got, usize::MAX);
@@ -311,13 +387,13 @@ mod tests {
 
     #[test]
     fn too_big_is_1009_and_bad_utf8_is_1007() {
-        let mut s = Session::new(10);
+        let mut s = Session::new(10, None);
         let mut out = OutQueue::new();
         s.feed(&client_frame(0x1, true, b"way too long for ten"), false, &mut out, &mut vec![], usize::MAX);
         assert_eq!(&out.to_vec()[..4], b"\x88\x11\x03\xf1");
         assert_eq!(s.closing(), Closing::Failed);
 
-        let mut s = Session::new(100);
+        let mut s = Session::new(100, None);
         let mut out = OutQueue::new();
         s.feed(&client_frame(0x1, true, b"\xff\xfe"), false, &mut out, &mut vec![], usize::MAX);
         assert_eq!(&out.to_vec()[..4], b"\x88\x0f\x03\xef");
@@ -325,7 +401,7 @@ mod tests {
 
     #[test]
     fn unmasked_frame_is_a_protocol_error() {
-        let mut s = Session::new(100);
+        let mut s = Session::new(100, None);
         let mut out = OutQueue::new();
         s.feed(b"\x81\x02hi", false, &mut out, &mut vec![], usize::MAX);
         assert_eq!(&out.to_vec()[..4], b"\x88\x10\x03\xea");
@@ -333,7 +409,7 @@ mod tests {
 
     #[test]
     fn long_close_reasons_are_cut_to_fit_a_control_frame() {
-        let mut s = Session::new(100);
+        let mut s = Session::new(100, None);
         let mut out = OutQueue::new();
         s.close(4000, &"é".repeat(200), &mut out);
         let bytes = out.to_vec();
@@ -343,7 +419,7 @@ mod tests {
 
     #[test]
     fn server_close_waits_for_the_reply() {
-        let mut s = Session::new(100);
+        let mut s = Session::new(100, None);
         let mut out = OutQueue::new();
         s.close(1001, "going away", &mut out);
         assert_eq!(s.closing(), Closing::Sent);

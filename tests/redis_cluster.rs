@@ -393,6 +393,16 @@ fn a_master_killed_mid_conversation_is_replaced_and_nothing_is_lost() {
     for (c, s) in [&mut ca, &mut cb].into_iter().zip(seen.iter_mut()) {
         s.extend(receive(c, 3));
     }
+    // Replication is asynchronous: what the master acknowledged a moment
+    // ago may not be on the replica yet, and would die with the master
+    // (that loss is `--redis-wait`'s test, below). Here the replica has it.
+    let offset = |port: u16, field: &str| -> u64 {
+        let info = cluster.nodes.iter().find(|n| n.port == port).unwrap().cli(&["info", "replication"]);
+        info.lines().find_map(|l| l.strip_prefix(field)?.strip_prefix(':')?.trim().parse().ok()).unwrap_or(0)
+    };
+    let written = offset(master, "master_repl_offset");
+    let caught_up = || offset(replica, "slave_repl_offset") >= written;
+    assert!(eventually(Duration::from_secs(10), caught_up), "the replica never had the first posts");
     cluster.nodes.iter_mut().find(|n| n.port == master).unwrap().stop();
     send(&mut ca, "during-a", 2);
     send(&mut cb, "during-b", 2);

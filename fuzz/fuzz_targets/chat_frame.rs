@@ -91,7 +91,7 @@ fn check_text(text: &str) {
 /// Feeds `data` to a fresh session in pieces of `chunk` bytes (then the end
 /// of the stream) and returns the messages and the final state.
 fn run_session(data: &[u8], chunk: usize) -> (Vec<Message>, Closing, Closing) {
-    let mut session = Session::new(MAX_MESSAGE);
+    let mut session = Session::new(MAX_MESSAGE, None);
     let mut out = OutQueue::new();
     let mut messages = Vec::new();
     for piece in data.chunks(chunk.max(1)) {

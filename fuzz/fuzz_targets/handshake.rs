@@ -41,7 +41,7 @@ fuzz_target!(|data: &[u8]| {
             assert!(route::valid_room_name(name));
         }
 
-        let response = handshake::response_101(accept);
+        let response = handshake::response_101(accept, None);
         assert!(response.starts_with(b"HTTP/1.1 101 "), "response_101 does not start with the status line");
         assert!(response.ends_with(b"\r\n\r\n"), "response_101 is not a complete head");
         let mut headers = [httparse::EMPTY_HEADER; 8];

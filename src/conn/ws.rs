@@ -4,9 +4,11 @@
 use std::time::{Duration, Instant};
 
 use tungstenite::Message;
+use tungstenite::protocol::frame::coding::{Data, OpCode};
 
 use super::{Connection, Phase};
 use crate::chat::Membership;
+use crate::deflate::{self, Extension};
 use crate::inspect::Inspector;
 use crate::outbuf::Chunk;
 use crate::route::Endpoint;
@@ -31,10 +33,11 @@ pub(crate) struct WsState {
 }
 
 impl WsState {
-    /// A fresh session on `endpoint`, accepting messages up to `max_message` bytes.
-    pub(crate) fn new(endpoint: Endpoint, max_message: usize) -> WsState {
+    /// A fresh session on `endpoint`, accepting messages up to
+    /// `max_message` bytes, with permessage-deflate if it was agreed.
+    pub(crate) fn new(endpoint: Endpoint, max_message: usize, extension: Option<Extension>) -> WsState {
         WsState {
-            session: Session::new(max_message),
+            session: Session::new(max_message, extension),
             endpoint,
             ping_sent: None,
             role: Role::None,
@@ -191,12 +194,48 @@ impl Connection {
     }
 
     /// Queues a text frame if data may still be sent; whether it was.
-    pub(crate) fn send_text(&mut self, payload: &[u8]) -> bool {
-        let open = self.ws_open();
-        if open {
-            self.out.push(Chunk::Owned(crate::frame::text(payload)));
+    pub(crate) fn send_text(&mut self, payload: &[u8], settings: &deflate::Settings) -> bool {
+        self.send_data(OpCode::Data(Data::Text), payload, settings)
+    }
+
+    /// Queues a data frame (compressed if this client agreed to it and it
+    /// pays) if data may still be sent; whether it was.
+    pub(crate) fn send_data(&mut self, opcode: OpCode, payload: &[u8], settings: &deflate::Settings) -> bool {
+        let Phase::WebSocket(ws) = &mut self.phase else { return false };
+        if !ws.session.is_open() {
+            return false;
         }
-        open
+        let frame = ws.session.data_frame(opcode, payload, settings);
+        self.out.push(Chunk::Owned(frame));
+        true
+    }
+
+    /// The frame that carries data `payload` to this client (compressed
+    /// if agreed and it pays); a plain frame for a connection that is not
+    /// a WebSocket.
+    pub(crate) fn data_frame(&mut self, opcode: OpCode, payload: &[u8], settings: &deflate::Settings) -> Vec<u8> {
+        match &mut self.phase {
+            Phase::WebSocket(ws) => ws.session.data_frame(opcode, payload, settings),
+            Phase::Http(_) => crate::frame::encode(opcode, payload),
+        }
+    }
+
+    /// Queues a room's broadcast frame: the shared plain copy, the shared
+    /// copy compressed for this client's window, or, with a compressor of
+    /// its own, a frame compressed for it alone. The caller has checked
+    /// that it takes broadcasts.
+    pub(crate) fn push_broadcast(&mut self, copies: &mut deflate::Copies<'_>) {
+        let chunk = match &mut self.phase {
+            Phase::WebSocket(ws) => match ws.session.extension() {
+                None => Chunk::Shared(copies.plain()),
+                Some(extension) => match extension.shares() {
+                    Some(window_bits) => Chunk::Shared(copies.compressed(window_bits)),
+                    None => Chunk::Owned(copies.frame_for(extension)),
+                },
+            },
+            Phase::Http(_) => return,
+        };
+        self.out.push(chunk);
     }
 
     /// Queues a frame to an inspected connection and lets its inspector

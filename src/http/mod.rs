@@ -83,6 +83,12 @@ impl Head {
         self.header(name).and_then(|v| std::str::from_utf8(v).ok()).map(str::trim)
     }
 
+    /// Every value of header `name` that is text, in order (a list may be
+    /// split over several lines).
+    pub(crate) fn header_strs<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.headers.iter().filter(move |(n, _)| n == name).filter_map(|(_, v)| std::str::from_utf8(v).ok())
+    }
+
     /// How many times header `name` appears (a request with two
     /// Content-Length headers is refused: RFC 9112 §6.3).
     pub(crate) fn header_count(&self, name: &str) -> usize {

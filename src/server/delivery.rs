@@ -2,10 +2,10 @@
 //! as one batch per turn, committed posts come back, and each broadcast is
 //! framed once and the same bytes queued for every member.
 
-use std::rc::Rc;
+use tungstenite::protocol::frame::coding::{Data, OpCode};
 
 use crate::chat::Outgoing;
-use crate::frame;
+use crate::deflate;
 use crate::outbuf::Chunk;
 use crate::storage::Reply;
 
@@ -27,7 +27,11 @@ impl Server {
                     }
                 }
                 Outgoing::Room { room, json, is_message, except, author } => {
-                    let shared: Rc<[u8]> = frame::shared_text(json.as_bytes());
+                    let text = OpCode::Data(Data::Text);
+                    let mut copies = deflate::Copies::new(text, json.as_bytes(), &self.cfg.compression);
+                    // A chat message is under the compression threshold:
+                    // every member gets the same plain frame.
+                    let differ = copies.may_differ();
                     let max_pending = self.cfg.max_pending;
                     let mut delivered = 0;
                     for key in self.chat.recipients(room) {
@@ -38,7 +42,11 @@ impl Server {
                         if !conn.takes_broadcasts() {
                             continue;
                         }
-                        conn.push(Chunk::Shared(shared.clone()));
+                        if differ {
+                            conn.push_broadcast(&mut copies);
+                        } else {
+                            conn.push(Chunk::Shared(copies.plain()));
+                        }
                         delivered += 1;
                         if conn.mark_dirty() {
                             self.dirty.push(key);

@@ -16,6 +16,7 @@ use std::borrow::Cow;
 use std::net::IpAddr;
 
 use tungstenite::Message;
+use tungstenite::protocol::frame::coding::{Data, OpCode};
 
 use super::Server;
 use super::backend::Viewer;
@@ -24,10 +25,8 @@ use crate::auth::bans::{self, Ban};
 use crate::chat::Who;
 use crate::config::Guests;
 use crate::conn::Role;
-use crate::frame;
 use crate::handshake::Upgrade;
 use crate::http::Head;
-use crate::outbuf::Chunk;
 use crate::route::{Endpoint, query_value};
 
 /// Why a chat handshake was refused, and how the client is told.
@@ -275,11 +274,11 @@ impl Server {
         match (endpoint, message) {
             (_, Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_)) => {}
             (Endpoint::Echo, Message::Text(text)) => {
-                conn.push(Chunk::Owned(frame::text(text.as_bytes())));
+                conn.send_data(OpCode::Data(Data::Text), text.as_bytes(), &self.cfg.compression);
                 self.mark_dirty(key);
             }
             (Endpoint::Echo, Message::Binary(bytes)) => {
-                conn.push(Chunk::Owned(frame::binary(&bytes)));
+                conn.send_data(OpCode::Data(Data::Binary), &bytes, &self.cfg.compression);
                 self.mark_dirty(key);
             }
             (Endpoint::EchoRoom, Message::Text(text)) => {
@@ -331,7 +330,7 @@ impl Server {
 
     /// Queues a text frame for one connection.
     pub(super) fn send_text(&mut self, key: usize, payload: &[u8]) {
-        if self.conns.get_mut(key).is_some_and(|conn| conn.send_text(payload)) {
+        if self.conns.get_mut(key).is_some_and(|conn| conn.send_text(payload, &self.cfg.compression)) {
             self.mark_dirty(key);
         }
     }

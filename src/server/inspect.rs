@@ -1,7 +1,7 @@
 //! The reactor's side of the inspector: sending what it describes, and
 //! carrying out the learn page's commands (ping, fragmented message, close).
 
-use tungstenite::protocol::frame::coding::{Control, OpCode};
+use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 
 use super::endpoints::Next;
 use crate::frame;
@@ -17,9 +17,15 @@ impl Server {
         }
     }
 
-    /// Sends a JSON text to an inspected connection.
+    /// Sends a JSON text to an inspected connection (compressed, when
+    /// it agreed to that and the text is long enough: the page then shows
+    /// a server frame with RSV1 set).
     pub(super) fn inspector_send(&mut self, key: usize, json: &[u8]) {
-        self.inspector_push(key, frame::text(json));
+        let text = OpCode::Data(Data::Text);
+        let Some(frame) = self.conns.get_mut(key).map(|c| c.data_frame(text, json, &self.cfg.compression)) else {
+            return;
+        };
+        self.inspector_push(key, frame);
     }
 
     /// Does what the learn page asked.

@@ -194,7 +194,7 @@ impl Server {
         if self.is_draining() {
             return Answer::Now(Response::text(503, "shutting down").header("Retry-After", "1").close(true));
         }
-        let upgrade = match handshake::validate(&head, &self.cfg.allow_origin) {
+        let mut upgrade = match handshake::validate(&head, &self.cfg.allow_origin) {
             Ok(upgrade) => upgrade,
             Err(refusal) => {
                 self.metrics.reject(refusal.label);
@@ -224,10 +224,28 @@ impl Server {
             self.metrics.reject(refusal.label);
             return Answer::Now(Response::text(refusal.status, refusal.reason).close(true));
         }
-        if let Some(conn) = self.conns.get_mut(key) {
-            conn.queue_bytes(&handshake::response_101(&upgrade.accept));
+        let mut settings = self.cfg.compression;
+        if upgrade.endpoint == Endpoint::Inspect {
+            // The learn page shows frames as they are unless it asks to see
+            // them compressed (`?deflate=1`); then each message alone, so
+            // the inspector can inflate every one it is shown.
+            if crate::route::query_value(head.query(), "deflate").as_deref() != Some("1") {
+                settings.mode = crate::deflate::Mode::Off;
+            } else if settings.mode == crate::deflate::Mode::Dedicated {
+                settings.mode = crate::deflate::Mode::Shared;
+            }
         }
-        let leftover = self.upgrade(key, WsState::new(upgrade.endpoint.clone(), self.cfg.max_message));
+        let settings = &settings;
+        upgrade.extension = crate::deflate::negotiate(head.header_strs("sec-websocket-extensions"), settings);
+        let answer = upgrade.extension.as_ref().map(|(_, answer)| answer.as_str());
+        if let Some(conn) = self.conns.get_mut(key) {
+            conn.queue_bytes(&handshake::response_101(&upgrade.accept, answer));
+        }
+        let extension = upgrade
+            .extension
+            .as_ref()
+            .map(|(agreed, _)| crate::deflate::Extension::new(*agreed, settings, self.cfg.max_message));
+        let leftover = self.upgrade(key, WsState::new(upgrade.endpoint.clone(), self.cfg.max_message, extension));
         self.on_ws_open(key, &head, &upgrade, identity);
         self.mark_dirty(key);
         // Bytes that came glued to the head are the first frames: they are

@@ -4,11 +4,9 @@
 //! The feed is computed once per second for all viewers (rates are
 //! differences of the counters since the last tick) and framed once.
 
-use std::rc::Rc;
+use tungstenite::protocol::frame::coding::{Data, OpCode};
 
-use crate::frame;
 use crate::metrics::Gauges;
-use crate::outbuf::Chunk;
 use crate::server::Server;
 
 /// Busiest rooms listed in the feed.
@@ -94,12 +92,16 @@ impl Server {
         self.on_cluster_tick();
         self.deliver_chat();
         if self.stats_viewers > 0 {
-            let shared: Rc<[u8]> = frame::shared_text(self.stats_json().as_bytes());
+            let json = self.stats_json();
+            let text = OpCode::Data(Data::Text);
+            let mut copies = crate::deflate::Copies::new(text, json.as_bytes(), &self.cfg.compression);
             let viewers: Vec<usize> = self.conns.iter().filter(|(_, c)| c.is_stats_viewer()).map(|(k, _)| k).collect();
-            for key in viewers {
+            for &key in &viewers {
                 if let Some(conn) = self.conns.get_mut(key) {
-                    conn.push(Chunk::Shared(shared.clone()));
+                    conn.push_broadcast(&mut copies);
                 }
+            }
+            for key in viewers {
                 self.mark_dirty(key);
             }
         }

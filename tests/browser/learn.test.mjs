@@ -269,3 +269,32 @@ test('closing: the browser\'s close frame, a code browsers refuse, the server\'s
     await closePage(page);
   }
 });
+
+test('compression: with the box ticked, Chromium and the server agree on permessage-deflate and frames show RSV1', async () => {
+  const page = await openPage(env.browser);
+  try {
+    await openLearn(page);
+    await page.check('#deflate');
+    await page.waitForFunction(
+      () => /server_no_context_takeover/.test(document.getElementById('response-head')?.textContent ?? ''),
+      null, { polling: 50 });
+    await waitForStatus(page, 'online');
+    const note = await page.$eval('#handshake-note', (n) => n.textContent);
+    assert.match(note, /permessage-deflate/);
+    const text = 'compress me, compress me, compress me, compress me';
+    await page.fill('#message', text);
+    await page.click('#send-text');
+    await page.waitForSelector('#frames .frame[data-opcode="text"][data-rsv1="true"]');
+    const shown = await page.$eval('#frames .frame[data-opcode="text"][data-rsv1="true"]', (card) => ({
+      payloadLength: Number(card.dataset.payloadLength),
+      inflatedLength: Number(card.dataset.inflatedLength),
+      inflated: card.querySelector('.inflated-text')?.textContent ?? null,
+    }));
+    assert.equal(shown.inflated, text);
+    assert.equal(shown.inflatedLength, text.length);
+    assert.ok(shown.payloadLength < text.length, `${shown.payloadLength} bytes on the wire for ${text.length}`);
+    await assertClean(page, 'learn compressed');
+  } finally {
+    await closePage(page);
+  }
+});

@@ -29,6 +29,7 @@
   const frames = $('frames');
   const message = $('message');
   const hexBox = $('hex');
+  const deflateBox = $('deflate');
   const controlError = $('control-error');
   const reconnectButton = $('reconnect');
   const announce = $('announce');
@@ -285,9 +286,11 @@
     row('FIN', 'f-fin', 'byte 1, bit 1', yesNo(f.fin),
       f.fin ? 'The last (or only) frame of its message (§5.2).' : 'More frames of this message follow (§5.4).');
     const rsv = [f.rsv1, f.rsv2, f.rsv3].map(yesNo).join(' ');
-    row('RSV1–3', 'f-rsv', 'byte 1, bits 2–4', rsv, f.rsv1 || f.rsv2 || f.rsv3
-      ? 'Set, but no extension was agreed in the handshake: a protocol error (§5.2).'
-      : 'For extensions such as compression; 0 when none was agreed (§5.2).');
+    row('RSV1–3', 'f-rsv', 'byte 1, bits 2–4', rsv, f.rsv1 && f.compressed && !f.rsv2 && !f.rsv3
+      ? 'RSV1 = 1: this message is compressed with permessage-deflate, agreed in the handshake (RFC 7692 §6).'
+      : f.rsv1 || f.rsv2 || f.rsv3
+        ? 'Set, but no extension was agreed in the handshake: a protocol error (§5.2).'
+        : 'For extensions such as compression; 0 when none was agreed (§5.2).');
     row('opcode', 'f-op', 'byte 1, bits 5–8', `${f.opcode} = ${f.opcode_name}`,
       OPCODE_MEANING[f.opcode_name] || 'Reserved for future use: a protocol error today (§5.2).');
     row('MASK', 'f-mask', 'byte 2, bit 1', yesNo(f.masked), f.masked
@@ -409,6 +412,8 @@
       'data-masked': String(d.masked),
       'data-fin': String(d.fin),
       'data-payload-length': d.payload_length ?? '',
+      'data-rsv1': String(Boolean(d.rsv1)),
+      'data-inflated-length': d.inflated_length ?? '',
     });
     card.append(el('header', { class: 'entry-head' },
       el('span', { class: 'arrow', 'aria-hidden': 'true' }, '→'),
@@ -422,6 +427,18 @@
     } else if (d.opcode_name === 'close') {
       card.append(el('p', { class: 'explain' },
         'A close frame. The server answers with a close frame of its own, then closes the TCP connection (§5.5.1, §7.1.1).'));
+    }
+    if (d.compressed && d.inflated_length !== undefined) {
+      const text = typeof d.inflated_text === 'string' ? d.inflated_text : null;
+      card.append(el('p', { class: 'explain compressed-note' },
+        `Compressed (RSV1 set): the ${total} payload byte${total === 1 ? '' : 's'} on the wire are DEFLATE data. `
+        + 'The server adds back the four bytes 00 00 ff ff your browser left off, inflates them, and gets '
+        + `${d.inflated_length} byte${d.inflated_length === 1 ? '' : 's'}`,
+        text === null ? '.' : el('span', {}, ': ', el('code', { class: 'inflated-text' }, text)),
+        ' (RFC 7692 §7.2).'));
+    } else if (d.compressed) {
+      card.append(el('p', { class: 'explain' },
+        'Part of a compressed message: its bytes are inflated once the last frame is in (RFC 7692 §7.2).'));
     }
     const command = d.opcode_name === 'text' && typeof d.payload_text === 'string' && /^\s*\{.*"cmd"/.test(d.payload_text);
     if (command) {
@@ -585,6 +602,14 @@
         + 'so no extension is in use: frames travel exactly as written, and the RSV bits must stay 0 (§9.1, §5.2).';
     }
 
+    if (h.extension) {
+      handshakeNote.hidden = false;
+      handshakeNote.textContent = `The server took the extension: "${h.extension}". Each message is now `
+        + 'compressed on its own (no context takeover either way). Your browser compresses what it sends; '
+        + 'the server compresses what is worth it (1 KiB and more). A compressed message has RSV1 set in its '
+        + 'first frame, and its payload is DEFLATE data (RFC 7692).';
+    }
+
     const header = /^sec-websocket-accept\s*:\s*(\S+)/im.exec(h.response || '');
     const sent = header ? header[1] : h.accept_sent;
     const match = $('accept-match');
@@ -622,7 +647,7 @@
     closeAskedBy = null;
     reassembling = [];
     showError('');
-    const ws = new WebSocket(wsUrl('/ws/inspect'));
+    const ws = new WebSocket(wsUrl(deflateBox.checked ? '/ws/inspect?deflate=1' : '/ws/inspect'));
     ws.binaryType = 'arraybuffer';
     socket = ws;
     setStatus(status, 'connecting');
@@ -774,6 +799,19 @@
     if (!openSocket()) return;
     closeAskedBy = 'server';
     sendCommand({ cmd: 'close', code, reason: 'you asked me to' });
+  });
+
+  // Compression is agreed in the handshake, so changing it means a new connection.
+  deflateBox.addEventListener('change', () => {
+    acted();
+    note(deflateBox.checked
+      ? 'Opening a new connection that asks for permessage-deflate (?deflate=1): watch the handshake and RSV1.'
+      : 'Opening a new connection without compression.', 'open');
+    const old = socket;
+    socket = null;
+    if (old) old.close(1000, 'reconnecting');
+    attempt = 0;
+    connect();
   });
 
   reconnectButton.addEventListener('click', () => {
