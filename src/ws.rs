@@ -27,7 +27,7 @@ use tungstenite::protocol::frame::coding::{CloseCode, Control, OpCode};
 use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig, WebSocketContext};
 
 use crate::deflate::inflate::Piece;
-use crate::deflate::{self, Extension};
+use crate::deflate::{self, Agreed, Extension};
 use crate::frame;
 use crate::outbuf::OutQueue;
 
@@ -95,9 +95,14 @@ impl Write for Pipe<'_> {
 pub struct Session {
     ctx: WebSocketContext,
     closing: Closing,
-    /// permessage-deflate, if the handshake agreed it (boxed: most of it
-    /// is only needed by connections that use it).
+    /// permessage-deflate's parameters, if the handshake agreed it.
+    agreed: Option<Agreed>,
+    /// Its state, while there is any: for the connection's life with
+    /// context takeover, else only while a frame is half-read (so an idle
+    /// connection in `shared` mode holds nothing but `agreed`).
     extension: Option<Box<Extension>>,
+    /// `--max-message`, for the inflated size.
+    max_message: usize,
 }
 
 impl std::fmt::Debug for Session {
@@ -122,13 +127,15 @@ impl Session {
         Session {
             ctx: WebSocketContext::new(Role::Server, Some(config)),
             closing: Closing::No,
-            extension: extension.map(Box::new),
+            agreed: extension.as_ref().map(|e| e.agreed),
+            extension: extension.filter(|e| !e.is_idle()).map(Box::new),
+            max_message,
         }
     }
 
-    /// The permessage-deflate state, if negotiated.
-    pub fn extension(&mut self) -> Option<&mut Extension> {
-        self.extension.as_deref_mut()
+    /// permessage-deflate's parameters, if the handshake agreed it.
+    pub fn agreed(&self) -> Option<Agreed> {
+        self.agreed
     }
 
     /// Where the closing handshake stands.
@@ -158,8 +165,14 @@ impl Session {
             }
             return input.len();
         }
-        if self.extension.is_none() {
+        let Some(agreed) = self.agreed else {
             return self.decode(input, eof, out, messages, max);
+        };
+        if self.extension.is_none() {
+            // Without context takeover the state is made for this input
+            // (no settings needed: there is no compressor to make).
+            let settings = deflate::Settings::default();
+            self.extension = Some(Box::new(Extension::new(agreed, &settings, self.max_message)));
         }
         // Through the deflate filter: a piece is at most one frame, so
         // tungstenite makes at most one message of each, and the cap is
@@ -191,6 +204,9 @@ impl Session {
             if matches!(self.closing, Closing::Done | Closing::Failed) {
                 return input.len();
             }
+        }
+        if self.extension.as_deref().is_some_and(Extension::is_idle) {
+            self.extension = None;
         }
         input.len() - rest.len()
     }
@@ -287,10 +303,12 @@ impl Session {
     /// The frame that carries data `payload` to this client: compressed
     /// if the extension was agreed and it pays, plain otherwise.
     pub fn data_frame(&mut self, opcode: OpCode, payload: &[u8], settings: &deflate::Settings) -> Vec<u8> {
-        match self.extension.as_deref_mut().and_then(|e| e.frame(opcode, payload, settings)) {
-            Some(frame) => frame,
-            None => frame::encode(opcode, payload),
-        }
+        let compressed = match (&self.agreed, self.extension.as_deref_mut()) {
+            (_, Some(extension)) => extension.frame(opcode, payload, settings),
+            (Some(agreed), None) => deflate::compress_alone(agreed, opcode, payload, settings),
+            (None, None) => None,
+        };
+        compressed.unwrap_or_else(|| frame::encode(opcode, payload))
     }
 
     /// Sends a ping (the heartbeat); the client must answer with a pong.
@@ -415,6 +433,35 @@ mod tests {
         let bytes = out.to_vec();
         assert_eq!(bytes[0], 0x88);
         assert!(bytes[1] <= 125, "payload {} bytes", bytes[1]);
+    }
+
+    #[test]
+    fn without_context_takeover_an_idle_session_keeps_no_deflate_state() {
+        let agreed = deflate::Agreed {
+            server_no_context_takeover: true,
+            client_no_context_takeover: true,
+            server_max_window_bits: 15,
+            client_max_window_bits: 15,
+        };
+        let settings = deflate::Settings::default();
+        let mut s = Session::new(1 << 20, Some(Extension::new(agreed, &settings, 1 << 20)));
+        assert!(s.extension.is_none(), "nothing kept before the first byte");
+        let text = "a compressed message, a compressed message, a compressed message";
+        let frame = deflate::frame_alone(
+            OpCode::Data(tungstenite::protocol::frame::coding::Data::Text),
+            text.as_bytes(),
+            15,
+            1,
+        )
+        .unwrap();
+        let bytes = client_frame(0x41, true, &frame[2..]);
+        let (mut out, mut got) = (OutQueue::new(), vec![]);
+        let half = bytes.len() / 2;
+        s.feed(&bytes[..half], false, &mut out, &mut got, usize::MAX);
+        assert!(s.extension.is_some() && got.is_empty(), "half a message is kept");
+        s.feed(&bytes[half..], false, &mut out, &mut got, usize::MAX);
+        assert_eq!(got, vec![Message::text(text)]);
+        assert!(s.extension.is_none(), "and dropped once it is whole");
     }
 
     #[test]

@@ -226,12 +226,15 @@ impl Connection {
     /// that it takes broadcasts.
     pub(crate) fn push_broadcast(&mut self, copies: &mut deflate::Copies<'_>) {
         let chunk = match &mut self.phase {
-            Phase::WebSocket(ws) => match ws.session.extension() {
+            Phase::WebSocket(ws) => match ws.session.agreed() {
                 None => Chunk::Shared(copies.plain()),
-                Some(extension) => match extension.shares() {
-                    Some(window_bits) => Chunk::Shared(copies.compressed(window_bits)),
-                    None => Chunk::Owned(copies.frame_for(extension)),
-                },
+                Some(agreed) if agreed.server_no_context_takeover => {
+                    Chunk::Shared(copies.compressed(agreed.server_max_window_bits))
+                }
+                Some(_) => {
+                    let (opcode, payload, settings) = copies.parts();
+                    Chunk::Owned(ws.session.data_frame(opcode, payload, settings))
+                }
             },
             Phase::Http(_) => return,
         };

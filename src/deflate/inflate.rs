@@ -106,6 +106,10 @@ pub struct Inbound {
     stream: Option<InflateStream>,
     /// `--max-message`, applied to the inflated size.
     max_message: usize,
+    /// Frames come from a client, which masks every one (§5.1); `false`
+    /// for a client's own filter (the load generator), reading a server,
+    /// which never masks.
+    from_client: bool,
 }
 
 impl Inbound {
@@ -121,7 +125,21 @@ impl Inbound {
             message: None,
             stream,
             max_message,
+            from_client: true,
         }
+    }
+
+    /// The same filter on the client side, for frames from a server
+    /// (unmasked): the load generator inflates what it receives with it.
+    /// `stream`: the server keeps context between messages.
+    pub fn for_client(max_message: usize, stream: Option<InflateStream>) -> Inbound {
+        Inbound { from_client: false, ..Inbound::new(max_message, stream) }
+    }
+
+    /// Whether nothing is in progress: at a frame boundary, no compressed
+    /// message being collected, and no inflate window kept.
+    pub fn is_idle(&self) -> bool {
+        self.at == At::Header && self.head_len == 0 && self.message.is_none() && self.stream.is_none()
     }
 
     /// The DEFLATE bytes one message may take: a little over its inflated
@@ -156,6 +174,7 @@ impl Inbound {
                             if let Source::Front(hlen) = source {
                                 *input = input.get(hlen..).unwrap_or_default();
                             }
+                            // An unmasked frame XORs with zeros: its bytes as they are.
                             let mask = header.mask.unwrap_or_default();
                             self.at = At::Collecting { left: header.len, mask, phase: 0, fin: header.fin };
                         }
@@ -261,9 +280,13 @@ impl Inbound {
 
     /// Checks a compressed message's frame before its payload is collected.
     fn collect(&mut self, h: &Header) -> Result<Route, Failure> {
-        if h.mask.is_none() {
+        if h.mask.is_none() && self.from_client {
             // §5.1: "The server MUST close the connection upon receiving a frame that is not masked."
             return Err((1002, "unmasked frame"));
+        }
+        if h.mask.is_some() && !self.from_client {
+            // §5.1: "A client MUST close a connection if it detects a masked frame."
+            return Err((1002, "masked frame from a server"));
         }
         let so_far = self.message.as_ref().map_or(0, |(_, bytes)| bytes.len()) as u64;
         if so_far.saturating_add(h.len) > self.compressed_limit() as u64 {

@@ -259,15 +259,18 @@ impl<'a> Copies<'a> {
         .clone()
     }
 
-    /// The frame for a recipient with a compressor of its own.
-    pub fn frame_for(&self, extension: &mut Extension) -> Vec<u8> {
-        extension.frame(self.opcode, self.payload, self.settings).unwrap_or_else(|| self.plain.to_vec())
+    /// What to compress for a recipient with a compressor of its own:
+    /// the opcode, the payload and the settings.
+    pub fn parts(&self) -> (OpCode, &[u8], &Settings) {
+        (self.opcode, self.payload, self.settings)
     }
 }
 
-/// One connection's permessage-deflate: what was agreed, the filter its
-/// input goes through, and, when the server keeps context (`dedicated`),
-/// its compressor.
+/// One connection's permessage-deflate state: the filter its input goes
+/// through and, when the server keeps context (`dedicated`), its
+/// compressor. Without context takeover either way (`shared`) nothing here
+/// outlives a frame in progress, so a connection holds it only while one
+/// is (see [`Extension::is_idle`]).
 #[derive(Debug)]
 pub struct Extension {
     /// The parameters of the handshake.
@@ -290,22 +293,31 @@ impl Extension {
         Extension { agreed, inbound: inflate::Inbound::new(max_message, inflate_stream), stream }
     }
 
+    /// Whether it holds nothing worth keeping: no compression context, and
+    /// no frame or message half-read. It can then be dropped, and made
+    /// again (with [`Extension::new`]) when the next bytes arrive.
+    pub fn is_idle(&self) -> bool {
+        self.stream.is_none() && self.inbound.is_idle()
+    }
+
     /// The frame to send `payload` in, compressed as agreed; `None` to send
-    /// it plain (a message compressed alone that is small, or that would
-    /// not shrink).
+    /// it plain.
     pub fn frame(&mut self, opcode: OpCode, payload: &[u8], settings: &Settings) -> Option<Vec<u8>> {
         match &mut self.stream {
             Some(stream) => Some(stream.frame(opcode, payload)),
-            None if payload.len() < settings.min => None,
-            None => frame_alone(opcode, payload, self.agreed.server_max_window_bits, settings.level),
+            None => compress_alone(&self.agreed, opcode, payload, settings),
         }
     }
+}
 
-    /// Whether each message is compressed alone, so a room's shared
-    /// compressed copy can be sent: the window it needs if so.
-    pub fn shares(&self) -> Option<u8> {
-        self.stream.is_none().then_some(self.agreed.server_max_window_bits)
+/// The frame for `payload` to a connection that agreed `agreed` without
+/// server context takeover: compressed alone if it is at least
+/// `--compression-min` and shrinks; `None` to send it plain.
+pub fn compress_alone(agreed: &Agreed, opcode: OpCode, payload: &[u8], settings: &Settings) -> Option<Vec<u8>> {
+    if payload.len() < settings.min {
+        return None;
     }
+    frame_alone(opcode, payload, agreed.server_max_window_bits, settings.level)
 }
 
 /// A connection's decompressor when the client keeps context between

@@ -50,6 +50,8 @@ options:
   --server-pid PID       sample this process's CPU time and RSS from /proc
   --csv PATH             soak: write the samples to this CSV file
   --json                 print one JSON object line instead of the text block
+  --deflate              offer permessage-deflate (as a browser does) and inflate what
+                         comes compressed; wire_bytes_in reports what was read
   --help                 print this text
 
 Pin the server and loadgen to different cores and name the server's PID, e.g.
@@ -177,6 +179,7 @@ pub fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, Str
     let mut server_pid: Option<u32> = None;
     let mut json = false;
     let mut csv: Option<String> = None;
+    let mut deflate = false;
 
     while let Some(arg) = args.next() {
         // Accept `--flag=value` as well as `--flag value`.
@@ -221,13 +224,15 @@ pub fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, Str
             "--room-prefix" => room_prefix = flag_value(&flag, args)?,
             "--server-pid" => server_pid = Some(flag_value(&flag, args)?),
             "--json" => json = true,
+            "--deflate" => deflate = true,
             "--csv" => csv = Some(flag_value(&flag, args)?),
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
 
     let url = url.ok_or("--url is required (for example --url ws://127.0.0.1:8000)")?;
-    let target = parse_url(&url)?;
+    let mut target = parse_url(&url)?;
+    target.deflate = deflate;
     let clients = clients.unwrap_or(match mode {
         Mode::Room => 100,
         Mode::Echo => 10,
@@ -306,6 +311,8 @@ pub struct Target {
     pub host: String,
     /// A path from the URL to put in front of every route, without a trailing '/'.
     pub base: String,
+    /// `--deflate`: offer permessage-deflate and inflate what comes compressed.
+    pub deflate: bool,
 }
 
 /// Parses `ws://HOST[:PORT][/base]` and refuses any host that is not this machine: a load
@@ -352,6 +359,7 @@ fn parse_url(url: &str) -> Result<Target, String> {
         addr: SocketAddr::new(ip, port),
         host: authority.to_string(),
         base: path.trim_end_matches('/').to_string(),
+        deflate: false,
     })
 }
 

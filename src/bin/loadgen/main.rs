@@ -71,6 +71,7 @@
 
 mod churn;
 mod cli;
+mod deflate;
 mod drive;
 mod echo;
 mod http;
@@ -150,7 +151,10 @@ fn main() -> ExitCode {
         Mode::Soak => run_soak(&options, probe.as_ref()),
     };
     match result {
-        Ok(report) => {
+        Ok(mut report) => {
+            report.text("deflate", "permessage-deflate offered", if options.target.deflate { "yes" } else { "no" });
+            let wire = net::WIRE_BYTES_IN.load(std::sync::atomic::Ordering::Relaxed);
+            report.int("wire_bytes_in", "bytes read off the sockets, whole run", wire);
             report.print(options.json);
             if report.passed() { ExitCode::SUCCESS } else { ExitCode::from(1) }
         }

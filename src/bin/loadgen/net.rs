@@ -12,7 +12,10 @@ use tungstenite::error::ProtocolError;
 use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 use tungstenite::{Error as WsError, Message};
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use crate::cli::Target;
+use crate::deflate::Deflating;
 use crate::drive::Driver;
 use crate::upgrade::Upgrade;
 
@@ -83,7 +86,13 @@ enum Phase {
     /// Writing the HTTP upgrade request and reading the `101` response.
     Upgrading(Upgrade),
     /// A WebSocket. `closing_since` is set once we sent our close frame.
-    Open { ws: Box<WebSocketContext>, closing_since: Option<Instant>, peer_close_code: Option<u16> },
+    Open {
+        ws: Box<WebSocketContext>,
+        closing_since: Option<Instant>,
+        peer_close_code: Option<u16>,
+        /// The server took permessage-deflate: inbound frames go through this.
+        deflate: Option<Box<Deflating>>,
+    },
 }
 
 /// One connection and the mode's name for it.
@@ -185,17 +194,54 @@ struct DrainAware<'a> {
     drained: bool,
 }
 
+/// Bytes read off WebSocket connections in this run, as they came (compressed or not):
+/// what a compression mode saves is measured against it.
+pub static WIRE_BYTES_IN: AtomicU64 = AtomicU64::new(0);
+
 impl Read for DrainAware<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.drained {
             return Err(io::ErrorKind::WouldBlock.into());
         }
         let n = self.stream.read(buf)?;
+        WIRE_BYTES_IN.fetch_add(n as u64, Ordering::Relaxed);
         // n == 0 is end of stream, which tungstenite must see as such (not WouldBlock).
         if self.trust_short_reads && n > 0 && n < buf.len() {
             self.drained = true;
         }
         Ok(n)
+    }
+}
+
+/// The socket as tungstenite sees it: through the deflate filter when the
+/// server took the extension.
+struct Wire<'a, 'd> {
+    socket: DrainAware<'a>,
+    deflate: Option<&'d mut Deflating>,
+}
+
+impl Wire<'_, '_> {
+    fn has_message(&self) -> bool {
+        self.deflate.as_ref().is_some_and(|d| d.message.is_some())
+    }
+}
+
+impl Read for Wire<'_, '_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self.deflate.as_deref_mut() {
+            Some(d) => d.read_through(&mut self.socket, buf),
+            None => self.socket.read(buf),
+        }
+    }
+}
+
+impl Write for Wire<'_, '_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.socket.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.socket.flush()
     }
 }
 
@@ -216,12 +262,13 @@ impl Write for DrainAware<'_> {
 fn exchange(
     stream: &mut TcpStream,
     ws: &mut WebSocketContext,
+    deflate: Option<&mut Deflating>,
     peer_close_code: &mut Option<u16>,
     user: usize,
     trust_short_reads: bool,
     on: &mut dyn FnMut(usize, NetEvent<'_>),
 ) -> Step {
-    let mut socket = DrainAware { stream, trust_short_reads, drained: false };
+    let mut socket = Wire { socket: DrainAware { stream, trust_short_reads, drained: false }, deflate };
     // Once we sent our close frame, the server's close frame is only its answer.
     let we_closed = !ws.can_write();
     loop {
@@ -238,6 +285,14 @@ fn exchange(
             }
             // Pings are answered by tungstenite (the pong goes out with the flush below).
             Ok(_) => {}
+            // An inflated message came before anything behind it: hand it over, read on.
+            Err(WsError::Io(e)) if would_block(&e) && socket.has_message() => {
+                match socket.deflate.as_mut().and_then(|d| d.message.take()) {
+                    Some(Message::Text(text)) => on(user, NetEvent::Text(text.as_str())),
+                    Some(Message::Binary(bytes)) => on(user, NetEvent::Binary(&bytes)),
+                    _ => {}
+                }
+            }
             // Read everything there was: the readable edge will bring us back.
             Err(WsError::Io(e)) if would_block(&e) => break,
             Err(WsError::Io(e)) if interrupted(&e) => continue,
@@ -706,7 +761,7 @@ fn advance_conn(
             Ok(true) => {
                 // Chat frames are small and latency is what we measure: no Nagle delay.
                 let _ = stream.set_nodelay(true);
-                conn.phase = Phase::Upgrading(Upgrade::new(&target.host, &conn.path));
+                conn.phase = Phase::Upgrading(Upgrade::new(&target.host, &conn.path, target.deflate));
             }
             Ok(false) => return Step::Pending,
             Err(e) => return Step::Ended(io_failure(&e)),
@@ -715,9 +770,18 @@ fn advance_conn(
     if let Phase::Upgrading(upgrade) = &mut conn.phase {
         match upgrade.advance(stream) {
             Ok(None) => return Step::Pending,
-            Ok(Some(leftover)) => {
+            Ok(Some(opened)) => {
+                // With the extension, the first bytes go through the filter too.
+                let (leftover, deflate) = match opened.deflate {
+                    Some(context) => {
+                        let mut d = Box::new(Deflating::new(context));
+                        d.carry_first(opened.leftover);
+                        (Vec::new(), Some(d))
+                    }
+                    None => (opened.leftover, None),
+                };
                 let ws = WebSocketContext::from_partially_read(leftover, Role::Client, Some(*config));
-                conn.phase = Phase::Open { ws: Box::new(ws), closing_since: None, peer_close_code: None };
+                conn.phase = Phase::Open { ws: Box::new(ws), closing_since: None, peer_close_code: None, deflate };
                 on(conn.user, NetEvent::Opened);
             }
             Err(ending) => return Step::Ended(ending),
@@ -726,8 +790,8 @@ fn advance_conn(
     match &mut conn.phase {
         // A paused reader leaves its socket alone; `set_paused` brings it back.
         Phase::Open { .. } if conn.paused => Step::Pending,
-        Phase::Open { ws, peer_close_code, .. } => {
-            exchange(stream, ws, peer_close_code, conn.user, trust_short_reads, on)
+        Phase::Open { ws, peer_close_code, deflate, .. } => {
+            exchange(stream, ws, deflate.as_deref_mut(), peer_close_code, conn.user, trust_short_reads, on)
         }
         _ => Step::Pending,
     }

@@ -21,23 +21,34 @@ pub struct Upgrade {
     head: Vec<u8>,
 }
 
+/// What the `101` said.
+pub struct Opened {
+    /// Whatever the server sent after the head (already frames).
+    pub leftover: Vec<u8>,
+    /// The server took permessage-deflate: `Some(true)` if it keeps
+    /// context between messages (no `server_no_context_takeover`).
+    pub deflate: Option<bool>,
+}
+
 impl Upgrade {
-    /// The request for `path` on `host`, with a fresh key, ready to be written.
-    pub fn new(host: &str, path: &str) -> Self {
+    /// The request for `path` on `host`, with a fresh key, ready to be
+    /// written; offering permessage-deflate if `deflate`.
+    pub fn new(host: &str, path: &str, deflate: bool) -> Self {
         // "a nonce consisting of a randomly selected 16-byte value that has been
         // base64-encoded" (RFC 6455 §4.1)
         let key = tungstenite::handshake::client::generate_key();
         let request = format!(
             "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+             Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{}\r\n",
+            if deflate { crate::deflate::OFFER } else { "" }
         )
         .into_bytes();
         Upgrade { key, request, written: 0, head: Vec::new() }
     }
 
-    /// Moves the upgrade on as far as the socket allows. `Ok(Some(leftover))` when the `101`
-    /// arrived: `leftover` is whatever the server sent after the head (already frames).
-    pub fn advance(&mut self, stream: &mut TcpStream) -> Result<Option<Vec<u8>>, Ending> {
+    /// Moves the upgrade on as far as the socket allows. `Ok(Some(_))` when the `101`
+    /// arrived.
+    pub fn advance(&mut self, stream: &mut TcpStream) -> Result<Option<Opened>, Ending> {
         while let Some(unsent) = self.request.get(self.written..).filter(|u| !u.is_empty()) {
             match stream.write(unsent) {
                 // A zero-length write on a non-empty buffer: the socket is gone.
@@ -59,8 +70,8 @@ impl Upgrade {
                     self.head.extend_from_slice(chunk.get(..n).unwrap_or_default());
                     if let Some(end) = find_head_end(&self.head) {
                         let leftover = self.head.split_off(end);
-                        self.check_response()?;
-                        return Ok(Some(leftover));
+                        let deflate = self.check_response()?;
+                        return Ok(Some(Opened { leftover, deflate }));
                     }
                     if self.head.len() > MAX_RESPONSE_HEAD_BYTES {
                         return Err(failed("upgrade response head too large", false));
@@ -77,7 +88,9 @@ impl Upgrade {
     /// The client's duties from RFC 6455 §4.1: "If the status code received from the server
     /// is not 101, the client handles the response per HTTP procedures", and the
     /// `Sec-WebSocket-Accept` value must be the base64 SHA-1 of our key and the GUID.
-    fn check_response(&self) -> Result<(), Ending> {
+    /// Whether the server took permessage-deflate (RFC 7692 §5), and if so
+    /// whether it keeps context between messages.
+    fn check_response(&self) -> Result<Option<bool>, Ending> {
         let head = String::from_utf8_lossy(&self.head);
         let mut lines = head.split("\r\n");
         let status = lines.next().unwrap_or_default();
@@ -89,14 +102,16 @@ impl Upgrade {
             return Err(failed(&format!("server answered {shown:?} instead of 101"), false));
         }
         let expected = derive_accept_key(self.key.as_bytes());
-        let accept = lines
-            .filter_map(|l| l.split_once(':'))
-            .find(|(name, _)| name.trim().eq_ignore_ascii_case("sec-websocket-accept"))
-            .map(|(_, value)| value.trim());
-        if accept != Some(expected.as_str()) {
+        let headers: Vec<(&str, &str)> = lines.filter_map(|l| l.split_once(':')).collect();
+        let header = |wanted: &str| {
+            headers.iter().find(|(name, _)| name.trim().eq_ignore_ascii_case(wanted)).map(|(_, value)| value.trim())
+        };
+        if header("sec-websocket-accept") != Some(expected.as_str()) {
             return Err(failed("bad or missing Sec-WebSocket-Accept in the 101 response", false));
         }
-        Ok(())
+        Ok(header("sec-websocket-extensions")
+            .filter(|e| e.starts_with("permessage-deflate"))
+            .map(|e| !e.contains("server_no_context_takeover")))
     }
 }
 
