@@ -1,5 +1,5 @@
 //! What the WebSocket side costs per frame and per event: `wire/decode`,
-//! `wire/message_json`, `wire/parse_post` and `wire/welcome_json`.
+//! `wire/message_json`, `wire/parse_post`, `wire/welcome_json` and `wire/deflate`.
 //!
 //! - `decode`: [`chatroom::ws::Session::feed`] on masked client frames, as
 //!   the reactor calls it after a read: one 100-byte text frame, one 16 KiB
@@ -16,6 +16,10 @@
 //!   `{"message": "...", "username": "alice"}`, with a 100-character text.
 //! - `welcome_json`: a welcome frame with 20 names online and 50 messages of
 //!   history (already JSON, concatenated).
+//! - `deflate`: that welcome frame compressed alone, as `--compression
+//!   shared` sends it (`deflate::frame_alone`, at each level), and inflated
+//!   back (`deflate::inflate`, what a client that compresses its posts
+//!   costs the server per message).
 //!
 //! Throughput is bytes of input (decode, parse) or elements and bytes of
 //! output (the events), so criterion prints MiB/s and events per second.
@@ -25,10 +29,12 @@
 use std::hint::black_box;
 
 use chatroom::chat::protocol::{message_json, parse_post, welcome_json};
+use chatroom::deflate;
 use chatroom::outbuf::OutQueue;
 use chatroom::ws::{Closing, Session};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tungstenite::Message;
+use tungstenite::protocol::frame::coding::{Data, OpCode};
 
 /// The session's message limit: the server's default `--max-message`.
 const MAX_MESSAGE: usize = 64 * 1024;
@@ -138,6 +144,21 @@ fn events(c: &mut Criterion) {
     group.throughput(Throughput::ElementsAndBytes { elements: 1, bytes: sample.len() as u64 });
     group.bench_function("50_history_20_online", |b| {
         b.iter(|| welcome_json("welcome", "alice", black_box(&online), online.len(), black_box(&history), 1_049))
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("wire/deflate");
+    let text_op = OpCode::Data(Data::Text);
+    group.throughput(Throughput::Bytes(sample.len() as u64));
+    for level in [1u8, 6] {
+        group.bench_function(format!("welcome_alone_level_{level}"), |b| {
+            b.iter(|| deflate::frame_alone(text_op, black_box(sample.as_bytes()), 15, level))
+        });
+    }
+    let frame = deflate::frame_alone(text_op, sample.as_bytes(), 15, 1).expect("a welcome compresses");
+    let payload = frame.get(4..).expect("a 16-bit length header").to_vec();
+    group.bench_function("welcome_inflate", |b| {
+        b.iter(|| deflate::inflate(&mut black_box(payload.clone()), None, 1 << 20))
     });
     group.finish();
 }

@@ -4,6 +4,7 @@
 # (loadgen --deflate, as a browser does) and inflates what comes compressed.
 #
 #   scripts/bench_deflate.sh [--repeat N] [--no-build] [--out FILE]
+#   (SCENS="a d" runs only those scenarios)
 #
 # Writes FILE (default bench/deflate.md): medians of N runs (default 3) [min–max] of
 #   a      1 room x 1,000 clients, 10 senders, 100-byte messages (under --compression-min):
@@ -16,6 +17,8 @@
 # Server: target/release/chatroom --data none --rate-limit 0 --max-text 4096 --compression MODE,
 # pinned to core 0; loadgen on core 1. "Bytes on the wire" is what the load generator read
 # off its sockets (wire_bytes_in) over the whole run, divided by deliveries or cycles.
+# Message texts are padded with English words (loadgen --filler words), which compress
+# about as chat text does (runs of 'x', loadgen's default filler, compress a hundredfold).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -41,9 +44,9 @@ cp "$ROOT/target/release/chatroom" "$ROOT/target/release/loadgen" "$TMP/"
 
 args_for() {
   case "$1" in
-    a)    echo "--mode room --clients 1000 --rooms 1 --senders 10 --messages 200 --warmup 10" ;;
-    a2k)  echo "--mode room --clients 1000 --rooms 1 --senders 10 --messages 100 --size 2048 --warmup 10" ;;
-    join) echo "--mode churn --clients 50 --duration 5" ;;
+    a)    echo "--mode room --clients 1000 --rooms 1 --senders 10 --messages 200 --warmup 10 --filler words" ;;
+    a2k)  echo "--mode room --clients 1000 --rooms 1 --senders 10 --messages 100 --size 2048 --warmup 10 --filler words" ;;
+    join) echo "--mode churn --clients 50 --duration 5 --filler words" ;;
     d)    echo "--mode idle --clients 10000 --rooms 100 --duration 2 --timeout 120" ;;
   esac
 }
@@ -66,8 +69,9 @@ run_one() { # mode scenario round
   kill "$SRV_PID"; wait "$SRV_PID" 2>/dev/null || true; SRV_PID=""
 }
 
+SCENS=${SCENS:-a a2k join d}
 for round in $(seq "$REPEAT"); do
-  for scen in a a2k join d; do
+  for scen in $SCENS; do
     for mode in off shared dedicated; do
       echo "bench_deflate: round $round $scen $mode" >&2
       run_one "$mode" "$scen" "$round"
@@ -97,15 +101,16 @@ def per(key, unit):
 lines = [f"# permessage-deflate: off, shared, dedicated (measured {datetime.date.today()}, commit {commit}, load {os.getloadavg()[0]:.2f})", "",
          f"Command: `bash scripts/bench_deflate.sh --repeat {repeat}`. Medians of {repeat} runs [min–max], modes alternated each round;",
          "server on core 0 (`--data none --rate-limit 0`), loadgen on core 1 offering the extension (`--deflate`).", "",
-         "| scenario | mode | server CPU | bytes on the wire | ok runs |", "|---|---|---|---|---|"]
-for scen, unit, cpu_key, label in [("a", "delivered", "server_cpu_us_per_delivery", "per delivery"),
-                                    ("a2k", "delivered", "server_cpu_us_per_delivery", "per delivery"),
-                                    ("join", "cycles", "server_cpu_us_per_cycle", "per cycle")]:
+         "| scenario | mode | server CPU | bytes on the wire | rate | ok runs |", "|---|---|---|---|---|---|"]
+for scen, unit, cpu_key, label, rate in [("a", "delivered", "server_cpu_us_per_delivery", "per delivery", "deliveries_per_sec"),
+                                    ("a2k", "delivered", "server_cpu_us_per_delivery", "per delivery", "deliveries_per_sec"),
+                                    ("join", "cycles", "server_cpu_us_per_cycle", "per cycle", "cycles_per_sec")]:
     for mode in ["off", "shared", "dedicated"]:
         rows = load(scen, mode)
         ok = sum(1 for r in rows if r.get("ok"))
         lines.append(f"| {scen} | {mode} | {fig(rows, lambda r: r.get(cpu_key), 3)} µs {label} | "
-                     f"{fig(rows, per('wire_bytes_in', unit), 0)} B {label} | {ok}/{repeat} |")
+                     f"{fig(rows, per('wire_bytes_in', unit), 0)} B {label} | "
+                     f"{fig(rows, lambda r: r.get(rate), 0)} {rate.replace('_per_sec', '/s')} | {ok}/{repeat} |")
 lines += ["", "| scenario | mode | server RSS per idle connection | ok runs |", "|---|---|---|---|"]
 for mode in ["off", "shared", "dedicated"]:
     rows = load("d", mode)

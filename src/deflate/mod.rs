@@ -85,9 +85,10 @@ const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 
 thread_local! {
     /// The reactor's compressors for messages compressed alone, one per
-    /// window size asked for (9 to 15), made on first use and reset before
-    /// each message. One thread, so no connection needs its own.
-    static ALONE: RefCell<[Option<Deflate>; 7]> = const { RefCell::new([None, None, None, None, None, None, None]) };
+    /// window size asked for (9 to 15), each with the level it was made
+    /// for, made on first use and reset before each message. One thread,
+    /// so no connection needs its own.
+    static ALONE: RefCell<[Option<(u8, Deflate)>; 7]> = const { RefCell::new([None, None, None, None, None, None, None]) };
 
     /// The reactor's decompressor for messages sent without context
     /// takeover, reset before each one.
@@ -105,7 +106,10 @@ pub fn frame_alone(opcode: OpCode, payload: &[u8], window_bits: u8, level: u8) -
     let bits = window_bits.clamp(MIN_DEFLATE_WINDOW, 15);
     ALONE.with_borrow_mut(|alone| {
         let slot = alone.get_mut(usize::from(bits - MIN_DEFLATE_WINDOW))?;
-        let deflate = slot.get_or_insert_with(|| new_deflate(level, bits, 8));
+        if slot.as_ref().is_none_or(|(made_for, _)| *made_for != level) {
+            *slot = Some((level, new_deflate(level, bits, 8)));
+        }
+        let (_, deflate) = slot.as_mut()?;
         deflate.reset();
         SCRATCH.with_borrow_mut(|scratch| {
             compress(deflate, payload, scratch)?;

@@ -52,6 +52,8 @@ options:
   --json                 print one JSON object line instead of the text block
   --deflate              offer permessage-deflate (as a browser does) and inflate what
                          comes compressed; wire_bytes_in reports what was read
+  --filler x|words       pad message texts to --size with 'x' (default) or with English
+                         words (compresses about as chat text does)
   --help                 print this text
 
 Pin the server and loadgen to different cores and name the server's PID, e.g.
@@ -225,6 +227,11 @@ pub fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, Str
             "--server-pid" => server_pid = Some(flag_value(&flag, args)?),
             "--json" => json = true,
             "--deflate" => deflate = true,
+            "--filler" => match flag_value::<String>(&flag, args)?.as_str() {
+                "words" => crate::wire::use_word_filler(),
+                "x" => {}
+                other => return Err(format!("--filler: {other:?} is not x or words")),
+            },
             "--csv" => csv = Some(flag_value(&flag, args)?),
             other => return Err(format!("unknown argument {other:?}")),
         }

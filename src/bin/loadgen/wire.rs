@@ -3,6 +3,7 @@
 //! frames fast enough to run on every delivery.
 
 use std::borrow::Cow;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The kinds of text loadgen posts, told apart by their first word.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,13 +46,44 @@ pub struct Payload<'a> {
     pub sent_ns: u64,
 }
 
+/// `--filler words`: pad texts with words instead of 'x' (see [`Payload::compose`]).
+static FILLER_WORDS: AtomicBool = AtomicBool::new(false);
+
+/// Pads every text from now on with words (`--filler words`).
+pub fn use_word_filler() {
+    FILLER_WORDS.store(true, Ordering::Relaxed);
+}
+
+/// Common English words, for a filler that compresses about as chat does.
+const WORDS: [&str; 64] = [
+    "the", "of", "and", "to", "in", "is", "you", "that", "it", "he", "was", "for", "on", "are", "as", "with", "his",
+    "they", "at", "be", "this", "have", "from", "or", "one", "had", "by", "word", "but", "not", "what", "all", "were",
+    "we", "when", "your", "can", "said", "there", "use", "each", "which", "she", "do", "how", "their", "if", "will",
+    "up", "other", "about", "out", "many", "then", "them", "these", "so", "some", "her", "would", "make", "like",
+    "him", "into",
+];
+
 impl Payload<'_> {
-    /// The text, padded with 'x' to `size` bytes (or longer when the fields need more).
-    /// It is plain ASCII without quotes or backslashes, so it needs no JSON escaping.
+    /// The text, padded to `size` bytes (or longer when the fields need more): with 'x', or
+    /// with words picked by a small random generator seeded from the fields (`--filler
+    /// words`: runs of 'x' compress a hundredfold, English words about threefold). It is
+    /// plain ASCII without quotes or backslashes, so it needs no JSON escaping.
     pub fn compose(&self, size: usize) -> String {
         let mut text = format!("{} {} {} {} {} ", self.tag.word(), self.run, self.a, self.b, self.sent_ns);
         if text.len() < size {
-            text.extend(std::iter::repeat_n('x', size - text.len()));
+            if FILLER_WORDS.load(Ordering::Relaxed) {
+                let mut x = (u64::from(self.a) << 32 ^ self.b).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+                while text.len() < size {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    text.push_str(WORDS.get((x % WORDS.len() as u64) as usize).copied().unwrap_or("x"));
+                    text.push(' ');
+                }
+                text.truncate(size);
+            } else {
+                text.extend(std::iter::repeat_n('x', size - text.len()));
+            }
         }
         text
     }
