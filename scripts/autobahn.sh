@@ -13,8 +13,8 @@
 # Cases: everything ("*"), including the 216 permessage-deflate cases of 12.*
 # and 13.* (the server runs with its default --compression shared, and the
 # suite offers the extension with every parameter RFC 7692 defines; they take
-# most of the run's 11 minutes, the suite's Python client compressing and
-# masking 1,000 messages of up to 128 KiB per case). The 9.* limits/performance
+# most of the run's time, the suite's Python client compressing and masking
+# 1,000 messages of up to 128 KiB per case; scripts/test.sh prints it). The 9.* limits/performance
 # cases (up to 16 MiB messages, a few minutes) run only with --full.
 #
 # Pass/fail is decided by scripts/autobahn_check.py on the report: every case

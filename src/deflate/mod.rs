@@ -56,7 +56,8 @@ pub struct Settings {
     /// `--compression`.
     pub mode: Mode,
     /// `--compression-min`: in `shared` mode, frames smaller than this go
-    /// plain (a chat message alone shrinks by about 1%).
+    /// plain (a chat message is too short to repeat itself: alone, it
+    /// barely shrinks).
     pub min: usize,
     /// `--compression-window-bits`: the window cap in `dedicated` mode.
     pub window_bits: u8,
