@@ -229,6 +229,36 @@ const SETTINGS: &[Setting] = &[
         help: "serve /metrics, /healthz, /readyz and /stats on this address instead",
     },
     Setting {
+        name: "tls-cert",
+        kind: Kind::Text,
+        default: "",
+        help: "serve https:// and wss:// on --bind with this PEM certificate chain (leaf first); needs --tls-key",
+    },
+    Setting {
+        name: "tls-key",
+        kind: Kind::Text,
+        default: "",
+        help: "the PEM private key of --tls-cert (reloaded with it on SIGHUP)",
+    },
+    Setting {
+        name: "redirect-bind",
+        kind: Kind::Text,
+        default: "",
+        help: "with TLS, also listen here for plain HTTP and answer 308 to https://",
+    },
+    Setting {
+        name: "acme-dir",
+        kind: Kind::Text,
+        default: "",
+        help: "on --redirect-bind, serve /.well-known/acme-challenge/ from this folder (certbot --webroot)",
+    },
+    Setting {
+        name: "hsts",
+        kind: Kind::Flag,
+        default: "false",
+        help: "with TLS, add Strict-Transport-Security (two years) to every HTTP answer",
+    },
+    Setting {
         name: "auth-secret",
         kind: Kind::Text,
         default: "",
@@ -427,6 +457,14 @@ pub struct Config {
     pub reuse_port: bool,
     /// Separate listener for the operations endpoints.
     pub admin_bind: Option<SocketAddr>,
+    /// `--tls-cert` and `--tls-key`: TLS on `--bind` when both are given.
+    pub tls: Option<(String, String)>,
+    /// `--redirect-bind`: a plain-HTTP listener that redirects to https://.
+    pub redirect_bind: Option<SocketAddr>,
+    /// `--acme-dir`: the http-01 challenges `--redirect-bind` serves.
+    pub acme_dir: Option<PathBuf>,
+    /// `--hsts`: Strict-Transport-Security on HTTPS answers.
+    pub hsts: bool,
     /// `--auth-secret`: an HS256 secret given inline.
     pub auth_secret: Option<String>,
     /// `--auth-secret-file`: `[KID=]FILE` each.
@@ -657,6 +695,17 @@ impl Config {
                 Some(_) => Some(get("admin-bind").addr()?),
                 None => None,
             },
+            tls: match (optional_text("tls-cert"), optional_text("tls-key")) {
+                (Some(cert), Some(key)) => Some((cert, key)),
+                (None, None) => None,
+                _ => return Err(ConfigError("--tls-cert and --tls-key go together: give both, or neither".into())),
+            },
+            redirect_bind: match optional_text("redirect-bind") {
+                Some(_) => Some(get("redirect-bind").addr()?),
+                None => None,
+            },
+            acme_dir: optional_text("acme-dir").map(PathBuf::from),
+            hsts: get("hsts").flag()?,
             auth_secret: optional_text("auth-secret"),
             auth_secret_files: get("auth-secret-file").list(),
             auth_public_keys: get("auth-public-key").list(),
@@ -686,6 +735,17 @@ impl Config {
             },
             effective: SETTINGS.iter().map(|s| (s.name, raw[s.name].0.clone(), raw[s.name].1)).collect(),
         };
+        if config.tls.is_none() && (config.redirect_bind.is_some() || config.hsts) {
+            return Err(ConfigError(
+                "--redirect-bind and --hsts are for TLS: give --tls-cert and --tls-key too".to_string(),
+            ));
+        }
+        if config.acme_dir.is_some() && config.redirect_bind.is_none() {
+            return Err(ConfigError(
+                "--acme-dir is served on --redirect-bind (port 80, where http-01 asks): give --redirect-bind too"
+                    .to_string(),
+            ));
+        }
         let keys = config.auth_secret.is_some() || !config.auth_secret_files.is_empty();
         if config.guests == Guests::Off && !keys && config.auth_public_keys.is_empty() {
             return Err(ConfigError(

@@ -74,6 +74,7 @@ pub mod storage;
 #[doc(hidden)]
 pub mod testutil;
 pub(crate) mod timer;
+pub mod tls;
 pub mod ws;
 
 pub use config::Config;

@@ -225,6 +225,33 @@ impl OutQueue {
         }
     }
 
+    /// Copies the queue's first bytes into `buf` (as many as fit) without
+    /// taking them: TLS gathers them into a record, then [`OutQueue::advance`]s.
+    pub(crate) fn copy_front(&self, buf: &mut [u8]) -> usize {
+        let mut n = 0;
+        for (i, chunk) in self.chunks().enumerate() {
+            let bytes = chunk.bytes();
+            let bytes = if i == 0 { bytes.get(self.offset..).unwrap_or(&[]) } else { bytes };
+            let take = bytes.len().min(buf.len() - n);
+            if let (Some(dst), Some(src)) = (buf.get_mut(n..n + take), bytes.get(..take)) {
+                dst.copy_from_slice(src);
+            }
+            n += take;
+            if n == buf.len() {
+                break;
+            }
+        }
+        n
+    }
+
+    /// Forgets the first `n` bytes, sent some other way (encrypted by TLS).
+    pub(crate) fn advance(&mut self, n: usize) {
+        self.consume(n);
+        if self.is_empty() && self.rest.capacity() > KEEP_SLOTS {
+            self.rest = VecDeque::new();
+        }
+    }
+
     /// Forgets the first `n` written bytes.
     fn consume(&mut self, mut n: usize) {
         self.len -= n.min(self.len);

@@ -44,6 +44,7 @@ use std::time::Instant;
 use mio::net::TcpStream;
 
 use crate::outbuf::{Chunk, Flushed, OutQueue};
+use crate::tls::TlsSession;
 use crate::ws::Closing;
 
 mod http;
@@ -108,6 +109,18 @@ pub(crate) enum ShutdownStep {
     Flush,
 }
 
+/// Which listener a connection came through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Door {
+    /// `--bind`: the site, the API, the WebSockets (over TLS when it is on).
+    Main,
+    /// `--admin-bind`: the operations endpoints only.
+    Admin,
+    /// `--redirect-bind`: plain HTTP, answered with a redirect to
+    /// `https://` (and ACME's http-01 challenges).
+    Redirect,
+}
+
 /// A client connection.
 #[derive(Debug)]
 pub(crate) struct Connection {
@@ -120,8 +133,11 @@ pub(crate) struct Connection {
     ip: IpAddr,
     /// `ip` is counted in the per-address limit (released at reap).
     ip_counted: bool,
-    /// Came in through `--admin-bind` (operations endpoints only).
-    admin: bool,
+    /// The listener it came through.
+    door: Door,
+    /// Its TLS state, on a TLS listener (boxed: plain connections carry
+    /// one pointer for it).
+    tls: Option<Box<TlsSession>>,
     /// Everything waiting to be written, in order.
     out: OutQueue,
     phase: Phase,
@@ -141,13 +157,21 @@ pub(crate) struct Connection {
 
 impl Connection {
     /// A freshly accepted connection, in the HTTP phase.
-    pub(crate) fn new(socket: TcpStream, serial: u64, ip: IpAddr, ip_counted: bool, admin: bool, now: Instant) -> Self {
+    pub(crate) fn new(
+        socket: TcpStream,
+        serial: u64,
+        (ip, ip_counted): (IpAddr, bool),
+        door: Door,
+        tls: Option<TlsSession>,
+        now: Instant,
+    ) -> Self {
         Connection {
             socket,
             serial,
             ip,
             ip_counted,
-            admin,
+            door,
+            tls: tls.map(Box::new),
             out: OutQueue::new(),
             phase: Phase::Http(Box::new(HttpState::new())),
             life: Life::Open,
@@ -179,9 +203,20 @@ impl Connection {
         self.ip_counted = counted;
     }
 
-    /// Whether it came in through `--admin-bind`.
-    pub(crate) fn is_admin(&self) -> bool {
-        self.admin
+    /// The listener it came through.
+    pub(crate) fn door(&self) -> Door {
+        self.door
+    }
+
+    /// Whether it speaks TLS.
+    pub(crate) fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Whether its TLS handshake is still under way (reading it costs
+    /// key exchanges and signatures).
+    pub(crate) fn is_tls_handshaking(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.is_handshaking())
     }
 
     // ----- life -----
@@ -244,6 +279,9 @@ impl Connection {
         {
             return Linger::CloseNow;
         }
+        if let Some(tls) = &mut self.tls {
+            tls.close_notify(&mut self.socket);
+        }
         if self.socket.shutdown(std::net::Shutdown::Write).is_err() {
             return Linger::CloseNow;
         }
@@ -253,6 +291,7 @@ impl Connection {
     /// What a graceful shutdown does here: a WebSocket is told 1001; an
     /// HTTP connection's answer under way becomes its last.
     pub(crate) fn on_shutdown(&mut self) -> ShutdownStep {
+        let out_empty = self.out_is_empty();
         match &mut self.phase {
             Phase::WebSocket(ws) => {
                 ws.session.close(1001, "server shutting down", &mut self.out);
@@ -265,7 +304,7 @@ impl Connection {
                     // connection's last (closing now would lose it).
                     parked.keep_alive = false;
                     ShutdownStep::Wait
-                } else if !self.out.is_empty() {
+                } else if !out_empty {
                     self.close_after_flush();
                     ShutdownStep::Flush
                 } else if !http.reader.in_request() && http.served > 0 {
@@ -282,8 +321,17 @@ impl Connection {
 
     // ----- input -----
 
-    /// Reads what the socket has into `buf`. A signal's EINTR is retried here.
+    /// Reads what the socket has into `buf`. A signal's EINTR is retried
+    /// here. On TLS, `buf` gets the plaintext.
     pub(crate) fn receive(&mut self, buf: &mut [u8], now: Instant) -> Received {
+        if let Some(tls) = &mut self.tls {
+            let socket = &mut self.socket;
+            let received = contained(|| tls.receive(socket, buf)).unwrap_or_else(Received::Gone);
+            if matches!(received, Received::Data(_)) {
+                self.last_read = now;
+            }
+            return received;
+        }
         loop {
             return match self.socket.read(buf) {
                 Ok(0) => Received::Eof,
@@ -301,11 +349,27 @@ impl Connection {
         }
     }
 
+    /// Whether the read that gave `n` bytes into a buffer of `capacity`
+    /// emptied the socket. A plain read that fell short did; on TLS the
+    /// plaintext's length says nothing, and the session knows.
+    pub(crate) fn drained_after(&self, n: usize, capacity: usize) -> bool {
+        match &self.tls {
+            None => n < capacity,
+            Some(tls) => tls.drained(),
+        }
+    }
+
     // ----- output -----
 
-    /// Bytes waiting to be written.
+    /// Bytes waiting to be written (with TLS, ciphertext the kernel has
+    /// not taken yet counts too).
     pub(crate) fn out_len(&self) -> usize {
-        self.out.len()
+        self.out.len() + self.tls.as_ref().map_or(0, |t| t.pending())
+    }
+
+    /// Nothing waits to be written.
+    fn out_is_empty(&self) -> bool {
+        self.out_len() == 0
     }
 
     /// Queues one chunk (a broadcast's shared frame, say).
@@ -352,16 +416,19 @@ impl Connection {
     pub(crate) fn flush(&mut self) -> (io::Result<Flushed>, usize) {
         self.dirty = false;
         self.urgent = false;
-        let before = self.out.len();
-        let result = self.out.write_to(&mut self.socket);
+        let before = self.out_len();
+        let result = match &mut self.tls {
+            None => self.out.write_to(&mut self.socket),
+            Some(tls) => contained(|| tls.flush(&mut self.out, &mut self.socket)).and_then(|r| r),
+        };
         self.stalled = matches!(result, Ok(Flushed::Partial));
-        (result, before - self.out.len())
+        (result, before.saturating_sub(self.out_len()))
     }
 
     /// Whether the output is flushed and the connection only waits to finish
     /// (closing, not yet lingering).
     pub(crate) fn done_sending(&self) -> bool {
-        matches!(self.life, Life::Closing { .. }) && self.out.is_empty() && !self.is_parked() && !self.has_held_input()
+        matches!(self.life, Life::Closing { .. }) && self.out_is_empty() && !self.is_parked() && !self.has_held_input()
     }
 
     /// A client that leaves too much unread: its backlog is dropped and a
@@ -387,7 +454,7 @@ impl Connection {
                 // The client's FIN. If our answer is still queued (a client
                 // that half-closed after sending, like `nc -N`), let it
                 // finish: the deadline armed at closing bounds it.
-                Ok(0) => return (self.out.is_empty() && !self.is_parked()) || self.life == Life::Lingering,
+                Ok(0) => return (self.out_is_empty() && !self.is_parked()) || self.life == Life::Lingering,
                 // Our last words are sent; what the client still says (its
                 // close frame, pipelined requests) needs no answer.
                 Ok(_) => {}
@@ -397,4 +464,14 @@ impl Connection {
             }
         }
     }
+}
+
+/// Runs a TLS step so that a panic inside the TLS library, on bytes a
+/// client chose, ends that connection (an error, logged at debug level)
+/// instead of the process and every other connection with it. The
+/// session is dropped with the connection right after, so no state that
+/// the panic left half-changed is used again.
+fn contained<T>(step: impl FnOnce() -> T) -> io::Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(step))
+        .map_err(|_| io::Error::other("the TLS library failed on this connection's input"))
 }

@@ -131,7 +131,7 @@ impl Connection {
     pub(crate) fn after_ws_input(&mut self, eof: bool) -> bool {
         let Phase::WebSocket(ws) = &self.phase else { return false };
         let over = matches!(ws.session.closing(), Closing::Done | Closing::Failed);
-        if over && eof && self.out.is_empty() {
+        if over && eof && self.out_is_empty() {
             return true;
         }
         if over || eof {

@@ -13,17 +13,21 @@ use mio::net::TcpStream;
 use mio::{Interest, Token};
 
 use super::Server;
-use crate::conn::Connection;
+use crate::conn::{Connection, Door};
 use crate::timer::{Timer, TimerKind};
 
 impl Server {
     /// Accepts every queued connection (edge-triggered: until WouldBlock).
-    pub(super) fn accept_all(&mut self, admin: bool) {
+    pub(super) fn accept_all(&mut self, door: Door) {
         loop {
-            let listener = if admin { self.admin_listener.as_ref() } else { self.listener.as_ref() };
+            let listener = match door {
+                Door::Main => self.listener.as_ref(),
+                Door::Admin => self.admin_listener.as_ref(),
+                Door::Redirect => self.redirect_listener.as_ref(),
+            };
             let Some(listener) = listener else { return };
             match listener.accept() {
-                Ok((socket, addr)) => self.on_accept(socket, addr, admin),
+                Ok((socket, addr)) => self.on_accept(socket, addr, door),
                 // The queue is empty: wait for the next event.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 // A signal interrupted accept(2): try again.
@@ -44,10 +48,27 @@ impl Server {
     }
 
     /// A new TCP connection: admit it or refuse it politely.
-    pub(super) fn on_accept(&mut self, mut socket: TcpStream, addr: SocketAddr, admin: bool) {
+    pub(super) fn on_accept(&mut self, mut socket: TcpStream, addr: SocketAddr, door: Door) {
+        // The main listener speaks TLS when it is on; the admin and
+        // redirect listeners never do.
+        let tls = match (&self.tls, door) {
+            (Some(certificates), Door::Main) => match certificates.session() {
+                Ok(session) => Some(session),
+                Err(e) => {
+                    warn!("TLS session for {addr}: {e}");
+                    return;
+                }
+            },
+            _ => None,
+        };
+        // A refusal is a plain-text 503, which a TLS client could not
+        // read: it gets the closed connection alone.
+        let plain = tls.is_none();
         if self.conns.len() >= self.cfg.max_connections {
             self.metrics.refused += 1;
-            refuse_at_accept(&mut socket, "the server is at its connection limit; try again shortly");
+            if plain {
+                refuse_at_accept(&mut socket, "the server is at its connection limit; try again shortly");
+            }
             return;
         }
         // Behind a trusted proxy the real client is only known from
@@ -55,7 +76,9 @@ impl Server {
         let behind_proxy = self.cfg.trusted_proxy.iter().any(|net| net.contains(addr.ip()));
         if !behind_proxy && !self.per_ip.admit(addr.ip()) {
             self.metrics.refused += 1;
-            refuse_at_accept(&mut socket, "too many connections from your address");
+            if plain {
+                refuse_at_accept(&mut socket, "too many connections from your address");
+            }
             return;
         }
         // Chat frames are small and latency matters more than packet count:
@@ -78,7 +101,7 @@ impl Server {
         }
         self.next_serial += 1;
         let serial = self.next_serial;
-        entry.insert(Connection::new(socket, serial, addr.ip(), !behind_proxy, admin, self.now));
+        entry.insert(Connection::new(socket, serial, (addr.ip(), !behind_proxy), door, tls, self.now));
         self.metrics.accepted += 1;
         debug!("open #{serial} from {addr}");
         self.timers.arm(Timer { at: self.now + self.cfg.header_timeout, key, serial, kind: TimerKind::Http });

@@ -84,7 +84,7 @@ impl Server {
         if closed_any && self.accept_paused {
             // A descriptor came free: the clients queued behind EMFILE can come in.
             self.accept_paused = false;
-            self.accept_all(false);
+            self.accept_all(crate::conn::Door::Main);
         }
         // Commits and Redis answers taken this turn may let paused
         // connections go on: list them now, so the loop does not sleep on them.

@@ -21,7 +21,7 @@
 //! | `timers.rs` | deadlines: 408, idle keep-alive, heartbeat, linger |
 //! | `stats.rs` | gauges, and the stats page's once-a-second feed |
 //! | `flush.rs` | the end of the turn: write, hold, linger, reap |
-//! | `shutdown.rs` | signals: SIGTERM/SIGINT drain and stop; SIGHUP, SIGXFSZ do not |
+//! | `shutdown.rs` | signals: SIGTERM/SIGINT drain and stop; SIGHUP reloads TLS; SIGXFSZ is ignored |
 //!
 //! A post travels down this table: `read.rs` reads it, `endpoints.rs`
 //! hands it to the chat, `delivery.rs` sends the turn's posts to storage
@@ -83,6 +83,8 @@ const ADMIN_LISTENER: Token = Token(usize::MAX - 4);
 const REDIS_SUB: Token = Token(usize::MAX - 5);
 /// Redis command connection.
 const REDIS_CMD: Token = Token(usize::MAX - 6);
+/// The plain-HTTP listener that redirects to TLS (`--redirect-bind`).
+const REDIRECT_LISTENER: Token = Token(usize::MAX - 7);
 /// Redis Cluster nodes at most (`--redis-cluster`): each takes two tokens
 /// from the range below, commands then subscriptions. Far more than the
 /// masters of any cluster a chat server uses.
@@ -99,6 +101,12 @@ const SCRATCH: usize = 64 * 1024;
 /// Reads per connection per turn before yielding to others (fairness). With
 /// a 64 KiB buffer that is up to 1 MiB per turn for one client.
 const MAX_READS_PER_TURN: usize = 16;
+
+/// TLS handshake steps (a ClientHello's key exchange and signature, say)
+/// one loop turn takes at most; the connections beyond wait for the next
+/// turn, so a burst of new clients cannot stall everyone else's messages
+/// for long (an RSA-2048 signature costs about a millisecond).
+const HANDSHAKES_PER_TURN: usize = 16;
 
 /// Extra zero-timeout polls a turn makes before it writes (see `run`):
 /// enough to gather a burst, few enough that a flood cannot hold the
@@ -172,8 +180,14 @@ pub struct Server {
     poll: Poll,
     listener: Option<TcpListener>,
     admin_listener: Option<TcpListener>,
+    redirect_listener: Option<TcpListener>,
+    /// TLS on `--bind`: the configuration new connections start with.
+    tls: Option<crate::tls::Certificates>,
+    /// TLS handshake steps taken this turn (see [`HANDSHAKES_PER_TURN`]).
+    handshakes: usize,
     local_addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
+    redirect_addr: Option<SocketAddr>,
     /// Every connection, keyed by its token.
     conns: Slab<Connection>,
     /// Settings.
@@ -257,6 +271,12 @@ impl Server {
         let waker = Arc::new(
             Waker::new(poll.registry(), WAKER).map_err(|e| StartError(format!("cannot create the waker: {e}")))?,
         );
+        // Certificates first: a bad file stops the start before anything
+        // is bound or logged.
+        let tls = match &cfg.tls {
+            Some((cert, key)) => Some(crate::tls::Certificates::load(cert, key).map_err(StartError)?),
+            None => None,
+        };
         cfg.max_connections = crate::limits::size_connections(cfg.max_connections);
         let site = match &cfg.www {
             Some(dir) => Site::dir(dir).map_err(|e| StartError(e.to_string()))?,
@@ -276,19 +296,15 @@ impl Server {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)
             .map_err(|e| StartError(format!("cannot register the listener: {e}")))?;
-        let (admin_listener, admin_addr) = match cfg.admin_bind {
-            Some(addr) => {
-                let mut l = crate::limits::listen(addr, false).map_err(|e| {
-                    StartError(format!("cannot listen on --admin-bind {addr}: {}", explain_bind_error(&e)))
-                })?;
-                let a = l.local_addr().ok();
-                poll.registry()
-                    .register(&mut l, ADMIN_LISTENER, Interest::READABLE)
-                    .map_err(|e| StartError(format!("cannot register the admin listener: {e}")))?;
-                (Some(l), a)
-            }
-            None => (None, None),
-        };
+        let (admin_listener, admin_addr) = extra_listener(&poll, cfg.admin_bind, ADMIN_LISTENER, "--admin-bind")?;
+        let (redirect_listener, redirect_addr) =
+            extra_listener(&poll, cfg.redirect_bind, REDIRECT_LISTENER, "--redirect-bind")?;
+        if tls.is_some() {
+            info!("TLS on {local_addr} (https://, wss://)");
+        }
+        if let Some(addr) = redirect_addr {
+            info!("redirecting plain HTTP on {addr} to https://");
+        }
         let backend = match &cfg.data {
             Some(path) => Backend::Sqlite { path: path.clone(), max_size: cfg.max_data_size },
             None => Backend::Memory { keep_per_room: 1000 },
@@ -311,6 +327,10 @@ impl Server {
             poll,
             listener: Some(listener),
             admin_listener,
+            redirect_listener,
+            redirect_addr,
+            tls,
+            handshakes: 0,
             local_addr,
             admin_addr,
             conns: Slab::with_capacity(1024),
@@ -363,6 +383,11 @@ impl Server {
         self.admin_addr
     }
 
+    /// The redirect listener's address, if `--redirect-bind` was given.
+    pub fn redirect_addr(&self) -> Option<SocketAddr> {
+        self.redirect_addr
+    }
+
     /// A handle to stop the server from another thread.
     pub fn handle(&self) -> Handle {
         Handle { stop: self.stop.clone(), waker: self.waker.clone() }
@@ -377,6 +402,24 @@ impl Server {
     pub(super) fn is_draining(&self) -> bool {
         self.state != RunState::Serving
     }
+}
+
+/// Binds and registers a listener of its own (`--admin-bind`,
+/// `--redirect-bind`), when one is asked for.
+fn extra_listener(
+    poll: &Poll,
+    addr: Option<SocketAddr>,
+    token: Token,
+    flag: &str,
+) -> Result<(Option<TcpListener>, Option<SocketAddr>), StartError> {
+    let Some(addr) = addr else { return Ok((None, None)) };
+    let mut listener = crate::limits::listen(addr, false)
+        .map_err(|e| StartError(format!("cannot listen on {flag} {addr}: {}", explain_bind_error(&e))))?;
+    let local = listener.local_addr().ok();
+    poll.registry()
+        .register(&mut listener, token, Interest::READABLE)
+        .map_err(|e| StartError(format!("cannot register the {flag} listener: {e}")))?;
+    Ok((Some(listener), local))
 }
 
 /// Turns a bind error into advice.

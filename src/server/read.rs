@@ -10,11 +10,13 @@
 //! fast sender cannot starve the others), an HTTP connection paused
 //! behind an answer (the answer's flush or storage's reply resumes it), or
 //! a chat member with too many posts in flight (`pressure.rs` resumes it
-//! when they complete).
+//! when they complete), or a TLS connection still in its handshake once
+//! this turn's handshakes are spent (`HANDSHAKES_PER_TURN`, resumed next
+//! turn like a spent read budget).
 
 use log::debug;
 
-use super::{MAX_READS_PER_TURN, Server};
+use super::{HANDSHAKES_PER_TURN, MAX_READS_PER_TURN, Server};
 use crate::conn::Received;
 use crate::http::MAX_HEAD;
 use crate::timer::{Timer, TimerKind};
@@ -34,6 +36,14 @@ impl Server {
         let Some(conn) = self.conns.get_mut(key) else { return };
         if conn.is_dead() {
             return;
+        }
+        if conn.is_tls_handshaking() {
+            // Handshakes are the costly reads; past this turn's share, the
+            // rest wait for the next turn.
+            if self.handshakes >= HANDSHAKES_PER_TURN {
+                return self.read_again(key);
+            }
+            self.handshakes += 1;
         }
         // Whatever it sent gets its answer this turn.
         conn.set_urgent();
@@ -63,13 +73,14 @@ impl Server {
             match conn.receive(&mut self.scratch, self.now) {
                 Received::Data(n) => {
                     self.metrics.bytes_in += n as u64;
+                    let drained = conn.drained_after(n, self.scratch.len());
                     conn.push_http(self.scratch.get(..n).unwrap_or_default());
                     if let Some(leftover) = self.process_http(key) {
                         // Upgraded: the rest is WebSocket input.
                         self.feed_ws(key, &leftover, false);
                         return self.read_ws(key, short_read_drains);
                     }
-                    if short_read_drains && n < self.scratch.len() {
+                    if short_read_drains && drained {
                         return;
                     }
                 }
@@ -132,10 +143,11 @@ impl Server {
                     self.metrics.bytes_in += n as u64;
                     // Lend the scratch buffer out while handlers run (they
                     // need `&mut self`); it comes back right after.
+                    let drained = conn.drained_after(n, self.scratch.len());
                     let scratch = std::mem::take(&mut self.scratch);
                     let all_taken = self.feed_ws(key, scratch.get(..n).unwrap_or_default(), false);
                     self.scratch = scratch;
-                    if !all_taken || (short_read_drains && n < self.scratch.len()) {
+                    if !all_taken || (short_read_drains && drained) {
                         return;
                     }
                 }

@@ -10,7 +10,7 @@
 
 use log::debug;
 
-use crate::conn::{Parked, WsState};
+use crate::conn::{Door, Parked, WsState};
 use crate::handshake::{self, wants_upgrade};
 use crate::http::framing::Request;
 use crate::http::{Head, Method};
@@ -57,12 +57,16 @@ impl Server {
             let r = Response::text(503, "too many connections from your address").header("Retry-After", "1");
             return Answer::Now(r.close(true));
         }
+        let door = self.conns.get(key).map_or(Door::Main, |c| c.door());
+        if door == Door::Redirect {
+            return Answer::Now(self.redirect(&head).close(!head.keep_alive()));
+        }
         let path = head.path().to_string();
         // With --admin-bind, the operations endpoints live on their own
         // listener (bound to 127.0.0.1 in the deploy example) and nowhere
         // else, and that listener serves nothing but them.
         if self.admin_addr().is_some() {
-            let from_admin = self.conns.get(key).is_some_and(|c| c.is_admin());
+            let from_admin = door == Door::Admin;
             let allowed = if from_admin { is_ops_path(&path) || is_ops_asset(&path) } else { !is_ops_path(&path) };
             if !allowed {
                 return Answer::Now(self.not_found().close(!head.keep_alive()));
@@ -269,5 +273,33 @@ impl Response {
     pub fn with_body(mut self, body: Vec<u8>) -> Response {
         self.set_body(crate::outbuf::Chunk::Owned(body));
         self
+    }
+}
+
+impl Server {
+    /// A request on `--redirect-bind`: an ACME challenge file from
+    /// `--acme-dir`, or a 308 to the same URL on `https://`. (The
+    /// challenge file is read here, on the reactor: a few dozen bytes,
+    /// asked for once per certificate renewal.)
+    fn redirect(&self, head: &Head) -> Response {
+        use crate::tls::redirect;
+        if let Some(token) = redirect::acme_token(head.path()) {
+            let Some(dir) = &self.cfg.acme_dir else { return self.not_found() };
+            return match std::fs::read(dir.join(token)) {
+                Ok(bytes) => {
+                    let mut r = Response::new(200).header("Content-Type", "application/octet-stream");
+                    r.set_body(crate::outbuf::Chunk::Owned(bytes));
+                    r.head_only(head.method == Some(Method::Head))
+                }
+                Err(e) => {
+                    debug!("acme-challenge {token}: {e}");
+                    self.not_found()
+                }
+            };
+        }
+        match redirect::location(head.header("host"), &head.target, self.local_addr.port()) {
+            Some(url) => Response::text(308, &format!("Moved to {url}")).header("Location", &url),
+            None => Response::text(400, "a request here needs a Host header and a path; use https://"),
+        }
     }
 }

@@ -58,6 +58,13 @@ impl Server {
         let Some(conn) = self.conns.get_mut(key) else { return };
         self.metrics.http_requests += 1;
         let serial = conn.serial();
+        // `--hsts`: browsers that saw this over TLS use https:// only,
+        // for two years, whatever link or address they are given.
+        let response = if self.cfg.hsts && conn.is_tls() {
+            response.header("Strict-Transport-Security", "max-age=63072000")
+        } else {
+            response
+        };
         if conn.queue_response(response, self.date.now()) {
             // A last answer the client never reads must not hold the socket
             // forever: it gets an idle timeout to be taken, then is dropped.

@@ -30,13 +30,16 @@ use std::time::{Duration, Instant};
 
 use mio::{Events, Token};
 
+use crate::conn::Door;
+
 use super::*;
 
 impl Server {
     /// Runs the loop until a graceful shutdown completes.
     pub fn run(mut self) -> Result<(), StartError> {
         let mut events = Events::with_capacity(1024);
-        info!("chatroom listening on http://{}", self.local_addr);
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        info!("chatroom listening on {scheme}://{}", self.local_addr);
         if let Some(admin) = self.admin_addr {
             info!("admin endpoints on http://{admin}");
         }
@@ -53,6 +56,7 @@ impl Server {
             self.now = Instant::now();
             self.pacer.polled(asked, self.now, from_clients(&events));
             let turn_start = self.now;
+            self.handshakes = 0;
             self.dispatch(&events);
             // Cork: before writing anything, take what else became ready while
             // we worked (a zero-timeout poll), so that one write per
@@ -82,7 +86,7 @@ impl Server {
             }
             if self.accept_paused {
                 self.accept_paused = false;
-                self.accept_all(false);
+                self.accept_all(Door::Main);
             }
             self.before_sleep(&mut events);
             self.metrics.record_turn(turn_start.elapsed().as_micros() as u64);
@@ -99,8 +103,9 @@ impl Server {
     pub(super) fn dispatch(&mut self, events: &Events) {
         for event in events.iter() {
             match event.token() {
-                LISTENER => self.accept_all(false),
-                ADMIN_LISTENER => self.accept_all(true),
+                LISTENER => self.accept_all(Door::Main),
+                ADMIN_LISTENER => self.accept_all(Door::Admin),
+                REDIRECT_LISTENER => self.accept_all(Door::Redirect),
                 WAKER => self.on_wake(),
                 SIGNALS => self.on_signal(),
                 token if self.bus.as_ref().is_some_and(|b| b.owns(token, [REDIS_CMD, REDIS_SUB])) => {

@@ -1,7 +1,8 @@
 //! Stopping: SIGTERM/SIGINT (or a [`Handle`]) start a graceful shutdown;
 //! the loop ends when every client has gone or the grace period is over,
 //! and the storage thread commits what it holds. The signals that should
-//! not stop a server do not: SIGHUP is logged, SIGXFSZ ignored.
+//! not stop a server do not: SIGHUP reloads the TLS certificate, SIGXFSZ
+//! is ignored.
 
 use log::info;
 use mio::Interest;
@@ -40,14 +41,14 @@ impl Server {
     }
 
     /// SIGTERM or SIGINT: shut down. SIGHUP (`systemctl reload`, a
-    /// closed terminal): logged, and the server goes on; there is nothing
-    /// to reload yet.
+    /// closed terminal): the TLS certificate and key are loaded again, and
+    /// the server goes on.
     pub(super) fn on_signal(&mut self) {
         let mut got = false;
         if let Some(signals) = &mut self.signals {
             for signal in signals.pending() {
                 if signal == signal_hook::consts::SIGHUP {
-                    info!("received SIGHUP; nothing to reload, still serving");
+                    self.reload();
                     continue;
                 }
                 info!("received signal {signal}; shutting down");
@@ -88,5 +89,23 @@ impl Server {
         }
         info!("chatroom stopped");
         Ok(())
+    }
+}
+
+impl Server {
+    /// SIGHUP: loads `--tls-cert` and `--tls-key` again. New connections
+    /// get the new pair; open ones keep the one they started with, so no
+    /// connection drops. A bad new pair (a file half-written by a renewal,
+    /// a key of another certificate) is refused, logged, and the old one
+    /// kept.
+    pub(super) fn reload(&mut self) {
+        let Some(certificates) = &mut self.tls else {
+            info!("received SIGHUP; no TLS certificate to reload, still serving");
+            return;
+        };
+        match certificates.reload() {
+            Ok(()) => info!("received SIGHUP; TLS certificate and key reloaded"),
+            Err(e) => log::error!("received SIGHUP; keeping the old TLS certificate: {e}"),
+        }
     }
 }

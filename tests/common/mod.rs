@@ -25,6 +25,8 @@ pub struct TestServer {
     pub addr: SocketAddr,
     /// The admin listener, if configured.
     pub admin: Option<SocketAddr>,
+    /// The plain-HTTP redirect listener (`--redirect-bind`), if configured.
+    pub redirect: Option<SocketAddr>,
     handle: Handle,
     thread: Option<JoinHandle<()>>,
     /// A data folder removed at the end, if the test asked for one.
@@ -71,11 +73,12 @@ impl TestServer {
                     return;
                 }
             };
-            tx.send(Ok((server.local_addr(), server.admin_addr(), server.handle()))).unwrap();
+            let addrs = (server.local_addr(), server.admin_addr(), server.redirect_addr());
+            tx.send(Ok((addrs, server.handle()))).unwrap();
             server.run().unwrap();
         });
-        let (addr, admin, handle) = rx.recv_timeout(IO_TIMEOUT).unwrap().unwrap();
-        TestServer { addr, admin, handle, thread: Some(thread), data_dir: None }
+        let ((addr, admin, redirect), handle) = rx.recv_timeout(IO_TIMEOUT).unwrap().unwrap();
+        TestServer { addr, admin, redirect, handle, thread: Some(thread), data_dir: None }
     }
 
     /// Starts a server storing history in SQLite in a fresh temporary folder.
@@ -150,7 +153,7 @@ impl HttpResponse {
 
 /// Reads one response from `s`; `head_only` for answers to HEAD (no body
 /// despite Content-Length). Leftover bytes stay in `buf` for the next call.
-pub fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>, head_only: bool) -> HttpResponse {
+pub fn read_response<S: Read>(s: &mut S, buf: &mut Vec<u8>, head_only: bool) -> HttpResponse {
     let deadline = Instant::now() + IO_TIMEOUT;
     loop {
         let mut headers = [httparse::EMPTY_HEADER; 64];
@@ -179,7 +182,7 @@ pub fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>, head_only: bool) -> H
     }
 }
 
-fn read_more(s: &mut TcpStream, buf: &mut Vec<u8>, deadline: Instant) {
+fn read_more<S: Read>(s: &mut S, buf: &mut Vec<u8>, deadline: Instant) {
     assert!(Instant::now() < deadline, "timed out reading a response");
     let mut chunk = [0u8; 16384];
     let n = s.read(&mut chunk).expect("read failed");
@@ -225,7 +228,7 @@ pub fn ws(addr: SocketAddr, path: &str) -> Client {
 }
 
 /// The next text message as JSON (skipping pings/pongs).
-pub fn recv_json(c: &mut Client) -> serde_json::Value {
+pub fn recv_json<S: Read + Write>(c: &mut WebSocket<S>) -> serde_json::Value {
     loop {
         match c.read().expect("read failed") {
             Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
@@ -236,7 +239,7 @@ pub fn recv_json(c: &mut Client) -> serde_json::Value {
 }
 
 /// The next JSON event whose `type` is `kind` (skipping others, e.g. presence).
-pub fn recv_type(c: &mut Client, kind: &str) -> serde_json::Value {
+pub fn recv_type<S: Read + Write>(c: &mut WebSocket<S>, kind: &str) -> serde_json::Value {
     loop {
         let v = recv_json(c);
         if v["type"] == kind {
@@ -246,12 +249,12 @@ pub fn recv_type(c: &mut Client, kind: &str) -> serde_json::Value {
 }
 
 /// Sends a text message.
-pub fn send_text(c: &mut Client, text: &str) {
+pub fn send_text<S: Read + Write>(c: &mut WebSocket<S>, text: &str) {
     c.send(Message::text(text)).unwrap();
 }
 
 /// Reads until the server's close frame; returns its code.
-pub fn recv_close(c: &mut Client) -> Option<u16> {
+pub fn recv_close<S: Read + Write>(c: &mut WebSocket<S>) -> Option<u16> {
     loop {
         match c.read() {
             Ok(Message::Close(frame)) => return frame.map(|f| u16::from(f.code)),
@@ -507,7 +510,8 @@ impl RealServer {
         std::thread::spawn(move || {
             for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
                 kept.lock().unwrap().push(line.clone());
-                if let Some(rest) = line.split("listening on http://").nth(1) {
+                // http:// or, with TLS, https://
+                if let Some(rest) = line.split("listening on http").nth(1).and_then(|r| r.split("://").nth(1)) {
                     let _ = tx.send(rest.trim().parse::<SocketAddr>().unwrap());
                 }
                 if std::env::var_os("CHATROOM_TEST_LOG").is_some() {
