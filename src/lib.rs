@@ -2,8 +2,9 @@
 //!
 //! A real-time group chat server built the low-level way: one thread, one
 //! `mio` event loop, HTTP/1.1 parsed with `httparse`, the WebSocket handshake
-//! done by hand, frames decoded by `tungstenite` over our own buffers, and
-//! history in SQLite on a storage thread that never makes the loop wait.
+//! done by hand, frames decoded by `tungstenite` over our own buffers, TLS
+//! by rustls on the same loop when it is on, and history in SQLite on a
+//! storage thread that never makes the loop wait.
 //!
 //! # Layout
 //!
@@ -14,6 +15,7 @@
 //! |---|---|
 //! | [`server`] | the reactor: the loop, accept, read, requests, endpoints, delivery, flush, timers, shutdown (one file each) |
 //! | `conn` | a connection: its socket, its output, its phase (HTTP → WebSocket) and its life (open → closing → lingering → dead) |
+//! | [`tls`] | TLS between the socket and a connection's buffers: rustls's unbuffered state machine; certificates and their reload; the redirect listener |
 //! | [`http`] | request heads with httparse; [`http::framing`] cuts a connection's bytes into requests (bodies, pipelining, limits) |
 //! | [`route`] | which endpoint a path names; query values |
 //! | [`api_body`] | the server API's request bodies (a site's backend posts, kicks) |
@@ -41,7 +43,7 @@
 //! `deflate`, `frame`, `echo_room`, `outbuf`, `pacing`, `timer`, `inspect`,
 //! `chat`, `auth`, the data layout in `cluster`) know nothing about sockets and
 //! are tested on their own. Clients' sockets are read and written only in
-//! `server/` and `conn/`; Redis's only in `bus/`; the data file only on the
+//! `server/` and `conn/` (through `tls/` when TLS is on); Redis's only in `bus/`; the data file only on the
 //! storage thread (`storage/`), which a checkpoint thread helps by copying
 //! SQLite's write-ahead log into the file beside it.
 

@@ -32,6 +32,10 @@
 //! membership, an inspector). The request reader is dropped at the upgrade,
 //! so an idle WebSocket carries nothing of its HTTP past.
 //!
+//! On a TLS listener the connection also owns a `crate::tls::TlsSession`,
+//! between the socket and everything above: `receive` hands the phases
+//! plaintext, `flush` encrypts the output queue, and the phases never know.
+//!
 //! The phases' own state and methods live beside this file: `http.rs`
 //! and `ws.rs`. This folder and the reactor (`server/`) are the only code
 //! that touches a client's socket: reads and writes happen here, called by
