@@ -36,7 +36,7 @@
 set -euo pipefail
 
 # The targets CI runs, in the order a byte meets them.
-ALL_TARGETS=(http_request handshake deflate_offer deflate_frames chat_frame resp token api_body)
+ALL_TARGETS=(http_request handshake deflate_offer deflate_frames chat_frame resp token api_body tls_records)
 
 log() { printf 'fuzz: %s\n' "$*"; }
 die() { printf 'fuzz: ERROR: %s\n' "$*" >&2; exit 1; }

@@ -80,7 +80,7 @@ enum Life {
 
 /// What a read from the socket gave.
 #[derive(Debug)]
-pub(crate) enum Received {
+pub enum Received {
     /// `n` bytes, at the start of the buffer.
     Data(usize),
     /// The client's FIN: it will send nothing more.

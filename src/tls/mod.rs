@@ -38,9 +38,9 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 pub mod redirect;
-pub(crate) mod session;
+pub mod session;
 
-pub(crate) use session::TlsSession;
+pub use session::TlsSession;
 
 /// The TLS settings new connections get, and the files they came from.
 pub struct Certificates {
@@ -65,7 +65,7 @@ impl Certificates {
     }
 
     /// A new connection's TLS state, server side.
-    pub(crate) fn session(&self) -> Result<TlsSession, rustls::Error> {
+    pub fn session(&self) -> Result<TlsSession, rustls::Error> {
         TlsSession::new(Arc::clone(&self.config))
     }
 }
@@ -74,6 +74,24 @@ impl Certificates {
 fn server_config(cert_path: &str, key_path: &str) -> Result<Arc<ServerConfig>, String> {
     let chain = read_chain(cert_path)?;
     let key = read_key(key_path)?;
+    configure(chain, key, cert_path, key_path)
+}
+
+/// The server configuration for a certificate and key given as PEM text
+/// (the fuzz target's; the server reads files).
+pub fn config_from_pem(cert: &[u8], key: &[u8]) -> Result<Arc<ServerConfig>, String> {
+    let chain = CertificateDer::pem_slice_iter(cert).collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())?;
+    let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| e.to_string())?;
+    configure(chain, key, "(PEM)", "(PEM)")
+}
+
+/// Our TLS settings around a chain and its key.
+fn configure(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    cert_path: &str,
+    key_path: &str,
+) -> Result<Arc<ServerConfig>, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])

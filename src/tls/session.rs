@@ -36,7 +36,7 @@ use rustls::ServerConfig;
 use rustls::server::UnbufferedServerConnection;
 use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, InsufficientSizeError, UnbufferedStatus};
 
-use crate::conn::Received;
+pub use crate::conn::Received;
 use crate::outbuf::{Flushed, OutQueue};
 
 /// The most plaintext one TLS record carries (RFC 8446 §5.1).
@@ -61,7 +61,7 @@ thread_local! {
 }
 
 /// A connection's TLS state.
-pub(crate) struct TlsSession {
+pub struct TlsSession {
     conn: UnbufferedServerConnection,
     /// The start of a record whose rest is still on the wire (empty, and
     /// unallocated, between records).
@@ -89,6 +89,20 @@ impl std::fmt::Debug for TlsSession {
     }
 }
 
+/// What a session reads from and writes to: the client's TCP socket, or
+/// bytes in memory (the fuzz target).
+pub trait Wire: Read + Write {
+    /// Shuts the write side (after the one plain-text answer to a client
+    /// that spoke plain HTTP).
+    fn shut_write(&mut self);
+}
+
+impl Wire for TcpStream {
+    fn shut_write(&mut self) {
+        let _ = self.shutdown(std::net::Shutdown::Write);
+    }
+}
+
 /// What processing one read's records gave.
 struct Processed {
     /// Ciphertext bytes used up (whole records).
@@ -99,7 +113,7 @@ struct Processed {
 
 impl TlsSession {
     /// A server session waiting for its ClientHello.
-    pub(crate) fn new(config: Arc<ServerConfig>) -> Result<TlsSession, rustls::Error> {
+    pub fn new(config: Arc<ServerConfig>) -> Result<TlsSession, rustls::Error> {
         Ok(TlsSession {
             conn: UnbufferedServerConnection::new(config)?,
             incoming: Vec::new(),
@@ -113,19 +127,19 @@ impl TlsSession {
 
     /// The handshake is not finished: reading from this connection costs
     /// key exchanges and signatures (bounded per turn by the reactor).
-    pub(crate) fn is_handshaking(&self) -> bool {
+    pub fn is_handshaking(&self) -> bool {
         self.handshaking
     }
 
     /// Whether the last [`TlsSession::receive`] that gave data also emptied
     /// the socket: the reactor's "a short read means drained" for TLS,
     /// where the plaintext's length says nothing about the socket's.
-    pub(crate) fn drained(&self) -> bool {
+    pub fn drained(&self) -> bool {
         self.drained
     }
 
     /// Ciphertext waiting for the kernel.
-    pub(crate) fn pending(&self) -> usize {
+    pub fn pending(&self) -> usize {
         self.outgoing.len()
     }
 
@@ -133,7 +147,7 @@ impl TlsSession {
     /// is drained, or the client is done; the plaintext goes to the start
     /// of `plain`. Handshake records rustls answers with are written to the
     /// socket right away.
-    pub(crate) fn receive(&mut self, socket: &mut TcpStream, plain: &mut [u8]) -> Received {
+    pub fn receive(&mut self, socket: &mut impl Wire, plain: &mut [u8]) -> Received {
         CIPHER_IN.with_borrow_mut(|cipher| {
             // As large as `plain`: the plaintext of whatever fits in it
             // fits in `plain` too.
@@ -199,7 +213,7 @@ impl TlsSession {
 
     /// Hands rustls every whole record in `input`; copies out the
     /// plaintext; encodes and sends its handshake answers.
-    fn process(&mut self, input: &mut [u8], plain: &mut [u8], socket: &mut TcpStream) -> io::Result<Processed> {
+    fn process(&mut self, input: &mut [u8], plain: &mut [u8], socket: &mut impl Wire) -> io::Result<Processed> {
         let mut used = 0;
         let mut got = 0;
         loop {
@@ -266,7 +280,7 @@ impl TlsSession {
 
     /// Encrypts the queued output into records and writes them: one
     /// `send` per turn for what one turn queued, as on a plain connection.
-    pub(crate) fn flush(&mut self, out: &mut OutQueue, socket: &mut TcpStream) -> io::Result<Flushed> {
+    pub fn flush(&mut self, out: &mut OutQueue, socket: &mut impl Wire) -> io::Result<Flushed> {
         loop {
             if write_outgoing(&mut self.outgoing, socket)? == Flushed::Partial {
                 return Ok(Flushed::Partial);
@@ -340,7 +354,7 @@ impl TlsSession {
 
     /// Tells the client, best effort, that nothing more comes
     /// (close_notify), before the write side is shut.
-    pub(crate) fn close_notify(&mut self, socket: &mut TcpStream) {
+    pub fn close_notify(&mut self, socket: &mut impl Wire) {
         if self.handshaking || !self.outgoing.is_empty() {
             return;
         }
@@ -356,7 +370,7 @@ impl TlsSession {
 }
 
 /// Writes `outgoing`; keeps what the kernel does not take.
-fn write_outgoing(outgoing: &mut Vec<u8>, socket: &mut TcpStream) -> io::Result<Flushed> {
+fn write_outgoing(outgoing: &mut Vec<u8>, socket: &mut impl Wire) -> io::Result<Flushed> {
     if outgoing.is_empty() {
         return Ok(Flushed::All);
     }
@@ -371,7 +385,7 @@ fn write_outgoing(outgoing: &mut Vec<u8>, socket: &mut TcpStream) -> io::Result<
 }
 
 /// Writes as much of `bytes` as the socket takes; 0 when it would block.
-fn write_some(socket: &mut TcpStream, bytes: &[u8]) -> io::Result<usize> {
+fn write_some(socket: &mut impl Wire, bytes: &[u8]) -> io::Result<usize> {
     let mut written = 0;
     while written < bytes.len() {
         match socket.write(bytes.get(written..).unwrap_or_default()) {
@@ -394,18 +408,215 @@ fn looks_like_http(first: &[u8]) -> bool {
 
 /// The one plain-text answer a TLS port gives: a client that spoke plain
 /// HTTP to it learns what to use instead, then the connection closes.
-fn answer_plain_http(socket: &mut TcpStream) {
+fn answer_plain_http(socket: &mut impl Wire) {
     const BODY: &str = "This port speaks TLS: use https:// (or wss://).\n";
     let response = format!(
         "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{BODY}",
         BODY.len()
     );
     let _ = socket.write(response.as_bytes());
-    let _ = socket.shutdown(std::net::Shutdown::Write);
+    socket.shut_write();
 }
 
 /// A TLS failure as the I/O error the reactor logs (at debug level) before
 /// it closes that connection alone.
 fn invalid(why: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, why.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    //! A real handshake on loopback between a session and a rustls client,
+    //! then the records a flush writes, read raw off the client's socket.
+    use std::net::TcpListener;
+    use std::time::{Duration, Instant};
+
+    use mio::{Events, Interest, Poll, Token};
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use rustls::{ClientConfig, ClientConnection, RootCertStore};
+
+    use super::*;
+    use crate::outbuf::Chunk;
+
+    struct Pair {
+        session: TlsSession,
+        server: TcpStream,
+        client: ClientConnection,
+        socket: TcpStream,
+        poll: Poll,
+    }
+
+    fn configs() -> (Arc<ServerConfig>, Arc<ClientConfig>) {
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let der: CertificateDer<'static> = made.cert.der().clone();
+        let key = PrivateKeyDer::try_from(made.signing_key.serialize_der()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server = ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![der.clone()], key)
+            .unwrap();
+        let mut roots = RootCertStore::empty();
+        roots.add(der).unwrap();
+        let client = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        (Arc::new(server), Arc::new(client))
+    }
+
+    /// Connects and completes the handshake, each side driven by readiness.
+    fn connected() -> Pair {
+        let (server_config, client_config) = configs();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let socket = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        socket.set_nonblocking(true).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        let (mut server, mut socket) = (TcpStream::from_std(server), TcpStream::from_std(socket));
+        let poll = Poll::new().unwrap();
+        poll.registry().register(&mut server, Token(0), Interest::READABLE).unwrap();
+        poll.registry().register(&mut socket, Token(1), Interest::READABLE).unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        let mut pair = Pair {
+            session: TlsSession::new(server_config).unwrap(),
+            server,
+            client: ClientConnection::new(client_config, name).unwrap(),
+            socket,
+            poll,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut plain = vec![0u8; 64 * 1024];
+        while pair.client.is_handshaking() || pair.session.is_handshaking() {
+            assert!(Instant::now() < deadline, "handshake timed out");
+            while pair.client.wants_write() {
+                pair.client.write_tls(&mut pair.socket).unwrap();
+            }
+            match pair.session.receive(&mut pair.server, &mut plain) {
+                Received::Drained => {}
+                other => panic!("unexpected {other:?}"),
+            }
+            pair.client_reads();
+            pair.wait();
+        }
+        // The session ticket the server sends after the handshake.
+        pair.wait();
+        pair.client_reads();
+        pair
+    }
+
+    impl Pair {
+        /// Waits (bounded) for either socket to become readable.
+        fn wait(&mut self) {
+            let mut events = Events::with_capacity(4);
+            self.poll.poll(&mut events, Some(Duration::from_millis(200))).unwrap();
+        }
+
+        /// What the client's socket holds, raw.
+        fn raw(&mut self) -> Vec<u8> {
+            let mut bytes = Vec::new();
+            let mut buf = [0u8; 65536];
+            loop {
+                match self.socket.read(&mut buf) {
+                    Ok(0) => return bytes,
+                    Ok(n) => bytes.extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return bytes,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        }
+
+        /// Feeds the client whatever arrived; returns the plaintext.
+        fn decrypt(&mut self, raw: &[u8]) -> Vec<u8> {
+            let mut rest = raw;
+            let mut plain = Vec::new();
+            while !rest.is_empty() {
+                self.client.read_tls(&mut rest).unwrap();
+                self.client.process_new_packets().unwrap();
+                // Taken as it comes: rustls buffers only so much plaintext.
+                let _ = self.client.reader().read_to_end(&mut plain);
+            }
+            plain
+        }
+
+        fn client_reads(&mut self) -> Vec<u8> {
+            let raw = self.raw();
+            self.decrypt(&raw)
+        }
+    }
+
+    /// The TLS records in `raw`: (content type, length) of each.
+    fn records(mut raw: &[u8]) -> Vec<(u8, usize)> {
+        let mut out = Vec::new();
+        while raw.len() >= 5 {
+            let len = usize::from(u16::from_be_bytes([raw[3], raw[4]]));
+            out.push((raw[0], len));
+            raw = &raw[5 + len..];
+        }
+        assert!(raw.is_empty(), "records end on a record boundary");
+        out
+    }
+
+    #[test]
+    fn frames_queued_in_one_turn_share_one_record() {
+        let mut pair = connected();
+        let mut out = OutQueue::new();
+        let mut expected = Vec::new();
+        for i in 0..10u8 {
+            let frame = vec![b'a' + i; 100];
+            expected.extend_from_slice(&frame);
+            out.push(Chunk::Owned(frame));
+        }
+        assert_eq!(pair.session.flush(&mut out, &mut pair.server).unwrap(), Flushed::All);
+        assert!(out.is_empty());
+        pair.wait();
+        let raw = pair.raw();
+        let found = records(&raw);
+        assert_eq!(found.len(), 1, "ten frames, one record: {found:?}");
+        assert_eq!(found[0].0, 0x17, "application data");
+        assert_eq!(pair.decrypt(&raw), expected);
+    }
+
+    #[test]
+    fn a_large_backlog_goes_in_full_records_and_what_the_kernel_refuses_waits_in_order() {
+        let mut pair = connected();
+        let mut out = OutQueue::new();
+        let mut expected = Vec::new();
+        // 4 MiB: far more than loopback's socket buffers take at once.
+        for i in 0..64u32 {
+            let chunk: Vec<u8> = (0..65536u32).map(|j| (i.wrapping_mul(31) ^ j) as u8).collect();
+            expected.extend_from_slice(&chunk);
+            out.push(Chunk::Owned(chunk));
+        }
+        let mut got = Vec::new();
+        let mut records_seen = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut stalled = false;
+        loop {
+            assert!(Instant::now() < deadline, "backlog never drained");
+            let before = out.len() + pair.session.pending();
+            let flushed = pair.session.flush(&mut out, &mut pair.server).unwrap();
+            let after = out.len() + pair.session.pending();
+            assert!(after <= before, "the backlog only shrinks");
+            if flushed == Flushed::Partial {
+                stalled = true;
+                assert!(after > 0);
+            }
+            pair.wait();
+            let raw = pair.raw();
+            // Raw bytes cut at any point: parse records from what is whole.
+            records_seen.extend_from_slice(&raw);
+            got.extend(pair.decrypt(&raw));
+            if flushed == Flushed::All && got.len() == expected.len() {
+                break;
+            }
+        }
+        assert!(stalled, "the kernel refused part of 4 MiB at least once");
+        assert!(got == expected, "every byte, in order");
+        let sizes = records(&records_seen);
+        let full = sizes.iter().filter(|(_, len)| *len > RECORD).count();
+        assert!(full >= sizes.len() - 1, "records are full but for the last: {}", sizes.len());
+    }
 }
