@@ -2,6 +2,7 @@
 # Autobahn|Testsuite WebSocket conformance run against a raw echo endpoint.
 #
 #   scripts/autobahn.sh [--url ws://127.0.0.1:PORT/ws/echo] [--full]
+#   scripts/autobahn.sh --tls
 #
 # Without --url it starts the chatroom server itself
 #   ${CHATROOM_BIN:-target/release/chatroom} --bind 127.0.0.1:0 --max-message 16MiB \
@@ -9,6 +10,12 @@
 # (build it first: cargo build --release), reads the bound port from its
 # "listening on http://127.0.0.1:PORT" log line, tests ws://127.0.0.1:PORT/ws/echo
 # and stops the server at the end.
+#
+# --tls runs the server with TLS (--tls-cert/--tls-key: a self-signed ECDSA
+# P-256 certificate made for the run with openssl) and tests
+# wss://127.0.0.1:PORT/ws/echo: every case but 9.* and the compression cases
+# 12.* and 13.*, which test permessage-deflate, not the transport, and run in
+# the plain pass. Report: reports/autobahn-tls/.
 #
 # Cases: everything ("*"), including the 216 permessage-deflate cases of 12.*
 # and 13.* (the server runs with its default --compression shared, and the
@@ -44,11 +51,13 @@ usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0
 
 URL=""
 MODE=default
+TLS=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --url) [ $# -ge 2 ] || die "--url needs a value"; URL=$2; shift 2 ;;
         --url=*) URL=${1#--url=}; shift ;;
         --full) MODE=full; shift ;;
+        --tls) TLS=1; MODE=tls; OUTDIR="$REPO/reports/autobahn-tls"; shift ;;
         -h|--help) usage; exit 0 ;;
         *) usage >&2; die "unknown argument: $1" ;;
     esac
@@ -97,7 +106,17 @@ if [ -z "$URL" ]; then
     # 16 MiB message must fit in the output queue. --data none: nothing
     # persisted.
     : >"$SERVER_LOG"  # exists before we poll it (the child opens it after fork)
-    "$BIN" --bind 127.0.0.1:0 --max-message 16MiB --max-pending 32MiB --data none \
+    TLS_ARGS=()
+    SCHEME=ws
+    if [ "$TLS" = 1 ]; then
+        command -v openssl >/dev/null || die "openssl not found (needed to make the test certificate)"
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+            -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
+            -keyout "$TMP/key.pem" -out "$TMP/cert.pem" 2>/dev/null || die "openssl could not make a certificate"
+        TLS_ARGS=(--tls-cert "$TMP/cert.pem" --tls-key "$TMP/key.pem")
+        SCHEME=wss
+    fi
+    "$BIN" --bind 127.0.0.1:0 --max-message 16MiB --max-pending 32MiB --data none "${TLS_ARGS[@]}" \
         >"$SERVER_LOG" 2>&1 &
     SERVER_PID=$!
     log "started $BIN (pid $SERVER_PID), log $SERVER_LOG"
@@ -110,7 +129,7 @@ if [ -z "$URL" ]; then
         # could fail the whole assignment): T skips lines that did not match,
         # q stops at the first that did.
         addr=$(sed -n -e 's/\x1b\[[0-9;]*m//g' \
-               -e 's|.*listening on http://\([^/[:space:]]*:[0-9][0-9]*\).*|\1|;T;p;q' "$SERVER_LOG" || true)
+               -e 's|.*listening on https\{0,1\}://\([^/[:space:]]*:[0-9][0-9]*\).*|\1|;T;p;q' "$SERVER_LOG" || true)
         [ -n "$addr" ] && break
         if ! kill -0 "$SERVER_PID" 2>/dev/null; then
             tail -n 20 "$SERVER_LOG" >&2
@@ -122,7 +141,7 @@ if [ -z "$URL" ]; then
         [ "$tries" -gt 0 ] || { tail -n 20 "$SERVER_LOG" >&2; die "no 'listening on http://HOST:PORT' line in the server log within ${SERVER_WAIT}s"; }
         sleep 0.1
     done
-    URL="ws://$addr/ws/echo"
+    URL="$SCHEME://$addr/ws/echo"
 else
     AGENT=peer
 fi
@@ -137,7 +156,11 @@ fi
 
 # --- the spec ------------------------------------------------------------
 # Keep exclude-cases in sync with MODES in autobahn_check.py.
-if [ "$MODE" = full ]; then EXCLUDE='[]'; else EXCLUDE='["9.*"]'; fi
+case "$MODE" in
+    full) EXCLUDE='[]' ;;
+    tls) EXCLUDE='["9.*", "12.*", "13.*"]' ;;
+    *) EXCLUDE='["9.*"]' ;;
+esac
 SPEC="$TMP/fuzzingclient.json"
 # python3 writes the JSON so the URL and paths are quoted correctly.
 python3 - "$SPEC" "$OUTDIR" "$AGENT" "$URL" "$EXCLUDE" <<'EOF'

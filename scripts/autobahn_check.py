@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Judge an Autobahn|Testsuite fuzzingclient report (reports/autobahn/index.json).
 
-    scripts/autobahn_check.py [--mode default|full] [--agent NAME] [INDEX_JSON]
+    scripts/autobahn_check.py [--mode default|full|tls] [--agent NAME] [INDEX_JSON]
 
 Passes (exit 0) only if
   * every case's `behavior` is OK, NON-STRICT or INFORMATIONAL (UNIMPLEMENTED
@@ -54,6 +54,10 @@ CASES_PER_CATEGORY = {
 MODES = {
     "default": {9},  # --full runs the 9.* bulk cases too
     "full": set(),
+    # --tls: over wss://, everything but the bulk cases and the compression
+    # cases (12.*, 13.* test permessage-deflate, which the plain run covers;
+    # TLS changes only the transport under them).
+    "tls": {9, 12, 13},
 }
 
 OK_BEHAVIORS = {"OK", "NON-STRICT", "INFORMATIONAL"}

@@ -43,7 +43,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
 # ---------------------------------------------------------------------------
 # Debian packages
 # ---------------------------------------------------------------------------
-APT_PACKAGES=(redis-server chromium chromium-driver)
+APT_PACKAGES=(redis-server chromium chromium-driver openssl curl)
 
 is_installed() {
     # dpkg-query prints e.g. "install ok installed"; anything else (absent,

@@ -9,7 +9,9 @@
 #   benches (test mode)  cargo test --benches: every bench runs once, untimed
 #   lint                 cargo fmt --check, cargo clippy -D warnings
 #   conformance          scripts/autobahn.sh (Autobahn fuzzingclient vs /ws/echo)
+#   conformance over TLS scripts/autobahn.sh --tls (the same over wss://, but 12.*/13.*)
 #   browser              tests/browser (headless Chromium via playwright-core)
+#   browser over TLS     tests/browser/run.sh --tls (the same pages over https://)
 #   soak                 scripts/soak.sh 60: a mixed load on the release binary with SQLite;
 #                        fails on a lost or duplicated message or leaked descriptors
 #   fuzz                 scripts/fuzz.sh 60: each fuzz target for 60 s on its corpus
@@ -45,7 +47,9 @@ step benches cargo test --locked --benches
 step fmt cargo fmt --check
 step clippy cargo clippy --locked --all-targets -- -D warnings
 step autobahn env CHATROOM_BIN=target/release/chatroom bash scripts/autobahn.sh
+step autobahn-tls env CHATROOM_BIN=target/release/chatroom bash scripts/autobahn.sh --tls
 step browser env CHATROOM_BIN=target/release/chatroom bash tests/browser/run.sh
+step browser-tls env CHATROOM_BIN=target/release/chatroom bash tests/browser/run.sh --tls
 step soak env CHATROOM_BIN=target/release/chatroom bash scripts/soak.sh 60
 step fuzz bash scripts/fuzz.sh 60
 

@@ -250,7 +250,7 @@ const SETTINGS: &[Setting] = &[
         name: "acme-dir",
         kind: Kind::Text,
         default: "",
-        help: "on --redirect-bind, serve /.well-known/acme-challenge/ from this folder (certbot --webroot)",
+        help: "on --redirect-bind, serve /.well-known/acme-challenge/ from this webroot (the DIR of certbot --webroot -w DIR)",
     },
     Setting {
         name: "hsts",

@@ -7,7 +7,7 @@
 use std::fmt::Write as _;
 
 /// Bucket upper bounds of the loop-turn histogram, in microseconds.
-pub const TURN_BUCKETS_US: [u64; 10] = [10, 50, 100, 250, 500, 1_000, 2_500, 10_000, 50_000, 250_000];
+pub const TURN_BUCKETS_US: [u64; 12] = [10, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 250_000];
 
 /// The server's counters.
 #[derive(Debug, Default, Clone)]
@@ -46,6 +46,9 @@ pub struct Metrics {
     pub history_latency_count: u64,
     /// Clients dropped as slow consumers.
     pub slow_consumers: u64,
+    /// TLS handshake reads put off to the next loop turn (the turn's
+    /// share, `HANDSHAKES_PER_TURN`, was spent).
+    pub tls_handshakes_deferred: u64,
     /// Posts refused by the rate limiter.
     pub rate_limited: u64,
     /// Times a connection was left unread for its posts in flight.
@@ -165,6 +168,12 @@ impl Metrics {
             self.history_batches,
         );
         metric("chatroom_slow_consumers_total", "counter", "Clients dropped for unread output.", self.slow_consumers);
+        metric(
+            "chatroom_tls_handshakes_deferred_total",
+            "counter",
+            "TLS handshake reads put off to the next loop turn (per-turn share spent).",
+            self.tls_handshakes_deferred,
+        );
         metric("chatroom_rate_limited_total", "counter", "Posts refused by the rate limiter.", self.rate_limited);
         metric(
             "chatroom_reads_paused_total",

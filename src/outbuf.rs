@@ -225,6 +225,14 @@ impl OutQueue {
         }
     }
 
+    /// The queue's first unsent bytes, as they lie in its first chunk.
+    pub(crate) fn front(&self) -> &[u8] {
+        match &self.head {
+            Some(chunk) => chunk.bytes().get(self.offset..).unwrap_or(&[]),
+            None => &[],
+        }
+    }
+
     /// Copies the queue's first bytes into `buf` (as many as fit) without
     /// taking them: TLS gathers them into a record, then [`OutQueue::advance`]s.
     pub(crate) fn copy_front(&self, buf: &mut [u8]) -> usize {

@@ -230,9 +230,11 @@ fn a_handshake_that_stalls_is_closed_by_the_header_timeout() {
 fn redirect_listener_sends_to_https_and_serves_acme_challenges() {
     let dir = temp_dir("tls-redirect");
     let pair = make_pair(&dir, "a");
+    // The webroot, as certbot --webroot -w fills it.
     let acme = dir.join("acme");
-    std::fs::create_dir_all(&acme).unwrap();
-    std::fs::write(acme.join("tok-EN_123"), "tok-EN_123.thumbprint").unwrap();
+    let challenges = acme.join(".well-known/acme-challenge");
+    std::fs::create_dir_all(&challenges).unwrap();
+    std::fs::write(challenges.join("tok-EN_123"), "tok-EN_123.thumbprint").unwrap();
     let mut cfg = tls_config(&pair);
     cfg.redirect_bind = Some("127.0.0.1:0".parse().unwrap());
     cfg.acme_dir = Some(acme);
@@ -401,5 +403,39 @@ fn a_tls_client_that_stops_reading_is_dropped_as_slow_and_others_go_on() {
     // Others are served as before.
     let mut other = wss(server.addr, &client, "/ws/echo");
     echo_once(&mut other, "unaffected");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_burst_of_handshakes_all_complete_while_the_loop_takes_them_a_share_at_a_time() {
+    let dir = temp_dir("tls-burst");
+    let pair = make_pair(&dir, "a");
+    let mut cfg = tls_config(&pair);
+    cfg.admin_bind = Some("127.0.0.1:0".parse().unwrap());
+    let server = TestServer::with(cfg);
+    let client = client_config(&[&pair]);
+    // Every ClientHello sent before any answer is read: the reactor finds
+    // far more handshakes waiting than one turn takes.
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut pending: Vec<Tls> = (0..200)
+        .map(|_| {
+            let mut conn = ClientConnection::new(client.clone(), name.clone()).unwrap();
+            let mut socket = tcp(server.addr);
+            conn.write_tls(&mut socket).unwrap();
+            StreamOwned::new(conn, socket)
+        })
+        .collect();
+    for s in &mut pending {
+        while s.conn.is_handshaking() {
+            s.conn.complete_io(&mut s.sock).expect("every handshake completes");
+        }
+    }
+    // And each connection works.
+    for s in pending.iter_mut().step_by(20) {
+        write!(s, "GET / HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+        assert_eq!(read_response(s, &mut Vec::new(), false).status, 200);
+    }
+    let deferred = metric(server.admin.unwrap(), "chatroom_tls_handshakes_deferred_total");
+    eprintln!("handshake reads deferred to a later turn: {deferred}");
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -41,6 +41,7 @@ impl Server {
             // Handshakes are the costly reads; past this turn's share, the
             // rest wait for the next turn.
             if self.handshakes >= HANDSHAKES_PER_TURN {
+                self.metrics.tls_handshakes_deferred += 1;
                 return self.read_again(key);
             }
             self.handshakes += 1;

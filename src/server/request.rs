@@ -285,7 +285,9 @@ impl Server {
         use crate::tls::redirect;
         if let Some(token) = redirect::acme_token(head.path()) {
             let Some(dir) = &self.cfg.acme_dir else { return self.not_found() };
-            return match std::fs::read(dir.join(token)) {
+            // `--acme-dir` is certbot's webroot (`--webroot -w DIR`): the
+            // token files are in its `.well-known/acme-challenge/`.
+            return match std::fs::read(dir.join(".well-known/acme-challenge").join(token)) {
                 Ok(bytes) => {
                     let mut r = Response::new(200).header("Content-Type", "application/octet-stream");
                     r.set_body(crate::outbuf::Chunk::Owned(bytes));

@@ -1,7 +1,8 @@
 //! The plain-HTTP listener beside TLS (`--redirect-bind`): every request is
 //! sent on to `https://`, except the files of ACME's http-01 challenge
-//! (`--acme-dir`), which a certificate authority fetches over plain HTTP on
-//! port 80 before it issues a certificate (certbot's `--webroot` writes them).
+//! (`--acme-dir`, certbot's webroot: the files are in its
+//! `.well-known/acme-challenge/`), which a certificate authority fetches over
+//! plain HTTP on port 80 before it issues a certificate.
 //!
 //! Pure functions: the reactor (`server/request.rs`) reads the file and
 //! queues the answer.
@@ -64,7 +65,7 @@ fn is_port(text: &str) -> bool {
 
 /// The challenge token a path asks for, when it is one: base64url
 /// characters only (RFC 8555 §8.1), so it can name nothing but a file
-/// directly inside `--acme-dir`.
+/// directly inside the webroot's `.well-known/acme-challenge/`.
 pub fn acme_token(path: &str) -> Option<&str> {
     let token = path.strip_prefix(ACME_PREFIX)?;
     let ok = !token.is_empty()

@@ -58,6 +58,8 @@ thread_local! {
     /// Records just encrypted, shared likewise: a connection keeps only
     /// what the kernel did not take.
     static CIPHER_OUT: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// Where several queued chunks are gathered into one record's plaintext.
+    static GATHER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 /// A connection's TLS state.
@@ -306,7 +308,6 @@ impl TlsSession {
     /// Encrypts up to [`RECORDS_PER_WRITE`] records of queued output into
     /// `cipher`; returns the ciphertext's length.
     fn encrypt(&mut self, out: &mut OutQueue, cipher: &mut [u8]) -> io::Result<usize> {
-        let mut plain = [0u8; RECORD];
         let mut made = 0;
         // rustls is given the input it has not finished with (the part of
         // a record, or of a handshake message, still arriving), never an
@@ -334,22 +335,38 @@ impl TlsSession {
             // nothing may be sent; the connection is finished.
             _ => return Err(invalid("TLS cannot send now")),
         };
-        for _ in 0..RECORDS_PER_WRITE {
-            let n = out.copy_front(&mut plain);
-            if n == 0 {
-                break;
-            }
-            let room = cipher.get_mut(made..).unwrap_or_default();
-            match traffic.encrypt(plain.get(..n).unwrap_or_default(), room) {
-                Ok(written) => {
-                    made += written;
-                    out.advance(n);
+        GATHER.with_borrow_mut(|gather| {
+            for _ in 0..RECORDS_PER_WRITE {
+                // A record's plaintext: straight from the first chunk when it
+                // fills the record (one frame, or a large one), else the
+                // queue's first chunks gathered, so small frames share it.
+                let want = out.len().min(RECORD);
+                if want == 0 {
+                    break;
                 }
-                Err(EncryptError::InsufficientSize(_)) => break,
-                Err(e) => return Err(invalid(&e.to_string())),
+                let front = out.front();
+                let plain = if front.len() >= want {
+                    front.get(..want).unwrap_or_default()
+                } else {
+                    if gather.len() < RECORD {
+                        gather.resize(RECORD, 0);
+                    }
+                    let n = out.copy_front(gather.get_mut(..want).unwrap_or_default());
+                    gather.get(..n).unwrap_or_default()
+                };
+                let n = plain.len();
+                let room = cipher.get_mut(made..).unwrap_or_default();
+                match traffic.encrypt(plain, room) {
+                    Ok(written) => {
+                        made += written;
+                        out.advance(n);
+                    }
+                    Err(EncryptError::InsufficientSize(_)) => break,
+                    Err(e) => return Err(invalid(&e.to_string())),
+                }
             }
-        }
-        Ok(made)
+            Ok(made)
+        })
     }
 
     /// Tells the client, best effort, that nothing more comes

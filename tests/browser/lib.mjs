@@ -2,9 +2,11 @@
 //
 // - startServer(): runs the real chatroom binary on 127.0.0.1:0 (or a given
 //   port, for the restart test) with a temporary SQLite file, and reads the
-//   port from its "chatroom listening on http://..." log line;
+//   port from its "chatroom listening on http://..." log line; with
+//   CHATROOM_TLS_CERT and CHATROOM_TLS_KEY set (run.sh --tls), over TLS
+//   ("https://...");
 // - launchBrowser(): Debian's /usr/bin/chromium through playwright-core
-//   (never a downloaded browser);
+//   (never a downloaded browser), trusting CHATROOM_TLS_CERT's key if set;
 // - openPage(): a fresh browser context + page that records console errors,
 //   uncaught page errors and CSP violations;
 // - joinRoom() / sendMessage() / messages(): the chat page's moves.
@@ -16,7 +18,7 @@ import crypto from 'node:crypto';
 import { before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync, existsSync } from 'node:fs';
+import { mkdtempSync, rmSync, existsSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -39,9 +41,23 @@ export const CHATROOM_BIN = process.env.CHATROOM_BIN
 
 export const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
 
+/// TLS: the certificate and key run.sh --tls made for this run (else plain HTTP).
+export const TLS_CERT = process.env.CHATROOM_TLS_CERT || '';
+const TLS_KEY = process.env.CHATROOM_TLS_KEY || '';
+const SCHEME = TLS_CERT ? 'https' : 'http';
+
+/// Chromium trusts exactly the test's key: the SHA-256 of its public key
+/// (SPKI), as --ignore-certificate-errors-spki-list takes it.
+function spkiHash(pemPath) {
+  const cert = new crypto.X509Certificate(readFileSync(pemPath));
+  const spki = cert.publicKey.export({ type: 'spki', format: 'der' });
+  return crypto.createHash('sha256').update(spki).digest('base64');
+}
+
 const CHROMIUM_ARGS = [
   '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
   '--disable-background-networking', '--disable-component-update', '--disable-sync',
+  ...(TLS_CERT ? [`--ignore-certificate-errors-spki-list=${spkiHash(TLS_CERT)}`] : []),
 ];
 
 /// A unique name per call, valid as a room name ([A-Za-z0-9_-]).
@@ -74,6 +90,7 @@ export async function startServer({ port = 0, data, extraArgs = [] } = {}) {
   // CHATROOM_WWW=www serves the pages from the working tree instead of the
   // copy embedded at build time (handy while editing www/).
   if (process.env.CHATROOM_WWW) args.push('--www', path.resolve(process.env.CHATROOM_WWW));
+  if (TLS_CERT) args.push('--tls-cert', TLS_CERT, '--tls-key', TLS_KEY);
   args.push(...extraArgs);
 
   const child = spawn(CHATROOM_BIN, args, {
@@ -94,7 +111,7 @@ export async function startServer({ port = 0, data, extraArgs = [] } = {}) {
     }, SERVER_START_MS);
     const onData = (s) => {
       log += s;
-      const m = /chatroom listening on http:\/\/127\.0\.0\.1:(\d+)/.exec(log);
+      const m = /chatroom listening on https?:\/\/127\.0\.0\.1:(\d+)/.exec(log);
       if (m) finish(null, Number(m[1]));
     };
     const onExit = ({ code, signal }) => finish(new Error(`chatroom exited early (code ${code}, signal ${signal}); args ${args.join(' ')}; log:\n${log}`));
@@ -119,7 +136,7 @@ export async function startServer({ port = 0, data, extraArgs = [] } = {}) {
   let stopped = null;
   const server = {
     port: actualPort,
-    url: `http://127.0.0.1:${actualPort}`,
+    url: `${SCHEME}://127.0.0.1:${actualPort}`,
     data,
     get log() { return log; },
     /// SIGTERM, then waits for the exit; SIGKILL and an error if it hangs.

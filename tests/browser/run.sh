@@ -2,7 +2,26 @@
 # Runs the browser tests: headless Debian Chromium driven by playwright-core,
 # against the real chatroom binary (CHATROOM_BIN, default
 # ../../target/release/chatroom). Exit code: node --test's.
+#
+#   bash run.sh [FILE.test.mjs...]          # over http://
+#   bash run.sh --tls [FILE.test.mjs...]    # the same tests over https:// and wss://
+#
+# --tls makes a self-signed ECDSA P-256 certificate for the run (openssl), starts
+# every server with --tls-cert/--tls-key, has Chromium trust that key alone
+# (--ignore-certificate-errors-spki-list) and Node's fetch trust the certificate
+# (NODE_EXTRA_CA_CERTS).
 set -euo pipefail
+
+if [ "${1:-}" = --tls ]; then
+    shift
+    tls_dir=$(mktemp -d "${TMPDIR:-/tmp}/chatroom-browser-tls.XXXXXX")
+    trap 'rm -rf "$tls_dir"' EXIT
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+        -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
+        -keyout "$tls_dir/key.pem" -out "$tls_dir/cert.pem" 2>/dev/null
+    export CHATROOM_TLS_CERT="$tls_dir/cert.pem" CHATROOM_TLS_KEY="$tls_dir/key.pem"
+    export NODE_EXTRA_CA_CERTS="$tls_dir/cert.pem"
+fi
 
 # Paths given relative to where we were called from stay valid after the cd.
 for var in CHATROOM_BIN CHATROOM_WWW; do
@@ -26,4 +45,4 @@ fi
 if [ "$#" -eq 0 ]; then
     set -- *.test.mjs
 fi
-exec node --test --test-reporter=spec "$@"
+node --test --test-reporter=spec "$@"

@@ -87,7 +87,7 @@ test('stats page: chat messages move the counters and the room shows up among th
     // Two members in a fresh room, from the page's own context; one posts 5 messages.
     await page.evaluate(async (r) => {
       const open = (name) => new Promise((resolve, reject) => {
-        const ws = new WebSocket(`ws://${location.host}/ws/chatroom/${r}?username=${name}`);
+        const ws = new WebSocket(`${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws/chatroom/${r}?username=${name}`);
         ws.onopen = () => resolve(ws);
         ws.onerror = reject;
       });

@@ -25,7 +25,8 @@ modes (--mode):
           not come back, and on runs of 10 min or more on RSS growing > 1 MiB/10 min
 
 options:
-  --url ws://HOST:PORT   the server; HOST must be 127.0.0.0/8, localhost or [::1]
+  --url ws://HOST:PORT   the server; HOST must be 127.0.0.0/8, localhost or [::1];
+                         wss:// speaks TLS (any certificate is accepted unless --tls-ca)
   --mode MODE            room | echo | idle | churn | soak                         [room]
   --clients N            connections (churn: concurrent cycles; soak: chatters)
                          [room 100, echo 10, idle 1000, churn 50, soak 100]
@@ -52,6 +53,8 @@ options:
   --json                 print one JSON object line instead of the text block
   --deflate              offer permessage-deflate (as a browser does) and inflate what
                          comes compressed; wire_bytes_in reports what was read
+  --tls-ca FILE          wss://: trust only the certificates in this PEM file
+  --tls-no-resume        wss://: a full handshake every time (no session resumption)
   --filler x|words       pad message texts to --size with 'x' (default) or with English
                          words (compresses about as chat text does)
   --help                 print this text
@@ -182,6 +185,8 @@ pub fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, Str
     let mut json = false;
     let mut csv: Option<String> = None;
     let mut deflate = false;
+    let mut tls_ca: Option<String> = None;
+    let mut tls_resume = true;
 
     while let Some(arg) = args.next() {
         // Accept `--flag=value` as well as `--flag value`.
@@ -227,6 +232,8 @@ pub fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, Str
             "--server-pid" => server_pid = Some(flag_value(&flag, args)?),
             "--json" => json = true,
             "--deflate" => deflate = true,
+            "--tls-ca" => tls_ca = Some(flag_value(&flag, args)?),
+            "--tls-no-resume" => tls_resume = false,
             "--filler" => match flag_value::<String>(&flag, args)?.as_str() {
                 "words" => crate::wire::use_word_filler(),
                 "x" => {}
@@ -240,6 +247,11 @@ pub fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, Str
     let url = url.ok_or("--url is required (for example --url ws://127.0.0.1:8000)")?;
     let mut target = parse_url(&url)?;
     target.deflate = deflate;
+    if target.tls.is_some() {
+        target.tls = Some(crate::tls::Tls::new(&target.server_name, tls_ca.as_deref(), tls_resume)?);
+    } else if tls_ca.is_some() || !tls_resume {
+        return Err("--tls-ca and --tls-no-resume are for wss:// URLs".into());
+    }
     let clients = clients.unwrap_or(match mode {
         Mode::Room => 100,
         Mode::Echo => 10,
@@ -320,18 +332,22 @@ pub struct Target {
     pub base: String,
     /// `--deflate`: offer permessage-deflate and inflate what comes compressed.
     pub deflate: bool,
+    /// `wss://`: TLS on every connection.
+    pub tls: Option<crate::tls::Tls>,
+    /// The URL's host without the port: the TLS server name.
+    pub server_name: String,
 }
 
 /// Parses `ws://HOST[:PORT][/base]` and refuses any host that is not this machine: a load
 /// generator pointed at someone else's server is a denial-of-service tool, and the numbers
 /// it produced over a real network would not mean what this tool's output says anyway.
 fn parse_url(url: &str) -> Result<Target, String> {
-    let rest = if let Some(rest) = url.strip_prefix("ws://") {
-        rest
-    } else if url.starts_with("wss://") {
-        return Err("wss:// is not supported: loadgen speaks plain ws:// to a local server".into());
+    let (rest, secure) = if let Some(rest) = url.strip_prefix("ws://") {
+        (rest, false)
+    } else if let Some(rest) = url.strip_prefix("wss://") {
+        (rest, true)
     } else {
-        return Err(format!("--url must start with ws:// (got {url:?})"));
+        return Err(format!("--url must start with ws:// or wss:// (got {url:?})"));
     };
     let (authority, path) = match rest.find('/') {
         Some(i) => rest.split_at(i),
@@ -348,6 +364,7 @@ fn parse_url(url: &str) -> Result<Target, String> {
     };
     let port: u16 = match port {
         Some(p) => p.parse().map_err(|_| format!("bad port {p:?} in {url:?}"))?,
+        None if secure => 443,
         None => 80,
     };
     let ip = if host.eq_ignore_ascii_case("localhost") {
@@ -367,6 +384,8 @@ fn parse_url(url: &str) -> Result<Target, String> {
         host: authority.to_string(),
         base: path.trim_end_matches('/').to_string(),
         deflate: false,
+        tls: if secure { Some(crate::tls::Tls::new(host, None, true)?) } else { None },
+        server_name: host.to_string(),
     })
 }
 
@@ -388,7 +407,9 @@ mod tests {
         assert!(parse_url("ws://localhost:8000").is_ok());
         assert!(parse_url("ws://[::1]:8000").is_ok());
         assert_eq!(parse_url("ws://localhost").map(|t| t.addr.port()), Ok(80));
-        for bad in ["ws://10.0.0.1:80", "ws://example.com:80", "http://127.0.0.1", "ws://[::2]:80", "wss://127.0.0.1"] {
+        assert_eq!(parse_url("wss://localhost").map(|t| (t.addr.port(), t.tls.is_some())), Ok((443, true)));
+        assert!(parse_url("wss://[::1]:8443").is_ok_and(|t| t.tls.is_some()));
+        for bad in ["ws://10.0.0.1:80", "ws://example.com:80", "http://127.0.0.1", "ws://[::2]:80", "wss://10.0.0.1"] {
             assert!(parse_url(bad).is_err(), "{bad} must be refused");
         }
     }

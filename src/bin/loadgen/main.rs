@@ -53,6 +53,7 @@
 //! | `cli.rs` | the options, `--help`, and the loopback-only check of `--url` |
 //! | `net.rs` | the connection engine: connect, upgrade, frames, close, on one `mio::Poll` |
 //! | `upgrade.rs` | the client's HTTP upgrade request and the check of the `101` answer |
+//! | `tls.rs` | `wss://`: rustls between a connection's socket and the rest |
 //! | `drive.rs` | the loop a mode runs, the flavour probe, settling, closing everything |
 //! | `wire.rs` | the message text we post, the post frame, the parser for server frames |
 //! | `room.rs`, `echo.rs`, `idle.rs`, `churn.rs`, `soak.rs` | one mode each |
@@ -84,6 +85,7 @@ mod room;
 mod sampler;
 mod scrollback;
 mod soak;
+mod tls;
 mod upgrade;
 mod wire;
 

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::cli::Target;
 use crate::deflate::Deflating;
 use crate::drive::Driver;
+use crate::tls::Socket;
 use crate::upgrade::Upgrade;
 
 /// Bytes each connection reads per `read` call (tungstenite allocates this buffer eagerly).
@@ -100,7 +101,7 @@ pub struct Conn {
     user: usize,
     path: Box<str>,
     attempts: u32,
-    stream: Option<TcpStream>,
+    stream: Option<Socket>,
     phase: Phase,
     /// Output waits in tungstenite's buffer for this turn's flush.
     dirty: bool,
@@ -189,7 +190,7 @@ fn connect_finished(stream: &TcpStream) -> io::Result<bool> {
 /// return the 0 that means EOF, and no new edge will come for it. epoll flags exactly that
 /// case (`EPOLLRDHUP`, mio's `is_read_closed`), and then we read until `WouldBlock` or EOF.
 struct DrainAware<'a> {
-    stream: &'a mut TcpStream,
+    stream: &'a mut Socket,
     trust_short_reads: bool,
     drained: bool,
 }
@@ -260,7 +261,7 @@ impl Write for DrainAware<'_> {
 /// `WouldBlock`: mio's `Poll` docs say an edge-triggered source gets no new event "until
 /// the readiness is cleared", i.e. until a read or write returned `WouldBlock`.
 fn exchange(
-    stream: &mut TcpStream,
+    stream: &mut Socket,
     ws: &mut WebSocketContext,
     deflate: Option<&mut Deflating>,
     peer_close_code: &mut Option<u16>,
@@ -268,6 +269,8 @@ fn exchange(
     trust_short_reads: bool,
     on: &mut dyn FnMut(usize, NetEvent<'_>),
 ) -> Step {
+    // Through TLS a short read of plaintext says nothing about the socket: read on to WouldBlock.
+    let trust_short_reads = trust_short_reads && !stream.is_tls();
     let mut socket = Wire { socket: DrainAware { stream, trust_short_reads, drained: false }, deflate };
     // Once we sent our close frame, the server's close frame is only its answer.
     let we_closed = !ws.can_write();
@@ -502,7 +505,7 @@ impl Net {
             // SAFETY: setsockopt reads only the struct we pass, on a descriptor we own.
             unsafe {
                 libc::setsockopt(
-                    std::os::fd::AsRawFd::as_raw_fd(stream),
+                    std::os::fd::AsRawFd::as_raw_fd(&stream.tcp),
                     libc::SOL_SOCKET,
                     libc::SO_LINGER,
                     (&raw const linger).cast(),
@@ -533,7 +536,7 @@ impl Net {
         }
         if let Some(mut stream) = conn.stream.take() {
             // Deregistering fails only if it was never registered; nothing to undo then.
-            let _ = self.poll.registry().deregister(&mut stream);
+            let _ = self.poll.registry().deregister(&mut stream.tcp);
         }
         self.released.push(token);
         self.live -= 1;
@@ -628,7 +631,7 @@ impl Net {
             self.in_flight -= 1;
         }
         if let Some(mut stream) = conn.stream.take() {
-            let _ = self.poll.registry().deregister(&mut stream);
+            let _ = self.poll.registry().deregister(&mut stream.tcp);
         }
         conn.phase = Phase::Waiting;
         self.retried += 1;
@@ -667,11 +670,12 @@ impl Net {
             return;
         }
         conn.attempts += 1;
+        let tls = self.target.tls.as_ref();
         let result = TcpStream::connect(self.target.addr).and_then(|mut stream| {
             self.poll
                 .registry()
                 .register(&mut stream, Token(token), Interest::READABLE | Interest::WRITABLE)
-                .map(|()| stream)
+                .and_then(|()| Socket::new(stream, tls))
         });
         match result {
             Ok(stream) => {
@@ -757,10 +761,10 @@ fn advance_conn(
         return Step::Ended(failed(&reason, false));
     }
     if matches!(conn.phase, Phase::Connecting) {
-        match connect_finished(stream) {
+        match connect_finished(&stream.tcp) {
             Ok(true) => {
                 // Chat frames are small and latency is what we measure: no Nagle delay.
-                let _ = stream.set_nodelay(true);
+                let _ = stream.tcp.set_nodelay(true);
                 conn.phase = Phase::Upgrading(Upgrade::new(&target.host, &conn.path, target.deflate));
             }
             Ok(false) => return Step::Pending,

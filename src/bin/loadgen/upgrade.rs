@@ -4,7 +4,6 @@
 
 use std::io::{Read, Write};
 
-use mio::net::TcpStream;
 use tungstenite::handshake::derive_accept_key;
 
 use crate::net::{Ending, failed, interrupted, io_failure, would_block};
@@ -48,7 +47,7 @@ impl Upgrade {
 
     /// Moves the upgrade on as far as the socket allows. `Ok(Some(_))` when the `101`
     /// arrived.
-    pub fn advance(&mut self, stream: &mut TcpStream) -> Result<Option<Opened>, Ending> {
+    pub fn advance(&mut self, stream: &mut crate::tls::Socket) -> Result<Option<Opened>, Ending> {
         while let Some(unsent) = self.request.get(self.written..).filter(|u| !u.is_empty()) {
             match stream.write(unsent) {
                 // A zero-length write on a non-empty buffer: the socket is gone.
