@@ -9,7 +9,7 @@
 #   benches (test mode)  cargo test --benches: every bench runs once, untimed
 #   lint                 cargo fmt --check, cargo clippy -D warnings
 #   conformance          scripts/autobahn.sh (Autobahn fuzzingclient vs /ws/echo)
-#   conformance over TLS scripts/autobahn.sh --tls (the same over wss://, but 12.*/13.*)
+#   conformance over TLS scripts/autobahn.sh --tls (over wss://: 9.* too, not 12.*/13.*)
 #   browser              tests/browser (headless Chromium via playwright-core)
 #   browser over TLS     tests/browser/run.sh --tls (the same pages over https://)
 #   soak                 scripts/soak.sh 60: a mixed load on the release binary with SQLite;
