@@ -3,7 +3,9 @@
 #
 #   scripts/install-deps.sh
 #
-# - Debian packages: redis-server, chromium, chromium-driver
+# - Debian packages: redis-server, chromium, chromium-driver, and openssl (the
+#   TLS suites make their throwaway certificates with it) and curl (the
+#   benchmark scripts read /metrics with it)
 #   (`apt-get update` runs once, and only if one of them is missing).
 # - Autobahn|Testsuite (`wstest`, for scripts/autobahn.sh) in a Python 2.7
 #   virtualenv at $CHATROOM_DEPS/autobahn-venv, outside the repo so that fresh
