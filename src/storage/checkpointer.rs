@@ -108,10 +108,25 @@ impl Drop for Checkpointer {
 }
 
 /// The thread: one passive checkpoint per nudge, until the handle goes.
+///
+/// When a pass leaves a long log behind (the disk is slower than the
+/// commits), the next nudge is let go: two checkpoints cannot run at once,
+/// and with this thread always copying, the storage thread's backstop
+/// (`sqlite.rs`) would find it in the way at every commit, and the log
+/// would never start over. Left alone for one round, the backstop copies
+/// the little that is left and the log starts over.
 fn run(conn: &Connection, nudges: &Receiver<()>) {
+    let mut leave_to_backstop = false;
     while nudges.recv().is_ok() {
-        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            log::warn!("storage: checkpoint failed (tried again at the next nudge): {e}");
+        if std::mem::take(&mut leave_to_backstop) {
+            continue;
+        }
+        // (busy, frames in the log, frames copied)
+        match conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| Ok((row.get::<_, i64>(1)?, row.get::<_, i64>(2)?)))
+        {
+            Ok((log, copied)) => leave_to_backstop = log >= super::sqlite::WAL_BACKSTOP_PAGES && copied < log,
+            Err(e) => log::warn!("storage: checkpoint failed (tried again at the next nudge): {e}"),
         }
     }
 }
