@@ -144,7 +144,7 @@ def main(argv=None):
     ap.add_argument("index", nargs="?", default="reports/autobahn/index.json",
                     help="wstest's index.json (default: %(default)s)")
     ap.add_argument("--mode", choices=sorted(MODES), default="default",
-                    help="which case set was run: default (no 9.*) or full")
+                    help="which case set was run: default (no 9.*), full, or tls (no 12.*/13.*)")
     ap.add_argument("--agent", help="agent name in the report (default: the only one)")
     ap.add_argument("--allow-unimplemented", action="store_true",
                     help="accept UNIMPLEMENTED for 12.* and 13.* (a server run with --compression off)")

@@ -135,14 +135,21 @@ pub fn reason(status: u16) -> &'static str {
     match status {
         101 => "Switching Protocols",
         200 => "OK",
+        201 => "Created",
         204 => "No Content",
         304 => "Not Modified",
+        308 => "Permanent Redirect",
         400 => "Bad Request",
+        401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
+        409 => "Conflict",
+        411 => "Length Required",
         413 => "Content Too Large",
+        415 => "Unsupported Media Type",
+        422 => "Unprocessable Content",
         426 => "Upgrade Required",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
@@ -179,6 +186,16 @@ impl DateCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_status_the_server_sends_has_its_reason_phrase() {
+        for status in [
+            101, 200, 201, 204, 304, 308, 400, 401, 403, 404, 405, 408, 409, 411, 413, 415, 422, 426, 429, 431, 500,
+            503,
+        ] {
+            assert_ne!(reason(status), "Unknown", "{status}");
+        }
+    }
 
     #[test]
     fn head_and_body() {

@@ -247,6 +247,11 @@ fn redirect_listener_sends_to_https_and_serves_acme_challenges() {
     let r = request(plain, "GET /room/lobby?x=1 HTTP/1.1\r\nHost: 127.0.0.1:80\r\nConnection: close\r\n\r\n");
     assert_eq!(r.status, 308);
     assert_eq!(r.header("location").unwrap(), format!("https://127.0.0.1:{port}/room/lobby?x=1"));
+    let mut s = tcp(plain);
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    assert!(raw.starts_with("HTTP/1.1 308 Permanent Redirect\r\n"), "{raw}");
     let r = request(plain, "GET / HTTP/1.1\r\nHost: chat.example.com\r\nConnection: close\r\n\r\n");
     assert_eq!(r.header("location").unwrap(), format!("https://chat.example.com:{port}/"));
     let r = request(plain, "GET / HTTP/1.0\r\n\r\n");

@@ -23,8 +23,9 @@
 //! - [`redirect`] decides what the plain-HTTP listener (`--redirect-bind`)
 //!   answers: a 308 to `https://`, or an ACME challenge file.
 //!
-//! The crypto provider is *ring*, which the API-key hashing already uses:
-//! one provider in the binary. Handshakes are the expensive part (an ECDSA
+//! The crypto provider is *ring*, which the JWT verification
+//! (`auth/provider.rs`) and the API keys' hashing already use: one crypto
+//! library in the binary. Handshakes are the expensive part (an ECDSA
 //! P-256 signature costs tens of microseconds, an RSA-2048 one about a
 //! millisecond, all on the reactor's thread), so the reactor bounds how
 //! many it advances per loop turn (`server/read.rs`), and clients that come

@@ -14,11 +14,13 @@ set -euo pipefail
 
 if [ "${1:-}" = --tls ]; then
     shift
+    command -v openssl >/dev/null || { echo "run.sh: openssl not found (needed for --tls's certificate)" >&2; exit 1; }
     tls_dir=$(mktemp -d "${TMPDIR:-/tmp}/chatroom-browser-tls.XXXXXX")
     trap 'rm -rf "$tls_dir"' EXIT
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
         -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
-        -keyout "$tls_dir/key.pem" -out "$tls_dir/cert.pem" 2>/dev/null
+        -keyout "$tls_dir/key.pem" -out "$tls_dir/cert.pem" 2>"$tls_dir/openssl.log" ||
+        { cat "$tls_dir/openssl.log" >&2; echo "run.sh: openssl could not make a certificate" >&2; exit 1; }
     export CHATROOM_TLS_CERT="$tls_dir/cert.pem" CHATROOM_TLS_KEY="$tls_dir/key.pem"
     export NODE_EXTRA_CA_CERTS="$tls_dir/cert.pem"
 fi

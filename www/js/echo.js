@@ -1,8 +1,9 @@
 // echo.js: the echo room, /room/echo.
 //
-// The smallest possible WebSocket client: open ws://host/ws/chatroom/echo,
-// show the greeting, send {"message": X}, show the {"message": X} that comes
-// back. It reconnects by itself after a drop, like the chat rooms do.
+// The smallest possible WebSocket client: open ws://host/ws/chatroom/echo
+// (wss:// on an https page), show the greeting, send {"message": X}, show the
+// {"message": X} that comes back. It reconnects by itself after a drop, like
+// the chat rooms do.
 
 'use strict';
 
