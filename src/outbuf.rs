@@ -135,6 +135,14 @@ impl OutQueue {
         self.head.iter().chain(self.rest.iter())
     }
 
+    /// The unsent bytes, chunk by chunk: the front chunk from `offset`
+    /// (always within it, see `consume`), the others whole.
+    fn unsent(&self) -> impl Iterator<Item = &[u8]> {
+        self.chunks()
+            .enumerate()
+            .map(|(i, chunk)| if i == 0 { chunk.bytes().get(self.offset..).unwrap_or(&[]) } else { chunk.bytes() })
+    }
+
     /// Queues a copy of `bytes`, appending to the last owned chunk when small.
     pub(crate) fn push_copy(&mut self, bytes: &[u8]) {
         if bytes.is_empty() {
@@ -182,10 +190,8 @@ impl OutQueue {
         while self.head.is_some() {
             let mut slices: [IoSlice<'_>; MAX_IOV] = [IoSlice::new(&[]); MAX_IOV];
             let mut count = 0;
-            for (slot, (i, chunk)) in slices.iter_mut().zip(self.chunks().enumerate()) {
-                let bytes = chunk.bytes();
-                // `offset` is always within the front chunk (see `consume`).
-                *slot = IoSlice::new(if i == 0 { bytes.get(self.offset..).unwrap_or(&[]) } else { bytes });
+            for (slot, bytes) in slices.iter_mut().zip(self.unsent()) {
+                *slot = IoSlice::new(bytes);
                 count += 1;
             }
             // One slice goes out with `write`, which std turns into send(2);
@@ -227,19 +233,14 @@ impl OutQueue {
 
     /// The queue's first unsent bytes, as they lie in its first chunk.
     pub(crate) fn front(&self) -> &[u8] {
-        match &self.head {
-            Some(chunk) => chunk.bytes().get(self.offset..).unwrap_or(&[]),
-            None => &[],
-        }
+        self.unsent().next().unwrap_or(&[])
     }
 
     /// Copies the queue's first bytes into `buf` (as many as fit) without
     /// taking them: TLS gathers them into a record, then [`OutQueue::advance`]s.
     pub(crate) fn copy_front(&self, buf: &mut [u8]) -> usize {
         let mut n = 0;
-        for (i, chunk) in self.chunks().enumerate() {
-            let bytes = chunk.bytes();
-            let bytes = if i == 0 { bytes.get(self.offset..).unwrap_or(&[]) } else { bytes };
+        for bytes in self.unsent() {
             let take = bytes.len().min(buf.len() - n);
             if let (Some(dst), Some(src)) = (buf.get_mut(n..n + take), bytes.get(..take)) {
                 dst.copy_from_slice(src);
@@ -280,9 +281,8 @@ impl OutQueue {
     /// All queued bytes, copied out (for tests and the in-memory benches).
     pub fn to_vec(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.len);
-        for (i, chunk) in self.chunks().enumerate() {
-            let bytes = chunk.bytes();
-            out.extend_from_slice(if i == 0 { bytes.get(self.offset..).unwrap_or(&[]) } else { bytes });
+        for bytes in self.unsent() {
+            out.extend_from_slice(bytes);
         }
         out
     }

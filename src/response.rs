@@ -130,6 +130,17 @@ impl Response {
     }
 }
 
+/// A whole plain-text answer, sent once as it is where no connection (or
+/// no HTTP) exists to queue a [`Response`] on: a refusal at accept, plain
+/// HTTP on the TLS port. It closes the connection.
+pub fn closing_text(status: u16, extra_headers: &str, text: &str) -> String {
+    format!(
+        "HTTP/1.1 {status} {}\r\n{extra_headers}Content-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}\n",
+        reason(status),
+        text.len() + 1
+    )
+}
+
 /// The reason phrase of the statuses we send.
 pub fn reason(status: u16) -> &'static str {
     match status {

@@ -37,13 +37,18 @@ fn make_pair(dir: &Path, name: &str) -> Pair {
 
 /// A client configuration that trusts `pairs` and nothing else.
 fn client_config(pairs: &[&Pair]) -> Arc<ClientConfig> {
+    client_config_for(pairs, rustls::DEFAULT_VERSIONS)
+}
+
+/// [`client_config`] speaking only `versions`.
+fn client_config_for(pairs: &[&Pair], versions: &[&'static rustls::SupportedProtocolVersion]) -> Arc<ClientConfig> {
     let mut roots = RootCertStore::empty();
     for pair in pairs {
         roots.add(pair.der.clone()).unwrap();
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(versions)
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
@@ -138,15 +143,7 @@ fn tls_1_2_clients_are_served_too() {
     let dir = temp_dir("tls-12");
     let pair = make_pair(&dir, "a");
     let server = TestServer::with(tls_config(&pair));
-    let mut roots = RootCertStore::empty();
-    roots.add(pair.der.clone()).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS12])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let config = Arc::new(config);
+    let config = client_config_for(&[&pair], &[&rustls::version::TLS12]);
     let mut echo = wss(server.addr, &config, "/ws/echo");
     assert_eq!(echo.get_ref().conn.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_2));
     echo_once(&mut echo, "over TLS 1.2");

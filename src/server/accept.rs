@@ -112,11 +112,7 @@ impl Server {
 /// giving it a slot: one best-effort write of a short response.
 fn refuse_at_accept(socket: &mut TcpStream, why: &str) {
     use std::io::Write;
-    let body = format!("{why}\n");
-    let response = format!(
-        "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
+    let response = crate::response::closing_text(503, "Retry-After: 1\r\n", why);
     let _ = socket.write(response.as_bytes());
     let _ = socket.shutdown(std::net::Shutdown::Write);
 }

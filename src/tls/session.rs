@@ -193,8 +193,11 @@ impl TlsSession {
                     // must not be called again: the connection just closes.
                     Err(e) => return Received::Gone(e),
                 };
-                cipher.copy_within(done.used..filled, 0);
-                filled -= done.used;
+                // rustls never says it used more than it was given; were it
+                // to, the extra is ignored rather than indexed past.
+                let used = done.used.min(filled);
+                cipher.copy_within(used..filled, 0);
+                filled -= used;
                 if done.plain > 0 || eof || self.peer_closed || drained {
                     // Keep the unfinished record for the next read.
                     self.incoming = cipher.get(..filled).unwrap_or_default().to_vec();
@@ -426,11 +429,7 @@ fn looks_like_http(first: &[u8]) -> bool {
 /// The one plain-text answer a TLS port gives: a client that spoke plain
 /// HTTP to it learns what to use instead, then the connection closes.
 fn answer_plain_http(socket: &mut impl Wire) {
-    const BODY: &str = "This port speaks TLS: use https:// (or wss://).\n";
-    let response = format!(
-        "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{BODY}",
-        BODY.len()
-    );
+    let response = crate::response::closing_text(400, "", "This port speaks TLS: use https:// (or wss://).");
     let _ = socket.write(response.as_bytes());
     socket.shut_write();
 }
