@@ -26,8 +26,8 @@
 //! The crypto provider is *ring*, which the JWT verification
 //! (`auth/provider.rs`) and the API keys' hashing already use: one crypto
 //! library in the binary. Handshakes are the expensive part (an ECDSA
-//! P-256 signature costs tens of microseconds, an RSA-2048 one about a
-//! millisecond, all on the reactor's thread), so the reactor bounds how
+//! P-256 signature is cheap, an RSA-2048 one about ten times dearer, all on
+//! the reactor's thread), so the reactor bounds how
 //! many it advances per loop turn (`server/read.rs`), and clients that come
 //! back resume with a ticket instead of a full handshake.
 
